@@ -1,0 +1,149 @@
+//! Command-line and environment configuration of the `media-node` binary.
+//!
+//! Every flag has a `MOIM_...` environment variable; defaults run a development node on a
+//! laptop (`media-node --dev`).
+
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The secret `--dev` nodes sign and check join tokens with. Never use it in production.
+pub const DEV_SECRET: &str = "moim-dev-secret-not-for-production";
+
+/// moim media node: a WebRTC SFU for video meetings.
+#[derive(Debug, Parser)]
+#[command(name = "media-node", version, about)]
+pub struct Cli {
+    /// What to do; without a subcommand the node serves.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Serving options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a join token for a room.
+    Token(TokenArgs),
+}
+
+/// Options for serving.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Development mode: a fixed, publicly known token secret and loopback defaults.
+    #[arg(long, env = "MOIM_DEV")]
+    pub dev: bool,
+    /// HTTP listen address: web client, WHIP/WHEP, WebSocket signalling and admin API.
+    #[arg(long, env = "MOIM_HTTP", default_value = "127.0.0.1:7880")]
+    pub http: SocketAddr,
+    /// UDP listen address for all WebRTC media (one port for every session).
+    #[arg(long, env = "MOIM_UDP", default_value = "127.0.0.1:7881")]
+    pub udp: SocketAddr,
+    /// Address put in ICE candidates, when clients reach the node at another address than
+    /// `--udp` (NAT, a Kubernetes NodePort or LoadBalancer). Port defaults to `--udp`'s.
+    #[arg(long, env = "MOIM_PUBLIC_IP")]
+    pub public_ip: Option<IpAddr>,
+    /// Secret that join tokens are signed with (HS256). Required unless `--dev`.
+    #[arg(long, env = "MOIM_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// File holding the token secret (a mounted Kubernetes Secret), read at start-up.
+    #[arg(long, env = "MOIM_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<PathBuf>,
+    /// Bearer token that `/status` and `/drain` require; unset leaves them open (dev only).
+    #[arg(long, env = "MOIM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Region this node serves (reported in `/status`).
+    #[arg(long, env = "MOIM_REGION", default_value = "local")]
+    pub region: String,
+    /// Node id (reported in `/status`); defaults to the host name.
+    #[arg(long, env = "MOIM_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Most participants in one room.
+    #[arg(long, env = "MOIM_MAX_ROOM_PARTICIPANTS", default_value_t = 1500)]
+    pub max_room_participants: usize,
+    /// Most sessions (participants, WHIP, WHEP) on the node.
+    #[arg(long, env = "MOIM_MAX_SESSIONS", default_value_t = 5000)]
+    pub max_sessions: usize,
+    /// When draining, exit at the latest after this long even if rooms remain.
+    #[arg(long, env = "MOIM_DRAIN_TIMEOUT", default_value = "2h", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "MOIM_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Options for `media-node token`.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// Sign with the development secret.
+    #[arg(long, env = "MOIM_DEV")]
+    pub dev: bool,
+    /// Secret to sign with (instead of `--dev`).
+    #[arg(long, env = "MOIM_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Room the token admits to.
+    #[arg(long)]
+    pub room: String,
+    /// Identity of the participant.
+    #[arg(long)]
+    pub identity: String,
+    /// Display name (defaults to the identity).
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// How long the token is valid.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Token does not allow publishing.
+    #[arg(long)]
+    pub no_publish: bool,
+    /// Token does not allow subscribing.
+    #[arg(long)]
+    pub no_subscribe: bool,
+}
+
+/// Parses `90s`, `15m`, `2h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('s') => (&s[..s.len() - 1], 1),
+        Some('m') => (&s[..s.len() - 1], 60),
+        Some('h') => (&s[..s.len() - 1], 3600),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .map(|n| Duration::from_secs(n.saturating_mul(mult)))
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m or 2h"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn cli_parses_dev_and_token() {
+        let c = Cli::try_parse_from(["media-node", "--dev"]).expect("parses");
+        assert!(c.serve.dev && c.command.is_none());
+        let c = Cli::try_parse_from([
+            "media-node",
+            "token",
+            "--dev",
+            "--room",
+            "r",
+            "--identity",
+            "i",
+        ])
+        .expect("parses");
+        assert!(matches!(c.command, Some(Command::Token(t)) if t.dev && t.room == "r"));
+    }
+}

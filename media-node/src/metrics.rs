@@ -1,0 +1,161 @@
+//! Prometheus metrics of a media node, served as text at `/metrics`.
+//!
+//! Every name starts with `moim_`, counters end in `_total`, units are base units (bytes,
+//! seconds). No label carries a room, participant or track id: cardinality stays fixed however
+//! many meetings a node hosts.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// All metrics of one media node.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Rooms with at least one participant.
+    pub rooms: IntGauge,
+    /// Connected participants (all session kinds).
+    pub participants: IntGauge,
+    /// Tracks received from publishers.
+    pub published_tracks: IntGauge,
+    /// Streams sent to subscribers.
+    pub forwarded_streams: IntGauge,
+    /// RTP packets received from publishers.
+    pub packets_in: IntCounter,
+    /// RTP packets sent to subscribers.
+    pub packets_out: IntCounter,
+    /// RTP payload bytes received from publishers.
+    pub bytes_in: IntCounter,
+    /// RTP payload bytes sent to subscribers.
+    pub bytes_out: IntCounter,
+    /// NACKs received from subscribers.
+    pub nacks: IntCounter,
+    /// Keyframe requests (PLI) sent to publishers.
+    pub plis: IntCounter,
+    /// Simulcast layer switches.
+    pub layer_switches: IntCounter,
+    /// Time from a join to the first media packet sent to that participant.
+    pub join_seconds: Histogram,
+    /// Sessions refused, by reason.
+    pub rejected: IntCounterVec,
+    /// UDP datagrams that matched no session.
+    pub unmatched_datagrams: IntCounter,
+    /// Chat messages relayed.
+    pub chat_messages: IntCounter,
+    /// 1 while draining.
+    pub draining: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    // Metric construction fails only on invalid names and registration only on duplicates;
+    // this fixed list has neither, so the unwraps cannot fire.
+    #[allow(clippy::unwrap_used)]
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        // Registration only fails on duplicate names, which this fixed list does not have.
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry.register(Box::new(m.clone())).unwrap();
+                m
+            }};
+        }
+        macro_rules! gauge {
+            ($name:literal, $help:literal) => {
+                reg!(IntGauge::new($name, $help).unwrap())
+            };
+        }
+        macro_rules! counter {
+            ($name:literal, $help:literal) => {
+                reg!(IntCounter::new($name, $help).unwrap())
+            };
+        }
+        let join_seconds = reg!(
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "moim_join_seconds",
+                    "Seconds from a join request to the first media packet sent to the joiner."
+                )
+                .buckets(vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0])
+            )
+            .unwrap()
+        );
+        let rejected = reg!(
+            IntCounterVec::new(
+                Opts::new(
+                    "moim_sessions_rejected_total",
+                    "Join, WHIP and WHEP requests refused, by reason."
+                ),
+                &["reason"]
+            )
+            .unwrap()
+        );
+        Self {
+            rooms: gauge!("moim_rooms", "Rooms with at least one participant."),
+            participants: gauge!("moim_participants", "Connected participants."),
+            published_tracks: gauge!("moim_published_tracks", "Tracks received from publishers."),
+            forwarded_streams: gauge!(
+                "moim_forwarded_streams",
+                "Streams sent to subscribers (one per subscriber per track)."
+            ),
+            packets_in: counter!(
+                "moim_rtp_packets_received_total",
+                "RTP packets received from publishers."
+            ),
+            packets_out: counter!(
+                "moim_rtp_packets_sent_total",
+                "RTP packets sent to subscribers."
+            ),
+            bytes_in: counter!(
+                "moim_rtp_received_bytes_total",
+                "RTP payload bytes received from publishers."
+            ),
+            bytes_out: counter!(
+                "moim_rtp_sent_bytes_total",
+                "RTP payload bytes sent to subscribers."
+            ),
+            nacks: counter!(
+                "moim_nacks_received_total",
+                "NACK feedback packets received from subscribers."
+            ),
+            plis: counter!(
+                "moim_plis_sent_total",
+                "Keyframe requests (PLI) sent to publishers."
+            ),
+            layer_switches: counter!(
+                "moim_layer_switches_total",
+                "Simulcast layer switches made for subscribers."
+            ),
+            join_seconds,
+            rejected,
+            unmatched_datagrams: counter!(
+                "moim_unmatched_datagrams_total",
+                "UDP datagrams that matched no session and were dropped."
+            ),
+            chat_messages: counter!("moim_chat_messages_total", "Chat messages relayed."),
+            draining: gauge!("moim_draining", "1 while the node is draining."),
+            registry,
+        }
+    }
+
+    /// Counts a refused session under `reason` (a fixed, small set of strings).
+    pub fn reject(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,145 @@
+//! Start-up and shutdown of a serving node: sockets, engine task, HTTP server, draining.
+//!
+//! SIGTERM (or `POST /drain`) starts draining: `/readyz` turns false, no new rooms start,
+//! current rooms continue; the process exits once the last session ends or at
+//! `--drain-timeout`. A second SIGTERM or Ctrl-C exits at once.
+
+use crate::config::{DEV_SECRET, ServeArgs};
+use crate::driver::{self, Command};
+use crate::http::{AppState, router};
+use crate::metrics::Metrics;
+use crate::process::CpuMeter;
+use crate::sfu::engine::{Engine, EngineConfig};
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::{TcpListener, UdpSocket};
+use tracing_subscriber::EnvFilter;
+
+fn token_secret(args: &ServeArgs) -> anyhow::Result<Vec<u8>> {
+    if let Some(path) = &args.token_secret_file {
+        let s =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        return Ok(s.trim().as_bytes().to_vec());
+    }
+    if let Some(s) = &args.token_secret {
+        return Ok(s.as_bytes().to_vec());
+    }
+    if args.dev {
+        tracing::warn!(
+            secret = DEV_SECRET,
+            "development mode: join tokens are signed with this fixed, public secret; never use --dev in production"
+        );
+        return Ok(DEV_SECRET.as_bytes().to_vec());
+    }
+    bail!("no token secret: give --token-secret, --token-secret-file, or --dev for development")
+}
+
+/// Runs a node until it has drained or is interrupted.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let secret = token_secret(&args)?;
+    let socket = UdpSocket::bind(args.udp)
+        .await
+        .with_context(|| format!("binding UDP {}", args.udp))?;
+    let local_addr = socket.local_addr()?;
+    if local_addr.ip().is_unspecified() && args.public_ip.is_none() {
+        bail!(
+            "--udp {local_addr} is a wildcard address: give --public-ip, the address clients reach the node at"
+        );
+    }
+    let candidate_addr =
+        SocketAddr::new(args.public_ip.unwrap_or(local_addr.ip()), local_addr.port());
+    let node_id = args
+        .node_id
+        .clone()
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_owned())
+        })
+        .unwrap_or_else(|| "media-node".to_owned());
+    let metrics = Metrics::new();
+    let engine = Engine::new(
+        EngineConfig {
+            local_addr,
+            candidate_addr,
+            max_room_participants: args.max_room_participants,
+            max_sessions: args.max_sessions,
+            node_id,
+            region: args.region.clone(),
+        },
+        metrics.clone(),
+    );
+    let handle = driver::spawn(engine, socket);
+    let state = AppState {
+        engine: handle.clone(),
+        secret: Arc::new(secret),
+        admin_token: args.admin_token.clone().map(Arc::new),
+        metrics,
+        cpu: CpuMeter::start(),
+        started: Instant::now(),
+        dev: args.dev,
+    };
+    let listener = TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding HTTP {}", args.http))?;
+    tracing::info!(
+        http = %listener.local_addr()?,
+        udp = %local_addr,
+        candidate = %candidate_addr,
+        region = %args.region,
+        "media-node serving; web client at http://{}/",
+        listener.local_addr()?
+    );
+    let server = axum::serve(listener, router(state));
+    let mut drained = handle.drained.clone();
+    let mut draining = handle.draining.clone();
+    let drain_timeout = args.drain_timeout;
+    let shutdown = async move {
+        // Draining starts on SIGTERM/Ctrl-C or through `POST /drain`.
+        tokio::select! {
+            () = wait_for_term() => {
+                let _ = handle.send(Command::Drain);
+            }
+            _ = draining.wait_for(|d| *d) => {}
+        }
+        tracing::info!(?drain_timeout, "draining: no new rooms; exiting when empty");
+        tokio::select! {
+            _ = drained.wait_for(|d| *d) => tracing::info!("drained: no sessions left"),
+            () = tokio::time::sleep(drain_timeout) => tracing::warn!("drain timeout reached; exiting with sessions left"),
+            () = wait_for_term() => tracing::warn!("second signal; exiting now"),
+        }
+    };
+    tokio::select! {
+        r = server.into_future() => r.context("http server")?,
+        () = shutdown => {}
+    }
+    Ok(())
+}
+
+async fn wait_for_term() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

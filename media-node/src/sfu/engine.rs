@@ -1,0 +1,1975 @@
+//! The sans-I/O media engine: every room, session and peer connection of a node.
+//!
+//! In: UDP datagrams ([`Engine::handle_datagram`]), signalling requests (the `ws_*`, `whip`,
+//! `whep` methods), and the clock ([`Engine::handle_timeout`]). Out: datagrams
+//! ([`Engine::poll_transmit`]), signalling messages ([`Engine::poll_signal`]) and sessions that
+//! ended ([`Engine::poll_closed`]). All peer connections share one UDP port: a datagram is routed
+//! by its source address, or, for the first STUN binding request from a new address, by the
+//! ICE username fragment the node gave that connection.
+//!
+//! Each WebSocket participant has a publish connection (the client offers its tracks) and a
+//! subscribe connection (the node offers everyone else's tracks and the `chat` data channel,
+//! and re-offers when they change). A WHIP session is a publish connection alone, a WHEP
+//! session a subscribe connection alone whose offer comes from the client.
+
+use super::forwarder::{Forwarder, Verdict};
+use super::keyframe::VideoCodec;
+use super::layers::{LayerSelector, LinkState, layer_for_height};
+use super::speaker::{SpeakerDetector, parse_audio_level};
+use super::stun;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use bytes::BytesMut;
+use moim_wire::JoinClaims;
+use moim_wire::signal::{
+    ChatFrame, MAX_CHAT_BYTES, ParticipantInfo, PublishedTrackInfo, ServerMessage, TrackInfo,
+    TrackSource,
+};
+use moim_wire::status::NodeStatus;
+use rtc::interceptor::{
+    Attribute, Interceptor, Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
+};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers,
+    configure_twcc_receiver_only,
+};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+    RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Identifies a session (a WebSocket participant, a WHIP publisher or a WHEP viewer).
+pub type SessionId = u64;
+type PeerId = u64;
+type TrackKey = u64;
+type DownKey = u64;
+
+/// How long a new connection may take to connect before its session is dropped.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Housekeeping period: layer decisions, speaker reports, rate meters, timeouts.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Smallest gap between two keyframe requests for one publisher stream.
+const PLI_MIN_GAP: Duration = Duration::from_millis(500);
+/// Bound on datagrams waiting to be sent; beyond it the oldest are dropped (UDP semantics).
+pub const MAX_QUEUED_TRANSMITS: usize = 65_536;
+/// Bound on signalling messages waiting for the driver; beyond it the oldest are dropped.
+const MAX_QUEUED_SIGNALS: usize = 65_536;
+/// Addresses remembered per peer connection (ICE may move between candidate pairs).
+const MAX_ADDRS_PER_PEER: usize = 4;
+/// Retransmission buffer per outgoing video stream, in packets (a power of two).
+pub const NACK_BUFFER_PACKETS: u16 = 512;
+
+/// Limits and addresses the engine works with.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The address the UDP socket is bound to.
+    pub local_addr: SocketAddr,
+    /// The address put in ICE candidates (the node's public address).
+    pub candidate_addr: SocketAddr,
+    /// Most participants in one room.
+    pub max_room_participants: usize,
+    /// Most sessions on the node.
+    pub max_sessions: usize,
+    /// Node id and region, for `/status`.
+    pub node_id: String,
+    /// Region, for `/status`.
+    pub region: String,
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Transmit {
+    /// Destination.
+    pub to: SocketAddr,
+    /// Payload.
+    pub data: BytesMut,
+}
+
+/// What kind of client a session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// The web client over WebSocket signalling.
+    WebSocket,
+    /// A WHIP publisher.
+    Whip,
+    /// A WHEP viewer.
+    Whep,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Publish,
+    Subscribe,
+}
+
+struct Session {
+    kind: SessionKind,
+    resource: String,
+    room: String,
+    participant: ParticipantInfo,
+    can_publish: bool,
+    can_subscribe: bool,
+    publish_peer: Option<PeerId>,
+    subscribe_peer: Option<PeerId>,
+    /// A subscribe offer is out and unanswered.
+    offer_outstanding: bool,
+    /// The track set changed while an offer was out.
+    reoffer: bool,
+    /// Sources the client declared for its tracks, by client track id.
+    declared_sources: HashMap<String, TrackSource>,
+    /// Wanted rendered size per track id.
+    layer_wish: HashMap<String, (u32, u32)>,
+    joined_at: Instant,
+    first_media_sent: bool,
+}
+
+struct Peer {
+    pc: RTCPeerConnection,
+    session: SessionId,
+    role: Role,
+    ufrag: String,
+    addrs: Vec<SocketAddr>,
+    connected: bool,
+    created_at: Instant,
+    timeout: Option<Instant>,
+    /// Publisher side: client track id to published track.
+    inbound: HashMap<String, TrackKey>,
+    /// Subscriber side: outgoing SSRC (primary) to down-track.
+    downs_by_ssrc: HashMap<u32, DownKey>,
+    chat: Option<usize>,
+    chat_open: bool,
+    /// Loss the subscriber reports (EWMA of RTCP fraction lost).
+    loss: f32,
+    /// REMB estimate from the subscriber, bits per second.
+    remb_bps: Option<f64>,
+}
+
+struct Layer {
+    rid: String,
+    ssrc: Option<u32>,
+    bytes: u64,
+    bps: f64,
+}
+
+struct PublishedTrack {
+    id: String,
+    session: SessionId,
+    peer: PeerId,
+    receiver: RTCRtpReceiverId,
+    kind: RtpCodecKind,
+    source: TrackSource,
+    codec: Option<RTCRtpCodec>,
+    video_codec: VideoCodec,
+    layers: Vec<Layer>,
+    /// Header extension URIs by id on the publisher's leg.
+    ext_uris: HashMap<u8, String>,
+    audio_level_id: Option<u8>,
+    downs: Vec<DownKey>,
+    last_pli: HashMap<u32, Instant>,
+}
+
+struct DownTrack {
+    track: TrackKey,
+    session: SessionId,
+    peer: PeerId,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    forwarder: Forwarder,
+    selector: LayerSelector,
+    /// Payload type and extension map on the subscriber's leg, resolved after negotiation.
+    leg: Option<LegMapping>,
+    layer_switched_at: Option<Instant>,
+}
+
+#[derive(Clone)]
+struct LegMapping {
+    payload_type: u8,
+    /// (publisher id, subscriber id) for extensions worth carrying over.
+    ext_map: Vec<(u8, u8)>,
+}
+
+struct Room {
+    sessions: Vec<SessionId>,
+    tracks: Vec<TrackKey>,
+    speakers: SpeakerDetector,
+    next_participant: u64,
+}
+
+/// The media engine of one node.
+pub struct Engine {
+    cfg: EngineConfig,
+    metrics: Metrics,
+    sessions: HashMap<SessionId, Session>,
+    by_resource: HashMap<String, SessionId>,
+    peers: HashMap<PeerId, Peer>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    rooms: HashMap<String, Room>,
+    tracks: HashMap<TrackKey, PublishedTrack>,
+    downs: HashMap<DownKey, DownTrack>,
+    next_id: u64,
+    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    dirty: VecDeque<PeerId>,
+    dirty_set: HashSet<PeerId>,
+    transmits: VecDeque<Transmit>,
+    signals: VecDeque<(SessionId, ServerMessage)>,
+    closed: VecDeque<SessionId>,
+    next_housekeeping: Option<Instant>,
+    draining: bool,
+    rate_window: RateWindow,
+}
+
+#[derive(Default)]
+struct RateWindow {
+    since: Option<Instant>,
+    bytes_in: u64,
+    bytes_out: u64,
+    ingress_bps: f64,
+    egress_bps: f64,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+/// Marks inbound RTCP for delivery to the engine (keyframe requests, NACK counts, receiver
+/// reports and REMB feed the forwarding decisions); the interceptors after it still act on it.
+#[derive(Default)]
+struct DeliverRtcp {
+    read: VecDeque<TaggedPacket>,
+    write: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> std::result::Result<(), Self::Error> {
+        if matches!(msg.message.packet, InterceptorPacket::Rtcp(_)) {
+            msg.message.add(Attribute::DeliverToApplication);
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+    fn poll_read(&mut self) -> Option<Self::Rout> {
+        self.read.pop_front()
+    }
+    fn handle_write(&mut self, msg: TaggedPacket) -> std::result::Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+    fn poll_write(&mut self) -> Option<Self::Wout> {
+        self.write.pop_front()
+    }
+    fn handle_timeout(&mut self, _now: Instant) -> std::result::Result<(), Self::Error> {
+        Ok(())
+    }
+    fn poll_timeout(&mut self) -> Option<Self::Time> {
+        None
+    }
+}
+
+impl Interceptor for DeliverRtcp {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// Header extensions carried from publisher to subscriber (rewritten to the subscriber's ids).
+/// MID, RID and transport-wide sequence numbers belong to one leg and are never copied.
+const FORWARDED_EXTENSIONS: &[&str] = &[
+    rtc::sdp::extmap::AUDIO_LEVEL_URI,
+    rtc::sdp::extmap::ABS_SEND_TIME_URI,
+    rtc::sdp::extmap::VIDEO_ORIENTATION_URI,
+];
+
+fn layer_index(rid: &str, order: usize) -> u8 {
+    match rid {
+        "q" | "l" | "low" | "0" => 0,
+        "h" | "m" | "mid" | "1" => 1,
+        "f" | "high" | "2" => 2,
+        _ => order.min(2) as u8,
+    }
+}
+
+impl Engine {
+    /// A new engine with no sessions.
+    pub fn new(cfg: EngineConfig, metrics: Metrics) -> Self {
+        Self {
+            cfg,
+            metrics,
+            sessions: HashMap::new(),
+            by_resource: HashMap::new(),
+            peers: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            downs: HashMap::new(),
+            next_id: 1,
+            timers: BinaryHeap::new(),
+            dirty: VecDeque::new(),
+            dirty_set: HashSet::new(),
+            transmits: VecDeque::new(),
+            signals: VecDeque::new(),
+            closed: VecDeque::new(),
+            next_housekeeping: None,
+            draining: false,
+            rate_window: RateWindow::default(),
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    // ----- peer connection set-up -------------------------------------------------------
+
+    fn new_peer_connection(
+        &self,
+        ufrag: &str,
+        pwd: &str,
+        now: Instant,
+    ) -> Result<RTCPeerConnection> {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().map_err(Error::rtc)?;
+        let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
+        let registry = configure_nack(registry, &mut media);
+        configure_simulcast_extension_headers(&mut media).map_err(Error::rtc)?;
+        let registry = configure_twcc_receiver_only(registry, &mut media).map_err(Error::rtc)?;
+        let registry = configure_rtcp_reports(registry);
+        for uri in [rtc::sdp::extmap::AUDIO_LEVEL_URI] {
+            media
+                .register_header_extension(
+                    rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                        uri: uri.to_owned(),
+                    },
+                    RtpCodecKind::Audio,
+                    None,
+                )
+                .map_err(Error::rtc)?;
+        }
+        let settings = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
+            .with_include_loopback_candidate(true)
+            .build();
+        RTCPeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_setting_engine(settings)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(Error::rtc)
+    }
+
+    fn add_host_candidate(&self, pc: &mut RTCPeerConnection) -> Result<()> {
+        let addr = self.cfg.candidate_addr;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(Error::rtc)?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(Error::rtc)?;
+        pc.add_local_candidate(init).map_err(Error::rtc)
+    }
+
+    fn create_peer(&mut self, session: SessionId, role: Role, now: Instant) -> Result<PeerId> {
+        let ufrag = random_hex(8);
+        let pwd = random_hex(16);
+        let pc = self.new_peer_connection(&ufrag, &pwd, now)?;
+        let id = self.next_id();
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.peers.insert(
+            id,
+            Peer {
+                pc,
+                session,
+                role,
+                ufrag,
+                addrs: Vec::new(),
+                connected: false,
+                created_at: now,
+                timeout: None,
+                inbound: HashMap::new(),
+                downs_by_ssrc: HashMap::new(),
+                chat: None,
+                chat_open: false,
+                loss: 0.0,
+                remb_bps: None,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Answers a client's offer on `peer`: the SDP answer with the node's candidate.
+    fn answer_offer(&mut self, peer: PeerId, sdp: String, now: Instant) -> Result<String> {
+        let offer = RTCSessionDescription::offer(sdp).map_err(|e| Error::Sdp(e.to_string()))?;
+        let candidate_pc = self.peers.get_mut(&peer).ok_or(Error::NotFound)?;
+        candidate_pc
+            .pc
+            .set_remote_description(now, offer)
+            .map_err(|e| Error::Sdp(e.to_string()))?;
+        Ok(String::new())
+    }
+
+    fn finish_answer(&mut self, peer: PeerId, now: Instant) -> Result<String> {
+        let mut pc = self.peers.remove(&peer).ok_or(Error::NotFound)?;
+        let result = (|| {
+            self.add_host_candidate(&mut pc.pc)?;
+            let answer = pc.pc.create_answer(None).map_err(Error::rtc)?;
+            pc.pc
+                .set_local_description(now, answer)
+                .map_err(Error::rtc)?;
+            pc.pc
+                .local_description()
+                .map(|d| d.sdp)
+                .ok_or_else(|| Error::rtc("no local description"))
+        })();
+        self.peers.insert(peer, pc);
+        self.mark_dirty(peer);
+        result
+    }
+
+    // ----- sessions -----------------------------------------------------------------------
+
+    fn admit(&mut self, claims: &JoinClaims, kind: SessionKind, now: Instant) -> Result<SessionId> {
+        let room_exists = self.rooms.contains_key(&claims.room);
+        if self.draining && !room_exists {
+            self.metrics.reject("draining");
+            return Err(Error::Draining);
+        }
+        if self.sessions.len() >= self.cfg.max_sessions {
+            self.metrics.reject("capacity");
+            return Err(Error::AtCapacity);
+        }
+        let max_room = self.cfg.max_room_participants;
+        let id = self.next_id();
+        let room = self
+            .rooms
+            .entry(claims.room.clone())
+            .or_insert_with(|| Room {
+                sessions: Vec::new(),
+                tracks: Vec::new(),
+                speakers: SpeakerDetector::default(),
+                next_participant: 0,
+            });
+        if room.sessions.len() >= max_room {
+            self.metrics.reject("room_full");
+            return Err(Error::RoomFull);
+        }
+        room.next_participant += 1;
+        let participant_id = format!("p{}", room.next_participant);
+        let resource = random_hex(16);
+        room.sessions.push(id);
+        self.by_resource.insert(resource.clone(), id);
+        self.sessions.insert(
+            id,
+            Session {
+                kind,
+                resource,
+                room: claims.room.clone(),
+                participant: ParticipantInfo {
+                    id: participant_id,
+                    identity: claims.identity.clone(),
+                    name: if claims.name.is_empty() {
+                        claims.identity.clone()
+                    } else {
+                        claims.name.clone()
+                    },
+                },
+                can_publish: claims.can_publish,
+                can_subscribe: claims.can_subscribe,
+                publish_peer: None,
+                subscribe_peer: None,
+                offer_outstanding: false,
+                reoffer: false,
+                declared_sources: HashMap::new(),
+                layer_wish: HashMap::new(),
+                joined_at: now,
+                first_media_sent: false,
+            },
+        );
+        self.ensure_housekeeping(now);
+        Ok(id)
+    }
+
+    fn ensure_housekeeping(&mut self, now: Instant) {
+        if self.next_housekeeping.is_none() {
+            self.next_housekeeping = Some(now + HOUSEKEEPING);
+        }
+    }
+
+    fn room_tracks_info(&self, room: &str, except: SessionId) -> Vec<TrackInfo> {
+        self.rooms
+            .get(room)
+            .map(|r| {
+                r.tracks
+                    .iter()
+                    .filter_map(|k| self.tracks.get(k))
+                    .filter(|t| t.session != except)
+                    .filter_map(|t| self.track_info(t))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn track_info(&self, t: &PublishedTrack) -> Option<TrackInfo> {
+        let s = self.sessions.get(&t.session)?;
+        Some(TrackInfo {
+            track_id: t.id.clone(),
+            participant_id: s.participant.id.clone(),
+            kind: if t.kind == RtpCodecKind::Audio {
+                "audio"
+            } else {
+                "video"
+            }
+            .to_owned(),
+            source: t.source,
+            layers: t.layers.len().max(1) as u8,
+        })
+    }
+
+    fn signal(&mut self, session: SessionId, msg: ServerMessage) {
+        if self.signals.len() >= MAX_QUEUED_SIGNALS {
+            self.signals.pop_front();
+        }
+        self.signals.push_back((session, msg));
+    }
+
+    fn broadcast(&mut self, room: &str, except: SessionId, msg: &ServerMessage) {
+        let targets: Vec<SessionId> = self
+            .rooms
+            .get(room)
+            .map(|r| {
+                r.sessions
+                    .iter()
+                    .copied()
+                    .filter(|&s| s != except)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for s in targets {
+            if self
+                .sessions
+                .get(&s)
+                .is_some_and(|s| s.kind == SessionKind::WebSocket)
+            {
+                self.signal(s, msg.clone());
+            }
+        }
+    }
+
+    /// Admits a WebSocket participant. Returns its session and the `joined` message; the
+    /// subscribe offer follows through [`Engine::poll_signal`].
+    pub fn ws_join(
+        &mut self,
+        claims: &JoinClaims,
+        now: Instant,
+    ) -> Result<(SessionId, ServerMessage)> {
+        let id = self.admit(claims, SessionKind::WebSocket, now)?;
+        let (room, me, can_publish, can_subscribe) = {
+            let s = &self.sessions[&id];
+            (
+                s.room.clone(),
+                s.participant.clone(),
+                s.can_publish,
+                s.can_subscribe,
+            )
+        };
+        let participants = self.rooms[&room]
+            .sessions
+            .iter()
+            .filter(|&&s| s != id)
+            .filter_map(|s| self.sessions.get(s))
+            .map(|s| s.participant.clone())
+            .collect();
+        let tracks = self.room_tracks_info(&room, id);
+        self.broadcast(
+            &room,
+            id,
+            &ServerMessage::ParticipantJoined {
+                participant: me.clone(),
+            },
+        );
+        // Everyone gets a subscribe connection: it carries the chat channel even for
+        // participants who may not receive media.
+        let result = (|| {
+            let peer = self.create_peer(id, Role::Subscribe, now)?;
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.subscribe_peer = Some(peer);
+            }
+            if let Some(p) = self.peers.get_mut(&peer) {
+                let dc = p.pc.create_data_channel("chat", None).map_err(Error::rtc)?;
+                p.chat = Some(dc.id());
+            }
+            if can_subscribe {
+                let keys: Vec<TrackKey> = self.rooms[&room].tracks.clone();
+                for k in keys {
+                    self.add_down_track(k, id, now);
+                }
+            }
+            self.offer_subscriber(id, now)
+        })();
+        if let Err(e) = result {
+            self.remove_session(id, now);
+            return Err(e);
+        }
+        Ok((
+            id,
+            ServerMessage::Joined {
+                participant_id: me.id,
+                room,
+                participants,
+                tracks,
+                can_publish,
+                can_subscribe,
+            },
+        ))
+    }
+
+    /// Handles a WebSocket participant's publish offer; returns the SDP answer.
+    pub fn ws_publish(
+        &mut self,
+        session: SessionId,
+        sdp: String,
+        tracks: Vec<PublishedTrackInfo>,
+        now: Instant,
+    ) -> Result<String> {
+        let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        if !s.can_publish {
+            return Err(Error::Forbidden("token does not allow publishing"));
+        }
+        for t in tracks.into_iter().take(16) {
+            s.declared_sources.insert(t.track_id, t.source);
+        }
+        let peer = match s.publish_peer {
+            Some(p) => p,
+            None => {
+                let p = self.create_peer(session, Role::Publish, now)?;
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.publish_peer = Some(p);
+                }
+                p
+            }
+        };
+        self.answer_offer(peer, sdp, now)?;
+        self.finish_answer(peer, now)
+    }
+
+    /// Applies a WebSocket participant's answer to the node's subscribe offer.
+    pub fn ws_subscribe_answer(
+        &mut self,
+        session: SessionId,
+        sdp: String,
+        now: Instant,
+    ) -> Result<()> {
+        let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        if !s.offer_outstanding {
+            return Err(Error::BadRequest(
+                "no subscribe offer is outstanding".into(),
+            ));
+        }
+        let peer = s.subscribe_peer.ok_or(Error::NotFound)?;
+        let answer = RTCSessionDescription::answer(sdp).map_err(|e| Error::Sdp(e.to_string()))?;
+        let p = self.peers.get_mut(&peer).ok_or(Error::NotFound)?;
+        p.pc.set_remote_description(now, answer)
+            .map_err(|e| Error::Sdp(e.to_string()))?;
+        let downs: Vec<DownKey> = p.downs_by_ssrc.values().copied().collect();
+        for d in downs {
+            if let Some(d) = self.downs.get_mut(&d) {
+                d.leg = None;
+            }
+        }
+        self.mark_dirty(peer);
+        let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        s.offer_outstanding = false;
+        if std::mem::take(&mut s.reoffer) {
+            self.offer_subscriber(session, now)?;
+        }
+        Ok(())
+    }
+
+    /// Records the largest size a participant renders a track at.
+    pub fn ws_layer_preference(
+        &mut self,
+        session: SessionId,
+        track_id: &str,
+        max_width: u32,
+        max_height: u32,
+    ) -> Result<()> {
+        let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        if s.layer_wish.len() >= 256 && !s.layer_wish.contains_key(track_id) {
+            return Err(Error::BadRequest("too many layer preferences".into()));
+        }
+        s.layer_wish
+            .insert(track_id.to_owned(), (max_width, max_height));
+        let peer = s.subscribe_peer;
+        for d in self.downs.values_mut() {
+            if d.session == session
+                && Some(d.peer) == peer
+                && self.tracks.get(&d.track).is_some_and(|t| t.id == track_id)
+            {
+                let layers = self
+                    .tracks
+                    .get(&d.track)
+                    .map(|t| t.layers.len())
+                    .unwrap_or(1) as u8;
+                d.selector
+                    .set_wanted(layer_for_height(max_height, layers.max(1)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Relays a chat message from `session` to its room.
+    pub fn chat(&mut self, session: SessionId, text: &str, now: Instant) -> Result<()> {
+        if text.len() > MAX_CHAT_BYTES {
+            return Err(Error::BadRequest(format!(
+                "chat message longer than {MAX_CHAT_BYTES} bytes"
+            )));
+        }
+        if text.trim().is_empty() {
+            return Err(Error::BadRequest("empty chat message".into()));
+        }
+        let s = self.sessions.get(&session).ok_or(Error::NotFound)?;
+        let frame = ChatFrame {
+            from: s.participant.id.clone(),
+            name: s.participant.name.clone(),
+            text: text.to_owned(),
+            ts_ms: unix_ms(),
+        };
+        let room = s.room.clone();
+        self.metrics.chat_messages.inc();
+        let targets: Vec<SessionId> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.sessions.clone())
+            .unwrap_or_default();
+        // Serializing a struct of strings and an integer cannot fail.
+        let json = serde_json::to_string(&frame).unwrap_or_default();
+        for t in targets {
+            let Some(ts) = self.sessions.get(&t) else {
+                continue;
+            };
+            if ts.kind != SessionKind::WebSocket {
+                continue;
+            }
+            let sent = ts.subscribe_peer.and_then(|p| {
+                let peer = self.peers.get_mut(&p)?;
+                if !peer.chat_open {
+                    return None;
+                }
+                let mut dc = peer.pc.data_channel(peer.chat?)?;
+                dc.send_text(now, json.clone()).ok()
+            });
+            if let (Some(()), Some(p)) = (sent, ts.subscribe_peer) {
+                self.mark_dirty(p);
+            } else {
+                self.signal(
+                    t,
+                    ServerMessage::Chat {
+                        from: frame.from.clone(),
+                        name: frame.name.clone(),
+                        text: frame.text.clone(),
+                        ts_ms: frame.ts_ms,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a WHIP session: answers the publisher's offer. Returns the session, its
+    /// resource id (the tail of the `Location` URL) and the SDP answer.
+    pub fn whip(
+        &mut self,
+        claims: &JoinClaims,
+        sdp: String,
+        now: Instant,
+    ) -> Result<(SessionId, String, String)> {
+        if !claims.can_publish {
+            self.metrics.reject("forbidden");
+            return Err(Error::Forbidden("token does not allow publishing"));
+        }
+        RTCSessionDescription::offer(sdp.clone()).map_err(|e| Error::Sdp(e.to_string()))?;
+        let id = self.admit(claims, SessionKind::Whip, now)?;
+        let result = (|| {
+            let peer = self.create_peer(id, Role::Publish, now)?;
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.publish_peer = Some(peer);
+            }
+            self.answer_offer(peer, sdp, now)?;
+            self.finish_answer(peer, now)
+        })();
+        match result {
+            Ok(answer) => {
+                let (room, me) = {
+                    let s = &self.sessions[&id];
+                    (s.room.clone(), s.participant.clone())
+                };
+                self.broadcast(
+                    &room,
+                    id,
+                    &ServerMessage::ParticipantJoined { participant: me },
+                );
+                Ok((id, self.sessions[&id].resource.clone(), answer))
+            }
+            Err(e) => {
+                self.remove_session(id, now);
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts a WHEP session: answers the viewer's offer with the room's newest publisher's
+    /// audio and video.
+    pub fn whep(
+        &mut self,
+        claims: &JoinClaims,
+        sdp: String,
+        now: Instant,
+    ) -> Result<(SessionId, String, String)> {
+        if !claims.can_subscribe {
+            self.metrics.reject("forbidden");
+            return Err(Error::Forbidden("token does not allow subscribing"));
+        }
+        RTCSessionDescription::offer(sdp.clone()).map_err(|e| Error::Sdp(e.to_string()))?;
+        // The newest publisher's tracks, at most one audio and one video.
+        let mut picks: Vec<TrackKey> = Vec::new();
+        if let Some(room) = self.rooms.get(&claims.room) {
+            let mut by_kind: HashMap<RtpCodecKind, TrackKey> = HashMap::new();
+            for k in &room.tracks {
+                if let Some(t) = self.tracks.get(k)
+                    && t.codec.is_some()
+                    && t.source != TrackSource::Screen
+                {
+                    by_kind.insert(t.kind, *k);
+                }
+            }
+            picks.extend(by_kind.into_values());
+        }
+        if picks.is_empty() {
+            self.metrics.reject("no_publisher");
+            return Err(Error::NoPublisher(claims.room.clone()));
+        }
+        let id = self.admit(claims, SessionKind::Whep, now)?;
+        let result = (|| {
+            let peer = self.create_peer(id, Role::Subscribe, now)?;
+            if let Some(s) = self.sessions.get_mut(&id) {
+                s.subscribe_peer = Some(peer);
+            }
+            self.answer_offer(peer, sdp, now)?;
+            for k in picks {
+                self.add_down_track(k, id, now);
+            }
+            self.finish_answer(peer, now)
+        })();
+        match result {
+            Ok(answer) => Ok((id, self.sessions[&id].resource.clone(), answer)),
+            Err(e) => {
+                self.remove_session(id, now);
+                Err(e)
+            }
+        }
+    }
+
+    /// Ends the WHIP or WHEP session behind a resource id (the `DELETE` on its Location).
+    pub fn delete_resource(&mut self, resource: &str, now: Instant) -> Result<()> {
+        let id = *self.by_resource.get(resource).ok_or(Error::NotFound)?;
+        self.remove_session(id, now);
+        Ok(())
+    }
+
+    /// Ends a session (the client left or its socket closed).
+    pub fn leave(&mut self, session: SessionId, now: Instant) {
+        self.remove_session(session, now);
+    }
+
+    /// Stops taking new rooms; existing rooms continue.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        self.metrics.draining.set(1);
+        let sessions: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.kind == SessionKind::WebSocket)
+            .map(|(id, _)| *id)
+            .collect();
+        for s in sessions {
+            self.signal(s, ServerMessage::Draining { url: None });
+        }
+    }
+
+    /// True once draining started.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Number of sessions (for drain completion).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The node's load, for `/status`.
+    pub fn status(&self) -> NodeStatus {
+        NodeStatus {
+            node_id: self.cfg.node_id.clone(),
+            region: self.cfg.region.clone(),
+            ready: !self.draining,
+            draining: self.draining,
+            rooms: self.rooms.len() as u64,
+            participants: self.sessions.len() as u64,
+            published_tracks: self.tracks.len() as u64,
+            forwarded_streams: self.downs.len() as u64,
+            ingress_bps: self.rate_window.ingress_bps as u64,
+            egress_bps: self.rate_window.egress_bps as u64,
+            cpu_cores: 0.0,
+            uptime_secs: 0,
+        }
+    }
+
+    fn remove_session(&mut self, id: SessionId, now: Instant) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.by_resource.remove(&s.resource);
+        // Tracks this session published go away for everyone.
+        let published: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.session == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in published {
+            self.remove_track(k, now);
+        }
+        // Down-tracks this session received.
+        let mine: Vec<DownKey> = self
+            .downs
+            .iter()
+            .filter(|(_, d)| d.session == id)
+            .map(|(k, _)| *k)
+            .collect();
+        for d in mine {
+            if let Some(down) = self.downs.remove(&d)
+                && let Some(t) = self.tracks.get_mut(&down.track)
+            {
+                t.downs.retain(|x| *x != d);
+            }
+        }
+        for p in [s.publish_peer, s.subscribe_peer].into_iter().flatten() {
+            if let Some(mut peer) = self.peers.remove(&p) {
+                let _ = peer.pc.close();
+                while let Some(msg) = peer.pc.poll_write() {
+                    self.push_transmit(msg.transport.peer_addr, msg.message);
+                }
+                self.by_ufrag.remove(&peer.ufrag);
+                for a in peer.addrs {
+                    self.by_addr.remove(&a);
+                }
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(&s.room) {
+            room.sessions.retain(|x| *x != id);
+            room.speakers.remove(&s.participant.id);
+            if room.sessions.is_empty() {
+                self.rooms.remove(&s.room);
+            }
+        }
+        self.broadcast(
+            &s.room,
+            id,
+            &ServerMessage::ParticipantLeft {
+                participant_id: s.participant.id.clone(),
+            },
+        );
+        self.closed.push_back(id);
+    }
+
+    fn remove_track(&mut self, key: TrackKey, now: Instant) {
+        let Some(t) = self.tracks.remove(&key) else {
+            return;
+        };
+        let session_room = self.sessions.get(&t.session).map(|s| s.room.clone());
+        let mut reoffer: HashSet<SessionId> = HashSet::new();
+        for d in &t.downs {
+            if let Some(down) = self.downs.remove(d) {
+                if let Some(peer) = self.peers.get_mut(&down.peer) {
+                    peer.downs_by_ssrc.remove(&down.ssrc);
+                    let _ = peer.pc.remove_track(down.sender);
+                }
+                reoffer.insert(down.session);
+            }
+        }
+        if let Some(room) = session_room {
+            if let Some(r) = self.rooms.get_mut(&room) {
+                r.tracks.retain(|k| *k != key);
+            }
+            self.broadcast(
+                &room,
+                t.session,
+                &ServerMessage::TrackUnpublished {
+                    track_id: t.id.clone(),
+                },
+            );
+        }
+        for s in reoffer {
+            if self
+                .sessions
+                .get(&s)
+                .is_some_and(|s| s.kind == SessionKind::WebSocket)
+            {
+                let _ = self.offer_subscriber(s, now);
+            }
+        }
+    }
+
+    /// Adds a down-track of `track` to `session`'s subscribe connection.
+    fn add_down_track(&mut self, track: TrackKey, session: SessionId, now: Instant) {
+        let Some(t) = self.tracks.get(&track) else {
+            return;
+        };
+        let Some(codec) = t.codec.clone() else { return };
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        if t.session == session || !s.can_subscribe {
+            return;
+        }
+        let Some(peer_id) = s.subscribe_peer else {
+            return;
+        };
+        let stream_id = self
+            .sessions
+            .get(&t.session)
+            .map(|p| p.participant.id.clone())
+            .unwrap_or_default();
+        let ssrc = rand::random::<u32>();
+        let is_video = t.kind == RtpCodecKind::Video;
+        let media = MediaStreamTrack::new(
+            stream_id,
+            t.id.clone(),
+            format!("{:?}", t.source),
+            t.kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    rtx: is_video.then(|| RTCRtpRtxParameters {
+                        ssrc: rand::random(),
+                    }),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        );
+        let layers = t.layers.len().max(1) as u8;
+        let wish = s.layer_wish.get(&t.id).map(|(_, h)| *h);
+        let key = self.next_id();
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let sender = match peer.pc.add_track(media) {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::warn!(session, error = %e, "cannot add down-track");
+                return;
+            }
+        };
+        peer.downs_by_ssrc.insert(ssrc, key);
+        let mut selector = LayerSelector::new(layers);
+        if let Some(h) = wish {
+            selector.set_wanted(layer_for_height(h, layers));
+        }
+        let forwarder = if is_video {
+            Forwarder::video(selector.chosen())
+        } else {
+            Forwarder::audio()
+        };
+        self.downs.insert(
+            key,
+            DownTrack {
+                track,
+                session,
+                peer: peer_id,
+                sender,
+                ssrc,
+                forwarder,
+                selector,
+                leg: None,
+                layer_switched_at: None,
+            },
+        );
+        if let Some(t) = self.tracks.get_mut(&track) {
+            t.downs.push(key);
+        }
+        let _ = now;
+    }
+
+    /// Sends a (re-)offer on the subscribe connection, or queues one if an offer is out.
+    fn offer_subscriber(&mut self, session: SessionId, now: Instant) -> Result<()> {
+        let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        if s.kind != SessionKind::WebSocket {
+            return Ok(());
+        }
+        if s.offer_outstanding {
+            s.reoffer = true;
+            return Ok(());
+        }
+        let peer_id = s.subscribe_peer.ok_or(Error::NotFound)?;
+        let first = self
+            .peers
+            .get(&peer_id)
+            .is_some_and(|p| p.pc.local_description().is_none());
+        let mut peer = self.peers.remove(&peer_id).ok_or(Error::NotFound)?;
+        let result = (|| {
+            let offer = peer.pc.create_offer(None).map_err(Error::rtc)?;
+            peer.pc
+                .set_local_description(now, offer)
+                .map_err(Error::rtc)?;
+            if first {
+                self.add_host_candidate(&mut peer.pc)?;
+            }
+            peer.pc
+                .local_description()
+                .map(|d| d.sdp)
+                .ok_or_else(|| Error::rtc("no local description"))
+        })();
+        self.peers.insert(peer_id, peer);
+        let sdp = result?;
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.offer_outstanding = true;
+        }
+        self.signal(session, ServerMessage::SubscribeOffer { sdp });
+        self.mark_dirty(peer_id);
+        Ok(())
+    }
+
+    // ----- the packet path -----------------------------------------------------------------
+
+    fn mark_dirty(&mut self, peer: PeerId) {
+        if self.dirty_set.insert(peer) {
+            self.dirty.push_back(peer);
+        }
+    }
+
+    fn push_transmit(&mut self, to: SocketAddr, data: BytesMut) {
+        if self.transmits.len() >= MAX_QUEUED_TRANSMITS {
+            self.transmits.pop_front();
+        }
+        self.transmits.push_back(Transmit { to, data });
+    }
+
+    /// Feeds one UDP datagram received from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let peer_id = match self.by_addr.get(&from) {
+            Some(p) => *p,
+            None => {
+                let Some(p) = stun::local_ufrag(data)
+                    .and_then(|u| self.by_ufrag.get(u))
+                    .copied()
+                else {
+                    self.metrics.unmatched_datagrams.inc();
+                    return;
+                };
+                if let Some(peer) = self.peers.get_mut(&p) {
+                    if peer.addrs.len() >= MAX_ADDRS_PER_PEER {
+                        let old = peer.addrs.remove(0);
+                        self.by_addr.remove(&old);
+                    }
+                    peer.addrs.push(from);
+                }
+                self.by_addr.insert(from, p);
+                p
+            }
+        };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let msg = TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.cfg.local_addr,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        };
+        if let Err(e) = peer.pc.handle_read(msg) {
+            tracing::debug!(peer = peer_id, error = %e, "datagram refused");
+        }
+        self.mark_dirty(peer_id);
+        self.process(now);
+    }
+
+    /// Drains every peer connection touched since the last call.
+    fn process(&mut self, now: Instant) {
+        while let Some(peer_id) = self.dirty.pop_front() {
+            self.dirty_set.remove(&peer_id);
+            let Some(mut peer) = self.peers.remove(&peer_id) else {
+                continue;
+            };
+            while let Some(msg) = peer.pc.poll_write() {
+                self.push_transmit(msg.transport.peer_addr, msg.message);
+            }
+            let mut events = Vec::new();
+            while let Some(e) = peer.pc.poll_event() {
+                events.push(e);
+            }
+            let mut reads = Vec::new();
+            while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
+                reads.push(message);
+            }
+            let timeout = peer.pc.poll_timeout();
+            if timeout != peer.timeout {
+                peer.timeout = timeout;
+                if let Some(t) = timeout {
+                    self.timers.push(Reverse((t, peer_id)));
+                }
+            }
+            self.peers.insert(peer_id, peer);
+            for e in events {
+                self.on_event(peer_id, e, now);
+            }
+            for m in reads {
+                self.on_message(peer_id, m, now);
+            }
+        }
+    }
+
+    fn on_event(&mut self, peer_id: PeerId, event: RTCPeerConnectionEvent, now: Instant) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let Some(peer) = self.peers.get_mut(&peer_id) else {
+                    return;
+                };
+                tracing::debug!(peer = peer_id, %state, "connection state");
+                match state {
+                    RTCPeerConnectionState::Connected => {
+                        peer.connected = true;
+                        // Ask publishers for keyframes so the new subscriber starts at once.
+                        if peer.role == Role::Subscribe {
+                            let downs: Vec<DownKey> =
+                                peer.downs_by_ssrc.values().copied().collect();
+                            for d in downs {
+                                self.request_keyframe_for(d, now);
+                            }
+                        }
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                        let session = peer.session;
+                        self.remove_session(session, now);
+                    }
+                    _ => {}
+                }
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.on_track_open(
+                    peer_id,
+                    init.track_id.to_string(),
+                    init.receiver_id,
+                    init.ssrc,
+                    init.rid.map(|r| r.to_string()),
+                    now,
+                );
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
+                let key = self
+                    .peers
+                    .get_mut(&peer_id)
+                    .and_then(|p| p.inbound.remove(&track_id.to_string()));
+                if let Some(k) = key {
+                    self.remove_track(k, now);
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
+                if let Some(p) = self.peers.get_mut(&peer_id)
+                    && p.chat == Some(id)
+                {
+                    p.chat_open = true;
+                }
+            }
+            RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnClose(id)) => {
+                if let Some(p) = self.peers.get_mut(&peer_id)
+                    && p.chat == Some(id)
+                {
+                    p.chat_open = false;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_track_open(
+        &mut self,
+        peer_id: PeerId,
+        track_id: String,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+        rid: Option<String>,
+        now: Instant,
+    ) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        if peer.role != Role::Publish {
+            return;
+        }
+        let session = peer.session;
+        if let Some(&key) = peer.inbound.get(&track_id) {
+            // Another simulcast layer of a known track.
+            if let Some(t) = self.tracks.get_mut(&key) {
+                let rid = rid.unwrap_or_default();
+                if let Some(l) = t.layers.iter_mut().find(|l| l.rid == rid) {
+                    l.ssrc = Some(ssrc);
+                }
+            }
+            return;
+        }
+        let (kind, codec, rids, ext_uris) = {
+            let Some(mut rx) = peer.pc.rtp_receiver(receiver) else {
+                return;
+            };
+            let kind = rx.track().kind();
+            let rids: Vec<String> = rx
+                .track()
+                .codings()
+                .iter()
+                .map(|c| c.rtp_coding_parameters.rid.to_string())
+                .filter(|r| !r.is_empty())
+                .collect();
+            let params = rx.get_parameters();
+            let codec = params
+                .rtp_parameters
+                .codecs
+                .first()
+                .map(|c| c.rtp_codec.clone());
+            let ext_uris: HashMap<u8, String> = params
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .map(|h| (h.id as u8, h.uri.clone()))
+                .collect();
+            (kind, codec, rids, ext_uris)
+        };
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
+        let source =
+            s.declared_sources
+                .get(&track_id)
+                .copied()
+                .unwrap_or(if kind == RtpCodecKind::Audio {
+                    TrackSource::Microphone
+                } else {
+                    TrackSource::Camera
+                });
+        let room = s.room.clone();
+        let mut layers: Vec<Layer> = if rids.is_empty() {
+            vec![Layer {
+                rid: String::new(),
+                ssrc: Some(ssrc),
+                bytes: 0,
+                bps: 0.0,
+            }]
+        } else {
+            let mut v: Vec<(u8, String)> = rids
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (layer_index(r, i), r.clone()))
+                .collect();
+            v.sort();
+            v.into_iter()
+                .map(|(_, rid)| Layer {
+                    rid,
+                    ssrc: None,
+                    bytes: 0,
+                    bps: 0.0,
+                })
+                .collect()
+        };
+        if let Some(r) = rid
+            && let Some(l) = layers.iter_mut().find(|l| l.rid == r)
+        {
+            l.ssrc = Some(ssrc);
+        }
+        let key = self.next_id();
+        let audio_level_id = ext_uris
+            .iter()
+            .find(|(_, u)| u.as_str() == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+            .map(|(id, _)| *id);
+        let video_codec = codec
+            .as_ref()
+            .map(|c| VideoCodec::from_mime(&c.mime_type))
+            .unwrap_or(VideoCodec::Other);
+        let public_id = format!("t{key}");
+        self.tracks.insert(
+            key,
+            PublishedTrack {
+                id: public_id,
+                session,
+                peer: peer_id,
+                receiver,
+                kind,
+                source,
+                codec,
+                video_codec,
+                layers,
+                ext_uris,
+                audio_level_id,
+                downs: Vec::new(),
+                last_pli: HashMap::new(),
+            },
+        );
+        if let Some(p) = self.peers.get_mut(&peer_id) {
+            p.inbound.insert(track_id, key);
+        }
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.tracks.push(key);
+        }
+        if let Some(info) = self.tracks.get(&key).and_then(|t| self.track_info(t)) {
+            self.broadcast(
+                &room,
+                session,
+                &ServerMessage::TrackPublished { track: info },
+            );
+        }
+        let subscribers: Vec<SessionId> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.sessions.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|&s| {
+                s != session
+                    && self
+                        .sessions
+                        .get(&s)
+                        .is_some_and(|s| s.kind == SessionKind::WebSocket)
+            })
+            .collect();
+        for s in subscribers {
+            self.add_down_track(key, s, now);
+            if let Err(e) = self.offer_subscriber(s, now) {
+                tracing::warn!(session = s, error = %e, "cannot re-offer");
+            }
+        }
+    }
+
+    fn on_message(&mut self, peer_id: PeerId, msg: RTCMessage, now: Instant) {
+        match msg {
+            RTCMessage::RtpPacket(track_id, packet) => self.on_rtp(peer_id, &track_id, packet, now),
+            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(peer_id, packets, now),
+            RTCMessage::DataChannelMessage(_, m) => {
+                let Some(session) = self.peers.get(&peer_id).map(|p| p.session) else {
+                    return;
+                };
+                if m.data.len() > MAX_CHAT_BYTES * 2 {
+                    return;
+                }
+                match serde_json::from_slice::<ChatFrame>(&m.data) {
+                    Ok(frame) => {
+                        if let Err(e) = self.chat(session, &frame.text, now) {
+                            self.signal(
+                                session,
+                                ServerMessage::Error {
+                                    code: e.code().into(),
+                                    message: e.to_string(),
+                                },
+                            );
+                        }
+                    }
+                    Err(_) => self.signal(
+                        session,
+                        ServerMessage::Error {
+                            code: "bad_request".into(),
+                            message: "chat frames are JSON objects with a text field".into(),
+                        },
+                    ),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_rtp(&mut self, peer_id: PeerId, track_id: &str, packet: rtc::rtp::Packet, now: Instant) {
+        let Some(key) = self
+            .peers
+            .get(&peer_id)
+            .and_then(|p| p.inbound.get(track_id))
+            .copied()
+        else {
+            return;
+        };
+        let Some(t) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        let payload_len = packet.payload.len() as u64;
+        self.metrics.packets_in.inc();
+        self.metrics.bytes_in.inc_by(payload_len);
+        self.rate_window.bytes_in += payload_len;
+        let ssrc = packet.header.ssrc;
+        let layer = match t.layers.iter().position(|l| l.ssrc == Some(ssrc)) {
+            Some(i) => i,
+            None => {
+                // A layer whose first packet we have not matched yet: ask the receiver.
+                let rid = self.peers.get_mut(&peer_id).and_then(|p| {
+                    p.pc.rtp_receiver(t.receiver)
+                        .and_then(|r| r.track().rid(ssrc).map(|r| r.to_string()))
+                });
+                match rid.and_then(|rid| t.layers.iter().position(|l| l.rid == rid)) {
+                    Some(i) => {
+                        t.layers[i].ssrc = Some(ssrc);
+                        i
+                    }
+                    None => return,
+                }
+            }
+        };
+        t.layers[layer].bytes += payload_len;
+        if t.codec.is_none() {
+            return;
+        }
+        // Active speaker.
+        if let Some(id) = t.audio_level_id
+            && let Some(level) = packet
+                .header
+                .get_extension(id)
+                .as_deref()
+                .and_then(parse_audio_level)
+            && let Some(s) = self.sessions.get(&t.session)
+            && let Some(room) = self.rooms.get_mut(&s.room)
+        {
+            room.speakers.on_level(&s.participant.id, level, now);
+        }
+        let keyframe = t.kind == RtpCodecKind::Video && t.video_codec.is_keyframe(&packet.payload);
+        let downs = t.downs.clone();
+        let ext_uris = t.ext_uris.clone();
+        for d in downs {
+            self.forward_to(d, layer as u8, &packet, keyframe, &ext_uris, now);
+        }
+    }
+
+    fn forward_to(
+        &mut self,
+        down_key: DownKey,
+        layer: u8,
+        packet: &rtc::rtp::Packet,
+        keyframe: bool,
+        ext_uris: &HashMap<u8, String>,
+        now: Instant,
+    ) {
+        let Some(down) = self.downs.get_mut(&down_key) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&down.peer) else {
+            return;
+        };
+        if !peer.connected {
+            return;
+        }
+        let verdict = down.forwarder.on_packet(
+            layer,
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            keyframe,
+            now,
+        );
+        let Verdict::Forward {
+            seq,
+            timestamp,
+            switched,
+        } = verdict
+        else {
+            return;
+        };
+        if switched && down.layer_switched_at.is_some() {
+            self.metrics.layer_switches.inc();
+        }
+        if switched {
+            down.layer_switched_at = Some(now);
+        }
+        let Some(mut sender) = peer.pc.rtp_sender(down.sender) else {
+            return;
+        };
+        if down.leg.is_none() {
+            let params = sender.get_parameters();
+            let Some(codec) = self.tracks.get(&down.track).and_then(|t| t.codec.clone()) else {
+                return;
+            };
+            let payload_type = params
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| {
+                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
+                        && c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line
+                })
+                .or_else(|| {
+                    params
+                        .rtp_parameters
+                        .codecs
+                        .iter()
+                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type))
+                })
+                .map(|c| c.payload_type);
+            let Some(payload_type) = payload_type else {
+                // Not negotiated (yet): nothing can be sent on this leg.
+                return;
+            };
+            let ext_map = ext_uris
+                .iter()
+                .filter(|(_, uri)| FORWARDED_EXTENSIONS.contains(&uri.as_str()))
+                .filter_map(|(id, uri)| {
+                    params
+                        .rtp_parameters
+                        .header_extensions
+                        .iter()
+                        .find(|h| &h.uri == uri)
+                        .map(|h| (*id, h.id as u8))
+                })
+                .collect();
+            down.leg = Some(LegMapping {
+                payload_type,
+                ext_map,
+            });
+        }
+        let Some(leg) = down.leg.as_ref() else { return };
+        let mut out = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                padding: false,
+                extension: false,
+                marker: packet.header.marker,
+                payload_type: leg.payload_type,
+                sequence_number: seq,
+                timestamp,
+                ssrc: down.ssrc,
+                csrc: Vec::new(),
+                extension_profile: 0,
+                extensions: Vec::new(),
+                extensions_padding: 0,
+            },
+            payload: packet.payload.clone(),
+        };
+        for (from, to) in &leg.ext_map {
+            if let Some(v) = packet.header.get_extension(*from) {
+                let _ = out.header.set_extension(*to, v);
+            }
+        }
+        let len = out.payload.len() as u64;
+        match sender.write_rtp(now, out) {
+            Ok(()) => {
+                self.metrics.packets_out.inc();
+                self.metrics.bytes_out.inc_by(len);
+                self.rate_window.bytes_out += len;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "write_rtp refused");
+                return;
+            }
+        }
+        let (peer_id, session) = (down.peer, down.session);
+        self.mark_dirty(peer_id);
+        if let Some(s) = self.sessions.get_mut(&session)
+            && !s.first_media_sent
+        {
+            s.first_media_sent = true;
+            self.metrics
+                .join_seconds
+                .observe(now.saturating_duration_since(s.joined_at).as_secs_f64());
+        }
+    }
+
+    fn on_rtcp(&mut self, peer_id: PeerId, packets: Vec<Box<dyn rtc::rtcp::Packet>>, now: Instant) {
+        for p in packets {
+            let any = p.as_any();
+            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+                self.keyframe_request_from_subscriber(peer_id, pli.media_ssrc, now);
+            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+                for e in &fir.fir {
+                    self.keyframe_request_from_subscriber(peer_id, e.ssrc, now);
+                }
+            } else if any.downcast_ref::<TransportLayerNack>().is_some() {
+                self.metrics.nacks.inc();
+            } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
+                if let Some(peer) = self.peers.get_mut(&peer_id) {
+                    for r in &rr.reports {
+                        if peer.downs_by_ssrc.contains_key(&r.ssrc) {
+                            let lost = f32::from(r.fraction_lost) / 256.0;
+                            peer.loss = peer.loss * 0.5 + lost * 0.5;
+                        }
+                    }
+                }
+            } else if let Some(remb) = any.downcast_ref::<ReceiverEstimatedMaximumBitrate>()
+                && let Some(peer) = self.peers.get_mut(&peer_id)
+            {
+                peer.remb_bps = Some(f64::from(remb.bitrate));
+            }
+        }
+    }
+
+    fn keyframe_request_from_subscriber(&mut self, peer_id: PeerId, ssrc: u32, now: Instant) {
+        if let Some(d) = self
+            .peers
+            .get(&peer_id)
+            .and_then(|p| p.downs_by_ssrc.get(&ssrc))
+            .copied()
+        {
+            self.request_keyframe_for(d, now);
+        }
+    }
+
+    /// Asks the publisher for a keyframe of the layer `down` is on or switching to.
+    fn request_keyframe_for(&mut self, down: DownKey, now: Instant) {
+        let Some(d) = self.downs.get(&down) else {
+            return;
+        };
+        let layer = d
+            .forwarder
+            .target_layer()
+            .or(d.forwarder.current_layer())
+            .unwrap_or(0);
+        let track = d.track;
+        self.send_pli(track, layer, now);
+    }
+
+    fn send_pli(&mut self, track: TrackKey, layer: u8, now: Instant) {
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if t.kind != RtpCodecKind::Video {
+            return;
+        }
+        let Some(ssrc) = t.layers.get(usize::from(layer)).and_then(|l| l.ssrc) else {
+            return;
+        };
+        if t.last_pli
+            .get(&ssrc)
+            .is_some_and(|at| now.saturating_duration_since(*at) < PLI_MIN_GAP)
+        {
+            return;
+        }
+        t.last_pli.insert(ssrc, now);
+        let (peer_id, receiver) = (t.peer, t.receiver);
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let Some(mut rx) = peer.pc.rtp_receiver(receiver) else {
+            return;
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        if rx.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+            self.metrics.plis.inc();
+            self.mark_dirty(peer_id);
+        }
+    }
+
+    // ----- time -----------------------------------------------------------------------------
+
+    /// When [`Engine::handle_timeout`] should next be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((t, p))) = self.timers.peek().copied() {
+            match self.peers.get(&p) {
+                Some(peer) if peer.timeout == Some(t) => break,
+                _ => {
+                    self.timers.pop();
+                }
+            }
+        }
+        let peer_next = self.timers.peek().map(|Reverse((t, _))| *t);
+        match (peer_next, self.next_housekeeping) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((t, p))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(peer) = self.peers.get_mut(&p) else {
+                continue;
+            };
+            if peer.timeout != Some(t) {
+                continue;
+            }
+            peer.timeout = None;
+            if let Err(e) = peer.pc.handle_timeout(now) {
+                tracing::debug!(peer = p, error = %e, "timeout handling failed");
+            }
+            self.mark_dirty(p);
+        }
+        if self.next_housekeeping.is_some_and(|t| t <= now) {
+            self.housekeeping(now);
+            self.next_housekeeping = if self.sessions.is_empty() {
+                None
+            } else {
+                Some(now + HOUSEKEEPING)
+            };
+        }
+        self.process(now);
+    }
+
+    fn housekeeping(&mut self, now: Instant) {
+        // Rates, once a second.
+        let since = *self.rate_window.since.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed >= Duration::from_secs(1) {
+            let secs = elapsed.as_secs_f64();
+            let w = &mut self.rate_window;
+            w.ingress_bps = w.bytes_in as f64 * 8.0 / secs;
+            w.egress_bps = w.bytes_out as f64 * 8.0 / secs;
+            w.bytes_in = 0;
+            w.bytes_out = 0;
+            w.since = Some(now);
+            for t in self.tracks.values_mut() {
+                for l in &mut t.layers {
+                    let bps = l.bytes as f64 * 8.0 / secs;
+                    l.bps = if l.bps == 0.0 {
+                        bps
+                    } else {
+                        l.bps * 0.5 + bps * 0.5
+                    };
+                    l.bytes = 0;
+                }
+            }
+        }
+        // Connections that never connected.
+        let stale: Vec<SessionId> = self
+            .peers
+            .values()
+            .filter(|p| {
+                !p.connected && now.saturating_duration_since(p.created_at) > CONNECT_TIMEOUT
+            })
+            .map(|p| p.session)
+            .collect();
+        for s in stale {
+            tracing::info!(session = s, "connection never completed; dropping session");
+            self.signal(
+                s,
+                ServerMessage::Error {
+                    code: "connect_timeout".into(),
+                    message: "media connection did not complete".into(),
+                },
+            );
+            self.remove_session(s, now);
+        }
+        // Layer decisions and pending keyframes.
+        let keys: Vec<DownKey> = self.downs.keys().copied().collect();
+        for k in keys {
+            let Some(d) = self.downs.get_mut(&k) else {
+                continue;
+            };
+            let Some(t) = self.tracks.get(&d.track) else {
+                continue;
+            };
+            if t.kind == RtpCodecKind::Video && t.layers.len() > 1 {
+                let link = self
+                    .peers
+                    .get(&d.peer)
+                    .map(|p| LinkState {
+                        available_bps: p.remb_bps.map(|b| b / p.downs_by_ssrc.len().max(1) as f64),
+                        loss: p.loss,
+                    })
+                    .unwrap_or_default();
+                let bps: Vec<f64> = t.layers.iter().map(|l| l.bps).collect();
+                let chosen = d.selector.decide(link, &bps, now);
+                if chosen != d.forwarder.target_layer() {
+                    d.forwarder.set_target(chosen);
+                }
+            }
+            if d.forwarder.needs_keyframe() {
+                self.request_keyframe_for(k, now);
+            }
+        }
+        // Active speakers.
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        for r in rooms {
+            let list = self
+                .rooms
+                .get_mut(&r)
+                .and_then(|room| room.speakers.poll(now));
+            if let Some(participant_ids) = list {
+                self.broadcast(&r, 0, &ServerMessage::ActiveSpeakers { participant_ids });
+            }
+        }
+        self.metrics.rooms.set(self.rooms.len() as i64);
+        self.metrics.participants.set(self.sessions.len() as i64);
+        self.metrics.published_tracks.set(self.tracks.len() as i64);
+        self.metrics.forwarded_streams.set(self.downs.len() as i64);
+    }
+
+    // ----- outputs --------------------------------------------------------------------------
+
+    /// Next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Next signalling message for a session.
+    pub fn poll_signal(&mut self) -> Option<(SessionId, ServerMessage)> {
+        self.signals.pop_front()
+    }
+
+    /// Next session that ended (its socket or HTTP resource should be closed).
+    pub fn poll_closed(&mut self) -> Option<SessionId> {
+        self.closed.pop_front()
+    }
+
+    /// The IP the node advertises, for logs.
+    pub fn candidate_ip(&self) -> IpAddr {
+        self.cfg.candidate_addr.ip()
+    }
+}

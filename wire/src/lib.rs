@@ -1,0 +1,12 @@
+//! Wire types that more than one moim binary speaks.
+//!
+//! Join tokens flow from whoever mints them (the `media-node token` command, later the
+//! operator's join API) to a media node; signalling messages flow between the web client and a
+//! media node over WebSocket; the status document flows from a media node to the operator. This
+//! crate holds only data and pure functions: no sockets, no kube, no webrtc.
+
+pub mod signal;
+pub mod status;
+pub mod token;
+
+pub use token::{JoinClaims, TokenError};
