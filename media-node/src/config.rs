@@ -8,8 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// The secret `--dev` nodes sign and check join tokens with. Never use it in production.
-pub const DEV_SECRET: &str = "moim-dev-secret-not-for-production";
+pub use moim_wire::token::DEV_SECRET;
 
 /// moim media node: a WebRTC SFU for video meetings.
 #[derive(Debug, Parser)]

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
+/// The secret `--dev` nodes sign and check join tokens with. Public, so never for production.
+pub const DEV_SECRET: &str = "moim-dev-secret-not-for-production";
+
 /// Longest token accepted, in bytes; anything longer is refused before it is decoded.
 pub const MAX_TOKEN_LEN: usize = 4096;
 

@@ -1,0 +1,329 @@
+//! Harness for moim's end-to-end tests and benchmarks: real `media-node` processes on
+//! loopback, and real headless Chromium driven through ChromeDriver.
+//!
+//! Nothing here fakes media: browsers use Chromium's fake camera and microphone, which produce
+//! real encoded video and audio over real ICE, DTLS and SRTP.
+
+use anyhow::{Context, bail};
+use fantoccini::{Client, ClientBuilder};
+use moim_wire::JoinClaims;
+use moim_wire::token::DEV_SECRET;
+use serde_json::Value;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Path of a workspace binary, building it first (once per process).
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let release = std::env::current_exe()
+        .ok()
+        .is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"));
+    let built = BUILT.get_or_init(|| {
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(workspace_root())
+            .args(["build", "-q", "--bin", "media-node"]);
+        if release {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("cargo build exited with {s}")),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    if let Err(e) = built {
+        bail!("building binaries failed: {e}");
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| workspace_root().join("target"));
+    Ok(target
+        .join(if release { "release" } else { "debug" })
+        .join(name))
+}
+
+/// A free loopback TCP port.
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// A free loopback UDP port.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A token for a `--dev` node.
+pub fn dev_token(room: &str, identity: &str) -> String {
+    JoinClaims {
+        identity: identity.into(),
+        room: room.into(),
+        name: identity.into(),
+        can_publish: true,
+        can_subscribe: true,
+        exp: now_unix() + 3600,
+        nbf: None,
+    }
+    .sign(DEV_SECRET.as_bytes())
+}
+
+/// A running `media-node --dev` process, killed on drop.
+pub struct Node {
+    child: Child,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// UDP media address.
+    pub udp: SocketAddr,
+}
+
+impl Node {
+    /// Starts a dev node on free loopback ports with `extra` arguments and waits for `/healthz`.
+    pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse()?;
+        let udp: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse()?;
+        let log = std::env::var("MOIM_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let child = Command::new(binary("media-node")?)
+            .args([
+                "--dev",
+                "--http",
+                &http.to_string(),
+                "--udp",
+                &udp.to_string(),
+                "--log",
+                &log,
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(if std::env::var("MOIM_TEST_LOG").is_ok() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .context("starting media-node")?;
+        let node = Self { child, http, udp };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::get(node.url("/healthz")).await
+                && r.status().is_success()
+            {
+                return Ok(node);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("media-node did not become healthy")
+    }
+
+    /// `http://<node><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit, up to `timeout`; returns whether it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A headless Chromium with fake camera and microphone, driven over WebDriver.
+pub struct Browser {
+    driver: Child,
+    profile: PathBuf,
+    /// The WebDriver client.
+    pub client: Client,
+}
+
+fn chromium_path() -> String {
+    std::env::var("MOIM_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+impl Browser {
+    /// Starts ChromeDriver and a fresh Chromium profile.
+    pub async fn start() -> anyhow::Result<Self> {
+        // reqwest and fantoccini both use rustls; pick its crypto provider once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let port = free_tcp_port();
+        let driver = Command::new(
+            std::env::var("MOIM_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()),
+        )
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting chromedriver (install Debian's chromium-driver)")?;
+        let profile =
+            std::env::temp_dir().join(format!("moim-chromium-{}-{port}", std::process::id()));
+        let _ = std::fs::create_dir_all(&profile);
+        let args = vec![
+            "--headless".to_owned(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--no-first-run".into(),
+            "--disable-dev-shm-usage".into(),
+            "--use-fake-device-for-media-stream".into(),
+            "--use-fake-ui-for-media-stream".into(),
+            "--autoplay-policy=no-user-gesture-required".into(),
+            "--allow-loopback-in-peer-connection".into(),
+            "--auto-select-desktop-capture-source=Entire screen".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({ "binary": chromium_path(), "args": args }),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = loop {
+            match ClientBuilder::rustls()?
+                .capabilities(caps.clone())
+                .connect(&url)
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => {
+                    bail!("chromedriver did not start a session: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        Ok(Self {
+            driver,
+            profile,
+            client,
+        })
+    }
+
+    /// Opens `url`.
+    pub async fn goto(&self, url: &str) -> anyhow::Result<()> {
+        self.client.goto(url).await.context("navigating")?;
+        Ok(())
+    }
+
+    /// Runs JavaScript (a promise it returns is awaited) and returns its JSON result.
+    pub async fn js(&self, script: &str) -> anyhow::Result<Value> {
+        self.client
+            .execute(script, vec![])
+            .await
+            .with_context(|| format!("running script: {script}"))
+    }
+
+    /// Polls `script` until it returns `true`, or fails after `timeout`.
+    pub async fn wait_for(&self, script: &str, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.js(script).await? == Value::Bool(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for: {script}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Frames decoded per received video track (from `getStats()` of `expr`, a peer
+    /// connection expression such as `moim.sub`).
+    pub async fn frames_decoded(&self, pc_expr: &str) -> anyhow::Result<Vec<u64>> {
+        let script = format!(
+            "const pc = {pc_expr}; if (!pc) return []; const r = await pc.getStats(); const out = []; \
+             r.forEach(s => {{ if (s.type === 'inbound-rtp' && s.kind === 'video') out.push(s.framesDecoded || 0); }}); return out;"
+        );
+        let v = self
+            .js(&format!("return (async () => {{ {script} }})()"))
+            .await?;
+        Ok(v.as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default())
+    }
+
+    /// Closes the browser.
+    pub async fn close(self) {
+        let _ = self.client.clone().close().await;
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Waits until every one of `expected` video tracks in `pc_expr` decodes frames and the count
+/// keeps rising; returns the last counts.
+pub async fn wait_decoding(
+    b: &Browser,
+    pc_expr: &str,
+    expected: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u64>> {
+    let deadline = Instant::now() + timeout;
+    let mut last: Vec<u64> = Vec::new();
+    loop {
+        let now = b.frames_decoded(pc_expr).await?;
+        let live = now.iter().filter(|&&f| f > 0).count();
+        if live >= expected
+            && now.len() == last.len()
+            && now.iter().zip(&last).filter(|(a, b)| a > b).count() >= expected
+        {
+            return Ok(now);
+        }
+        if Instant::now() > deadline {
+            bail!("expected {expected} decoding video tracks, frames decoded: {now:?}");
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
