@@ -69,6 +69,9 @@ pub struct ServeArgs {
     /// When draining, exit at the latest after this long even if rooms remain.
     #[arg(long, env = "MOIM_DRAIN_TIMEOUT", default_value = "2h", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+    /// A session whose media connection has not completed this long after the offer is dropped.
+    #[arg(long, env = "MOIM_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "MOIM_LOG", default_value = "info")]
     pub log: String,

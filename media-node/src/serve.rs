@@ -72,6 +72,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             max_sessions: args.max_sessions,
             node_id,
             region: args.region.clone(),
+            connect_timeout: args.connect_timeout,
         },
         metrics.clone(),
     );

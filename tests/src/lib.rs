@@ -327,3 +327,118 @@ pub async fn wait_decoding(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// A bare WebSocket signalling client (no media), for protocol and drain tests.
+pub struct SignalClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl SignalClient {
+    /// Connects to the node's `/ws`.
+    pub async fn connect(node: &Node) -> anyhow::Result<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.http)).await?;
+        Ok(Self { ws })
+    }
+
+    /// Sends a text frame.
+    pub async fn send_text(&mut self, text: String) -> anyhow::Result<()> {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(text.into()))
+            .await?;
+        Ok(())
+    }
+
+    /// Sends `join` with `token`.
+    pub async fn join(&mut self, token: &str) -> anyhow::Result<()> {
+        self.send_text(serde_json::json!({"type": "join", "token": token}).to_string())
+            .await
+    }
+
+    /// The next JSON message, or `None` when the socket closed (with its close code).
+    pub async fn recv(&mut self, timeout: Duration) -> anyhow::Result<Result<Value, Option<u16>>> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let msg = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .context("no message in time")?;
+            match msg {
+                Some(Ok(Message::Text(t))) => return Ok(Ok(serde_json::from_str(&t)?)),
+                Some(Ok(Message::Close(frame))) => {
+                    return Ok(Err(frame.map(|f| u16::from(f.code))));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ok(Err(None)),
+            }
+        }
+    }
+
+    /// Waits for a message of `type`, skipping others.
+    pub async fn recv_type(&mut self, typ: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv(left).await? {
+                Ok(v) if v["type"] == typ => return Ok(v),
+                Ok(_) => continue,
+                Err(code) => bail!("socket closed ({code:?}) while waiting for {typ}"),
+            }
+        }
+    }
+}
+
+/// `/status` of a node as JSON.
+pub async fn status(node: &Node) -> anyhow::Result<Value> {
+    Ok(reqwest::get(node.url("/status")).await?.json().await?)
+}
+
+/// Waits until `/status` satisfies `pred`.
+pub async fn wait_status(
+    node: &Node,
+    timeout: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = status(node).await?;
+        if pred(&s) {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            bail!("status never matched: {s}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A syntactically valid SDP offer with one send-only VP8 video stream, for clients that
+/// never actually connect.
+pub fn static_offer() -> String {
+    let fp: Vec<String> = (0..32).map(|i| format!("{:02X}", i * 7 % 256)).collect();
+    [
+        "v=0",
+        "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=msid-semantic: WMS s",
+        "m=video 9 UDP/TLS/RTP/SAVPF 96",
+        "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=ice-ufrag:abcd",
+        "a=ice-pwd:abcdefghijklmnopqrstuvwx",
+        &format!("a=fingerprint:sha-256 {}", fp.join(":")),
+        "a=setup:actpass",
+        "a=mid:0",
+        "a=sendonly",
+        "a=msid:s v0",
+        "a=rtcp-mux",
+        "a=rtpmap:96 VP8/90000",
+        "a=ssrc:1111 cname:x",
+        "",
+    ]
+    .join("\r\n")
+}

@@ -1,6 +1,6 @@
 //! Real Chromium participants on one media node: meeting, chat, WHIP and WHEP.
 
-use moim_e2e::{Browser, Node, dev_token, wait_decoding};
+use moim_e2e::{Browser, Node, dev_token, wait_decoding, wait_status};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,8 +29,90 @@ async fn three_browsers_see_each_other_and_chat() -> anyhow::Result<()> {
         )
         .await?;
     }
+    if std::env::var("MOIM_LONG").is_ok() {
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        for b in &browsers {
+            let f = wait_decoding(b, "moim.sub", 2, Duration::from_secs(5)).await?;
+            eprintln!("after 25s: {f:?}");
+        }
+    }
     for b in browsers {
         b.close().await;
     }
+    Ok(())
+}
+
+const WHIP_PUBLISH: &str = r#"
+return (async () => {
+  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } });
+  const pc = new RTCPeerConnection();
+  for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
+  await pc.setLocalDescription(await pc.createOffer());
+  const r = await fetch('/whip/ROOM', { method: 'POST', headers: { 'Content-Type': 'application/sdp', 'Authorization': 'Bearer TOKEN' }, body: pc.localDescription.sdp });
+  if (r.status !== 201) return 'status ' + r.status + ': ' + await r.text();
+  window.whipLocation = r.headers.get('Location');
+  await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+  window.whip = pc;
+  return 'ok';
+})()"#;
+
+const WHEP_PLAY: &str = r#"
+return (async () => {
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  await pc.setLocalDescription(await pc.createOffer());
+  const r = await fetch('/whep/ROOM', { method: 'POST', headers: { 'Content-Type': 'application/sdp', 'Authorization': 'Bearer TOKEN' }, body: pc.localDescription.sdp });
+  if (r.status !== 201) return 'status ' + r.status + ': ' + await r.text();
+  window.whepLocation = r.headers.get('Location');
+  await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+  window.whep = pc;
+  return 'ok';
+})()"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_publish_is_played_over_whep() -> anyhow::Result<()> {
+    let node = Node::start(&[]).await?;
+    let publisher = Browser::start().await?;
+    publisher.goto(&node.url("/healthz")).await?;
+    let script = WHIP_PUBLISH
+        .replace("ROOM", "live")
+        .replace("TOKEN", &dev_token("live", "obs"));
+    assert_eq!(publisher.js(&script).await?, "ok");
+    // Both of the publisher's tracks arrive at the node.
+    wait_status(&node, Duration::from_secs(15), |s| {
+        s["published_tracks"] == 2
+    })
+    .await?;
+
+    let viewer = Browser::start().await?;
+    viewer.goto(&node.url("/healthz")).await?;
+    let script = WHEP_PLAY
+        .replace("ROOM", "live")
+        .replace("TOKEN", &dev_token("live", "viewer"));
+    assert_eq!(viewer.js(&script).await?, "ok");
+    wait_decoding(&viewer, "window.whep", 1, Duration::from_secs(20)).await?;
+
+    // DELETE on the Location ends the session; a second DELETE finds nothing.
+    let location = viewer.js("return window.whepLocation;").await?;
+    let location = location.as_str().unwrap_or_default().to_owned();
+    assert!(location.starts_with("/whep/live/"), "{location}");
+    let token = dev_token("live", "viewer");
+    let http = reqwest::Client::new();
+    let r = http
+        .delete(node.url(&location))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http
+        .delete(node.url(&location))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 404);
+    wait_status(&node, Duration::from_secs(5), |s| s["participants"] == 1).await?;
+    publisher.close().await;
+    viewer.close().await;
     Ok(())
 }

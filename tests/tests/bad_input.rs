@@ -1,0 +1,180 @@
+//! Hostile and broken input: each gets a clear refusal and the node keeps serving.
+
+use moim_e2e::{Node, SignalClient, dev_token, now_unix, static_offer, wait_status};
+use moim_wire::JoinClaims;
+use std::time::Duration;
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn post_sdp(
+    node: &Node,
+    path: &str,
+    token: &str,
+    body: String,
+) -> anyhow::Result<(u16, String)> {
+    let r = client()
+        .post(node.url(path))
+        .header("Content-Type", "application/sdp")
+        .header("Authorization", format!("Bearer {token}"))
+        .body(body)
+        .send()
+        .await?;
+    Ok((r.status().as_u16(), r.text().await?))
+}
+
+#[tokio::test]
+async fn http_refusals_are_clear() -> anyhow::Result<()> {
+    let node = Node::start(&[]).await?;
+    let token = dev_token("r1", "ana");
+
+    let (status, body) = post_sdp(&node, "/whip/r1", &token, "hello, i am not sdp".into()).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("sdp"), "{body}");
+
+    let (status, body) = post_sdp(&node, "/whip/r1", &token, "v=0\r\nm=garbage\r\n".into()).await?;
+    assert_eq!(status, 400, "{body}");
+
+    let expired = JoinClaims {
+        identity: "ana".into(),
+        room: "r1".into(),
+        name: String::new(),
+        can_publish: true,
+        can_subscribe: true,
+        exp: now_unix() - 3600,
+        nbf: None,
+    };
+    let (status, body) = post_sdp(
+        &node,
+        "/whip/r1",
+        &expired.sign(moim_wire::token::DEV_SECRET.as_bytes()),
+        static_offer(),
+    )
+    .await?;
+    assert_eq!((status, body.trim()), (401, "unauthorized: token expired"));
+
+    let mut forged = expired.clone();
+    forged.exp = now_unix() + 3600;
+    let (status, body) = post_sdp(
+        &node,
+        "/whip/r1",
+        &forged.sign(b"guessed-secret"),
+        static_offer(),
+    )
+    .await?;
+    assert_eq!(
+        (status, body.trim()),
+        (401, "unauthorized: token signature invalid")
+    );
+
+    let (status, body) = post_sdp(&node, "/whip/other-room", &token, static_offer()).await?;
+    assert_eq!(status, 403, "{body}");
+
+    let r = client()
+        .post(node.url("/whip/r1"))
+        .header("Content-Type", "application/sdp")
+        .body(static_offer())
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+
+    let (status, body) = post_sdp(
+        &node,
+        "/whep/empty-room",
+        &dev_token("empty-room", "bo"),
+        static_offer(),
+    )
+    .await?;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("no publisher"), "{body}");
+
+    let huge = "v=0\r\n".to_owned() + &"a=x\r\n".repeat(200_000);
+    let (status, _) = post_sdp(&node, "/whip/r1", &token, huge).await?;
+    assert_eq!(status, 413);
+
+    let r = client()
+        .delete(node.url("/whip/r1/not-a-resource"))
+        .header("Authorization", format!("Bearer {token}"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 404);
+
+    // Still serving.
+    assert!(
+        reqwest::get(node.url("/healthz"))
+            .await?
+            .status()
+            .is_success()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn oversized_and_garbled_signalling_frames() -> anyhow::Result<()> {
+    let node = Node::start(&[]).await?;
+
+    // Garbage before join.
+    let mut c = SignalClient::connect(&node).await?;
+    c.send_text("{{{{".into()).await?;
+    let e = c
+        .recv(Duration::from_secs(5))
+        .await?
+        .expect("an error message");
+    assert_eq!(e["type"], "error");
+
+    // A forged token.
+    let mut c = SignalClient::connect(&node).await?;
+    c.join("a.b.c").await?;
+    let e = c
+        .recv(Duration::from_secs(5))
+        .await?
+        .expect("an error message");
+    assert_eq!(e["code"], "unauthorized", "{e}");
+
+    // A joined client sends garbage, then a 1 MB frame.
+    let mut c = SignalClient::connect(&node).await?;
+    c.join(&dev_token("r2", "ana")).await?;
+    c.recv_type("joined", Duration::from_secs(5)).await?;
+    c.send_text(r#"{"type":"reboot"}"#.into()).await?;
+    let e = c.recv_type("error", Duration::from_secs(5)).await?;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    c.send_text("x".repeat(1024 * 1024)).await?;
+    let e = c.recv_type("error", Duration::from_secs(5)).await?;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exceeds"),
+        "{e}"
+    );
+    match c.recv(Duration::from_secs(5)).await? {
+        Err(code) => assert_eq!(code, Some(1009)),
+        Ok(v) => panic!("expected close, got {v}"),
+    }
+
+    // Someone else in the meantime is unaffected.
+    let mut d = SignalClient::connect(&node).await?;
+    d.join(&dev_token("r2", "bo")).await?;
+    let joined = d.recv_type("joined", Duration::from_secs(5)).await?;
+    assert_eq!(joined["room"], "r2");
+    Ok(())
+}
+
+#[tokio::test]
+async fn clients_that_vanish_are_cleaned_up() -> anyhow::Result<()> {
+    let node = Node::start(&["--connect-timeout", "2s"]).await?;
+    // A WHIP client that gets its answer and never connects.
+    let (status, _) =
+        post_sdp(&node, "/whip/r3", &dev_token("r3", "ghost"), static_offer()).await?;
+    assert_eq!(status, 201);
+    // A WebSocket client that joins and drops its TCP connection.
+    let mut c = SignalClient::connect(&node).await?;
+    c.join(&dev_token("r3", "dropper")).await?;
+    c.recv_type("joined", Duration::from_secs(5)).await?;
+    wait_status(&node, Duration::from_secs(5), |s| s["participants"] == 2).await?;
+    drop(c);
+    let s = wait_status(&node, Duration::from_secs(10), |s| s["participants"] == 0).await?;
+    assert_eq!(s["rooms"], 0);
+    Ok(())
+}
