@@ -5,6 +5,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_browsers_see_each_other_and_chat() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
     let node = Node::start(&[]).await?;
     let mut browsers = Vec::new();
     for name in ["ana", "bo", "chae"] {
@@ -72,6 +73,7 @@ return (async () => {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_publish_is_played_over_whep() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
     let node = Node::start(&[]).await?;
     let publisher = Browser::start().await?;
     publisher.goto(&node.url("/healthz")).await?;

@@ -377,17 +377,15 @@ impl Engine {
         configure_simulcast_extension_headers(&mut media).map_err(Error::rtc)?;
         let registry = configure_twcc_receiver_only(registry, &mut media).map_err(Error::rtc)?;
         let registry = configure_rtcp_reports(registry);
-        for uri in [rtc::sdp::extmap::AUDIO_LEVEL_URI] {
-            media
-                .register_header_extension(
-                    rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
-                        uri: uri.to_owned(),
-                    },
-                    RtpCodecKind::Audio,
-                    None,
-                )
-                .map_err(Error::rtc)?;
-        }
+        media
+            .register_header_extension(
+                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                    uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
+                },
+                RtpCodecKind::Audio,
+                None,
+            )
+            .map_err(Error::rtc)?;
         let settings = SettingEngineBuilder::new()
             .with_lite(true)
             .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
@@ -453,15 +451,12 @@ impl Engine {
         Ok(id)
     }
 
-    /// Answers a client's offer on `peer`: the SDP answer with the node's candidate.
-    fn answer_offer(&mut self, peer: PeerId, sdp: String, now: Instant) -> Result<String> {
+    /// Applies a client's offer to `peer`; [`Engine::finish_answer`] then produces the answer.
+    fn answer_offer(&mut self, peer: PeerId, sdp: String, now: Instant) -> Result<()> {
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| Error::Sdp(e.to_string()))?;
-        let candidate_pc = self.peers.get_mut(&peer).ok_or(Error::NotFound)?;
-        candidate_pc
-            .pc
-            .set_remote_description(now, offer)
-            .map_err(|e| Error::Sdp(e.to_string()))?;
-        Ok(String::new())
+        let p = self.peers.get_mut(&peer).ok_or(Error::NotFound)?;
+        p.pc.set_remote_description(now, offer)
+            .map_err(|e| Error::Sdp(e.to_string()))
     }
 
     fn finish_answer(&mut self, peer: PeerId, now: Instant) -> Result<String> {

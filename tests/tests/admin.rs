@@ -1,0 +1,165 @@
+//! The admin surface: Prometheus text that promtool accepts, `/status`, and draining.
+
+use moim_e2e::{Browser, Node, SignalClient, dev_token, wait_decoding, wait_status};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Runs `promtool check metrics` on `text`; returns its verdict.
+fn promtool(text: &str) -> anyhow::Result<(bool, String)> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child.stdin.take().map(|mut s| s.write_all(text.as_bytes()));
+    let out = child.wait_with_output()?;
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.success(), said))
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_count_real_traffic() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let node = Node::start(&[]).await?;
+    let mut browsers = Vec::new();
+    for name in ["ana", "bo"] {
+        let b = Browser::start().await?;
+        b.goto(&node.url(&format!(
+            "/?room=m&name={name}&autojoin=1&token={}",
+            dev_token("m", name)
+        )))
+        .await?;
+        browsers.push(b);
+    }
+    for b in &browsers {
+        wait_decoding(b, "moim.sub", 1, Duration::from_secs(30)).await?;
+    }
+    let status = wait_status(&node, Duration::from_secs(5), |s| {
+        s["egress_bps"].as_u64().unwrap_or(0) > 0
+    })
+    .await?;
+    assert_eq!(status["participants"], 2);
+    assert_eq!(status["rooms"], 1);
+    assert_eq!(status["published_tracks"], 4, "{status}");
+    assert_eq!(status["forwarded_streams"], 4, "{status}");
+    assert_eq!(status["ready"], true);
+
+    let text = reqwest::get(node.url("/metrics")).await?.text().await?;
+    let (ok, said) = promtool(&text)?;
+    assert!(
+        ok,
+        "promtool check metrics refused /metrics:\n{said}\n{text}"
+    );
+    assert!(
+        sample(&text, "moim_rtp_packets_sent_total").unwrap_or(0.0) > 100.0,
+        "{text}"
+    );
+    assert!(sample(&text, "moim_rtp_packets_received_total").unwrap_or(0.0) > 100.0);
+    assert_eq!(sample(&text, "moim_participants"), Some(2.0));
+    assert!(
+        sample(&text, "moim_join_seconds_count").unwrap_or(0.0) >= 2.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "moim_plis_sent_total").unwrap_or(0.0) >= 1.0,
+        "a keyframe is requested when a subscriber joins"
+    );
+    for b in browsers {
+        b.close().await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn drain_keeps_rooms_refuses_new_ones_and_exits_when_empty() -> anyhow::Result<()> {
+    let mut node = Node::start(&["--connect-timeout", "60s"]).await?;
+    let mut a = SignalClient::connect(&node).await?;
+    a.join(&dev_token("ongoing", "ana")).await?;
+    a.recv_type("joined", Duration::from_secs(5)).await?;
+    assert_eq!(
+        reqwest::get(node.url("/readyz")).await?.status().as_u16(),
+        200
+    );
+
+    let r = reqwest::Client::new()
+        .post(node.url("/drain"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 202);
+    a.recv_type("draining", Duration::from_secs(5)).await?;
+    let r = reqwest::get(node.url("/readyz")).await?;
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(
+        reqwest::get(node.url("/healthz")).await?.status().as_u16(),
+        200
+    );
+
+    // A new room is refused, the ongoing one still takes people.
+    let mut b = SignalClient::connect(&node).await?;
+    b.join(&dev_token("new-room", "bo")).await?;
+    let e = b.recv_type("error", Duration::from_secs(5)).await?;
+    assert_eq!(e["code"], "draining");
+    let mut c = SignalClient::connect(&node).await?;
+    c.join(&dev_token("ongoing", "chae")).await?;
+    c.recv_type("joined", Duration::from_secs(5)).await?;
+
+    assert!(
+        !node.wait_exit(Duration::from_millis(500)),
+        "must not exit while the room is live"
+    );
+    drop(a);
+    drop(c);
+    assert!(
+        node.wait_exit(Duration::from_secs(10)),
+        "node exits once the last session left"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_admin_token_guards_admin_api() -> anyhow::Result<()> {
+    let mut node = Node::start(&["--admin-token", "s3cret"]).await?;
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(node.url("/status"))
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        http.post(node.url("/drain"))
+            .bearer_auth("wrong")
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        403
+    );
+    assert_eq!(
+        http.get(node.url("/status"))
+            .bearer_auth("s3cret")
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        200
+    );
+    node.terminate();
+    assert!(
+        node.wait_exit(Duration::from_secs(10)),
+        "an idle node exits on SIGTERM"
+    );
+    Ok(())
+}
