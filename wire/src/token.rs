@@ -22,6 +22,24 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 pub const LEEWAY_SECS: u64 = 5;
 
 /// What a join token grants.
+///
+/// ```
+/// use moim_wire::{JoinClaims, TokenError};
+///
+/// let claims = JoinClaims {
+///     identity: "ana-42".into(),
+///     room: "standup".into(),
+///     name: "Ana".into(),
+///     can_publish: true,
+///     can_subscribe: true,
+///     exp: 1_000_000 + 3600,
+///     nbf: None,
+/// };
+/// let token = claims.sign(b"node secret");
+/// assert_eq!(JoinClaims::verify(&token, b"node secret", 1_000_000), Ok(claims));
+/// assert_eq!(JoinClaims::verify(&token, b"other secret", 1_000_000), Err(TokenError::Signature));
+/// assert_eq!(JoinClaims::verify(&token, b"node secret", 2_000_000), Err(TokenError::Expired));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinClaims {
     /// The participant's stable identity (JWT `sub`).
