@@ -27,12 +27,12 @@ use moim_wire::signal::{
 };
 use moim_wire::status::NodeStatus;
 use rtc::interceptor::{
-    Attribute, Interceptor, Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
+    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
+    Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers,
-    configure_twcc_receiver_only,
+    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -48,8 +48,8 @@ use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEs
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
-    RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
@@ -373,7 +373,25 @@ impl Engine {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(Error::rtc)?;
         let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
-        let registry = configure_nack(registry, &mut media);
+        // NACK both ways: the generator asks publishers for what the node lost, the responder
+        // answers subscribers (as RTX when negotiated) from a bounded per-stream buffer.
+        for parameter in ["", "pli"] {
+            media.register_feedback(
+                RTCPFeedback {
+                    typ: "nack".to_owned(),
+                    parameter: parameter.to_owned(),
+                },
+                RtpCodecKind::Video,
+            );
+        }
+        let registry = registry
+            .with(
+                Slot::NackResponder,
+                NackResponderBuilder::new()
+                    .with_size(NACK_BUFFER_PACKETS)
+                    .build(),
+            )
+            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
         configure_simulcast_extension_headers(&mut media).map_err(Error::rtc)?;
         let registry = configure_twcc_receiver_only(registry, &mut media).map_err(Error::rtc)?;
         let registry = configure_rtcp_reports(registry);
@@ -1975,5 +1993,307 @@ impl Engine {
     /// The IP the node advertises, for logs.
     pub fn candidate_ip(&self) -> IpAddr {
         self.cfg.candidate_addr.ip()
+    }
+}
+
+#[cfg(test)]
+mod fake_time_tests {
+    //! The whole engine against in-memory rtc client peers, in fake time: no sockets, no
+    //! sleeps. Datagrams move between the engine and the clients in a loop that advances a
+    //! fake clock by 5 ms per round.
+
+    use super::*;
+    use rtc::interceptor::Registry;
+    use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+
+    const NODE: &str = "10.0.0.1:5000";
+
+    struct Client {
+        pc: RTCPeerConnection,
+        addr: SocketAddr,
+        connected: bool,
+        plis: usize,
+        received_seqs: Vec<u16>,
+    }
+
+    fn client(port: u16, t: Instant) -> Client {
+        let mut media = MediaEngine::default();
+        media.register_default_codecs().expect("codecs");
+        let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
+        let registry = register_default_interceptors(registry, &mut media).expect("interceptors");
+        let pc = RTCPeerConnectionBuilder::new()
+            .with_media_engine(media)
+            .with_interceptor_registry(registry)
+            .build(t)
+            .expect("client pc");
+        let addr: SocketAddr = format!("10.0.0.2:{port}").parse().expect("addr");
+        Client {
+            pc,
+            addr,
+            connected: false,
+            plis: 0,
+            received_seqs: Vec::new(),
+        }
+    }
+
+    fn add_candidate(c: &mut Client) {
+        let cand = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".into(),
+                address: c.addr.ip().to_string(),
+                port: c.addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .expect("candidate");
+        c.pc.add_local_candidate(RTCIceCandidate::from(&cand).to_json().expect("json"))
+            .expect("add");
+    }
+
+    fn engine() -> Engine {
+        let addr: SocketAddr = NODE.parse().expect("addr");
+        Engine::new(
+            EngineConfig {
+                local_addr: addr,
+                candidate_addr: addr,
+                max_room_participants: 10,
+                max_sessions: 10,
+                node_id: "n".into(),
+                region: "test".into(),
+                connect_timeout: Duration::from_secs(30),
+            },
+            Metrics::new(),
+        )
+    }
+
+    fn claims(identity: &str) -> JoinClaims {
+        JoinClaims {
+            identity: identity.into(),
+            room: "r".into(),
+            name: String::new(),
+            can_publish: true,
+            can_subscribe: true,
+            exp: u64::MAX / 2,
+            nbf: None,
+        }
+    }
+
+    /// One round: everything queued moves, timers run, the clock advances 5 ms.
+    /// `drop_to` decides whether to lose a datagram on its way to a client.
+    fn round(
+        e: &mut Engine,
+        clients: &mut [&mut Client],
+        t: &mut Instant,
+        drop_to: &mut dyn FnMut(SocketAddr, &[u8]) -> bool,
+    ) {
+        let node: SocketAddr = NODE.parse().expect("addr");
+        for c in clients.iter_mut() {
+            while let Some(m) = c.pc.poll_write() {
+                e.handle_datagram(*t, c.addr, &m.message);
+            }
+        }
+        e.handle_timeout(*t);
+        while let Some(tx) = e.poll_transmit() {
+            if drop_to(tx.to, &tx.data) {
+                continue;
+            }
+            if let Some(c) = clients.iter_mut().find(|c| c.addr == tx.to) {
+                let _ = c.pc.handle_read(TaggedBytesMut {
+                    now: *t,
+                    transport: TransportContext {
+                        local_addr: c.addr,
+                        peer_addr: node,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message: tx.data,
+                });
+            }
+        }
+        for c in clients.iter_mut() {
+            if c.pc.poll_timeout().is_some_and(|d| d <= *t) {
+                let _ = c.pc.handle_timeout(*t);
+            }
+            while let Some(ev) = c.pc.poll_event() {
+                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
+                    RTCPeerConnectionState::Connected,
+                ) = ev
+                {
+                    c.connected = true;
+                }
+            }
+            while let Some(m) = c.pc.poll_read() {
+                match m.message {
+                    RTCMessage::RtcpPacket(_, packets) => {
+                        c.plis += packets
+                            .iter()
+                            .filter(|p| {
+                                p.as_any().downcast_ref::<PictureLossIndication>().is_some()
+                            })
+                            .count();
+                    }
+                    RTCMessage::RtpPacket(_, p) => c.received_seqs.push(p.header.sequence_number),
+                    _ => {}
+                }
+            }
+        }
+        *t += Duration::from_millis(5);
+    }
+
+    fn vp8(keyframe: bool) -> bytes::Bytes {
+        // S=1, partition 0; then a frame header whose P bit says key or inter frame.
+        bytes::Bytes::from(vec![
+            0x10,
+            if keyframe { 0x00 } else { 0x01 },
+            0x9d,
+            0x01,
+            0x2a,
+            0,
+            0,
+            0,
+            0,
+        ])
+    }
+
+    #[test]
+    fn keyframe_requested_on_join_and_nack_served_from_cache() {
+        let mut t = Instant::now();
+        let mut e = engine();
+        let mut publisher = client(6000, t);
+        let mut viewer = client(6001, t);
+        let mut keep = |_: SocketAddr, _: &[u8]| false;
+
+        // The publisher joins and offers one VP8 track.
+        let (pub_session, _) = e.ws_join(&claims("pub"), t).expect("join");
+        let ssrc = 4242;
+        let codec = RTCRtpCodec {
+            mime_type: "video/VP8".into(),
+            clock_rate: 90_000,
+            ..Default::default()
+        };
+        let track = MediaStreamTrack::new(
+            "s".into(),
+            "cam".into(),
+            "cam".into(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        );
+        let sender = publisher.pc.add_track(track).expect("track");
+        let offer = publisher.pc.create_offer(None).expect("offer");
+        publisher.pc.set_local_description(t, offer).expect("local");
+        add_candidate(&mut publisher);
+        let sdp = publisher.pc.local_description().expect("sdp").sdp;
+        let answer = e.ws_publish(pub_session, sdp, vec![], t).expect("publish");
+        publisher
+            .pc
+            .set_remote_description(t, RTCSessionDescription::answer(answer).expect("answer"))
+            .expect("remote");
+
+        let mut seq: u16 = 100;
+        let send_frame = |p: &mut Client, t: Instant, seq: &mut u16, key: bool| {
+            let mut s = p.pc.rtp_sender(sender).expect("sender");
+            let pkt = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number: *seq,
+                    timestamp: u32::from(*seq) * 3000,
+                    ssrc,
+                    marker: true,
+                    ..Default::default()
+                },
+                payload: vp8(key),
+            };
+            *seq = seq.wrapping_add(1);
+            let _ = s.write_rtp(t, pkt);
+        };
+        for i in 0..400 {
+            round(&mut e, &mut [&mut publisher], &mut t, &mut keep);
+            if publisher.connected && i % 7 == 0 {
+                let first = seq == 100;
+                send_frame(&mut publisher, t, &mut seq, first);
+            }
+        }
+        assert!(publisher.connected, "publisher connects");
+        assert_eq!(e.status().published_tracks, 1, "the node sees the track");
+        let plis_before = publisher.plis;
+
+        // A viewer joins; the node offers it the publisher's track.
+        let (viewer_session, _) = e.ws_join(&claims("viewer"), t).expect("join");
+        let offer = std::iter::from_fn(|| e.poll_signal())
+            .find_map(|(s, m)| match m {
+                ServerMessage::SubscribeOffer { sdp } if s == viewer_session => Some(sdp),
+                _ => None,
+            })
+            .expect("subscribe offer");
+        viewer
+            .pc
+            .set_remote_description(t, RTCSessionDescription::offer(offer).expect("offer"))
+            .expect("remote");
+        add_candidate(&mut viewer);
+        let answer = viewer.pc.create_answer(None).expect("answer");
+        viewer.pc.set_local_description(t, answer).expect("local");
+        let sdp = viewer.pc.local_description().expect("sdp").sdp;
+        e.ws_subscribe_answer(viewer_session, sdp, t)
+            .expect("answer accepted");
+
+        // Lose the 10th media datagram on its way to the viewer.
+        let mut media_to_viewer = 0;
+        let viewer_addr = viewer.addr;
+        let mut lose_one = |to: SocketAddr, d: &[u8]| {
+            // RTP over SRTP: version 2 and a payload type outside the RTCP range.
+            if to == viewer_addr && d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]) {
+                media_to_viewer += 1;
+                return media_to_viewer == 10;
+            }
+            false
+        };
+        for i in 0..600 {
+            round(
+                &mut e,
+                &mut [&mut publisher, &mut viewer],
+                &mut t,
+                &mut lose_one,
+            );
+            if i % 7 == 0 {
+                // A keyframe only when asked, as a real encoder does.
+                let key = publisher.plis > plis_before && i < 100;
+                send_frame(&mut publisher, t, &mut seq, key);
+            }
+        }
+        assert!(viewer.connected, "viewer connects");
+        assert!(
+            publisher.plis > plis_before,
+            "a keyframe is requested when the viewer connects"
+        );
+        assert!(
+            viewer.received_seqs.len() > 20,
+            "viewer receives media: {:?}",
+            viewer.received_seqs.len()
+        );
+        assert!(
+            e.metrics.nacks.get() >= 1,
+            "the viewer asks for the lost packet"
+        );
+        // Every sequence number from the first received to the last arrived: the lost one
+        // came back as a retransmission from the node's buffer.
+        let mut got = viewer.received_seqs.clone();
+        got.sort_unstable();
+        got.dedup();
+        let (first, last) = (got[0], got[got.len() - 1]);
+        let missing: Vec<u16> = (first..=last)
+            .filter(|s| got.binary_search(s).is_err())
+            .collect();
+        assert!(missing.is_empty(), "missing after NACK: {missing:?}");
     }
 }
