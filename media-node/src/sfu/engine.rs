@@ -1610,9 +1610,8 @@ impl Engine {
         }
         let keyframe = t.kind == RtpCodecKind::Video && t.video_codec.is_keyframe(&packet.payload);
         let downs = t.downs.clone();
-        let ext_uris = t.ext_uris.clone();
         for d in downs {
-            self.forward_to(d, layer as u8, &packet, keyframe, &ext_uris, now);
+            self.forward_to(d, layer as u8, &packet, keyframe, now);
         }
     }
 
@@ -1622,7 +1621,6 @@ impl Engine {
         layer: u8,
         packet: &rtc::rtp::Packet,
         keyframe: bool,
-        ext_uris: &HashMap<u8, String>,
         now: Instant,
     ) {
         let Some(down) = self.downs.get_mut(&down_key) else {
@@ -1660,9 +1658,14 @@ impl Engine {
         };
         if down.leg.is_none() {
             let params = sender.get_parameters();
-            let Some(codec) = self.tracks.get(&down.track).and_then(|t| t.codec.clone()) else {
+            // Resolved once per negotiation, not per packet.
+            let Some(track) = self.tracks.get(&down.track) else {
                 return;
             };
+            let Some(codec) = track.codec.as_ref() else {
+                return;
+            };
+            let ext_uris = &track.ext_uris;
             let payload_type = params
                 .rtp_parameters
                 .codecs
