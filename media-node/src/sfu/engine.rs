@@ -670,7 +670,7 @@ impl Engine {
             if can_subscribe {
                 let keys: Vec<TrackKey> = self.rooms[&room].tracks.clone();
                 for k in keys {
-                    self.add_down_track(k, id, now);
+                    self.add_down_track(k, id);
                 }
             }
             self.offer_subscriber(id, now)
@@ -768,19 +768,22 @@ impl Engine {
         }
         s.layer_wish
             .insert(track_id.to_owned(), (max_width, max_height));
-        let peer = s.subscribe_peer;
-        for d in self.downs.values_mut() {
-            if d.session == session
-                && Some(d.peer) == peer
-                && self.tracks.get(&d.track).is_some_and(|t| t.id == track_id)
-            {
-                let layers = self
-                    .tracks
-                    .get(&d.track)
-                    .map(|t| t.layers.len())
-                    .unwrap_or(1) as u8;
-                d.selector
-                    .set_wanted(layer_for_height(max_height, layers.max(1)));
+        // Only this session's own down-tracks, found through its subscribe connection.
+        let downs: Vec<DownKey> = s
+            .subscribe_peer
+            .and_then(|p| self.peers.get(&p))
+            .map(|p| p.downs_by_ssrc.values().copied().collect())
+            .unwrap_or_default();
+        for k in downs {
+            let Some(d) = self.downs.get_mut(&k) else {
+                continue;
+            };
+            let Some(t) = self.tracks.get(&d.track) else {
+                continue;
+            };
+            if t.id == track_id {
+                let layers = t.layers.len().max(1) as u8;
+                d.selector.set_wanted(layer_for_height(max_height, layers));
             }
         }
         Ok(())
@@ -925,7 +928,7 @@ impl Engine {
             }
             self.answer_offer(peer, sdp, now)?;
             for k in picks {
-                self.add_down_track(k, id, now);
+                self.add_down_track(k, id);
             }
             self.finish_answer(peer, now)
         })();
@@ -1090,7 +1093,7 @@ impl Engine {
     }
 
     /// Adds a down-track of `track` to `session`'s subscribe connection.
-    fn add_down_track(&mut self, track: TrackKey, session: SessionId, now: Instant) {
+    fn add_down_track(&mut self, track: TrackKey, session: SessionId) {
         let Some(t) = self.tracks.get(&track) else {
             return;
         };
@@ -1168,7 +1171,6 @@ impl Engine {
         if let Some(t) = self.tracks.get_mut(&track) {
             t.downs.push(key);
         }
-        let _ = now;
     }
 
     /// Sends a (re-)offer on the subscribe connection, or queues one if an offer is out.
@@ -1515,7 +1517,7 @@ impl Engine {
             })
             .collect();
         for s in subscribers {
-            self.add_down_track(key, s, now);
+            self.add_down_track(key, s);
             if let Err(e) = self.offer_subscriber(s, now) {
                 tracing::warn!(session = s, error = %e, "cannot re-offer");
             }
@@ -1609,9 +1611,14 @@ impl Engine {
             room.speakers.on_level(&s.participant.id, level, now);
         }
         let keyframe = t.kind == RtpCodecKind::Video && t.video_codec.is_keyframe(&packet.payload);
-        let downs = t.downs.clone();
-        for d in downs {
+        // Borrowed out and put back rather than cloned: no allocation per packet.
+        // `forward_to` never changes a track's subscriber list.
+        let downs = std::mem::take(&mut t.downs);
+        for &d in &downs {
             self.forward_to(d, layer as u8, &packet, keyframe, now);
+        }
+        if let Some(t) = self.tracks.get_mut(&key) {
+            t.downs = downs;
         }
     }
 
