@@ -43,33 +43,28 @@ async fn three_browsers_see_each_other_and_chat() -> anyhow::Result<()> {
     Ok(())
 }
 
-const WHIP_PUBLISH: &str = r#"
-return (async () => {
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } });
+/// A WHIP or WHEP exchange in the page: `setup` adds transceivers to `pc`, the offer goes to
+/// `path` with `token`, and the connection and `Location` are kept as `window[name]` and
+/// `window[name + "Location"]`. Returns "ok" or the refusal.
+fn http_signalled(name: &str, path: &str, token: &str, setup: &str) -> String {
+    format!(
+        r#"return (async () => {{
   const pc = new RTCPeerConnection();
-  for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });
+  {setup}
   await pc.setLocalDescription(await pc.createOffer());
-  const r = await fetch('/whip/ROOM', { method: 'POST', headers: { 'Content-Type': 'application/sdp', 'Authorization': 'Bearer TOKEN' }, body: pc.localDescription.sdp });
+  const r = await fetch('{path}', {{ method: 'POST', headers: {{ 'Content-Type': 'application/sdp', 'Authorization': 'Bearer {token}' }}, body: pc.localDescription.sdp }});
   if (r.status !== 201) return 'status ' + r.status + ': ' + await r.text();
-  window.whipLocation = r.headers.get('Location');
-  await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
-  window.whip = pc;
+  window.{name}Location = r.headers.get('Location');
+  await pc.setRemoteDescription({{ type: 'answer', sdp: await r.text() }});
+  window.{name} = pc;
   return 'ok';
-})()"#;
+}})()"#
+    )
+}
 
-const WHEP_PLAY: &str = r#"
-return (async () => {
-  const pc = new RTCPeerConnection();
-  pc.addTransceiver('video', { direction: 'recvonly' });
-  pc.addTransceiver('audio', { direction: 'recvonly' });
-  await pc.setLocalDescription(await pc.createOffer());
-  const r = await fetch('/whep/ROOM', { method: 'POST', headers: { 'Content-Type': 'application/sdp', 'Authorization': 'Bearer TOKEN' }, body: pc.localDescription.sdp });
-  if (r.status !== 201) return 'status ' + r.status + ': ' + await r.text();
-  window.whepLocation = r.headers.get('Location');
-  await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
-  window.whep = pc;
-  return 'ok';
-})()"#;
+const PUBLISH_CAMERA: &str = "const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } }); \
+    for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });";
+const RECEIVE_AUDIO_VIDEO: &str = "pc.addTransceiver('video', { direction: 'recvonly' }); pc.addTransceiver('audio', { direction: 'recvonly' });";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_publish_is_played_over_whep() -> anyhow::Result<()> {
@@ -77,9 +72,12 @@ async fn whip_publish_is_played_over_whep() -> anyhow::Result<()> {
     let node = Node::start(&[]).await?;
     let publisher = Browser::start().await?;
     publisher.goto(&node.url("/healthz")).await?;
-    let script = WHIP_PUBLISH
-        .replace("ROOM", "live")
-        .replace("TOKEN", &dev_token("live", "obs"));
+    let script = http_signalled(
+        "whip",
+        "/whip/live",
+        &dev_token("live", "obs"),
+        PUBLISH_CAMERA,
+    );
     assert_eq!(publisher.js(&script).await?, "ok");
     // Both of the publisher's tracks arrive at the node.
     wait_status(&node, Duration::from_secs(15), |s| {
@@ -89,9 +87,12 @@ async fn whip_publish_is_played_over_whep() -> anyhow::Result<()> {
 
     let viewer = Browser::start().await?;
     viewer.goto(&node.url("/healthz")).await?;
-    let script = WHEP_PLAY
-        .replace("ROOM", "live")
-        .replace("TOKEN", &dev_token("live", "viewer"));
+    let script = http_signalled(
+        "whep",
+        "/whep/live",
+        &dev_token("live", "viewer"),
+        RECEIVE_AUDIO_VIDEO,
+    );
     assert_eq!(viewer.js(&script).await?, "ok");
     wait_decoding(&viewer, "window.whep", 1, Duration::from_secs(20)).await?;
 
