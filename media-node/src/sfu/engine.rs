@@ -27,8 +27,9 @@ use moim_wire::signal::{
 };
 use moim_wire::status::NodeStatus;
 use rtc::interceptor::{
-    Attribute, Interceptor, NackGeneratorBuilder, NackResponderBuilder,
-    Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
+    Attribute, CongestionControlBuilder, Gcc, Interceptor, NackGeneratorBuilder,
+    NackResponderBuilder, Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
+    TwccSenderBuilder,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -57,6 +58,8 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Identifies a session (a WebSocket participant, a WHIP publisher or a WHEP viewer).
@@ -81,6 +84,12 @@ const MAX_QUEUED_SIGNALS: usize = 65_536;
 const MAX_ADDRS_PER_PEER: usize = 4;
 /// Retransmission buffer per outgoing video stream, in packets (a power of two).
 pub const NACK_BUFFER_PACKETS: u16 = 512;
+
+/// Send-side estimate a new subscriber connection starts from: enough for a 720p layer plus
+/// audio, so a subscriber on a good path sees full quality at once; congestion lowers it.
+const GCC_INITIAL_BPS: f64 = 2_500_000.0;
+const GCC_MIN_BPS: f64 = 100_000.0;
+const GCC_MAX_BPS: f64 = 50_000_000.0;
 
 /// Limits and addresses the engine works with.
 #[derive(Debug, Clone)]
@@ -167,6 +176,20 @@ struct Peer {
     loss: f32,
     /// REMB estimate from the subscriber, bits per second.
     remb_bps: Option<f64>,
+    /// Send-side GCC estimate from TWCC feedback (see [`DeliverRtcp`]).
+    gcc_bps: Arc<AtomicU64>,
+}
+
+impl Peer {
+    /// What the path to this peer can carry: the lower of the REMB and GCC estimates.
+    fn available_bps(&self) -> Option<f64> {
+        let gcc = f64::from_bits(self.gcc_bps.load(Ordering::Relaxed));
+        let gcc = (gcc > 0.0).then_some(gcc);
+        match (self.remb_bps, gcc) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 struct Layer {
@@ -268,10 +291,16 @@ fn random_hex(bytes: usize) -> String {
 
 /// Marks inbound RTCP for delivery to the engine (keyframe requests, NACK counts, receiver
 /// reports and REMB feed the forwarding decisions); the interceptors after it still act on it.
+///
+/// It also picks up the send-side congestion estimate: the congestion-control interceptor
+/// attaches [`Attribute::TargetBitrateChanged`] to the TWCC feedback that moved it, and this
+/// interceptor sits application-ward of it on the read leg.
 #[derive(Default)]
 struct DeliverRtcp {
     read: VecDeque<TaggedPacket>,
     write: VecDeque<TaggedPacket>,
+    /// Latest GCC target in bits per second, as `f64::to_bits`; 0 until the first estimate.
+    estimate: Arc<AtomicU64>,
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
@@ -283,6 +312,14 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> std::result::Result<(), Self::Error> {
         if matches!(msg.message.packet, InterceptorPacket::Rtcp(_)) {
+            if let Some(Attribute::TargetBitrateChanged { bits_per_second }) =
+                msg.message.get(&Attribute::TargetBitrateChanged {
+                    bits_per_second: 0.0,
+                })
+            {
+                self.estimate
+                    .store(bits_per_second.to_bits(), Ordering::Relaxed);
+            }
             msg.message.add(Attribute::DeliverToApplication);
         }
         self.read.push_back(msg);
@@ -369,10 +406,12 @@ impl Engine {
         ufrag: &str,
         pwd: &str,
         now: Instant,
-    ) -> Result<RTCPeerConnection> {
+    ) -> Result<(RTCPeerConnection, Arc<AtomicU64>)> {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(Error::rtc)?;
-        let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
+        let deliver = DeliverRtcp::default();
+        let estimate = deliver.estimate.clone();
+        let registry = Registry::new().with(Slot::from(14_000), deliver);
         // NACK both ways: the generator asks publishers for what the node lost, the responder
         // answers subscribers (as RTX when negotiated) from a bounded per-stream buffer.
         for parameter in ["", "pli"] {
@@ -393,7 +432,17 @@ impl Engine {
             )
             .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
         configure_simulcast_extension_headers(&mut media).map_err(Error::rtc)?;
+        // TWCC both ways: feedback for what publishers send us, and send-side GCC for what we
+        // send subscribers (browsers that negotiate transport-cc send no REMB). No pacer: the
+        // node forwards what publishers already paced, and a pacer would add queueing delay.
         let registry = configure_twcc_receiver_only(registry, &mut media).map_err(Error::rtc)?;
+        let registry = registry
+            .with(
+                Slot::CongestionControl,
+                CongestionControlBuilder::new(Gcc::new(GCC_INITIAL_BPS, GCC_MIN_BPS, GCC_MAX_BPS))
+                    .build(),
+            )
+            .with(Slot::TwccSender, TwccSenderBuilder::new().build());
         let registry = configure_rtcp_reports(registry);
         media
             .register_header_extension(
@@ -413,12 +462,13 @@ impl Engine {
             // session dropped) after 30 s.
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
             .build();
-        RTCPeerConnectionBuilder::new()
+        let pc = RTCPeerConnectionBuilder::new()
             .with_media_engine(media)
             .with_setting_engine(settings)
             .with_interceptor_registry(registry)
             .build(now)
-            .map_err(Error::rtc)
+            .map_err(Error::rtc)?;
+        Ok((pc, estimate))
     }
 
     fn add_host_candidate(&self, pc: &mut RTCPeerConnection) -> Result<()> {
@@ -444,7 +494,7 @@ impl Engine {
     fn create_peer(&mut self, session: SessionId, role: Role, now: Instant) -> Result<PeerId> {
         let ufrag = random_hex(8);
         let pwd = random_hex(16);
-        let pc = self.new_peer_connection(&ufrag, &pwd, now)?;
+        let (pc, gcc_bps) = self.new_peer_connection(&ufrag, &pwd, now)?;
         let id = self.next_id();
         self.by_ufrag.insert(ufrag.clone(), id);
         self.peers.insert(
@@ -464,6 +514,7 @@ impl Engine {
                 chat_open: false,
                 loss: 0.0,
                 remb_bps: None,
+                gcc_bps,
             },
         );
         Ok(id)
@@ -1938,7 +1989,20 @@ impl Engine {
             );
             self.remove_session(s, now);
         }
-        // Layer decisions and pending keyframes.
+        // Layer decisions and pending keyframes. A subscriber's estimate pays for its audio
+        // first; the rest is split evenly between the simulcast videos it receives.
+        let mut budget: HashMap<PeerId, (usize, f64)> = HashMap::new();
+        for d in self.downs.values() {
+            let Some(t) = self.tracks.get(&d.track) else {
+                continue;
+            };
+            let entry = budget.entry(d.peer).or_default();
+            if t.kind == RtpCodecKind::Video && t.layers.len() > 1 {
+                entry.0 += 1;
+            } else {
+                entry.1 += t.layers.first().map_or(0.0, |l| l.bps);
+            }
+        }
         let keys: Vec<DownKey> = self.downs.keys().copied().collect();
         for k in keys {
             let Some(d) = self.downs.get_mut(&k) else {
@@ -1952,7 +2016,11 @@ impl Engine {
                     .peers
                     .get(&d.peer)
                     .map(|p| LinkState {
-                        available_bps: p.remb_bps.map(|b| b / p.downs_by_ssrc.len().max(1) as f64),
+                        available_bps: p.available_bps().map(|b| {
+                            let (videos, other_bps) =
+                                budget.get(&d.peer).copied().unwrap_or_default();
+                            (b - other_bps).max(0.0) / videos.max(1) as f64
+                        }),
                         loss: p.loss,
                     })
                     .unwrap_or_default();
@@ -2168,136 +2236,206 @@ mod fake_time_tests {
         ])
     }
 
-    #[test]
-    fn keyframe_requested_on_join_and_nack_served_from_cache() {
-        let mut t = Instant::now();
-        let mut e = engine();
-        let mut publisher = client(6000, t);
-        let mut viewer = client(6001, t);
-        let mut keep = |_: SocketAddr, _: &[u8]| false;
+    /// A publisher with one VP8 track and, once [`Fixture::subscribe`] runs, a viewer.
+    struct Fixture {
+        t: Instant,
+        e: Engine,
+        publisher: Client,
+        viewer: Client,
+        sender: RTCRtpSenderId,
+        ssrc: u32,
+        seq: u16,
+    }
 
-        // The publisher joins and offers one VP8 track.
-        let (pub_session, _) = e.ws_join(&claims("pub"), t).expect("join");
-        let ssrc = 4242;
-        let codec = RTCRtpCodec {
-            mime_type: "video/VP8".into(),
-            clock_rate: 90_000,
-            ..Default::default()
-        };
-        let track = MediaStreamTrack::new(
-            "s".into(),
-            "cam".into(),
-            "cam".into(),
-            RtpCodecKind::Video,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec,
+    impl Fixture {
+        /// The publisher joins, offers one VP8 track and connects.
+        fn publishing() -> Self {
+            let t = Instant::now();
+            let mut e = engine();
+            let mut publisher = client(6000, t);
+            let viewer = client(6001, t);
+            let (pub_session, _) = e.ws_join(&claims("pub"), t).expect("join");
+            let ssrc = 4242;
+            let codec = RTCRtpCodec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
                 ..Default::default()
-            }],
-        );
-        let sender = publisher.pc.add_track(track).expect("track");
-        let offer = publisher.pc.create_offer(None).expect("offer");
-        publisher.pc.set_local_description(t, offer).expect("local");
-        add_candidate(&mut publisher);
-        let sdp = publisher.pc.local_description().expect("sdp").sdp;
-        let answer = e.ws_publish(pub_session, sdp, vec![], t).expect("publish");
-        publisher
-            .pc
-            .set_remote_description(t, RTCSessionDescription::answer(answer).expect("answer"))
-            .expect("remote");
+            };
+            let track = MediaStreamTrack::new(
+                "s".into(),
+                "cam".into(),
+                "cam".into(),
+                RtpCodecKind::Video,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec,
+                    ..Default::default()
+                }],
+            );
+            let sender = publisher.pc.add_track(track).expect("track");
+            let offer = publisher.pc.create_offer(None).expect("offer");
+            publisher.pc.set_local_description(t, offer).expect("local");
+            add_candidate(&mut publisher);
+            let sdp = publisher.pc.local_description().expect("sdp").sdp;
+            let answer = e.ws_publish(pub_session, sdp, vec![], t).expect("publish");
+            publisher
+                .pc
+                .set_remote_description(t, RTCSessionDescription::answer(answer).expect("answer"))
+                .expect("remote");
+            let mut f = Fixture {
+                t,
+                e,
+                publisher,
+                viewer,
+                sender,
+                ssrc,
+                seq: 100,
+            };
+            for i in 0..400 {
+                f.round(false, &mut |_, _| false);
+                if f.publisher.connected && i % 7 == 0 {
+                    let first = f.seq == 100;
+                    f.send(first);
+                }
+            }
+            assert!(f.publisher.connected, "publisher connects");
+            assert_eq!(f.e.status().published_tracks, 1, "the node sees the track");
+            f
+        }
 
-        let mut seq: u16 = 100;
-        let send_frame = |p: &mut Client, t: Instant, seq: &mut u16, key: bool| {
-            let mut s = p.pc.rtp_sender(sender).expect("sender");
+        /// The viewer joins and answers the node's subscribe offer.
+        fn subscribe(&mut self) {
+            let t = self.t;
+            let (viewer_session, _) = self.e.ws_join(&claims("viewer"), t).expect("join");
+            let offer = std::iter::from_fn(|| self.e.poll_signal())
+                .find_map(|(s, m)| match m {
+                    ServerMessage::SubscribeOffer { sdp } if s == viewer_session => Some(sdp),
+                    _ => None,
+                })
+                .expect("subscribe offer");
+            let viewer = &mut self.viewer;
+            viewer
+                .pc
+                .set_remote_description(t, RTCSessionDescription::offer(offer).expect("offer"))
+                .expect("remote");
+            add_candidate(viewer);
+            let answer = viewer.pc.create_answer(None).expect("answer");
+            viewer.pc.set_local_description(t, answer).expect("local");
+            let sdp = viewer.pc.local_description().expect("sdp").sdp;
+            self.e
+                .ws_subscribe_answer(viewer_session, sdp, t)
+                .expect("answer accepted");
+        }
+
+        /// One VP8 frame in one packet from the publisher.
+        fn send(&mut self, key: bool) {
+            let mut s = self.publisher.pc.rtp_sender(self.sender).expect("sender");
             let pkt = rtc::rtp::Packet {
                 header: rtc::rtp::header::Header {
                     version: 2,
                     payload_type: 96,
-                    sequence_number: *seq,
-                    timestamp: u32::from(*seq) * 3000,
-                    ssrc,
+                    sequence_number: self.seq,
+                    timestamp: u32::from(self.seq) * 3000,
+                    ssrc: self.ssrc,
                     marker: true,
                     ..Default::default()
                 },
                 payload: vp8(key),
             };
-            *seq = seq.wrapping_add(1);
-            let _ = s.write_rtp(t, pkt);
-        };
-        for i in 0..400 {
-            round(&mut e, &mut [&mut publisher], &mut t, &mut keep);
-            if publisher.connected && i % 7 == 0 {
-                let first = seq == 100;
-                send_frame(&mut publisher, t, &mut seq, first);
+            self.seq = self.seq.wrapping_add(1);
+            let _ = s.write_rtp(self.t, pkt);
+        }
+
+        fn round(&mut self, with_viewer: bool, drop_to: &mut dyn FnMut(SocketAddr, &[u8]) -> bool) {
+            if with_viewer {
+                round(
+                    &mut self.e,
+                    &mut [&mut self.publisher, &mut self.viewer],
+                    &mut self.t,
+                    drop_to,
+                );
+            } else {
+                round(
+                    &mut self.e,
+                    &mut [&mut self.publisher],
+                    &mut self.t,
+                    drop_to,
+                );
             }
         }
-        assert!(publisher.connected, "publisher connects");
-        assert_eq!(e.status().published_tracks, 1, "the node sees the track");
-        let plis_before = publisher.plis;
 
-        // A viewer joins; the node offers it the publisher's track.
-        let (viewer_session, _) = e.ws_join(&claims("viewer"), t).expect("join");
-        let offer = std::iter::from_fn(|| e.poll_signal())
-            .find_map(|(s, m)| match m {
-                ServerMessage::SubscribeOffer { sdp } if s == viewer_session => Some(sdp),
-                _ => None,
-            })
-            .expect("subscribe offer");
-        viewer
-            .pc
-            .set_remote_description(t, RTCSessionDescription::offer(offer).expect("offer"))
-            .expect("remote");
-        add_candidate(&mut viewer);
-        let answer = viewer.pc.create_answer(None).expect("answer");
-        viewer.pc.set_local_description(t, answer).expect("local");
-        let sdp = viewer.pc.local_description().expect("sdp").sdp;
-        e.ws_subscribe_answer(viewer_session, sdp, t)
-            .expect("answer accepted");
+        /// The viewer asks for `seqs` (as the node numbered them) with a NACK of its own.
+        fn viewer_nacks(&mut self, media_ssrc: u32, seqs: &[u16]) {
+            let receiver = self.viewer.pc.get_receivers().next().expect("receiver");
+            let nack = TransportLayerNack {
+                sender_ssrc: 1,
+                media_ssrc,
+                nacks: seqs
+                    .iter()
+                    .map(|&packet_id| {
+                        rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair {
+                            packet_id,
+                            lost_packets: 0,
+                        }
+                    })
+                    .collect(),
+            };
+            let t = self.t;
+            let mut rx = self.viewer.pc.rtp_receiver(receiver).expect("receiver");
+            rx.write_rtcp(t, vec![Box::new(nack)])
+                .expect("nack written");
+        }
+    }
+
+    fn is_media_to(addr: SocketAddr, to: SocketAddr, d: &[u8]) -> bool {
+        // RTP over SRTP: version 2 and a payload type outside the RTCP range.
+        to == addr && d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
+    }
+
+    #[test]
+    fn keyframe_requested_on_join_and_nack_served_from_cache() {
+        let mut f = Fixture::publishing();
+        let plis_before = f.publisher.plis;
+        f.subscribe();
 
         // Lose the 10th media datagram on its way to the viewer.
         let mut media_to_viewer = 0;
-        let viewer_addr = viewer.addr;
+        let viewer_addr = f.viewer.addr;
         let mut lose_one = |to: SocketAddr, d: &[u8]| {
-            // RTP over SRTP: version 2 and a payload type outside the RTCP range.
-            if to == viewer_addr && d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1]) {
+            if is_media_to(viewer_addr, to, d) {
                 media_to_viewer += 1;
                 return media_to_viewer == 10;
             }
             false
         };
         for i in 0..600 {
-            round(
-                &mut e,
-                &mut [&mut publisher, &mut viewer],
-                &mut t,
-                &mut lose_one,
-            );
+            f.round(true, &mut lose_one);
             if i % 7 == 0 {
                 // A keyframe only when asked, as a real encoder does.
-                let key = publisher.plis > plis_before && i < 100;
-                send_frame(&mut publisher, t, &mut seq, key);
+                let key = f.publisher.plis > plis_before && i < 100;
+                f.send(key);
             }
         }
-        assert!(viewer.connected, "viewer connects");
+        assert!(f.viewer.connected, "viewer connects");
         assert!(
-            publisher.plis > plis_before,
+            f.publisher.plis > plis_before,
             "a keyframe is requested when the viewer connects"
         );
         assert!(
-            viewer.received_seqs.len() > 20,
+            f.viewer.received_seqs.len() > 20,
             "viewer receives media: {:?}",
-            viewer.received_seqs.len()
+            f.viewer.received_seqs.len()
         );
         assert!(
-            e.metrics.nacks.get() >= 1,
+            f.e.metrics.nacks.get() >= 1,
             "the viewer asks for the lost packet"
         );
         // Every sequence number from the first received to the last arrived: the lost one
         // came back as a retransmission from the node's buffer.
-        let mut got = viewer.received_seqs.clone();
+        let mut got = f.viewer.received_seqs.clone();
         got.sort_unstable();
         got.dedup();
         let (first, last) = (got[0], got[got.len() - 1]);
@@ -2305,5 +2443,49 @@ mod fake_time_tests {
             .filter(|s| got.binary_search(s).is_err())
             .collect();
         assert!(missing.is_empty(), "missing after NACK: {missing:?}");
+        // The viewer's TWCC feedback reached the node's GCC estimator.
+        let viewer_peer = f.e.downs.values().next().expect("down").peer;
+        let estimate = f64::from_bits(f.e.peers[&viewer_peer].gcc_bps.load(Ordering::Relaxed));
+        assert!(
+            estimate >= GCC_MIN_BPS,
+            "send-side estimate for the viewer: {estimate:?}"
+        );
+    }
+
+    #[test]
+    fn nack_cache_is_bounded() {
+        let mut f = Fixture::publishing();
+        f.subscribe();
+        let mut keep = |_: SocketAddr, _: &[u8]| false;
+        // Connect, then push well over the cache size through to the viewer, one packet a round
+        // (every one a keyframe so forwarding starts without waiting for a PLI).
+        for _ in 0..200 {
+            f.round(true, &mut keep);
+        }
+        assert!(f.viewer.connected, "viewer connects");
+        let total = usize::from(NACK_BUFFER_PACKETS) * 3;
+        for _ in 0..total {
+            f.send(true);
+            f.round(true, &mut keep);
+        }
+        let seqs = f.viewer.received_seqs.clone();
+        assert!(seqs.len() >= total - 10, "forwarded: {}", seqs.len());
+        let newest = *seqs.last().expect("received");
+        let recent = newest.wrapping_sub(NACK_BUFFER_PACKETS / 2);
+        let evicted = newest.wrapping_sub(NACK_BUFFER_PACKETS * 2);
+        let count = |seqs: &[u16], s: u16| seqs.iter().filter(|&&x| x == s).count();
+        assert_eq!(count(&seqs, recent), 1);
+        assert_eq!(count(&seqs, evicted), 1);
+
+        // The node answers a NACK for a recent packet from its cache, and has nothing for one
+        // older than the cache holds.
+        let media_ssrc = f.e.downs.values().next().expect("down").ssrc;
+        f.viewer_nacks(media_ssrc, &[recent, evicted]);
+        for _ in 0..20 {
+            f.round(true, &mut keep);
+        }
+        let seqs = &f.viewer.received_seqs;
+        assert_eq!(count(seqs, recent), 2, "recent packet retransmitted");
+        assert_eq!(count(seqs, evicted), 1, "evicted packet not retransmitted");
     }
 }
