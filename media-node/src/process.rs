@@ -11,7 +11,12 @@ const TICKS_PER_SEC: f64 = 100.0;
 
 /// Reads user+system CPU seconds of this process; `None` off Linux or if `/proc` is odd.
 pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of("self")
+}
+
+/// User+system CPU seconds of process `pid` (a number, or `self`).
+pub fn cpu_seconds_of(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -22,7 +27,12 @@ pub fn cpu_seconds() -> Option<f64> {
 
 /// Resident memory of this process in bytes.
 pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    rss_bytes_of("self")
+}
+
+/// Resident memory of process `pid` (a number, or `self`) in bytes.
+pub fn rss_bytes_of(pid: &str) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
 }

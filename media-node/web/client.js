@@ -7,6 +7,8 @@
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
+const mark = (name) => { if (!(name in moim.marks)) moim.marks[name] = Math.round(performance.now()); };
+
 const moim = (window.moim = {
   participantId: null,
   participants: new Map(), // id -> {name}
@@ -19,6 +21,9 @@ const moim = (window.moim = {
   sub: null,
   chat: null,
   localStream: null,
+  // Milliseconds since page load at each step of joining (first time each happens), for
+  // troubleshooting slow joins: token, ws_open, joined, offer, answer_sent, media_connected, track.
+  marks: {},
   // Frames decoded per remote video track, from getStats().
   async videoStats() {
     const out = {};
@@ -83,6 +88,7 @@ function addChat(from, name, text) {
 function newSubscribeConnection() {
   const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   pc.ontrack = (ev) => {
+    mark('track');
     const stream = ev.streams[0];
     if (!stream) return;
     const el = tile(stream.id);
@@ -106,13 +112,17 @@ function newSubscribeConnection() {
       try { const f = JSON.parse(m.data); addChat(f.from, f.name, f.text); } catch (_) { /* ignore garbage */ }
     };
   };
-  pc.onconnectionstatechange = () => setStatus('media: ' + pc.connectionState);
+  pc.onconnectionstatechange = () => {
+    if (pc.connectionState === 'connected') mark('media_connected');
+    setStatus('media: ' + pc.connectionState);
+  };
   return pc;
 }
 
 async function onMessage(msg) {
   switch (msg.type) {
     case 'joined':
+      mark('joined');
       moim.participantId = msg.participant_id;
       for (const p of msg.participants) moim.participants.set(p.id, p);
       for (const t of msg.tracks) moim.tracks.set(t.track_id, t);
@@ -123,11 +133,13 @@ async function onMessage(msg) {
       if (params.get('publish') !== '0' && msg.can_publish && params.has('autojoin')) publishCamera();
       break;
     case 'subscribe_offer': {
+      mark('offer');
       if (!moim.sub) moim.sub = newSubscribeConnection();
       await moim.sub.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
       const answer = await moim.sub.createAnswer();
       await moim.sub.setLocalDescription(answer);
       send({ type: 'subscribe_answer', sdp: moim.sub.localDescription.sdp });
+      mark('answer_sent');
       break;
     }
     case 'publish_answer':
@@ -215,9 +227,10 @@ async function devToken(room, identity, name) {
 async function join(room, name) {
   const identity = name.toLowerCase().replace(/[^a-z0-9]+/g, '-') + '-' + Math.random().toString(36).slice(2, 7);
   const token = params.get('token') || (await devToken(room, identity, name));
+  mark('token');
   const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
   moim.ws = ws;
-  ws.onopen = () => ws.send(JSON.stringify({ type: 'join', token }));
+  ws.onopen = () => { mark('ws_open'); ws.send(JSON.stringify({ type: 'join', token })); };
   ws.onmessage = (ev) => onMessage(JSON.parse(ev.data)).catch((e) => { moim.errors.push({ code: 'client', message: String(e) }); setStatus(String(e)); });
   ws.onclose = (ev) => setStatus(`disconnected (${ev.code} ${ev.reason || ''})`);
   $('join').disabled = true;

@@ -12,6 +12,7 @@
 //! and re-offers when they change). A WHIP session is a publish connection alone, a WHEP
 //! session a subscribe connection alone whose offer comes from the client.
 
+use super::deliver::DeliverRtcp;
 use super::forwarder::{Forwarder, Verdict};
 use super::keyframe::VideoCodec;
 use super::layers::{LayerSelector, LinkState, layer_for_height};
@@ -27,13 +28,12 @@ use moim_wire::signal::{
 };
 use moim_wire::status::NodeStatus;
 use rtc::interceptor::{
-    Attribute, CongestionControlBuilder, Gcc, Interceptor, NackGeneratorBuilder,
-    NackResponderBuilder, Packet as InterceptorPacket, Registry, Slot, StreamInfo, TaggedPacket,
-    TwccSenderBuilder,
+    CongestionControlBuilder, Gcc, NackGeneratorBuilder, NackResponderBuilder,
+    ReceiverReportBuilder, Registry, SenderReportBuilder, Slot, TwccSenderBuilder,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc_receiver_only,
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
 };
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
@@ -259,6 +259,8 @@ pub struct Engine {
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
     dirty: VecDeque<PeerId>,
     dirty_set: HashSet<PeerId>,
+    scratch_events: Vec<RTCPeerConnectionEvent>,
+    scratch_reads: Vec<RTCMessage>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<(SessionId, ServerMessage)>,
     closed: VecDeque<SessionId>,
@@ -289,67 +291,6 @@ fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
-/// Marks inbound RTCP for delivery to the engine (keyframe requests, NACK counts, receiver
-/// reports and REMB feed the forwarding decisions); the interceptors after it still act on it.
-///
-/// It also picks up the send-side congestion estimate: the congestion-control interceptor
-/// attaches [`Attribute::TargetBitrateChanged`] to the TWCC feedback that moved it, and this
-/// interceptor sits application-ward of it on the read leg.
-#[derive(Default)]
-struct DeliverRtcp {
-    read: VecDeque<TaggedPacket>,
-    write: VecDeque<TaggedPacket>,
-    /// Latest GCC target in bits per second, as `f64::to_bits`; 0 until the first estimate.
-    estimate: Arc<AtomicU64>,
-}
-
-impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverRtcp {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> std::result::Result<(), Self::Error> {
-        if matches!(msg.message.packet, InterceptorPacket::Rtcp(_)) {
-            if let Some(Attribute::TargetBitrateChanged { bits_per_second }) =
-                msg.message.get(&Attribute::TargetBitrateChanged {
-                    bits_per_second: 0.0,
-                })
-            {
-                self.estimate
-                    .store(bits_per_second.to_bits(), Ordering::Relaxed);
-            }
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read.push_back(msg);
-        Ok(())
-    }
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read.pop_front()
-    }
-    fn handle_write(&mut self, msg: TaggedPacket) -> std::result::Result<(), Self::Error> {
-        self.write.push_back(msg);
-        Ok(())
-    }
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write.pop_front()
-    }
-    fn handle_timeout(&mut self, _now: Instant) -> std::result::Result<(), Self::Error> {
-        Ok(())
-    }
-    fn poll_timeout(&mut self) -> Option<Self::Time> {
-        None
-    }
-}
-
-impl Interceptor for DeliverRtcp {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
-}
-
 /// Header extensions carried from publisher to subscriber (rewritten to the subscriber's ids).
 /// MID, RID and transport-wide sequence numbers belong to one leg and are never copied.
 const FORWARDED_EXTENSIONS: &[&str] = &[
@@ -357,6 +298,14 @@ const FORWARDED_EXTENSIONS: &[&str] = &[
     rtc::sdp::extmap::ABS_SEND_TIME_URI,
     rtc::sdp::extmap::VIDEO_ORIENTATION_URI,
 ];
+
+/// Queues a datagram, dropping the oldest when the queue is full (the socket is far behind).
+fn push_transmit(transmits: &mut VecDeque<Transmit>, to: SocketAddr, data: BytesMut) {
+    if transmits.len() >= MAX_QUEUED_TRANSMITS {
+        transmits.pop_front();
+    }
+    transmits.push_back(Transmit { to, data });
+}
 
 fn layer_index(rid: &str, order: usize) -> u8 {
     match rid {
@@ -385,6 +334,8 @@ impl Engine {
             timers: BinaryHeap::new(),
             dirty: VecDeque::new(),
             dirty_set: HashSet::new(),
+            scratch_events: Vec::new(),
+            scratch_reads: Vec::new(),
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
             closed: VecDeque::new(),
@@ -401,8 +352,13 @@ impl Engine {
 
     // ----- peer connection set-up -------------------------------------------------------
 
+    /// A peer connection for one direction. Every interceptor costs two moves of each packet
+    /// through its queue, so each role gets only the ones it uses: a publish leg receives
+    /// (NACK generator, TWCC feedback, receiver reports), a subscribe leg sends (NACK
+    /// responder, GCC over TWCC, sender reports). Both negotiate the same feedback.
     fn new_peer_connection(
         &self,
+        role: Role,
         ufrag: &str,
         pwd: &str,
         now: Instant,
@@ -410,10 +366,8 @@ impl Engine {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(Error::rtc)?;
         let deliver = DeliverRtcp::default();
-        let estimate = deliver.estimate.clone();
+        let estimate = deliver.estimate();
         let registry = Registry::new().with(Slot::from(14_000), deliver);
-        // NACK both ways: the generator asks publishers for what the node lost, the responder
-        // answers subscribers (as RTX when negotiated) from a bounded per-stream buffer.
         for parameter in ["", "pli"] {
             media.register_feedback(
                 RTCPFeedback {
@@ -423,27 +377,42 @@ impl Engine {
                 RtpCodecKind::Video,
             );
         }
-        let registry = registry
-            .with(
-                Slot::NackResponder,
-                NackResponderBuilder::new()
-                    .with_size(NACK_BUFFER_PACKETS)
-                    .build(),
-            )
-            .with(Slot::NackGenerator, NackGeneratorBuilder::new().build());
         configure_simulcast_extension_headers(&mut media).map_err(Error::rtc)?;
-        // TWCC both ways: feedback for what publishers send us, and send-side GCC for what we
-        // send subscribers (browsers that negotiate transport-cc send no REMB). No pacer: the
-        // node forwards what publishers already paced, and a pacer would add queueing delay.
-        let registry = configure_twcc_receiver_only(registry, &mut media).map_err(Error::rtc)?;
-        let registry = registry
-            .with(
-                Slot::CongestionControl,
-                CongestionControlBuilder::new(Gcc::new(GCC_INITIAL_BPS, GCC_MIN_BPS, GCC_MAX_BPS))
-                    .build(),
-            )
-            .with(Slot::TwccSender, TwccSenderBuilder::new().build());
-        let registry = configure_rtcp_reports(registry);
+        let registry = match role {
+            // Ask publishers for what the node lost; report arrivals for their estimator.
+            Role::Publish => configure_twcc_receiver_only(registry, &mut media)
+                .map_err(Error::rtc)?
+                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
+            // Answer subscribers' NACKs (as RTX when negotiated) from a bounded per-stream
+            // buffer, and estimate their path with send-side GCC (browsers that negotiate
+            // transport-cc send no REMB). No pacer: publishers already paced what we forward,
+            // and a pacer would add queueing delay.
+            Role::Subscribe => {
+                // Only for the media engine (transport-cc negotiated): a subscribe leg
+                // receives no RTP to report arrivals of.
+                let _ = configure_twcc_receiver_only(Registry::new(), &mut media)
+                    .map_err(Error::rtc)?;
+                registry
+                    .with(
+                        Slot::NackResponder,
+                        NackResponderBuilder::new()
+                            .with_size(NACK_BUFFER_PACKETS)
+                            .build(),
+                    )
+                    .with(
+                        Slot::CongestionControl,
+                        CongestionControlBuilder::new(Gcc::new(
+                            GCC_INITIAL_BPS,
+                            GCC_MIN_BPS,
+                            GCC_MAX_BPS,
+                        ))
+                        .build(),
+                    )
+                    .with(Slot::TwccSender, TwccSenderBuilder::new().build())
+                    .with(Slot::SenderReport, SenderReportBuilder::new().build())
+            }
+        };
         media
             .register_header_extension(
                 rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
@@ -494,7 +463,7 @@ impl Engine {
     fn create_peer(&mut self, session: SessionId, role: Role, now: Instant) -> Result<PeerId> {
         let ufrag = random_hex(8);
         let pwd = random_hex(16);
-        let (pc, gcc_bps) = self.new_peer_connection(&ufrag, &pwd, now)?;
+        let (pc, gcc_bps) = self.new_peer_connection(role, &ufrag, &pwd, now)?;
         let id = self.next_id();
         self.by_ufrag.insert(ufrag.clone(), id);
         self.peers.insert(
@@ -1080,7 +1049,7 @@ impl Engine {
             if let Some(mut peer) = self.peers.remove(&p) {
                 let _ = peer.pc.close();
                 while let Some(msg) = peer.pc.poll_write() {
-                    self.push_transmit(msg.transport.peer_addr, msg.message);
+                    push_transmit(&mut self.transmits, msg.transport.peer_addr, msg.message);
                 }
                 self.by_ufrag.remove(&peer.ufrag);
                 for a in peer.addrs {
@@ -1271,13 +1240,6 @@ impl Engine {
         }
     }
 
-    fn push_transmit(&mut self, to: SocketAddr, data: BytesMut) {
-        if self.transmits.len() >= MAX_QUEUED_TRANSMITS {
-            self.transmits.pop_front();
-        }
-        self.transmits.push_back(Transmit { to, data });
-    }
-
     /// Feeds one UDP datagram received from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let peer_id = match self.by_addr.get(&from) {
@@ -1323,19 +1285,21 @@ impl Engine {
 
     /// Drains every peer connection touched since the last call.
     fn process(&mut self, now: Instant) {
+        // Events and reads are collected first (the handlers need the whole engine), into
+        // buffers kept between calls; the peer itself stays in its map.
+        let mut events = std::mem::take(&mut self.scratch_events);
+        let mut reads = std::mem::take(&mut self.scratch_reads);
         while let Some(peer_id) = self.dirty.pop_front() {
             self.dirty_set.remove(&peer_id);
-            let Some(mut peer) = self.peers.remove(&peer_id) else {
+            let Some(peer) = self.peers.get_mut(&peer_id) else {
                 continue;
             };
             while let Some(msg) = peer.pc.poll_write() {
-                self.push_transmit(msg.transport.peer_addr, msg.message);
+                push_transmit(&mut self.transmits, msg.transport.peer_addr, msg.message);
             }
-            let mut events = Vec::new();
             while let Some(e) = peer.pc.poll_event() {
                 events.push(e);
             }
-            let mut reads = Vec::new();
             while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
                 reads.push(message);
             }
@@ -1346,14 +1310,15 @@ impl Engine {
                     self.timers.push(Reverse((t, peer_id)));
                 }
             }
-            self.peers.insert(peer_id, peer);
-            for e in events {
+            for e in events.drain(..) {
                 self.on_event(peer_id, e, now);
             }
-            for m in reads {
+            for m in reads.drain(..) {
                 self.on_message(peer_id, m, now);
             }
         }
+        self.scratch_events = events;
+        self.scratch_reads = reads;
     }
 
     fn on_event(&mut self, peer_id: PeerId, event: RTCPeerConnectionEvent, now: Instant) {
@@ -2030,7 +1995,11 @@ impl Engine {
                     d.forwarder.set_target(chosen);
                 }
             }
-            if d.forwarder.needs_keyframe() {
+            // Only for connected subscribers: a keyframe sent before the connection is up is
+            // dropped, and asking early would hold back (PLI_MIN_GAP) the request that counts,
+            // made when the connection comes up.
+            let connected = self.peers.get(&d.peer).is_some_and(|p| p.connected);
+            if connected && d.forwarder.needs_keyframe() {
                 self.request_keyframe_for(k, now);
             }
         }

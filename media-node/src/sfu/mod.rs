@@ -6,6 +6,7 @@
 //! [`forwarder`] (layer gating, sequence and timestamp rewriting), [`layers`] (which simulcast
 //! layer a subscriber gets), [`speaker`] (who is talking), [`keyframe`] (switch points).
 
+pub mod deliver;
 pub mod engine;
 pub mod forwarder;
 pub mod keyframe;
