@@ -4,6 +4,8 @@
 //! Nothing here fakes media: browsers use Chromium's fake camera and microphone, which produce
 //! real encoded video and audio over real ICE, DTLS and SRTP.
 
+pub mod loadgen;
+
 use anyhow::{Context, bail};
 use fantoccini::{Client, ClientBuilder};
 use moim_wire::JoinClaims;
