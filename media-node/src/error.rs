@@ -35,6 +35,10 @@ pub enum Error {
     /// The request is malformed in some other way.
     #[error("bad request: {0}")]
     BadRequest(String),
+
+    /// The viewer's offer does not accept the publisher's codec (an SFU does not transcode).
+    #[error("unsupported codec: the publisher sends {0}, which the offer does not accept")]
+    UnsupportedCodec(String),
     /// The WebRTC stack refused an operation.
     #[error("webrtc: {0}")]
     Rtc(String),
@@ -54,6 +58,7 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Self::Sdp(_) | Self::BadRequest(_) => 400,
+            Self::UnsupportedCodec(_) => 406,
             Self::Token(_) | Self::MissingToken => 401,
             Self::Forbidden(_) => 403,
             Self::NoPublisher(_) | Self::NotFound => 404,
@@ -67,6 +72,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Sdp(_) => "invalid_sdp",
+            Self::UnsupportedCodec(_) => "unsupported_codec",
             Self::Token(_) | Self::MissingToken => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NoPublisher(_) => "no_publisher",

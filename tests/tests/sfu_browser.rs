@@ -119,3 +119,109 @@ async fn whip_publish_is_played_over_whep() -> anyhow::Result<()> {
     viewer.close().await;
     Ok(())
 }
+
+/// Heights of the received video tracks that are decoding, from `moim.videoStats()`.
+async fn decoded_heights(b: &Browser) -> anyhow::Result<Vec<u64>> {
+    let v = b
+        .js("return (async () => Object.values(await moim.videoStats()).filter(s => s.framesDecoded > 0).map(s => s.frameHeight))()")
+        .await?;
+    Ok(v.as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+        .unwrap_or_default())
+}
+
+/// Polls until `pred` holds for the decoded heights, or fails with what was seen.
+async fn wait_heights(
+    b: &Browser,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&[u64]) -> bool,
+) -> anyhow::Result<Vec<u64>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let h = decoded_heights(b).await?;
+        if pred(&h) {
+            return Ok(h);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("{what}: decoded heights {h:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// One camera publisher (three simulcast layers) and one viewer: the layer follows the size
+/// the viewer renders at, a screen share arrives as its own track, and the publisher's voice
+/// makes it the active speaker on the viewer's page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_follows_tile_size_and_screen_share_and_speaker_arrive() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let node = Node::start(&[]).await?;
+    let publisher = Browser::start().await?;
+    publisher
+        .goto(&node.url("/?room=layers&name=speaker&autojoin=1"))
+        .await?;
+    let viewer = Browser::start().await?;
+    viewer
+        .goto(&node.url("/?room=layers&name=viewer&autojoin=1&publish=0"))
+        .await?;
+    wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(30)).await?;
+
+    // A large tile: the full 720p layer (the estimate starts high enough on loopback).
+    viewer
+        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
+        .await?;
+    let big = wait_heights(&viewer, "full layer", Duration::from_secs(20), |h| {
+        h.first().is_some_and(|&h| h >= 540)
+    })
+    .await?;
+    // A thumbnail: the node switches this viewer down to the quarter layer.
+    viewer
+        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '160px'; t.style.height = '90px'; }); return true;")
+        .await?;
+    let small = wait_heights(&viewer, "quarter layer", Duration::from_secs(20), |h| {
+        h.first().is_some_and(|&h| h > 0 && h <= 240)
+    })
+    .await?;
+    eprintln!("layer heights: big {big:?}, thumbnail {small:?}");
+    let switches = moim_e2e::status(&node).await?;
+    eprintln!("status after switching: {switches}");
+
+    // Screen share: a second video track from the same participant, tagged as a screen.
+    publisher
+        .wait_for(
+            "return !document.getElementById('screen').disabled;",
+            Duration::from_secs(10),
+        )
+        .await?;
+    publisher
+        .js("document.getElementById('screen').click(); return true;")
+        .await?;
+    viewer
+        .wait_for(
+            "return [...moim.tracks.values()].some(t => t.source === 'screen');",
+            Duration::from_secs(20),
+        )
+        .await?;
+    // A still screen yields frames only when it changes, so the screen track is checked for
+    // decoded frames, not for a rising count.
+    viewer
+        .wait_for(
+            "return (async () => Object.values(await moim.videoStats()).filter(s => s.framesDecoded > 0).length >= 2)();",
+            Duration::from_secs(30),
+        )
+        .await?;
+
+    // Chromium's fake microphone beeps: the publisher becomes the active speaker.
+    let speaker_id = publisher.js("return moim.participantId;").await?;
+    let speaker_id = speaker_id.as_str().unwrap_or_default().to_owned();
+    viewer
+        .wait_for(
+            &format!("return moim.speakers.includes('{speaker_id}');"),
+            Duration::from_secs(20),
+        )
+        .await?;
+    publisher.close().await;
+    viewer.close().await;
+    Ok(())
+}

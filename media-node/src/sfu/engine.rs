@@ -307,6 +307,28 @@ fn push_transmit(transmits: &mut VecDeque<Transmit>, to: SocketAddr, data: Bytes
     transmits.push_back(Transmit { to, data });
 }
 
+/// Codec mime types (`video/VP8`, `audio/opus`, ...) in an SDP's `a=rtpmap` lines.
+fn offered_codecs(sdp: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut kind = "";
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            kind = m.split(' ').next().unwrap_or("");
+        } else if let Some(map) = line.strip_prefix("a=rtpmap:")
+            && let Some(name) = map
+                .split_whitespace()
+                .nth(1)
+                .and_then(|e| e.split('/').next())
+        {
+            let mime = format!("{kind}/{name}");
+            if !out.iter().any(|m| m.eq_ignore_ascii_case(&mime)) {
+                out.push(mime);
+            }
+        }
+    }
+    out
+}
+
 fn layer_index(rid: &str, order: usize) -> u8 {
     match rid {
         "q" | "l" | "low" | "0" => 0,
@@ -939,6 +961,26 @@ impl Engine {
         if picks.is_empty() {
             self.metrics.reject("no_publisher");
             return Err(Error::NoPublisher(claims.room.clone()));
+        }
+        // An SFU forwards, it does not transcode: a track whose codec the viewer did not
+        // offer cannot be played, and saying so beats a silent black video.
+        let offered = offered_codecs(&sdp);
+        let mut refused = Vec::new();
+        picks.retain(|k| {
+            let Some(codec) = self.tracks.get(k).and_then(|t| t.codec.as_ref()) else {
+                return false;
+            };
+            let ok = offered
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(&codec.mime_type));
+            if !ok {
+                refused.push(codec.mime_type.clone());
+            }
+            ok
+        });
+        if picks.is_empty() {
+            self.metrics.reject("unsupported_codec");
+            return Err(Error::UnsupportedCodec(refused.join(", ")));
         }
         let id = self.admit(claims, SessionKind::Whep, now)?;
         let result = (|| {
@@ -2275,8 +2317,8 @@ mod fake_time_tests {
             f
         }
 
-        /// The viewer joins and answers the node's subscribe offer.
-        fn subscribe(&mut self) {
+        /// The viewer joins and answers the node's subscribe offer, which it returns.
+        fn subscribe(&mut self) -> String {
             let t = self.t;
             let (viewer_session, _) = self.e.ws_join(&claims("viewer"), t).expect("join");
             let offer = std::iter::from_fn(|| self.e.poll_signal())
@@ -2288,7 +2330,10 @@ mod fake_time_tests {
             let viewer = &mut self.viewer;
             viewer
                 .pc
-                .set_remote_description(t, RTCSessionDescription::offer(offer).expect("offer"))
+                .set_remote_description(
+                    t,
+                    RTCSessionDescription::offer(offer.clone()).expect("offer"),
+                )
                 .expect("remote");
             add_candidate(viewer);
             let answer = viewer.pc.create_answer(None).expect("answer");
@@ -2297,6 +2342,7 @@ mod fake_time_tests {
             self.e
                 .ws_subscribe_answer(viewer_session, sdp, t)
                 .expect("answer accepted");
+            offer
         }
 
         /// One VP8 frame in one packet from the publisher.
@@ -2368,7 +2414,16 @@ mod fake_time_tests {
     fn keyframe_requested_on_join_and_nack_served_from_cache() {
         let mut f = Fixture::publishing();
         let plis_before = f.publisher.plis;
-        f.subscribe();
+        let offer = f.subscribe();
+        // rtc offers a track's transceiver only the track's codec: a subscriber that cannot
+        // take it rejects the m-line rather than choosing a codec the node never sends.
+        let codecs = offered_codecs(&offer);
+        assert!(
+            codecs
+                .iter()
+                .all(|c| c.eq_ignore_ascii_case("video/VP8") || c.eq_ignore_ascii_case("video/rtx")),
+            "the node offers only the publisher's codec: {codecs:?}"
+        );
 
         // Lose the 10th media datagram on its way to the viewer.
         let mut media_to_viewer = 0;
@@ -2456,5 +2511,47 @@ mod fake_time_tests {
         let seqs = &f.viewer.received_seqs;
         assert_eq!(count(seqs, recent), 2, "recent packet retransmitted");
         assert_eq!(count(seqs, evicted), 1, "evicted packet not retransmitted");
+    }
+
+    #[test]
+    fn whep_refuses_an_offer_without_the_publishers_codec() {
+        let mut f = Fixture::publishing();
+        // The publisher's track gets its codec with its first packets.
+        for _ in 0..50 {
+            f.send(true);
+            f.round(false, &mut |_, _| false);
+        }
+        let t = f.t;
+        let mut viewer = client(6002, t);
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            viewer
+                .pc
+                .add_transceiver_from_kind(
+                    kind,
+                    Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
+                        direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .expect("transceiver");
+        }
+        let offer = viewer.pc.create_offer(None).expect("offer");
+        viewer.pc.set_local_description(t, offer).expect("local");
+        let sdp = viewer.pc.local_description().expect("sdp").sdp;
+        assert!(offered_codecs(&sdp).iter().any(|c| c == "video/VP8"));
+        let without_vp8 = sdp.replace(" VP8/", " XVP8/");
+        let err =
+            f.e.whep(&claims("viewer"), without_vp8, t)
+                .expect_err("no VP8, no video");
+        assert!(
+            matches!(&err, Error::UnsupportedCodec(c) if c == "video/VP8"),
+            "{err}"
+        );
+        assert_eq!(err.http_status(), 406);
+        assert!(
+            f.e.whep(&claims("viewer"), sdp, t).is_ok(),
+            "with VP8 it plays"
+        );
     }
 }

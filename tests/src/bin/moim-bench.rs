@@ -34,7 +34,7 @@ struct SfuArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "10,25,50,100,150,200,300,400,600,800"
+        default_value = "10,25,50,100,150,200,250,300,350,400,500,600,800"
     )]
     steps: Vec<usize>,
     /// Seconds measured at each step (after a settling period).
