@@ -1,0 +1,571 @@
+//! Meeting placement: a pure function from an observed snapshot of the fleet to a plan.
+//!
+//! No I/O and no clock: the reconciler reads nodes and meetings, calls [`place`], and writes
+//! the plan (to the nodes' admin API and to `Meeting.status`). The same snapshot always gives
+//! the same plan, which is what makes the plan testable and the reconciler idempotent.
+//!
+//! The rules, in order:
+//! 1. Every region with expected participants gets capacity on ready, non-draining nodes in
+//!    that region. Capacity is counted in participants (a node's `capacity` minus what it
+//!    hosts for other meetings).
+//! 2. Nodes that already host this meeting keep what they host while they stay ready, even if
+//!    draining (moving people who need not move is the one thing placement must not do);
+//!    a draining node is only never given *more*.
+//! 3. A region's remaining share goes to the node with the most free capacity, then the next,
+//!    so a region uses as few nodes as it can; ties break by node name.
+//! 4. The cascade is a tree: within a region every node links to the region's first node (its
+//!    hub); the hubs link in a star around the region with the most participants, so any
+//!    stream crosses at most two inter-region links and each link carries it once.
+//!
+//! A region that cannot be served (no ready node, or not enough room) is reported in
+//! [`Plan::shortfalls`] rather than failing the whole meeting: the people who can be placed are.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A media node as the placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// MediaNode name (unique).
+    pub name: String,
+    /// `topology.kubernetes.io/region` of the node.
+    pub region: String,
+    /// Ready: `/readyz` answers and its status is recent.
+    pub ready: bool,
+    /// Draining: takes no new meetings or more participants.
+    pub draining: bool,
+    /// Participants the node can hold in all.
+    pub capacity: u32,
+    /// Participants reserved on the node, per meeting key.
+    pub reserved: BTreeMap<String, u32>,
+}
+
+impl NodeView {
+    /// Reserved for meetings other than `meeting`.
+    fn reserved_for_others(&self, meeting: &str) -> u32 {
+        self.reserved
+            .iter()
+            .filter(|(k, _)| k.as_str() != meeting)
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    /// Room left for `meeting`, counting what it already holds there as its own.
+    fn free_for(&self, meeting: &str) -> u32 {
+        self.capacity
+            .saturating_sub(self.reserved_for_others(meeting))
+    }
+}
+
+/// What a meeting needs: participants expected per region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    /// `namespace/name` of the Meeting.
+    pub meeting: String,
+    /// Expected participants per region (regions with 0 are ignored).
+    pub per_region: BTreeMap<String, u32>,
+}
+
+/// One node's share of a meeting.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Assignment {
+    /// Region of the node.
+    pub region: String,
+    /// MediaNode name.
+    pub node: String,
+    /// Participants reserved for the meeting on it.
+    pub participants: u32,
+}
+
+/// A relay link of the cascade tree, from the node nearer the root to the other.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Link {
+    /// Upstream end (nearer the tree's root).
+    pub from: String,
+    /// Downstream end.
+    pub to: String,
+}
+
+/// A region whose share could not be placed in full.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortfall {
+    /// Region.
+    pub region: String,
+    /// Participants with no room.
+    pub missing: u32,
+    /// Why, for a person reading the Meeting's conditions.
+    pub reason: ShortfallReason,
+}
+
+/// Why a region could not be served in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShortfallReason {
+    /// No ready, non-draining node in the region.
+    NoNodesInRegion,
+    /// The region's nodes are full.
+    RegionFull,
+}
+
+/// The placement of one meeting.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Node shares, sorted by region then node.
+    pub assignments: Vec<Assignment>,
+    /// Cascade tree edges, sorted.
+    pub links: Vec<Link>,
+    /// Regions not served in full.
+    pub shortfalls: Vec<Shortfall>,
+}
+
+impl Plan {
+    /// Nodes in the plan.
+    pub fn nodes(&self) -> BTreeSet<&str> {
+        self.assignments.iter().map(|a| a.node.as_str()).collect()
+    }
+
+    /// Participants placed in `region`.
+    pub fn placed_in(&self, region: &str) -> u32 {
+        self.assignments
+            .iter()
+            .filter(|a| a.region == region)
+            .map(|a| a.participants)
+            .sum()
+    }
+}
+
+/// Places `demand` on `nodes`. `previous` is the plan in force (from the Meeting's status),
+/// whose still-usable shares are kept.
+pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Plan {
+    let meeting = demand.meeting.as_str();
+    let mut by_name: BTreeMap<&str, &NodeView> = BTreeMap::new();
+    for n in nodes {
+        by_name.insert(n.name.as_str(), n);
+    }
+    // What each node has left to give this meeting as we go.
+    let mut free: BTreeMap<&str, u32> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.free_for(meeting)))
+        .collect();
+    let mut assignments: Vec<Assignment> = Vec::new();
+    let mut shortfalls = Vec::new();
+
+    for (region, &want) in &demand.per_region {
+        if want == 0 {
+            continue;
+        }
+        let mut left = want;
+        // Keep previous shares on nodes that are still ready in this region.
+        if let Some(prev) = previous {
+            for a in prev.assignments.iter().filter(|a| &a.region == region) {
+                let Some(n) = by_name.get(a.node.as_str()) else {
+                    continue;
+                };
+                if !n.ready || &n.region != region || left == 0 {
+                    continue;
+                }
+                let room = free.get(n.name.as_str()).copied().unwrap_or(0);
+                let keep = a.participants.min(left).min(room);
+                if keep == 0 {
+                    continue;
+                }
+                left -= keep;
+                if let Some(f) = free.get_mut(n.name.as_str()) {
+                    *f -= keep;
+                }
+                push(&mut assignments, region, &n.name, keep);
+            }
+        }
+        // New room: largest free first, never on draining or unready nodes.
+        let mut candidates: Vec<&NodeView> = nodes
+            .iter()
+            .filter(|n| &n.region == region && n.ready && !n.draining)
+            .collect();
+        if left > 0 && candidates.is_empty() && !assignments.iter().any(|a| &a.region == region) {
+            shortfalls.push(Shortfall {
+                region: region.clone(),
+                missing: left,
+                reason: ShortfallReason::NoNodesInRegion,
+            });
+            continue;
+        }
+        // Nodes already used for this meeting first (fewest nodes), then most free space.
+        candidates.sort_by(|a, b| {
+            let used_a = assignments.iter().any(|x| x.node == a.name);
+            let used_b = assignments.iter().any(|x| x.node == b.name);
+            let fa = free.get(a.name.as_str()).copied().unwrap_or(0);
+            let fb = free.get(b.name.as_str()).copied().unwrap_or(0);
+            used_b
+                .cmp(&used_a)
+                .then(fb.cmp(&fa))
+                .then(a.name.cmp(&b.name))
+        });
+        for n in candidates {
+            if left == 0 {
+                break;
+            }
+            let room = free.get(n.name.as_str()).copied().unwrap_or(0);
+            let take = room.min(left);
+            if take == 0 {
+                continue;
+            }
+            left -= take;
+            if let Some(f) = free.get_mut(n.name.as_str()) {
+                *f -= take;
+            }
+            push(&mut assignments, region, &n.name, take);
+        }
+        if left > 0 {
+            shortfalls.push(Shortfall {
+                region: region.clone(),
+                missing: left,
+                reason: ShortfallReason::RegionFull,
+            });
+        }
+    }
+    assignments.sort();
+    let links = cascade(demand, &assignments);
+    Plan {
+        assignments,
+        links,
+        shortfalls,
+    }
+}
+
+fn push(assignments: &mut Vec<Assignment>, region: &str, node: &str, n: u32) {
+    if let Some(a) = assignments.iter_mut().find(|a| a.node == node) {
+        a.participants += n;
+    } else {
+        assignments.push(Assignment {
+            region: region.to_owned(),
+            node: node.to_owned(),
+            participants: n,
+        });
+    }
+}
+
+/// The cascade tree over the assigned nodes (see the module documentation).
+fn cascade(demand: &Demand, assignments: &[Assignment]) -> Vec<Link> {
+    // Each region's hub: the node holding most of its share (ties: name).
+    let mut hubs: BTreeMap<&str, &Assignment> = BTreeMap::new();
+    for a in assignments {
+        let better = hubs.get(a.region.as_str()).is_none_or(|h| {
+            a.participants > h.participants || (a.participants == h.participants && a.node < h.node)
+        });
+        if better {
+            hubs.insert(a.region.as_str(), a);
+        }
+    }
+    let mut links = Vec::new();
+    for a in assignments {
+        if let Some(h) = hubs.get(a.region.as_str())
+            && h.node != a.node
+        {
+            links.push(Link {
+                from: h.node.clone(),
+                to: a.node.clone(),
+            });
+        }
+    }
+    // The root region: most expected participants (ties: name), among those placed.
+    let root = hubs.keys().copied().max_by(|a, b| {
+        let pa = demand.per_region.get(*a).copied().unwrap_or(0);
+        let pb = demand.per_region.get(*b).copied().unwrap_or(0);
+        pa.cmp(&pb).then(b.cmp(a))
+    });
+    if let Some(root) = root {
+        let root_hub = hubs[root].node.clone();
+        for (region, h) in &hubs {
+            if *region != root {
+                links.push(Link {
+                    from: root_hub.clone(),
+                    to: h.node.clone(),
+                });
+            }
+        }
+    }
+    links.sort();
+    links
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(name: &str, region: &str, capacity: u32) -> NodeView {
+        NodeView {
+            name: name.into(),
+            region: region.into(),
+            ready: true,
+            draining: false,
+            capacity,
+            reserved: BTreeMap::new(),
+        }
+    }
+
+    fn demand(per_region: &[(&str, u32)]) -> Demand {
+        Demand {
+            meeting: "default/standup".into(),
+            per_region: per_region
+                .iter()
+                .map(|(r, n)| ((*r).to_owned(), *n))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn one_node_per_region_and_a_star_of_links() {
+        let nodes = vec![
+            node("seoul-a", "seoul", 100),
+            node("seoul-b", "seoul", 50),
+            node("fra-a", "frankfurt", 100),
+            node("va-a", "virginia", 100),
+        ];
+        let plan = place(
+            &demand(&[("seoul", 30), ("frankfurt", 10), ("virginia", 5)]),
+            &nodes,
+            None,
+        );
+        assert_eq!(
+            plan.nodes(),
+            BTreeSet::from(["seoul-a", "fra-a", "va-a"]),
+            "largest free node per region"
+        );
+        assert!(plan.shortfalls.is_empty());
+        assert_eq!(
+            plan.links,
+            vec![
+                Link {
+                    from: "seoul-a".into(),
+                    to: "fra-a".into()
+                },
+                Link {
+                    from: "seoul-a".into(),
+                    to: "va-a".into()
+                },
+            ],
+            "the busiest region is the root"
+        );
+    }
+
+    #[test]
+    fn a_region_too_big_for_one_node_gets_a_second() {
+        let nodes = vec![node("a", "seoul", 60), node("b", "seoul", 50)];
+        let plan = place(&demand(&[("seoul", 100)]), &nodes, None);
+        assert_eq!(plan.placed_in("seoul"), 100);
+        assert_eq!(plan.assignments.len(), 2);
+        assert_eq!(
+            plan.links,
+            vec![Link {
+                from: "a".into(),
+                to: "b".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn shortfalls_say_why() {
+        let mut busy = node("a", "seoul", 10);
+        busy.reserved.insert("other/meeting".into(), 8);
+        let mut drained = node("f", "frankfurt", 100);
+        drained.draining = true;
+        let plan = place(
+            &demand(&[("seoul", 5), ("frankfurt", 5), ("mars", 1)]),
+            &[busy, drained],
+            None,
+        );
+        assert_eq!(plan.placed_in("seoul"), 2);
+        let reasons: Vec<_> = plan
+            .shortfalls
+            .iter()
+            .map(|s| (s.region.as_str(), s.missing, s.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            vec![
+                ("frankfurt", 5, ShortfallReason::NoNodesInRegion),
+                ("mars", 1, ShortfallReason::NoNodesInRegion),
+                ("seoul", 3, ShortfallReason::RegionFull),
+            ]
+        );
+    }
+
+    #[test]
+    fn losing_a_node_moves_only_its_people() {
+        let nodes = vec![
+            node("s1", "seoul", 40),
+            node("s2", "seoul", 40),
+            node("s3", "seoul", 40),
+            node("f1", "frankfurt", 40),
+        ];
+        let d = demand(&[("seoul", 70), ("frankfurt", 20)]);
+        let before = place(&d, &nodes, None);
+        assert_eq!(before.placed_in("seoul"), 70);
+        let lost = before
+            .assignments
+            .iter()
+            .find(|a| a.region == "seoul")
+            .map(|a| a.node.clone())
+            .expect("a seoul node");
+        let after_nodes: Vec<NodeView> = nodes
+            .iter()
+            .cloned()
+            .map(|mut n| {
+                if n.name == lost {
+                    n.ready = false;
+                }
+                n
+            })
+            .collect();
+        let after = place(&d, &after_nodes, Some(&before));
+        assert_eq!(after.placed_in("seoul"), 70);
+        assert!(!after.nodes().contains(lost.as_str()));
+        for a in &before.assignments {
+            if a.node != lost {
+                assert!(
+                    after
+                        .assignments
+                        .iter()
+                        .any(|b| b.node == a.node && b.participants >= a.participants),
+                    "nobody on {} moves: {after:?}",
+                    a.node
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn draining_nodes_keep_their_share_but_get_no_more() {
+        let mut old = node("old", "seoul", 100);
+        old.draining = true;
+        let nodes = vec![old, node("new", "seoul", 100)];
+        let d = demand(&[("seoul", 30)]);
+        let previous = Plan {
+            assignments: vec![Assignment {
+                region: "seoul".into(),
+                node: "old".into(),
+                participants: 20,
+            }],
+            ..Plan::default()
+        };
+        let plan = place(&d, &nodes, Some(&previous));
+        assert!(plan.assignments.contains(&Assignment {
+            region: "seoul".into(),
+            node: "old".into(),
+            participants: 20
+        }));
+        assert_eq!(plan.placed_in("seoul"), 30);
+    }
+
+    fn arb_fleet() -> impl Strategy<Value = (Vec<NodeView>, Demand)> {
+        let regions = ["seoul", "frankfurt", "virginia", "sydney", "saopaulo"];
+        let nodes = prop::collection::vec(
+            (
+                0..regions.len(),
+                1u32..200,
+                0u32..150,
+                any::<bool>(),
+                any::<bool>(),
+            ),
+            0..24,
+        )
+        .prop_map(move |v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (r, cap, other, ready, draining))| {
+                    let mut n = NodeView {
+                        name: format!("n{i:02}"),
+                        region: regions[r].into(),
+                        ready: ready || i % 3 == 0,
+                        draining: draining && i % 4 == 0,
+                        capacity: cap,
+                        reserved: BTreeMap::new(),
+                    };
+                    n.reserved.insert("other/m".into(), other.min(cap));
+                    n
+                })
+                .collect::<Vec<_>>()
+        });
+        let demand = prop::collection::btree_map(
+            prop::sample::select(regions.to_vec()).prop_map(str::to_owned),
+            0u32..400,
+            0..5,
+        )
+        .prop_map(|per_region| Demand {
+            meeting: "ns/m".into(),
+            per_region,
+        });
+        (nodes, demand)
+    }
+
+    proptest! {
+        #[test]
+        fn plans_respect_capacity_serve_every_region_and_form_a_tree((nodes, d) in arb_fleet()) {
+            let plan = place(&d, &nodes, None);
+            // Same input, same plan.
+            prop_assert_eq!(&plan, &place(&d, &nodes, None));
+            // No node beyond capacity; only ready, non-draining nodes in the right region.
+            for a in &plan.assignments {
+                let n = nodes.iter().find(|n| n.name == a.node).expect("known node");
+                prop_assert!(n.ready && !n.draining);
+                prop_assert_eq!(&n.region, &a.region);
+                prop_assert!(a.participants + n.reserved_for_others(&d.meeting) <= n.capacity);
+                prop_assert!(a.participants > 0);
+            }
+            // Every region with participants is served, or its shortfall is explained exactly.
+            for (region, &want) in &d.per_region {
+                let missing = plan.shortfalls.iter().filter(|s| &s.region == region).map(|s| s.missing).sum::<u32>();
+                prop_assert_eq!(plan.placed_in(region) + missing, want);
+                if missing > 0 {
+                    let room: u32 = nodes.iter()
+                        .filter(|n| &n.region == region && n.ready && !n.draining)
+                        .map(|n| n.free_for(&d.meeting))
+                        .sum();
+                    prop_assert_eq!(room, plan.placed_in(region), "short only when the region is full");
+                }
+            }
+            // The links form a tree spanning exactly the chosen nodes.
+            let chosen = plan.nodes();
+            prop_assert_eq!(plan.links.len(), chosen.len().saturating_sub(1));
+            let mut reached: BTreeSet<&str> = BTreeSet::new();
+            let has_parent: BTreeSet<&str> = plan.links.iter().map(|l| l.to.as_str()).collect();
+            let roots: Vec<&str> = chosen.iter().copied().filter(|n| !has_parent.contains(n)).collect();
+            if !chosen.is_empty() {
+                prop_assert_eq!(roots.len(), 1);
+                let mut stack = vec![roots[0]];
+                while let Some(n) = stack.pop() {
+                    prop_assert!(reached.insert(n), "a cycle through {}", n);
+                    stack.extend(plan.links.iter().filter(|l| l.from == n).map(|l| l.to.as_str()));
+                }
+            }
+            prop_assert_eq!(reached, chosen);
+        }
+
+        #[test]
+        fn node_loss_moves_only_the_lost_nodes_people((nodes, d) in arb_fleet(), lose in any::<prop::sample::Index>()) {
+            let before = place(&d, &nodes, None);
+            if before.assignments.is_empty() {
+                return Ok(());
+            }
+            let lost = before.assignments[lose.index(before.assignments.len())].node.clone();
+            let after_nodes: Vec<NodeView> = nodes.iter().cloned().map(|mut n| {
+                if n.name == lost { n.ready = false; }
+                n
+            }).collect();
+            let after = place(&d, &after_nodes, Some(&before));
+            prop_assert!(!after.nodes().contains(lost.as_str()));
+            for a in before.assignments.iter().filter(|a| a.node != lost) {
+                prop_assert!(
+                    after.assignments.iter().any(|b| b.node == a.node && b.participants >= a.participants),
+                    "{:?} lost people: {:?}", a, after
+                );
+            }
+        }
+
+        #[test]
+        fn replanning_with_nothing_lost_changes_nothing((nodes, d) in arb_fleet()) {
+            let plan = place(&d, &nodes, None);
+            let again = place(&d, &nodes, Some(&plan));
+            prop_assert_eq!(plan, again);
+        }
+    }
+}
