@@ -204,3 +204,20 @@ fn crds_pass_kubernetes_schema_validation() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The example Meetings shipped for users parse as Meetings and pass the CRD's rules.
+#[test]
+fn example_meetings_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/meetings");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples folder") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let m: Meeting =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        m.validate_cel()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        seen += 1;
+    }
+    assert!(seen >= 2);
+}

@@ -12,6 +12,7 @@ use moim_wire::JoinClaims;
 use moim_wire::token::DEV_SECRET;
 use serde_json::Value;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -202,6 +203,9 @@ impl Browser {
         .arg(format!("--port={port}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        // Its own process group, which Chromium joins: dropping the Browser kills the whole
+        // group, so a failed or killed test leaves no Chromium behind to load the machine.
+        .process_group(0)
         .spawn()
         .context("starting chromedriver (install Debian's chromium-driver)")?;
         let profile =
@@ -301,6 +305,10 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);

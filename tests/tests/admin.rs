@@ -40,6 +40,14 @@ async fn metrics_pass_promtool_and_count_real_traffic() -> anyhow::Result<()> {
         )))
         .await?;
         browsers.push(b);
+        if name == "ana" {
+            // Ana's video flows before Bo joins, so Bo's subscription needs a keyframe
+            // request (a subscriber present from the start gets the stream's first keyframe).
+            wait_status(&node, Duration::from_secs(30), |s| {
+                s["published_tracks"].as_u64() == Some(2) && s["ingress_bps"].as_u64() > Some(0)
+            })
+            .await?;
+        }
     }
     for b in &browsers {
         wait_decoding(b, "moim.sub", 1, Duration::from_secs(30)).await?;

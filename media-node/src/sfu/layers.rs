@@ -98,8 +98,12 @@ impl LayerSelector {
             self.chosen = None;
             return None;
         };
-        let current = self.chosen.unwrap_or(0).min(wanted);
         let bps = |l: u8| layer_bps.get(usize::from(l)).copied().unwrap_or(0.0);
+        // A publisher sends only the layers its own estimate allows (a browser starts with
+        // the low ones): never wait for a layer that is not flowing while a lower one is.
+        let top_flowing = (0..=wanted).rev().find(|&l| bps(l) > 0.0);
+        let wanted = top_flowing.unwrap_or(wanted);
+        let current = self.chosen.unwrap_or(0).min(wanted);
         let congested_at =
             |l: u8| link.loss > CONGESTED_LOSS || link.available_bps.is_some_and(|a| bps(l) > a);
 
@@ -224,5 +228,27 @@ mod tests {
         s.set_wanted(layer_for_height(0, 3));
         assert_eq!(s.decide(link(5e6), &LAYERS, t0), None);
         assert_eq!(layer_for_height(1080, 1), Some(0));
+    }
+
+    #[test]
+    fn layers_that_are_not_flowing_are_not_waited_for() {
+        let mut s = LayerSelector::new(3);
+        let t = Instant::now();
+        // The full layer has not started yet: take the best one that flows.
+        assert_eq!(
+            s.decide(link(5e6), &[150_000.0, 500_000.0, 0.0], t),
+            Some(1)
+        );
+        // Nothing measured yet: no information, keep aiming high.
+        let mut fresh = LayerSelector::new(3);
+        assert_eq!(fresh.decide(link(5e6), &[0.0, 0.0, 0.0], t), Some(2));
+        // Once the full layer flows, the selector climbs to it after the hold.
+        let mut now = t;
+        let mut chosen = Some(1);
+        for _ in 0..50 {
+            now += Duration::from_millis(100);
+            chosen = s.decide(link(5e6), &LAYERS, now);
+        }
+        assert_eq!(chosen, Some(2));
     }
 }
