@@ -614,6 +614,27 @@ fn extensions(mid_id: Option<u8>, mid: &Bytes, rid: Option<(u8, &str)>) -> Vec<E
     out
 }
 
+/// Sends one packet on `sender`, counting it as sent or refused.
+fn write(
+    pc: &mut RTCPeerConnection,
+    sender: RTCRtpSenderId,
+    now: Instant,
+    header: Header,
+    payload: Bytes,
+    counters: &Counters,
+) {
+    let sent = pc.rtp_sender(sender).is_some_and(|mut s| {
+        s.write_rtp(now, rtc::rtp::Packet { header, payload })
+            .is_ok()
+    });
+    let counter = if sent {
+        &counters.sent
+    } else {
+        &counters.send_errors
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 fn send_due(pc: &mut RTCPeerConnection, p: &mut Publishing, counters: &Counters, now: Instant) {
     let stamp = micros_since_epoch(now);
     if now >= p.next_audio {
@@ -637,21 +658,7 @@ fn send_due(pc: &mut RTCPeerConnection, p: &mut Publishing, counters: &Counters,
             ..Default::default()
         };
         p.audio_seq = p.audio_seq.wrapping_add(1);
-        if let Some(mut s) = pc.rtp_sender(p.audio) {
-            if s.write_rtp(
-                now,
-                rtc::rtp::Packet {
-                    header,
-                    payload: payload.freeze(),
-                },
-            )
-            .is_ok()
-            {
-                counters.sent.fetch_add(1, Ordering::Relaxed);
-            } else {
-                counters.send_errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        write(pc, p.audio, now, header, payload.freeze(), counters);
     }
     if now < p.next_frame {
         return;
@@ -704,21 +711,7 @@ fn send_due(pc: &mut RTCPeerConnection, p: &mut Publishing, counters: &Counters,
             };
             l.seq = l.seq.wrapping_add(1);
             first = false;
-            if let Some(mut s) = pc.rtp_sender(p.video) {
-                if s.write_rtp(
-                    now,
-                    rtc::rtp::Packet {
-                        header,
-                        payload: payload.freeze(),
-                    },
-                )
-                .is_ok()
-                {
-                    counters.sent.fetch_add(1, Ordering::Relaxed);
-                } else {
-                    counters.send_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            write(pc, p.video, now, header, payload.freeze(), counters);
         }
     }
 }
