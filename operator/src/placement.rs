@@ -312,6 +312,15 @@ mod tests {
         }
     }
 
+    /// The fleet with node `name` no longer ready.
+    fn lose(nodes: &[NodeView], name: &str) -> Vec<NodeView> {
+        let mut out = nodes.to_vec();
+        for n in out.iter_mut().filter(|n| n.name == name) {
+            n.ready = false;
+        }
+        out
+    }
+
     #[test]
     fn one_node_per_region_and_a_star_of_links() {
         let nodes = vec![
@@ -406,17 +415,7 @@ mod tests {
             .find(|a| a.region == "seoul")
             .map(|a| a.node.clone())
             .expect("a seoul node");
-        let after_nodes: Vec<NodeView> = nodes
-            .iter()
-            .cloned()
-            .map(|mut n| {
-                if n.name == lost {
-                    n.ready = false;
-                }
-                n
-            })
-            .collect();
-        let after = place(&d, &after_nodes, Some(&before));
+        let after = place(&d, &lose(&nodes, &lost), Some(&before));
         assert_eq!(after.placed_in("seoul"), 70);
         assert!(!after.nodes().contains(lost.as_str()));
         for a in &before.assignments {
@@ -541,17 +540,13 @@ mod tests {
         }
 
         #[test]
-        fn node_loss_moves_only_the_lost_nodes_people((nodes, d) in arb_fleet(), lose in any::<prop::sample::Index>()) {
+        fn node_loss_moves_only_the_lost_nodes_people((nodes, d) in arb_fleet(), pick in any::<prop::sample::Index>()) {
             let before = place(&d, &nodes, None);
             if before.assignments.is_empty() {
                 return Ok(());
             }
-            let lost = before.assignments[lose.index(before.assignments.len())].node.clone();
-            let after_nodes: Vec<NodeView> = nodes.iter().cloned().map(|mut n| {
-                if n.name == lost { n.ready = false; }
-                n
-            }).collect();
-            let after = place(&d, &after_nodes, Some(&before));
+            let lost = before.assignments[pick.index(before.assignments.len())].node.clone();
+            let after = place(&d, &lose(&nodes, &lost), Some(&before));
             prop_assert!(!after.nodes().contains(lost.as_str()));
             for a in before.assignments.iter().filter(|a| a.node != lost) {
                 prop_assert!(
