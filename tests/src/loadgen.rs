@@ -14,6 +14,7 @@
 use anyhow::{Context, bail};
 use bytes::{BufMut, Bytes, BytesMut};
 use media_node::sfu::deliver::DeliverRtcp;
+use media_node::sfu::engine::add_host_candidate;
 use rtc::interceptor::{Registry, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -24,7 +25,6 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::header::{Extension, Header};
@@ -187,22 +187,6 @@ fn new_peer_connection(now: Instant) -> anyhow::Result<RTCPeerConnection> {
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .build(now)?)
-}
-
-fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> anyhow::Result<()> {
-    let cand = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".into(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()?;
-    pc.add_local_candidate(RTCIceCandidate::from(&cand).to_json()?)?;
-    Ok(())
 }
 
 /// Offers `pc`'s local description to `url` (WHIP or WHEP) and applies the answer.

@@ -299,6 +299,27 @@ const FORWARDED_EXTENSIONS: &[&str] = &[
     rtc::sdp::extmap::VIDEO_ORIENTATION_URI,
 ];
 
+/// Adds the one host candidate at `addr` to `pc`'s local description (no trickle: the
+/// candidate goes out in the SDP). Used for the node's own legs and by test clients.
+pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<()> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(Error::rtc)?;
+    let init = RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(Error::rtc)?;
+    pc.add_local_candidate(init).map_err(Error::rtc)
+}
+
 /// Queues a datagram, dropping the oldest when the queue is full (the socket is far behind).
 fn push_transmit(transmits: &mut VecDeque<Transmit>, to: SocketAddr, data: BytesMut) {
     if transmits.len() >= MAX_QUEUED_TRANSMITS {
@@ -462,26 +483,6 @@ impl Engine {
         Ok((pc, estimate))
     }
 
-    fn add_host_candidate(&self, pc: &mut RTCPeerConnection) -> Result<()> {
-        let addr = self.cfg.candidate_addr;
-        let candidate = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".to_owned(),
-                address: addr.ip().to_string(),
-                port: addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .map_err(Error::rtc)?;
-        let init = RTCIceCandidate::from(&candidate)
-            .to_json()
-            .map_err(Error::rtc)?;
-        pc.add_local_candidate(init).map_err(Error::rtc)
-    }
-
     fn create_peer(&mut self, session: SessionId, role: Role, now: Instant) -> Result<PeerId> {
         let ufrag = random_hex(8);
         let pwd = random_hex(16);
@@ -522,7 +523,7 @@ impl Engine {
     fn finish_answer(&mut self, peer: PeerId, now: Instant) -> Result<String> {
         let mut pc = self.peers.remove(&peer).ok_or(Error::NotFound)?;
         let result = (|| {
-            self.add_host_candidate(&mut pc.pc)?;
+            add_host_candidate(&mut pc.pc, self.cfg.candidate_addr)?;
             let answer = pc.pc.create_answer(None).map_err(Error::rtc)?;
             pc.pc
                 .set_local_description(now, answer)
@@ -1257,7 +1258,7 @@ impl Engine {
                 .set_local_description(now, offer)
                 .map_err(Error::rtc)?;
             if first {
-                self.add_host_candidate(&mut peer.pc)?;
+                add_host_candidate(&mut peer.pc, self.cfg.candidate_addr)?;
             }
             peer.pc
                 .local_description()
@@ -2126,20 +2127,7 @@ mod fake_time_tests {
     }
 
     fn add_candidate(c: &mut Client) {
-        let cand = CandidateHostConfig {
-            base_config: CandidateConfig {
-                network: "udp".into(),
-                address: c.addr.ip().to_string(),
-                port: c.addr.port(),
-                component: 1,
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-        .new_candidate_host()
-        .expect("candidate");
-        c.pc.add_local_candidate(RTCIceCandidate::from(&cand).to_json().expect("json"))
-            .expect("add");
+        add_host_candidate(&mut c.pc, c.addr).expect("candidate");
     }
 
     fn engine() -> Engine {
