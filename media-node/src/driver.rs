@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::sfu::engine::{Engine, SessionId};
 use moim_wire::JoinClaims;
+use moim_wire::admin::RoomAssignment;
 use moim_wire::signal::{PublishedTrackInfo, ServerMessage};
 use moim_wire::status::NodeStatus;
 use std::collections::HashMap;
@@ -110,6 +111,22 @@ pub enum Command {
     },
     /// Start draining.
     Drain,
+    /// The operator assigns a room (see [`Engine::assign`]).
+    Assign {
+        /// Room.
+        room: String,
+        /// The node's share of the meeting.
+        assignment: RoomAssignment,
+        /// Whether it was taken (false: older than the one held).
+        reply: Reply<bool>,
+    },
+    /// The operator releases a room.
+    Release {
+        /// Room.
+        room: String,
+        /// Whether the room was assigned.
+        reply: oneshot::Sender<bool>,
+    },
     /// Load figures.
     Status {
         /// The figures.
@@ -299,6 +316,16 @@ fn handle(
             let _ = reply.send(engine.delete_resource(&resource, now));
         }
         Command::Drain => engine.drain(),
+        Command::Assign {
+            room,
+            assignment,
+            reply,
+        } => {
+            let _ = reply.send(engine.assign(&room, assignment));
+        }
+        Command::Release { room, reply } => {
+            let _ = reply.send(engine.release(&room));
+        }
         Command::Status { reply } => {
             let _ = reply.send(engine.status());
         }

@@ -12,9 +12,10 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use moim_wire::JoinClaims;
+use moim_wire::admin::RoomAssignment;
 use moim_wire::signal::{ClientMessage, MAX_FRAME_BYTES, ServerMessage};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/drain", post(drain))
+        .route("/admin/rooms/{room}", put(assign_room).delete(release_room))
         .route("/ws", get(ws))
         .route("/dev/token", get(dev_token))
         .route("/whip/{room}", post(whip).options(preflight))
@@ -140,6 +142,43 @@ async fn drain(State(s): State<AppState>, headers: HeaderMap) -> Result<Response
     check_admin(&s, &headers)?;
     s.engine.send(Command::Drain)?;
     Ok((StatusCode::ACCEPTED, "draining\n").into_response())
+}
+
+/// `PUT /admin/rooms/{room}`: the operator's plan for one meeting on this node.
+/// 200 taken, 409 when a newer assignment is held, 400 for a body the node cannot use.
+async fn assign_room(
+    State(s): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    check_admin(&s, &headers)?;
+    let assignment: RoomAssignment = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequest(format!("room assignment: {e}")))?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.engine.send(Command::Assign {
+        room,
+        assignment,
+        reply: tx,
+    })?;
+    if rx.await.map_err(|_| Error::EngineUnavailable)?? {
+        Ok("assigned\n".into_response())
+    } else {
+        Ok((StatusCode::CONFLICT, "a newer assignment is held\n").into_response())
+    }
+}
+
+/// `DELETE /admin/rooms/{room}`: the meeting no longer uses this node. 204 either way.
+async fn release_room(
+    State(s): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    check_admin(&s, &headers)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.engine.send(Command::Release { room, reply: tx })?;
+    rx.await.map_err(|_| Error::EngineUnavailable)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[derive(serde::Deserialize)]

@@ -171,3 +171,73 @@ async fn sigterm_drains_and_admin_token_guards_admin_api() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn operator_assignments_cap_rooms_and_show_in_status() -> anyhow::Result<()> {
+    let node = Node::start(&["--admin-token", "s3cret"]).await?;
+    let http = reqwest::Client::new();
+    let put = |generation: i64, body: serde_json::Value| {
+        let mut body = body;
+        body["generation"] = generation.into();
+        http.put(node.url("/admin/rooms/team.standup"))
+            .bearer_auth("s3cret")
+            .json(&body)
+            .send()
+    };
+    let plan = serde_json::json!({
+        "meeting": "team/standup", "reserved": 2, "maxParticipants": 1,
+        "links": [{"peer": "frankfurt-1", "address": "10.0.0.9:7882", "upstream": true}]
+    });
+    // Without the admin token the plan is refused.
+    let r = http
+        .put(node.url("/admin/rooms/team.standup"))
+        .json(&plan)
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    assert_eq!(put(2, plan.clone()).await?.status().as_u16(), 200);
+    // A delayed push of an older plan does not undo the newer one.
+    assert_eq!(put(1, plan.clone()).await?.status().as_u16(), 409);
+    // Garbage is a clear 400, not a crash.
+    let r = http
+        .put(node.url("/admin/rooms/team.standup"))
+        .bearer_auth("s3cret")
+        .body("{\"meeting\": 7")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().await?.contains("room assignment"));
+
+    // The meeting's cap holds on this node: the second participant is refused.
+    let mut a = SignalClient::connect(&node).await?;
+    a.join(&dev_token("team.standup", "ana")).await?;
+    a.recv_type("joined", Duration::from_secs(5)).await?;
+    let mut b = SignalClient::connect(&node).await?;
+    b.join(&dev_token("team.standup", "bo")).await?;
+    assert_eq!(
+        b.recv_type("error", Duration::from_secs(5)).await?["code"],
+        "room_full"
+    );
+    let status: serde_json::Value = http
+        .get(node.url("/status"))
+        .bearer_auth("s3cret")
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(status["assignments"]["team.standup"], 2, "{status}");
+    assert_eq!(status["room_participants"]["team.standup"], 1, "{status}");
+
+    // Released: the room falls back to the node's own limit, Ana stays.
+    let r = http
+        .delete(node.url("/admin/rooms/team.standup"))
+        .bearer_auth("s3cret")
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 204);
+    let mut c = SignalClient::connect(&node).await?;
+    c.join(&dev_token("team.standup", "chae")).await?;
+    c.recv_type("joined", Duration::from_secs(5)).await?;
+    drop(a);
+    Ok(())
+}

@@ -5,6 +5,7 @@
 //! media node over WebSocket; the status document flows from a media node to the operator. This
 //! crate holds only data and pure functions: no sockets, no kube, no webrtc.
 
+pub mod admin;
 pub mod signal;
 pub mod status;
 pub mod token;

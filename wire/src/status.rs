@@ -1,6 +1,7 @@
 //! The `/status` document a media node serves: the load figures an operator places by.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A media node's view of itself, served as JSON at `/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -29,4 +30,10 @@ pub struct NodeStatus {
     pub cpu_cores: f64,
     /// Seconds since the process started.
     pub uptime_secs: u64,
+    /// Connected participants per room (rooms with anyone in them).
+    #[serde(default)]
+    pub room_participants: BTreeMap<String, u64>,
+    /// Rooms the operator assigned to this node, with the Meeting generation of each.
+    #[serde(default)]
+    pub assignments: BTreeMap<String, i64>,
 }

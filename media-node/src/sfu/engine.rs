@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use bytes::BytesMut;
 use moim_wire::JoinClaims;
+use moim_wire::admin::RoomAssignment;
 use moim_wire::signal::{
     ChatFrame, MAX_CHAT_BYTES, ParticipantInfo, PublishedTrackInfo, ServerMessage, TrackInfo,
     TrackSource,
@@ -267,6 +268,8 @@ pub struct Engine {
     next_housekeeping: Option<Instant>,
     draining: bool,
     rate_window: RateWindow,
+    /// Rooms the operator placed here (bounded by how many meetings it places on one node).
+    assignments: HashMap<String, RoomAssignment>,
 }
 
 #[derive(Default)]
@@ -385,6 +388,7 @@ impl Engine {
             next_housekeeping: None,
             draining: false,
             rate_window: RateWindow::default(),
+            assignments: HashMap::new(),
         }
     }
 
@@ -550,7 +554,13 @@ impl Engine {
             self.metrics.reject("capacity");
             return Err(Error::AtCapacity);
         }
-        let max_room = self.cfg.max_room_participants;
+        let max_room = match self.assignments.get(&claims.room) {
+            Some(a) => a
+                .max_participants
+                .map_or(self.cfg.max_room_participants, |m| m as usize)
+                .min(self.cfg.max_room_participants),
+            None => self.cfg.max_room_participants,
+        };
         let id = self.next_id();
         let room = self
             .rooms
@@ -1056,7 +1066,42 @@ impl Engine {
             egress_bps: self.rate_window.egress_bps as u64,
             cpu_cores: 0.0,
             uptime_secs: 0,
+            room_participants: self
+                .rooms
+                .iter()
+                .map(|(k, r)| (k.clone(), r.sessions.len() as u64))
+                .collect(),
+            assignments: self
+                .assignments
+                .iter()
+                .map(|(k, a)| (k.clone(), a.generation))
+                .collect(),
         }
+    }
+
+    /// Takes the operator's assignment of `room`. An assignment older (by Meeting generation)
+    /// than the one held is ignored, so a delayed push cannot undo a newer plan. Returns whether
+    /// it was taken.
+    pub fn assign(&mut self, room: &str, assignment: RoomAssignment) -> Result<bool> {
+        assignment
+            .validate(room)
+            .map_err(|m| Error::BadRequest(m.into()))?;
+        if let Some(held) = self.assignments.get(room) {
+            if held.generation > assignment.generation {
+                return Ok(false);
+            }
+        }
+        if !self.assignments.contains_key(room) && self.draining {
+            return Err(Error::Draining);
+        }
+        self.assignments.insert(room.to_owned(), assignment);
+        Ok(true)
+    }
+
+    /// Releases `room`: participants already in it stay until they leave, and the room falls
+    /// back to the node's own limits. Returns whether the room was assigned.
+    pub fn release(&mut self, room: &str) -> bool {
+        self.assignments.remove(room).is_some()
     }
 
     fn remove_session(&mut self, id: SessionId, now: Instant) {
