@@ -365,9 +365,12 @@ pub struct MediaNodeStatus {
     /// Current load, from the node's `/status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load: Option<NodeLoad>,
-    /// Meetings (`namespace/name`) the node hosts.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub meetings: Vec<String>,
+    /// Meetings (`namespace/name`) the node hosts, with the participants connected to each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub meetings: BTreeMap<String, u32>,
+    /// Base URL of the node's admin API (`/status`, `/admin/rooms`), as the operator reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_url: Option<String>,
     /// When the node last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_report: Option<Time>,

@@ -1,8 +1,14 @@
-//! The `operator` binary: `operator crdgen` prints every CRD (or writes them to a folder).
+//! The `operator` binary: `operator run` reconciles Meetings and MediaNodes and serves the
+//! join API; `operator crdgen` prints every CRD (or writes them to a folder).
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use moim_operator::context::Settings;
+use moim_operator::pod::PodSettings;
+use moim_operator::run::{RunOptions, run};
+use moim_operator::secret::SecretSource;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -14,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Reconcile Meetings and MediaNodes, and serve the join API.
+    Run(Box<RunArgs>),
     /// Print every CustomResourceDefinition as YAML (what `crds/` holds).
     Crdgen {
         /// Write one file per CRD into this folder instead of printing.
@@ -22,8 +30,101 @@ enum Cmd {
     },
 }
 
+/// Options of `operator run`.
+#[derive(Args)]
+struct RunArgs {
+    /// Watch only this namespace; unset watches every namespace.
+    #[arg(long, env = "MOIM_NAMESPACE")]
+    namespace: Option<String>,
+    /// Join API, /metrics, /healthz and /readyz.
+    #[arg(long, env = "MOIM_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// File of join API keys, one per line (a mounted Secret; re-read on every request).
+    #[arg(long, env = "MOIM_API_KEYS_FILE")]
+    api_keys_file: Option<PathBuf>,
+    /// File holding the join token secret the media nodes verify with.
+    #[arg(long, env = "MOIM_TOKEN_SECRET_FILE")]
+    token_secret_file: Option<PathBuf>,
+    /// File holding the media nodes' admin token.
+    #[arg(long, env = "MOIM_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// How long a join token is valid (seconds).
+    #[arg(long, env = "MOIM_JOIN_TOKEN_TTL", default_value_t = 600)]
+    join_token_ttl: u64,
+    /// Lease used for leader election; empty disables election (one replica only).
+    #[arg(long, env = "MOIM_LEASE_NAME", default_value = "moim-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "MOIM_LEASE_NAMESPACE", default_value = "moim-system")]
+    lease_namespace: String,
+    /// This replica's identity in the election (set it to the pod name).
+    #[arg(long, env = "MOIM_POD_NAME", default_value = "moim-operator-0")]
+    identity: String,
+    /// media-node image for MediaNode pods.
+    #[arg(
+        long,
+        env = "MOIM_MEDIA_IMAGE",
+        default_value = "ghcr.io/moim-dev/media-node:0.1.0"
+    )]
+    media_image: String,
+    /// Run media pods on the host network.
+    #[arg(long, env = "MOIM_MEDIA_HOST_NETWORK")]
+    media_host_network: bool,
+    /// Expose media pods' UDP port as a hostPort.
+    #[arg(long, env = "MOIM_MEDIA_HOST_PORT")]
+    media_host_port: bool,
+    /// Seconds a media pod may take to drain after SIGTERM.
+    #[arg(long, env = "MOIM_MEDIA_GRACE_SECONDS", default_value_t = 7200)]
+    media_grace_seconds: i64,
+    /// Secret with `token-secret` and `admin-token` for media pods.
+    #[arg(long, env = "MOIM_MEDIA_SECRET", default_value = "moim-node-secrets")]
+    media_secret: String,
+    /// URL browsers join a node at; `{podIP}`, `{node}`, `{region}`, `{port}` are filled in.
+    #[arg(
+        long,
+        env = "MOIM_SIGNALLING_URL_TEMPLATE",
+        default_value = "http://{podIP}:{port}"
+    )]
+    signalling_url_template: String,
+    /// Log filter (tracing `EnvFilter` syntax).
+    #[arg(long, env = "MOIM_LOG", default_value = "info")]
+    log: String,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Cmd::Run(args) => {
+            let args = *args;
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+                .init();
+            let opts = RunOptions {
+                namespace: args.namespace,
+                listen: args.listen,
+                api_keys: SecretSource::from_flags(None, args.api_keys_file),
+                token_secret: SecretSource::from_flags(None, args.token_secret_file),
+                admin_token: SecretSource::from_flags(None, args.admin_token_file),
+                token_ttl_secs: args.join_token_ttl,
+                lease: (!args.lease_name.is_empty())
+                    .then_some((args.lease_name, args.lease_namespace)),
+                identity: args.identity,
+                settings: Settings {
+                    pod: PodSettings {
+                        image: args.media_image,
+                        host_network: args.media_host_network,
+                        host_port: args.media_host_port,
+                        termination_grace_seconds: args.media_grace_seconds,
+                        secret_name: args.media_secret,
+                        signalling_url_template: args.signalling_url_template,
+                        ..PodSettings::default()
+                    },
+                    ..Settings::default()
+                },
+            };
+            tokio::runtime::Runtime::new()?
+                .block_on(run(opts))
+                .context("operator stopped")?;
+        }
         Cmd::Crdgen { dir } => {
             let crds = moim_operator::crd::crds_yaml()?;
             if let Some(dir) = dir {

@@ -35,24 +35,15 @@ pub struct NodeView {
     pub draining: bool,
     /// Participants the node can hold in all.
     pub capacity: u32,
-    /// Participants reserved on the node, per meeting key.
-    pub reserved: BTreeMap<String, u32>,
+    /// Participants reserved on the node for *other* meetings (what the meeting being placed
+    /// holds there already counts as its own room).
+    pub reserved_by_others: u32,
 }
 
 impl NodeView {
-    /// Reserved for meetings other than `meeting`.
-    fn reserved_for_others(&self, meeting: &str) -> u32 {
-        self.reserved
-            .iter()
-            .filter(|(k, _)| k.as_str() != meeting)
-            .map(|(_, v)| *v)
-            .sum()
-    }
-
-    /// Room left for `meeting`, counting what it already holds there as its own.
-    fn free_for(&self, meeting: &str) -> u32 {
-        self.capacity
-            .saturating_sub(self.reserved_for_others(meeting))
+    /// Room left for the meeting being placed.
+    fn free(&self) -> u32 {
+        self.capacity.saturating_sub(self.reserved_by_others)
     }
 }
 
@@ -135,16 +126,12 @@ impl Plan {
 /// Places `demand` on `nodes`. `previous` is the plan in force (from the Meeting's status),
 /// whose still-usable shares are kept.
 pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Plan {
-    let meeting = demand.meeting.as_str();
     let mut by_name: BTreeMap<&str, &NodeView> = BTreeMap::new();
     for n in nodes {
         by_name.insert(n.name.as_str(), n);
     }
     // What each node has left to give this meeting as we go.
-    let mut free: BTreeMap<&str, u32> = nodes
-        .iter()
-        .map(|n| (n.name.as_str(), n.free_for(meeting)))
-        .collect();
+    let mut free: BTreeMap<&str, u32> = nodes.iter().map(|n| (n.name.as_str(), n.free())).collect();
     let mut assignments: Vec<Assignment> = Vec::new();
     let mut shortfalls = Vec::new();
 
@@ -298,7 +285,7 @@ mod tests {
             ready: true,
             draining: false,
             capacity,
-            reserved: BTreeMap::new(),
+            reserved_by_others: 0,
         }
     }
 
@@ -374,7 +361,7 @@ mod tests {
     #[test]
     fn shortfalls_say_why() {
         let mut busy = node("a", "seoul", 10);
-        busy.reserved.insert("other/meeting".into(), 8);
+        busy.reserved_by_others = 8;
         let mut drained = node("f", "frankfurt", 100);
         drained.draining = true;
         let plan = place(
@@ -470,17 +457,13 @@ mod tests {
         .prop_map(move |v| {
             v.into_iter()
                 .enumerate()
-                .map(|(i, (r, cap, other, ready, draining))| {
-                    let mut n = NodeView {
-                        name: format!("n{i:02}"),
-                        region: regions[r].into(),
-                        ready: ready || i % 3 == 0,
-                        draining: draining && i % 4 == 0,
-                        capacity: cap,
-                        reserved: BTreeMap::new(),
-                    };
-                    n.reserved.insert("other/m".into(), other.min(cap));
-                    n
+                .map(|(i, (r, cap, other, ready, draining))| NodeView {
+                    name: format!("n{i:02}"),
+                    region: regions[r].into(),
+                    ready: ready || i % 3 == 0,
+                    draining: draining && i % 4 == 0,
+                    capacity: cap,
+                    reserved_by_others: other.min(cap),
                 })
                 .collect::<Vec<_>>()
         });
@@ -507,7 +490,7 @@ mod tests {
                 let n = nodes.iter().find(|n| n.name == a.node).expect("known node");
                 prop_assert!(n.ready && !n.draining);
                 prop_assert_eq!(&n.region, &a.region);
-                prop_assert!(a.participants + n.reserved_for_others(&d.meeting) <= n.capacity);
+                prop_assert!(a.participants + n.reserved_by_others <= n.capacity);
                 prop_assert!(a.participants > 0);
             }
             // Every region with participants is served, or its shortfall is explained exactly.
@@ -517,7 +500,7 @@ mod tests {
                 if missing > 0 {
                     let room: u32 = nodes.iter()
                         .filter(|n| &n.region == region && n.ready && !n.draining)
-                        .map(|n| n.free_for(&d.meeting))
+                        .map(|n| n.free())
                         .sum();
                     prop_assert_eq!(room, plan.placed_in(region), "short only when the region is full");
                 }

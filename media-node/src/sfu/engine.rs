@@ -1086,10 +1086,10 @@ impl Engine {
         assignment
             .validate(room)
             .map_err(|m| Error::BadRequest(m.into()))?;
-        if let Some(held) = self.assignments.get(room) {
-            if held.generation > assignment.generation {
-                return Ok(false);
-            }
+        if let Some(held) = self.assignments.get(room)
+            && held.generation > assignment.generation
+        {
+            return Ok(false);
         }
         if !self.assignments.contains_key(room) && self.draining {
             return Err(Error::Draining);

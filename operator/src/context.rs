@@ -1,0 +1,142 @@
+//! What every reconcile shares: the API client, the watch caches, the reservation ledger, the
+//! node admin client, the clock, metrics and settings.
+
+use crate::crd::MediaNode;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::nodeapi::NodeAdmin;
+use crate::pod::PodSettings;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The one field manager every server-side apply of the operator uses.
+pub const FIELD_MANAGER: &str = "moim-operator";
+
+/// A clock; tests pass a fixed one.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// The wall clock.
+pub fn system_clock() -> Clock {
+    Arc::new(Timestamp::now)
+}
+
+/// Timings and pod shape.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A node whose last report is older than this is not ready for placement.
+    pub stale_after: SignedDuration,
+    /// A scheduled meeting is placed this long before its start.
+    pub prepare_ahead: SignedDuration,
+    /// How often each MediaNode's `/status` is read.
+    pub node_poll: Duration,
+    /// How often a Meeting is looked at again with no change (participant counts).
+    pub meeting_resync: Duration,
+    /// Media pods.
+    pub pod: PodSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            stale_after: SignedDuration::from_secs(30),
+            prepare_ahead: SignedDuration::from_mins(10),
+            node_poll: Duration::from_secs(10),
+            meeting_resync: Duration::from_secs(30),
+            pod: PodSettings::default(),
+        }
+    }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// The MediaNode watch cache.
+    pub nodes: Store<MediaNode>,
+    /// Reservations of every placed meeting.
+    pub ledger: Mutex<Ledger>,
+    /// The media nodes' admin API.
+    pub node_admin: Arc<dyn NodeAdmin>,
+    /// Publishes Kubernetes Events.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Now.
+    pub clock: Clock,
+    /// Timings and pod shape.
+    pub settings: Settings,
+    /// Consecutive failures per object, for error backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context.
+    pub fn new(
+        client: Client,
+        nodes: Store<MediaNode>,
+        node_admin: Arc<dyn NodeAdmin>,
+        recorder: Recorder,
+        metrics: Metrics,
+        clock: Clock,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            client,
+            nodes,
+            ledger: Mutex::new(Ledger::default()),
+            node_admin,
+            recorder,
+            metrics,
+            clock,
+            settings,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The ledger. A panic while holding it cannot leave it half-written (every change is one
+    /// `record` or `forget`), so a poisoned lock is taken over.
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Backoff after a failed reconcile of `key`: 1 s, 2 s, 4 s … capped at 5 minutes.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    }
+
+    /// Forgets `key`'s failures after a successful reconcile.
+    pub fn succeeded(&self, key: &str) {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.remove(key);
+    }
+
+    /// Publishes an Event about `object`. Events are for people: failing to write one is
+    /// logged and does not fail the reconcile.
+    pub async fn publish(
+        &self,
+        object: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, object).await {
+            tracing::warn!(error = %e, %reason, "event not written");
+        }
+    }
+}

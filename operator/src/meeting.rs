@@ -1,0 +1,546 @@
+//! The Meeting reconciler: place the meeting, push the plan to its nodes, write its status.
+//!
+//! Flow of one reconcile: read the Meeting and the MediaNode cache → [`crate::placement::place`]
+//! under the ledger lock → `PUT /admin/rooms/{room}` on every node of the plan (and `DELETE` on
+//! nodes it left) → Events for what changed → one server-side-apply patch of `status` under the
+//! operator's field manager, only when the status differs. The finalizer makes sure a deleted
+//! Meeting's rooms are released on its nodes before the object goes.
+
+use crate::conditions::{Want, settle};
+use crate::context::{Context, FIELD_MANAGER};
+use crate::crd::{
+    CascadeLink, MediaNode, Meeting, MeetingMode, MeetingNode, MeetingPhase, MeetingStatus,
+};
+use crate::error::{Error, Result};
+use crate::ledger::plan_from_status;
+use crate::placement::{Demand, Plan, ShortfallReason, place};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::{Resource, ResourceExt};
+use moim_wire::admin::{RelayLink, RoomAssignment, room_of};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+/// The finalizer that holds a deleted Meeting until its rooms are released on its nodes.
+pub const FINALIZER: &str = "media.moim.dev/release-nodes";
+
+/// Controller name, in metrics and logs.
+pub const CONTROLLER: &str = "meeting";
+
+/// Reconciles one Meeting.
+pub async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let ns = meeting
+        .namespace()
+        .ok_or(Error::MissingField("namespace"))?;
+    let key = format!("{ns}/{}", meeting.name_any());
+    let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, meeting, |event| async {
+        match event {
+            Event::Apply(m) => apply(&m, &api, &ctx).await,
+            Event::Cleanup(m) => cleanup(&m, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    if result.is_ok() {
+        ctx.succeeded(&key);
+    }
+    result
+}
+
+/// What to do after a failed reconcile: back off per object, 1 s doubling to 5 minutes.
+pub fn error_policy(meeting: Arc<Meeting>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!(
+        "{}/{}",
+        meeting.namespace().unwrap_or_default(),
+        meeting.name_any()
+    );
+    warn!(meeting = %key, %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(CONTROLLER, error);
+    Action::requeue(ctx.backoff(&key))
+}
+
+/// Where a meeting stands against its schedule at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleState {
+    /// Too early to place; look again at the given time.
+    NotYet(Timestamp),
+    /// Place it.
+    Live,
+    /// Past its end.
+    Ended,
+}
+
+/// The schedule state of `meeting` at `now`, placing `prepare_ahead` before the start.
+pub fn schedule_state(
+    meeting: &Meeting,
+    now: Timestamp,
+    prepare_ahead: k8s_openapi::jiff::SignedDuration,
+) -> ScheduleState {
+    let Some(s) = &meeting.spec.schedule else {
+        return ScheduleState::Live;
+    };
+    if now >= s.end.0 {
+        return ScheduleState::Ended;
+    }
+    let place_at = s.start.0.checked_sub(prepare_ahead).unwrap_or(s.start.0);
+    if now < place_at {
+        ScheduleState::NotYet(place_at)
+    } else {
+        ScheduleState::Live
+    }
+}
+
+async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action> {
+    let now = (ctx.clock)();
+    let ns = m.namespace().ok_or(Error::MissingField("namespace"))?;
+    let name = m.name_any();
+    let key = format!("{ns}/{name}");
+    let room = room_of(&ns, &name);
+    let old = m.status.clone().unwrap_or_default();
+    let nodes = ctx.nodes.state();
+
+    let (status, action) = match schedule_state(m, now, ctx.settings.prepare_ahead) {
+        ScheduleState::Ended => {
+            let plan = ctx.ledger().forget(&key).or_else(|| plan_from_status(m));
+            release(ctx, &nodes, &room, plan.iter().flat_map(|p| p.nodes())).await;
+            if old.phase != Some(MeetingPhase::Ended) {
+                ctx.publish(
+                    &m.object_ref(&()),
+                    EventType::Normal,
+                    "Ended",
+                    "the meeting's schedule ended; its rooms were released".into(),
+                )
+                .await;
+            }
+            (ended_status(m, now), Action::await_change())
+        }
+        ScheduleState::NotYet(at) => {
+            let wait = now.duration_until(at).unsigned_abs();
+            (
+                scheduled_status(m, at, now),
+                Action::requeue(wait.min(Duration::from_secs(300))),
+            )
+        }
+        ScheduleState::Live => {
+            let demand = Demand {
+                meeting: key.clone(),
+                per_region: m.spec.participants.per_region(),
+            };
+            let (plan, previous) = {
+                let mut ledger = ctx.ledger();
+                let previous = ledger.plan(&key).cloned().or_else(|| plan_from_status(m));
+                let views = ledger.views(
+                    &key,
+                    nodes.iter().map(|n| n.as_ref()),
+                    now,
+                    ctx.settings.stale_after,
+                );
+                let t = Instant::now();
+                let plan = place(&demand, &views, previous.as_ref());
+                ctx.metrics.placed(t.elapsed());
+                ledger.record(&key, plan.clone());
+                (plan, previous)
+            };
+            let push_errors = push(ctx, m, &room, &plan, &nodes).await;
+            if let Some(prev) = &previous {
+                let kept = plan.nodes();
+                let left: Vec<&str> = prev
+                    .nodes()
+                    .into_iter()
+                    .filter(|n| !kept.contains(n))
+                    .collect();
+                release(ctx, &nodes, &room, left.into_iter()).await;
+            }
+            let status = running_status(m, &plan, &nodes, &push_errors, now);
+            if status.nodes != old.nodes && !status.nodes.is_empty() {
+                info!(meeting = %key, nodes = %summary(&status.nodes), "placed");
+                ctx.publish(
+                    &m.object_ref(&()),
+                    EventType::Normal,
+                    "Placed",
+                    format!("placed on {}", summary(&status.nodes)),
+                )
+                .await;
+            }
+            let placed = |s: &MeetingStatus| {
+                s.conditions
+                    .iter()
+                    .find(|c| c.type_ == "Placed")
+                    .map(|c| (c.status.clone(), c.reason.clone()))
+            };
+            if let Some((st, reason)) = placed(&status)
+                && st == "False"
+                && placed(&old) != Some((st, reason))
+                && let Some(c) = status.conditions.iter().find(|c| c.type_ == "Placed")
+            {
+                ctx.publish(
+                    &m.object_ref(&()),
+                    EventType::Warning,
+                    "NotPlaced",
+                    c.message.clone(),
+                )
+                .await;
+            }
+            (status, Action::requeue(ctx.settings.meeting_resync))
+        }
+    };
+    if status != old {
+        let patch = serde_json::json!({
+            "apiVersion": "media.moim.dev/v1alpha1",
+            "kind": "Meeting",
+            "status": status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    }
+    Ok(action)
+}
+
+async fn cleanup(m: &Meeting, ctx: &Context) -> Result<Action> {
+    let ns = m.namespace().ok_or(Error::MissingField("namespace"))?;
+    let name = m.name_any();
+    let key = format!("{ns}/{name}");
+    let plan = ctx.ledger().forget(&key).or_else(|| plan_from_status(m));
+    let nodes = ctx.nodes.state();
+    let released = release(
+        ctx,
+        &nodes,
+        &room_of(&ns, &name),
+        plan.iter().flat_map(|p| p.nodes()),
+    )
+    .await;
+    info!(meeting = %key, released, "deleted; rooms released");
+    Ok(Action::await_change())
+}
+
+/// Sends each node of `plan` its share. Returns `(node, error)` for nodes that did not take it.
+async fn push(
+    ctx: &Context,
+    m: &Meeting,
+    room: &str,
+    plan: &Plan,
+    nodes: &[Arc<MediaNode>],
+) -> Vec<(String, String)> {
+    let mut errors = Vec::new();
+    let key = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
+    for a in &plan.assignments {
+        let node = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(a.node.as_str()));
+        let Some(base) = node.and_then(|n| n.status.as_ref()?.admin_url.clone()) else {
+            errors.push((a.node.clone(), "has no admin address yet".to_owned()));
+            continue;
+        };
+        let links = plan
+            .links
+            .iter()
+            .filter_map(|l| {
+                let (peer, upstream) = if l.to == a.node {
+                    (&l.from, true)
+                } else if l.from == a.node {
+                    (&l.to, false)
+                } else {
+                    return None;
+                };
+                let address = nodes
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(peer.as_str()))
+                    .and_then(|n| n.status.as_ref()?.relay_address.clone());
+                Some(RelayLink {
+                    peer: peer.clone(),
+                    address,
+                    upstream,
+                })
+            })
+            .collect();
+        let assignment = RoomAssignment {
+            meeting: key.clone(),
+            generation: m.metadata.generation.unwrap_or(0),
+            reserved: a.participants,
+            max_participants: m.spec.max_participants,
+            webinar: m.spec.mode == MeetingMode::Webinar,
+            links,
+        };
+        if let Err(e) = ctx.node_admin.assign(&base, room, &assignment).await {
+            ctx.metrics.node_api_error("assign");
+            warn!(meeting = %key, node = %a.node, error = %e, "plan not taken");
+            errors.push((a.node.clone(), e));
+        }
+    }
+    errors
+}
+
+/// Releases `room` on `which` nodes, best effort: a node that is gone holds nothing to release.
+/// Returns how many nodes confirmed.
+async fn release<'a>(
+    ctx: &Context,
+    nodes: &[Arc<MediaNode>],
+    room: &str,
+    which: impl Iterator<Item = &'a str>,
+) -> usize {
+    let mut done = 0;
+    for name in which {
+        let base = nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+            .and_then(|n| n.status.as_ref()?.admin_url.clone());
+        let Some(base) = base else { continue };
+        match ctx.node_admin.release(&base, room).await {
+            Ok(()) => done += 1,
+            Err(e) => {
+                ctx.metrics.node_api_error("release");
+                warn!(node = %name, %room, error = %e, "release failed; the node keeps the room until it restarts");
+            }
+        }
+    }
+    done
+}
+
+/// `seoul: seoul-1 (20), frankfurt: fra-1 (8)`.
+fn summary(nodes: &[MeetingNode]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("{}: {} ({})", n.region, n.node, n.participants))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn generation(m: &Meeting) -> i64 {
+    m.metadata.generation.unwrap_or(0)
+}
+
+fn previous_conditions(
+    m: &Meeting,
+) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+    m.status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or(&[])
+}
+
+fn ended_status(m: &Meeting, now: Timestamp) -> MeetingStatus {
+    MeetingStatus {
+        phase: Some(MeetingPhase::Ended),
+        observed_generation: Some(generation(m)),
+        conditions: settle(
+            vec![
+                Want::no(
+                    "Placed",
+                    "Ended",
+                    "the meeting has ended; its nodes were released",
+                ),
+                Want::no("Ready", "Ended", "the meeting has ended"),
+            ],
+            previous_conditions(m),
+            generation(m),
+            now,
+        ),
+        ..MeetingStatus::default()
+    }
+}
+
+fn scheduled_status(m: &Meeting, place_at: Timestamp, now: Timestamp) -> MeetingStatus {
+    let msg = format!("nodes are chosen at {place_at}, ahead of the start");
+    MeetingStatus {
+        phase: Some(MeetingPhase::Scheduled),
+        observed_generation: Some(generation(m)),
+        conditions: settle(
+            vec![
+                Want::no("Placed", "NotStarted", msg),
+                Want::no("Ready", "NotStarted", "the meeting has not started"),
+            ],
+            previous_conditions(m),
+            generation(m),
+            now,
+        ),
+        ..MeetingStatus::default()
+    }
+}
+
+/// The status of a placed (or unplaceable) meeting: a pure function of the plan and the
+/// nodes' reports.
+pub fn running_status(
+    m: &Meeting,
+    plan: &Plan,
+    nodes: &[Arc<MediaNode>],
+    push_errors: &[(String, String)],
+    now: Timestamp,
+) -> MeetingStatus {
+    let ns = m.namespace().unwrap_or_default();
+    let key = format!("{ns}/{}", m.name_any());
+    let node = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(name))
+    };
+    let mut participants_by_region: BTreeMap<String, u32> = BTreeMap::new();
+    let mut participants = 0u32;
+    for a in &plan.assignments {
+        let here = node(&a.node)
+            .and_then(|n| n.status.as_ref()?.meetings.get(&key).copied())
+            .unwrap_or(0);
+        participants += here;
+        *participants_by_region.entry(a.region.clone()).or_default() += here;
+    }
+    // Each region joins at its node with the largest share (the region's hub).
+    let mut join_endpoints: BTreeMap<String, String> = BTreeMap::new();
+    let mut best: BTreeMap<&str, u32> = BTreeMap::new();
+    for a in &plan.assignments {
+        let url = node(&a.node).and_then(|n| n.status.as_ref()?.signalling_url.clone());
+        if let Some(url) = url
+            && best
+                .get(a.region.as_str())
+                .is_none_or(|b| a.participants > *b)
+        {
+            best.insert(&a.region, a.participants);
+            join_endpoints.insert(a.region.clone(), url);
+        }
+    }
+    let regions_with_nodes: BTreeSet<&str> = nodes.iter().map(|n| n.spec.region.as_str()).collect();
+    let known = regions_with_nodes
+        .iter()
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut reasons: Vec<String> = Vec::new();
+    let mut reason = "Placed";
+    let mut unknown_region = false;
+    for s in &plan.shortfalls {
+        let expected = m
+            .spec
+            .participants
+            .per_region()
+            .get(&s.region)
+            .copied()
+            .unwrap_or(0);
+        if !regions_with_nodes.contains(s.region.as_str()) {
+            unknown_region = true;
+            reason = "UnknownRegion";
+            reasons.push(format!(
+                "no MediaNode serves region {} (regions with nodes: {})",
+                s.region,
+                if known.is_empty() { "none" } else { &known }
+            ));
+        } else if s.reason == ShortfallReason::NoNodesInRegion {
+            if reason == "Placed" {
+                reason = "NoReadyNodes";
+            }
+            reasons.push(format!(
+                "region {} has no ready media node that takes new meetings",
+                s.region
+            ));
+        } else {
+            if reason == "Placed" {
+                reason = "RegionFull";
+            }
+            reasons.push(format!(
+                "region {} has room for {} of {} expected participants",
+                s.region,
+                expected - s.missing.min(expected),
+                expected
+            ));
+        }
+    }
+    let placed_total: u32 = plan.assignments.iter().map(|a| a.participants).sum();
+    let regions: BTreeSet<&str> = plan.assignments.iter().map(|a| a.region.as_str()).collect();
+    let placed = if reasons.is_empty() {
+        Want::yes(
+            "Placed",
+            "Placed",
+            format!(
+                "{placed_total} participants on {} node(s) in {} region(s)",
+                plan.assignments.len(),
+                regions.len()
+            ),
+        )
+    } else {
+        Want::no("Placed", reason, reasons.join("; "))
+    };
+    let ready = if plan.assignments.is_empty() {
+        Want::no("Ready", "NotPlaced", "no node hosts the meeting yet")
+    } else if !push_errors.is_empty() {
+        Want::no(
+            "Ready",
+            "NodeUnreachable",
+            push_errors
+                .iter()
+                .map(|(n, e)| format!("node {n} did not take the plan: {e}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    } else {
+        Want::yes(
+            "Ready",
+            "NodesReady",
+            "every node of the plan holds the meeting",
+        )
+    };
+    let phase = if plan.assignments.is_empty() {
+        if unknown_region
+            && plan
+                .shortfalls
+                .iter()
+                .all(|s| !regions_with_nodes.contains(s.region.as_str()))
+        {
+            MeetingPhase::Failed
+        } else {
+            MeetingPhase::Placing
+        }
+    } else {
+        MeetingPhase::Running
+    };
+    let nodes_out: Vec<MeetingNode> = plan
+        .assignments
+        .iter()
+        .map(|a| MeetingNode {
+            region: a.region.clone(),
+            node: a.node.clone(),
+            participants: a.participants,
+        })
+        .collect();
+    let mut per_region: BTreeMap<&str, u32> = BTreeMap::new();
+    for a in &plan.assignments {
+        *per_region.entry(a.region.as_str()).or_default() += 1;
+    }
+    MeetingStatus {
+        phase: Some(phase),
+        observed_generation: Some(generation(m)),
+        region_summary: (!per_region.is_empty()).then(|| {
+            per_region
+                .iter()
+                .map(|(r, n)| format!("{r}:{n}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
+        nodes: nodes_out,
+        links: plan
+            .links
+            .iter()
+            .map(|l| CascadeLink {
+                from: l.from.clone(),
+                to: l.to.clone(),
+            })
+            .collect(),
+        join_endpoints,
+        participants: (!plan.assignments.is_empty()).then_some(participants),
+        participants_by_region,
+        conditions: settle(
+            vec![placed, ready],
+            previous_conditions(m),
+            generation(m),
+            now,
+        ),
+    }
+}

@@ -1,0 +1,239 @@
+//! The pod of a MediaNode, built the way Agones builds a game server's pod: one pod per node,
+//! named after it and owned by it (a controller ownerReference, so deleting the MediaNode
+//! deletes the pod), never restarted in place (`restartPolicy: Never`: a restarted media node
+//! has lost its rooms, so the node is reported Gone and its meetings re-placed), pinned to its
+//! region, with a termination grace period long enough to drain, and ready only while
+//! `/readyz` says so (false while draining).
+
+use crate::crd::MediaNode;
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use std::collections::BTreeMap;
+
+/// Label every media pod carries with its MediaNode's name.
+pub const NODE_LABEL: &str = "media.moim.dev/node";
+
+/// How media pods are made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodSettings {
+    /// media-node image.
+    pub image: String,
+    /// HTTP port: web client, WHIP/WHEP, signalling, admin API.
+    pub http_port: u16,
+    /// UDP port of all WebRTC media.
+    pub udp_port: u16,
+    /// Run on the host's network (media reachable at the host's address, no NAT).
+    pub host_network: bool,
+    /// Expose the UDP port on the host (`hostPort`), when not on the host network.
+    pub host_port: bool,
+    /// Seconds Kubernetes waits after SIGTERM (the node drains meanwhile).
+    pub termination_grace_seconds: i64,
+    /// Secret holding `token-secret` (join tokens) and `admin-token` (admin API).
+    pub secret_name: String,
+    /// Resources of the media container.
+    pub resources: Option<ResourceRequirements>,
+    /// URL browsers join at; `{podIP}`, `{node}`, `{region}` and `{port}` are filled in.
+    pub signalling_url_template: String,
+}
+
+impl Default for PodSettings {
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/moim-dev/media-node:0.1.0".into(),
+            http_port: 7880,
+            udp_port: 7881,
+            host_network: false,
+            host_port: false,
+            termination_grace_seconds: 7200,
+            secret_name: "moim-node-secrets".into(),
+            resources: None,
+            signalling_url_template: "http://{podIP}:{port}".into(),
+        }
+    }
+}
+
+impl PodSettings {
+    /// The signalling URL of `node` whose pod has `pod_ip`.
+    pub fn signalling_url(&self, node: &MediaNode, pod_ip: &str) -> String {
+        self.signalling_url_template
+            .replace("{podIP}", pod_ip)
+            .replace("{node}", &node.name_any())
+            .replace("{region}", &node.spec.region)
+            .replace("{port}", &self.http_port.to_string())
+    }
+}
+
+/// The pod for `node`. `None` when the node has no name or namespace (never for a stored
+/// object).
+pub fn media_pod(node: &MediaNode, s: &PodSettings) -> Option<Pod> {
+    let name = node.metadata.name.clone()?;
+    let namespace = node.metadata.namespace.clone()?;
+    let mut owner = node.controller_owner_ref(&())?;
+    // The MediaNode stays until its pod is gone (foreground deletion). Needs `update` on
+    // `medianodes/finalizers` in RBAC.
+    owner.block_owner_deletion = Some(true);
+    let mut labels = BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "media-node".to_owned()),
+        ("app.kubernetes.io/part-of".to_owned(), "moim".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "moim-operator".to_owned(),
+        ),
+        (NODE_LABEL.to_owned(), name.clone()),
+        ("media.moim.dev/region".to_owned(), node.spec.region.clone()),
+    ]);
+    if let Some(pool) = &node.spec.pool {
+        labels.insert("media.moim.dev/pool".to_owned(), pool.clone());
+    }
+    let mut node_selector = BTreeMap::from([(
+        "topology.kubernetes.io/region".to_owned(),
+        node.spec.region.clone(),
+    )]);
+    if let Some(zone) = &node.spec.zone {
+        node_selector.insert("topology.kubernetes.io/zone".to_owned(), zone.clone());
+    }
+    let env = |k: &str, v: String| EnvVar {
+        name: k.to_owned(),
+        value: Some(v),
+        value_from: None,
+    };
+    let mut envs = vec![
+        env("MOIM_HTTP", format!("0.0.0.0:{}", s.http_port)),
+        env("MOIM_UDP", format!("0.0.0.0:{}", s.udp_port)),
+        env("MOIM_REGION", node.spec.region.clone()),
+        env("MOIM_NODE_ID", name.clone()),
+        env(
+            "MOIM_TOKEN_SECRET_FILE",
+            "/etc/moim/secrets/token-secret".to_owned(),
+        ),
+        // Exit a minute before Kubernetes would kill the pod, so the exit is the node's own.
+        env(
+            "MOIM_DRAIN_TIMEOUT",
+            format!("{}s", (s.termination_grace_seconds - 60).max(1)),
+        ),
+        EnvVar {
+            name: "MOIM_ADMIN_TOKEN".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: s.secret_name.clone(),
+                    key: "admin-token".to_owned(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+        },
+    ];
+    if s.host_network || s.host_port {
+        // ICE candidates carry the host's address.
+        envs.push(EnvVar {
+            name: "MOIM_PUBLIC_IP".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.hostIP".to_owned(),
+                    api_version: None,
+                }),
+                ..EnvVarSource::default()
+            }),
+        });
+    }
+    let probe = |path: &str, period: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "media-node".to_owned(),
+        image: Some(s.image.clone()),
+        env: Some(envs),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".to_owned()),
+                container_port: i32::from(s.http_port),
+                protocol: Some("TCP".to_owned()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("media".to_owned()),
+                container_port: i32::from(s.udp_port),
+                protocol: Some("UDP".to_owned()),
+                host_port: (s.host_port && !s.host_network).then_some(i32::from(s.udp_port)),
+                ..ContainerPort::default()
+            },
+        ]),
+        readiness_probe: Some(probe("/readyz", 5)),
+        liveness_probe: Some(probe("/healthz", 10)),
+        resources: s.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "secrets".to_owned(),
+            mount_path: "/etc/moim/secrets".to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Some(Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                // A media pod is never moved to pack nodes tighter: that would cut meetings.
+                "cluster-autoscaler.kubernetes.io/safe-to-evict".to_owned(),
+                "false".to_owned(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            node_selector: Some(node_selector),
+            host_network: s.host_network.then_some(true),
+            dns_policy: s.host_network.then(|| "ClusterFirstWithHostNet".to_owned()),
+            restart_policy: Some("Never".to_owned()),
+            termination_grace_period_seconds: Some(s.termination_grace_seconds),
+            automount_service_account_token: Some(false),
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_owned(),
+                    localhost_profile: None,
+                }),
+                ..PodSecurityContext::default()
+            }),
+            volumes: Some(vec![Volume {
+                name: "secrets".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(s.secret_name.clone()),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            }]),
+            ..PodSpec::default()
+        }),
+        status: None,
+    })
+}

@@ -1,0 +1,187 @@
+//! Wiring of the running operator: watch caches, the two controllers, leader election, and the
+//! HTTP server. Everything here is I/O; the decisions live in `placement`, `join`, `leader`.
+
+use crate::api::{ApiState, router};
+use crate::context::{Context, Settings, system_clock};
+use crate::crd::{MediaNode, Meeting};
+use crate::error::{Error, Result};
+use crate::leader::LeaderElector;
+use crate::ledger::plan_from_status;
+use crate::metrics::Metrics;
+use crate::nodeapi::HttpNodeAdmin;
+use crate::secret::SecretSource;
+use crate::{medianode, meeting};
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::Controller;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tracing::info;
+
+/// Start-up options of `operator run`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Watch only this namespace (`None`: every namespace).
+    pub namespace: Option<String>,
+    /// HTTP listen address (join API, metrics, probes).
+    pub listen: SocketAddr,
+    /// Join API keys.
+    pub api_keys: SecretSource,
+    /// Join token signing secret (shared with the nodes).
+    pub token_secret: SecretSource,
+    /// Node admin token.
+    pub admin_token: SecretSource,
+    /// Join token lifetime, seconds.
+    pub token_ttl_secs: u64,
+    /// Lease name and namespace for leader election; `None` runs without election.
+    pub lease: Option<(String, String)>,
+    /// This replica's identity in the election (the pod name).
+    pub identity: String,
+    /// Timings and pod shape.
+    pub settings: Settings,
+}
+
+/// Runs the operator until SIGTERM or until it loses the leader Lease.
+pub async fn run(opts: RunOptions) -> Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Metrics::new();
+    let clock = system_clock();
+    let (meetings_api, nodes_api, pods_api): (Api<Meeting>, Api<MediaNode>, Api<Pod>) =
+        match &opts.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let node_controller = Controller::new(nodes_api.clone(), watcher::Config::default()).owns(
+        pods_api,
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=moim-operator"),
+    );
+    let nodes = node_controller.store();
+    let node_admin = HttpNodeAdmin::new(opts.admin_token.clone()).map_err(Error::Config)?;
+    let reporter = Reporter {
+        controller: "moim-operator".into(),
+        instance: Some(opts.identity.clone()),
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        nodes.clone(),
+        Arc::new(node_admin),
+        kube::runtime::events::Recorder::new(client.clone(), reporter),
+        metrics.clone(),
+        clock.clone(),
+        opts.settings.clone(),
+    ));
+    // A node's change (lost, drained, new load) wakes the meetings it hosts.
+    let mapper_ctx = ctx.clone();
+    let meeting_controller = Controller::new(meetings_api.clone(), watcher::Config::default())
+        .watches(
+            nodes_api,
+            watcher::Config::default(),
+            move |node: MediaNode| {
+                let name = node.name_any();
+                let ledger = mapper_ctx.ledger();
+                ledger
+                    .meetings_on(&name)
+                    .filter_map(|key| {
+                        let (ns, n) = key.split_once('/')?;
+                        Some(ObjectRef::<Meeting>::new(n).within(ns))
+                    })
+                    .collect::<Vec<_>>()
+            },
+        );
+    let meetings = meeting_controller.store();
+
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let api_state = Arc::new(ApiState {
+        meetings: meetings.clone(),
+        nodes: nodes.clone(),
+        metrics: metrics.clone(),
+        api_keys: opts.api_keys.clone(),
+        token_secret: opts.token_secret.clone(),
+        clock: clock.clone(),
+        token_ttl_secs: opts.token_ttl_secs,
+        ready: ready_rx,
+    });
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .map_err(|e| Error::Config(format!("listening on {}: {e}", opts.listen)))?;
+    info!(addr = %opts.listen, "join API, metrics and probes listening");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(api_state)).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+
+    // Leader election: wait for the Lease; losing it later ends the process.
+    let (leading_tx, mut leading_rx) = watch::channel(opts.lease.is_none());
+    if let Some((name, ns)) = &opts.lease {
+        let elector = LeaderElector::new(
+            Api::<Lease>::namespaced(client.clone(), ns),
+            name,
+            &opts.identity,
+            Duration::from_secs(15),
+        );
+        tokio::spawn(elector.run(leading_tx, clock.clone()));
+        info!(lease = %name, "waiting to lead");
+        while !*leading_rx.borrow_and_update() {
+            if leading_rx.changed().await.is_err() {
+                return Err(Error::Config("leader election stopped".into()));
+            }
+        }
+    }
+    metrics.leader.set(1);
+
+    // The reservations in force, before any meeting is placed.
+    for m in meetings_api.list(&ListParams::default()).await? {
+        if let (Some(ns), Some(plan)) = (m.namespace(), plan_from_status(&m)) {
+            ctx.ledger().record(&format!("{ns}/{}", m.name_any()), plan);
+        }
+    }
+    info!(meetings = ctx.ledger().len(), "reservations loaded");
+
+    let node_run = node_controller
+        .shutdown_on_signal()
+        .run(medianode::reconcile, medianode::error_policy, ctx.clone())
+        .for_each(|_| futures_util::future::ready(()));
+    let meeting_run = meeting_controller
+        .shutdown_on_signal()
+        .run(meeting::reconcile, meeting::error_policy, ctx.clone())
+        .for_each(|_| futures_util::future::ready(()));
+    let ready_when_synced = async {
+        let _ = meetings.wait_until_ready().await;
+        let _ = nodes.wait_until_ready().await;
+        let _ = ready_tx.send(true);
+        futures_util::future::pending::<()>().await
+    };
+    let lost = async {
+        while *leading_rx.borrow_and_update() {
+            if leading_rx.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = futures_util::future::join(node_run, meeting_run) => info!("controllers stopped"),
+        _ = ready_when_synced => {}
+        _ = lost => {
+            metrics.leader.set(0);
+            return Err(Error::Config("lost the leader lease".into()));
+        }
+    }
+    Ok(())
+}
