@@ -137,9 +137,13 @@ async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action>
             let (plan, previous) = {
                 let mut ledger = ctx.ledger();
                 let previous = ledger.plan(&key).cloned().or_else(|| plan_from_status(m));
+                // Only nodes in the meeting's regions can take a share.
                 let views = ledger.views(
                     &key,
-                    nodes.iter().map(|n| n.as_ref()),
+                    nodes
+                        .iter()
+                        .map(|n| n.as_ref())
+                        .filter(|n| demand.per_region.contains_key(&n.spec.region)),
                     now,
                     ctx.settings.stale_after,
                 );

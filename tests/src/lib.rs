@@ -5,6 +5,7 @@
 //! real encoded video and audio over real ICE, DTLS and SRTP.
 
 pub mod loadgen;
+pub mod placement_bench;
 
 use anyhow::{Context, bail};
 use fantoccini::{Client, ClientBuilder};

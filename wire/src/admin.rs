@@ -96,7 +96,10 @@ mod tests {
         let json = serde_json::to_value(&a).expect("json");
         assert_eq!(json["maxParticipants"], 40);
         assert_eq!(json["links"][0]["upstream"], true);
-        assert_eq!(serde_json::from_value::<RoomAssignment>(json).expect("json"), a);
+        assert_eq!(
+            serde_json::from_value::<RoomAssignment>(json).expect("json"),
+            a
+        );
         assert_eq!(room_of("team", "standup"), "team.standup");
     }
 

@@ -26,6 +26,9 @@ enum Bench {
     /// One media-node on one core: CPU per forwarded packet, most subscribers of one 720p
     /// simulcast publisher below 1% loss, and Chromium's join time to first decoded frame.
     Sfu(SfuArgs),
+    /// The operator: placement decision time, reconciles per second against a mocked API
+    /// server, and memory, for 10,000 meetings on 300 nodes in 5 regions.
+    Placement(moim_e2e::placement_bench::PlacementArgs),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +68,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.bench {
         Bench::Sfu(args) => sfu(args).await,
+        Bench::Placement(args) => {
+            let out = moim_e2e::placement_bench::run(&args).await?;
+            if args.json {
+                println!("{out}");
+            }
+            Ok(())
+        }
     }
 }
 
