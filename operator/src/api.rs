@@ -57,6 +57,11 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
+/// Serves the router on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).await
+}
+
 impl IntoResponse for JoinError {
     fn into_response(self) -> Response {
         let status =

@@ -1,7 +1,7 @@
 //! Wiring of the running operator: watch caches, the two controllers, leader election, and the
 //! HTTP server. Everything here is I/O; the decisions live in `placement`, `join`, `leader`.
 
-use crate::api::{ApiState, router};
+use crate::api::ApiState;
 use crate::context::{Context, Settings, system_clock};
 use crate::crd::{MediaNode, Meeting};
 use crate::error::{Error, Result};
@@ -122,7 +122,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .map_err(|e| Error::Config(format!("listening on {}: {e}", opts.listen)))?;
     info!(addr = %opts.listen, "join API, metrics and probes listening");
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(api_state)).await {
+        if let Err(e) = crate::api::serve(listener, api_state).await {
             tracing::error!(error = %e, "http server stopped");
         }
     });

@@ -4,7 +4,7 @@
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
-use moim_operator::api::{ApiState, router};
+use moim_operator::api::ApiState;
 use moim_operator::crd::*;
 use moim_operator::metrics::Metrics;
 use moim_operator::secret::SecretSource;
@@ -138,7 +138,7 @@ async fn serve(ready: bool) -> (String, watch::Sender<bool>) {
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    tokio::spawn(async move { moim_operator::api::serve(listener, state).await });
     (format!("http://{addr}"), tx)
 }
 

@@ -816,3 +816,83 @@ async fn a_pod_that_ran_and_is_gone_makes_the_node_gone_not_a_new_pod() {
         "fixture sanity: the node kept its name"
     );
 }
+
+// ----- schedule ----------------------------------------------------------------------------
+
+fn scheduled(start: &str, end: &str) -> Meeting {
+    let mut m = standup(&[("seoul", 20)], 1);
+    m.spec.schedule = Some(Schedule {
+        start: Time(ts(start)),
+        end: Time(ts(end)),
+    });
+    m
+}
+
+#[test]
+fn a_scheduled_meeting_is_placed_ten_minutes_ahead_and_ends_on_time() {
+    use meeting::{ScheduleState, schedule_state};
+    let ahead = k8s_openapi::jiff::SignedDuration::from_mins(10);
+    let m = scheduled("2026-11-21T11:00:00Z", "2026-11-21T12:00:00Z");
+    assert_eq!(
+        schedule_state(&m, ts(NOW), ahead),
+        ScheduleState::NotYet(ts("2026-11-21T10:50:00Z"))
+    );
+    assert_eq!(
+        schedule_state(&m, ts("2026-11-21T10:50:00Z"), ahead),
+        ScheduleState::Live
+    );
+    assert_eq!(
+        schedule_state(&m, ts("2026-11-21T12:00:00Z"), ahead),
+        ScheduleState::Ended
+    );
+}
+
+#[tokio::test]
+async fn a_meeting_waiting_for_its_start_says_when_it_will_be_placed() {
+    let mut f = fixture();
+    f.add_node(media_node("seoul-1", "seoul", 100, MediaNodePhase::Ready));
+    let m = scheduled("2026-11-21T11:00:00Z", "2026-11-21T12:00:00Z");
+    let task = reconcile_meeting(&f, m.clone());
+    let call = f.api.expect("PATCH", STATUS_URI).await;
+    assert_eq!(call.body["status"]["phase"], "Scheduled");
+    assert_eq!(
+        call.body["status"]["conditions"][0],
+        condition(
+            "Placed",
+            "False",
+            "NotStarted",
+            "nodes are chosen at 2026-11-21T10:50:00Z, ahead of the start",
+            1,
+            NOW
+        )
+    );
+    call.respond(200, &serde_json::to_value(&m).expect("json"));
+    // Looked at again when placement is due (capped at five minutes).
+    let action = task.await.expect("task").expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    assert!(f.nodes.calls().is_empty());
+}
+
+#[tokio::test]
+async fn an_ended_meeting_releases_its_nodes() {
+    let mut f = fixture();
+    f.add_node(media_node("seoul-1", "seoul", 100, MediaNodePhase::Ready));
+    let mut m = scheduled("2026-11-21T08:00:00Z", "2026-11-21T09:30:00Z");
+    m.status = Some(placed_status(&[("seoul", "seoul-1", 20)], &[]));
+    let task = reconcile_meeting(&f, m.clone());
+    f.api
+        .expect_event("team", "Normal", "Ended", "standup")
+        .await;
+    let call = f.api.expect("PATCH", STATUS_URI).await;
+    assert_eq!(call.body["status"]["phase"], "Ended");
+    assert!(call.body["status"].get("nodes").is_none(), "{}", call.body);
+    call.respond(200, &serde_json::to_value(&m).expect("json"));
+    assert_eq!(
+        task.await.expect("task").expect("reconcile"),
+        Action::await_change()
+    );
+    assert_eq!(
+        f.nodes.calls(),
+        vec!["DELETE http://seoul-1:7880/admin/rooms/team.standup"]
+    );
+}
