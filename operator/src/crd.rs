@@ -326,6 +326,25 @@ pub struct MediaNodeSpec {
     pub drain: bool,
 }
 
+impl MediaNode {
+    /// A MediaNode named `name` in `namespace` serving `region` with room for `capacity`
+    /// participants (no zone, no pool, not draining).
+    pub fn in_region(name: &str, namespace: &str, region: &str, capacity: u32) -> Self {
+        let mut n = Self::new(
+            name,
+            MediaNodeSpec {
+                region: region.to_owned(),
+                zone: None,
+                pool: None,
+                capacity,
+                drain: false,
+            },
+        );
+        n.metadata.namespace = Some(namespace.to_owned());
+        n
+    }
+}
+
 fn default_capacity() -> u32 {
     500
 }

@@ -8,7 +8,7 @@
 //! which is how load reaches the placement.
 
 use crate::conditions::{Want, settle};
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, FIELD_MANAGER, apply_status};
 use crate::crd::{MediaNode, MediaNodePhase, MediaNodeStatus, NodeLoad};
 use crate::error::{Error, Result};
 use crate::pod::media_pod;
@@ -201,18 +201,8 @@ async fn apply(node: &MediaNode, ctx: &Context) -> Result<Action> {
     status.conditions = settle(conditions, &old.conditions, generation, now);
 
     if status != old {
-        let patch = serde_json::json!({
-            "apiVersion": "media.moim.dev/v1alpha1",
-            "kind": "MediaNode",
-            "status": status,
-        });
         let api: Api<MediaNode> = Api::namespaced(ctx.client.clone(), &ns);
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
+        apply_status(&api, &name, &status).await?;
     }
     Ok(Action::requeue(ctx.settings.node_poll))
 }

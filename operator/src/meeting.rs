@@ -7,7 +7,7 @@
 //! Meeting's rooms are released on its nodes before the object goes.
 
 use crate::conditions::{Want, settle};
-use crate::context::{Context, FIELD_MANAGER};
+use crate::context::{Context, apply_status};
 use crate::crd::{
     CascadeLink, MediaNode, Meeting, MeetingMode, MeetingNode, MeetingPhase, MeetingStatus,
 };
@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ledger::plan_from_status;
 use crate::placement::{Demand, Plan, ShortfallReason, place};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event, finalizer};
@@ -197,17 +197,7 @@ async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action>
         }
     };
     if status != old {
-        let patch = serde_json::json!({
-            "apiVersion": "media.moim.dev/v1alpha1",
-            "kind": "Meeting",
-            "status": status,
-        });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(patch),
-        )
-        .await?;
+        apply_status(api, &name, &status).await?;
     }
     Ok(action)
 }

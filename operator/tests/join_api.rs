@@ -18,17 +18,7 @@ const NOW: &str = "2026-11-21T10:00:00Z";
 const SECRET: &str = "node token secret";
 
 fn node(name: &str, region: &str, capacity: u32, load: u32, phase: MediaNodePhase) -> MediaNode {
-    let mut n = MediaNode::new(
-        name,
-        MediaNodeSpec {
-            region: region.into(),
-            zone: None,
-            pool: None,
-            capacity,
-            drain: false,
-        },
-    );
-    n.metadata.namespace = Some("team".into());
+    let mut n = MediaNode::in_region(name, "team", region, capacity);
     n.status = Some(MediaNodeStatus {
         phase: Some(phase),
         signalling_url: Some(format!("https://{name}.media.example")),

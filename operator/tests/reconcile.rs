@@ -240,17 +240,7 @@ impl Fixture {
 }
 
 fn media_node(name: &str, region: &str, capacity: u32, phase: MediaNodePhase) -> MediaNode {
-    let mut n = MediaNode::new(
-        name,
-        MediaNodeSpec {
-            region: region.into(),
-            zone: None,
-            pool: None,
-            capacity,
-            drain: false,
-        },
-    );
-    n.metadata.namespace = Some("team".into());
+    let mut n = MediaNode::in_region(name, "team", region, capacity);
     n.metadata.uid = Some(format!("uid-{name}"));
     n.metadata.generation = Some(1);
     n.status = Some(MediaNodeStatus {

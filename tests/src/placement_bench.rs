@@ -76,17 +76,8 @@ fn fleet(args: &PlacementArgs) -> Vec<MediaNode> {
         .map(|i| {
             let region = REGIONS[i % regions];
             let name = format!("{region}-{}", i / regions);
-            let mut n = MediaNode::new(
-                &name,
-                MediaNodeSpec {
-                    region: region.into(),
-                    zone: None,
-                    pool: Some(region.into()),
-                    capacity: args.capacity,
-                    drain: false,
-                },
-            );
-            n.metadata.namespace = Some("bench".into());
+            let mut n = MediaNode::in_region(&name, "bench", region, args.capacity);
+            n.spec.pool = Some(region.into());
             n.metadata.uid = Some(format!("uid-{name}"));
             n.status = Some(MediaNodeStatus {
                 phase: Some(MediaNodePhase::Ready),

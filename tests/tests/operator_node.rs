@@ -71,17 +71,7 @@ async fn a_plan_pushed_by_the_operator_and_its_join_tokens_work_on_a_real_node()
     // The join API, with caches holding the node and the placed meeting.
     let (meetings, mut mw): (Store<Meeting>, _) = reflector::store();
     let (nodes, mut nw): (Store<MediaNode>, _) = reflector::store();
-    let mut n = MediaNode::new(
-        "seoul-1",
-        MediaNodeSpec {
-            region: "seoul".into(),
-            zone: None,
-            pool: None,
-            capacity: 100,
-            drain: false,
-        },
-    );
-    n.metadata.namespace = Some("team".into());
+    let mut n = MediaNode::in_region("seoul-1", "team", "seoul", 100);
     n.status = Some(MediaNodeStatus {
         phase: Some(MediaNodePhase::Ready),
         signalling_url: Some(base.clone()),
