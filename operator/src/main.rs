@@ -95,6 +95,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Cmd::Run(args) => {
             let args = *args;
+            // Two TLS backends end up linked (kube's and reqwest's); pick ring for the process.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
                 .init();

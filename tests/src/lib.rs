@@ -4,6 +4,7 @@
 //! Nothing here fakes media: browsers use Chromium's fake camera and microphone, which produce
 //! real encoded video and audio over real ICE, DTLS and SRTP.
 
+pub mod fake_apiserver;
 pub mod loadgen;
 pub mod placement_bench;
 
@@ -36,8 +37,14 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         .is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"));
     let built = BUILT.get_or_init(|| {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.current_dir(workspace_root())
-            .args(["build", "-q", "--bin", "media-node"]);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "-q",
+            "--bin",
+            "media-node",
+            "--bin",
+            "operator",
+        ]);
         if release {
             cmd.arg("--release");
         }

@@ -1,0 +1,191 @@
+//! A stand-in Kubernetes API server for running the real `operator` binary on a machine with
+//! no cluster: it serves lists and (silent, held-open) watches from fixed objects, keeps one
+//! Lease, echoes writes, and records every request as `VERB path` (the verbs RBAC speaks:
+//! get, list, watch, create, update, patch, delete), so a test can check what the operator
+//! called and derive the permissions it needs.
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// One request, as RBAC sees it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiCall {
+    /// RBAC verb.
+    pub verb: String,
+    /// API group (`""` for the core group).
+    pub group: String,
+    /// Resource, with `/subresource` when there is one (`meetings/status`).
+    pub resource: String,
+    /// Namespace, when namespaced.
+    pub namespace: Option<String>,
+    /// The request as sent, `METHOD path?query`.
+    pub raw: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: Vec<ApiCall>,
+    /// Objects listed per collection path suffix (`meetings`, `medianodes`, `pods`).
+    objects: BTreeMap<String, Vec<Value>>,
+    lease: Option<Value>,
+}
+
+/// The fake API server.
+#[derive(Clone, Default)]
+pub struct FakeApiServer {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakeApiServer {
+    /// Lists `objects` for the resource `plural` (`meetings`, `medianodes`, `pods`).
+    pub fn with_objects(self, plural: &str, objects: Vec<Value>) -> Self {
+        self.lock().objects.insert(plural.to_owned(), objects);
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every request so far.
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.lock().calls.clone()
+    }
+
+    /// Serves on a free loopback port; returns the address.
+    pub async fn serve(&self) -> anyhow::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = Router::new().fallback(handle).with_state(self.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(addr)
+    }
+
+    /// A kubeconfig file pointing at `addr` (plain HTTP, no credentials).
+    pub fn kubeconfig(
+        addr: SocketAddr,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: default\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{}}\n"
+            ),
+        )?;
+        Ok(path)
+    }
+}
+
+/// Splits `/api/v1/namespaces/ns/pods/name/status` or `/apis/g/v/...` into RBAC terms.
+fn classify(method: &Method, uri: &Uri) -> ApiCall {
+    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _v, rest @ ..] => (String::new(), rest.to_vec()),
+        ["apis", g, _v, rest @ ..] => ((*g).to_owned(), rest.to_vec()),
+        _ => (String::new(), parts.clone()),
+    };
+    let (namespace, rest) = match rest.as_slice() {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => {
+            (Some((*ns).to_owned()), rest.to_vec())
+        }
+        _ => (None, rest),
+    };
+    let resource = match rest.as_slice() {
+        [plural] | [plural, _] => (*plural).to_owned(),
+        [plural, _, sub, ..] => format!("{plural}/{sub}"),
+        [] => String::new(),
+    };
+    let named = rest.len() >= 2;
+    let watch = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true"));
+    let verb = match *method {
+        Method::GET if watch => "watch",
+        Method::GET if named => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "other",
+    };
+    ApiCall {
+        verb: verb.to_owned(),
+        group,
+        resource,
+        namespace,
+        raw: format!("{method} {uri}"),
+    }
+}
+
+async fn handle(State(s): State<FakeApiServer>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let call = classify(&method, &uri);
+    s.lock().calls.push(call.clone());
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let not_found = || {
+        (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"})),
+        )
+            .into_response()
+    };
+    match (call.verb.as_str(), call.resource.as_str()) {
+        ("watch", _) => {
+            // Held open and silent: no changes happen in this cluster.
+            let stream = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+            Response::new(Body::from_stream(stream))
+        }
+        ("list", plural) => {
+            let items = s.lock().objects.get(plural).cloned().unwrap_or_default();
+            axum::Json(json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})).into_response()
+        }
+        ("get", "leases") => match s.lock().lease.clone() {
+            Some(l) => axum::Json(l).into_response(),
+            None => not_found(),
+        },
+        ("create" | "update", "leases") => {
+            let mut lease = body;
+            lease["metadata"]["resourceVersion"] = json!("2");
+            s.lock().lease = Some(lease.clone());
+            (StatusCode::CREATED, axum::Json(lease)).into_response()
+        }
+        ("get", plural) => {
+            let name = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
+            let found = s.lock().objects.get(plural).and_then(|v| {
+                v.iter()
+                    .find(|o| o["metadata"]["name"] == name.as_str())
+                    .cloned()
+            });
+            match found {
+                Some(o) => axum::Json(o).into_response(),
+                None => not_found(),
+            }
+        }
+        ("patch", r) => {
+            // Answer with the stored object when there is one (a patch returns the object).
+            let plural = r.split('/').next().unwrap_or_default().to_owned();
+            let name = uri
+                .path()
+                .trim_end_matches("/status")
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            let found = s.lock().objects.get(&plural).and_then(|v| {
+                v.iter()
+                    .find(|o| o["metadata"]["name"] == name.as_str())
+                    .cloned()
+            });
+            axum::Json(found.unwrap_or(body)).into_response()
+        }
+        _ => (StatusCode::CREATED, axum::Json(body)).into_response(),
+    }
+}
