@@ -189,3 +189,149 @@ async fn handle(State(s): State<FakeApiServer>, method: Method, uri: Uri, body: 
         _ => (StatusCode::CREATED, axum::Json(body)).into_response(),
     }
 }
+
+/// The `operator` binary running against a [`FakeApiServer`].
+pub struct RunningOperator {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    /// `http://127.0.0.1:<port>` of its join API, metrics and probes.
+    pub base: String,
+}
+
+impl RunningOperator {
+    /// Starts `operator run` with a kubeconfig pointing at `api` and secrets in files, and
+    /// waits until `/readyz` answers 200 (it leads and its caches synced).
+    pub async fn start(api: SocketAddr) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "moim-operator-{}-{}",
+            std::process::id(),
+            crate::free_tcp_port()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let kubeconfig = FakeApiServer::kubeconfig(api, &dir)?;
+        for (file, content) in [
+            ("keys", "k1\n"),
+            ("token", "secret\n"),
+            ("admin", "admin\n"),
+        ] {
+            std::fs::write(dir.join(file), content)?;
+        }
+        let port = crate::free_tcp_port();
+        let child = std::process::Command::new(crate::binary("operator")?)
+            .arg("run")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--api-keys-file")
+            .arg(dir.join("keys"))
+            .arg("--token-secret-file")
+            .arg(dir.join("token"))
+            .arg("--admin-token-file")
+            .arg(dir.join("admin"))
+            .args(["--identity", "operator-test-0", "--log", "warn"])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let op = Self {
+            child,
+            dir,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(format!("{}/readyz", op.base)).await
+                && r.status().is_success()
+            {
+                return Ok(op);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "operator never became ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `api` has seen calls that satisfy `done`; returns them.
+    pub async fn wait_for_calls(
+        &self,
+        api: &FakeApiServer,
+        done: impl Fn(&[ApiCall]) -> bool,
+    ) -> anyhow::Result<Vec<ApiCall>> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let calls = api.calls();
+            if done(&calls) {
+                return Ok(calls);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "missing operator traffic; saw {:#?}",
+                calls.iter().map(|c| &c.raw).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits up to 15 s for the exit status.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "operator did not stop on SIGTERM"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for RunningOperator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A cluster with one Meeting and one MediaNode (no pod yet): enough for the operator to
+/// make every kind of call it makes.
+pub fn small_cluster() -> FakeApiServer {
+    FakeApiServer::default()
+        .with_objects(
+            "meetings",
+            vec![json!({
+                "apiVersion": "media.moim.dev/v1alpha1", "kind": "Meeting",
+                "metadata": {"name": "standup", "namespace": "team", "uid": "u1", "generation": 1, "resourceVersion": "1"},
+                "spec": {"title": "Standup", "participants": {"perRegion": {"seoul": 5}}},
+            })],
+        )
+        .with_objects(
+            "medianodes",
+            vec![json!({
+                "apiVersion": "media.moim.dev/v1alpha1", "kind": "MediaNode",
+                "metadata": {"name": "seoul-1", "namespace": "team", "uid": "u2", "generation": 1, "resourceVersion": "1"},
+                "spec": {"region": "seoul", "capacity": 100},
+            })],
+        )
+}
+
+/// Whether `calls` hold every kind of call a reconcile of [`small_cluster`] makes.
+pub fn saw_full_reconcile(calls: &[ApiCall]) -> bool {
+    let has = |verb: &str, resource: &str| {
+        calls
+            .iter()
+            .any(|c| c.verb == verb && c.resource == resource)
+    };
+    has("create", "leases")
+        && has("patch", "meetings")
+        && has("get", "pods")
+        && has("patch", "pods")
+        && has("patch", "medianodes/status")
+        && has("create", "events")
+}

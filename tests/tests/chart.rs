@@ -1,0 +1,198 @@
+//! The Helm chart: it lints, renders for every supported set-up, the rendered manifests pass
+//! Kubernetes' own schemas strictly, its CRDs are `crds/`, its MediaNodes pass the CRD's
+//! rules, and its RBAC allows every call the real operator makes (recorded from the operator
+//! binary running against a stand-in API server, not from a hand-kept list).
+
+use moim_e2e::fake_apiserver::{ApiCall, RunningOperator, saw_full_reconcile, small_cluster};
+use moim_e2e::workspace_root;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// `helm`: `$HELM`, else the copy `.ci/run` installs from npm, else `helm` on the PATH.
+fn helm() -> PathBuf {
+    if let Ok(h) = std::env::var("HELM") {
+        return h.into();
+    }
+    let local = workspace_root().join(".ci/tools/node_modules/.bin/helm");
+    if local.exists() {
+        return local;
+    }
+    "helm".into()
+}
+
+fn chart() -> PathBuf {
+    workspace_root().join("charts/moim")
+}
+
+/// Value files of the supported set-ups: the defaults and every `ci/*-values.yaml`.
+fn setups() -> Vec<Option<PathBuf>> {
+    let mut out = vec![None];
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
+        .expect("charts/moim/ci")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with("-values.yaml"))
+        .collect();
+    files.sort();
+    out.extend(files.into_iter().map(Some));
+    out
+}
+
+fn render(values: Option<&PathBuf>, crds: bool) -> String {
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "moim"]).arg(chart()).args([
+        "--namespace",
+        "moim-system",
+        "--kube-version",
+        "1.33.0",
+    ]);
+    if crds {
+        cmd.arg("--include-crds");
+    }
+    if let Some(v) = values {
+        cmd.arg("-f").arg(v);
+    }
+    let out = cmd
+        .output()
+        .expect("helm runs (.ci/run installs it from npm)");
+    assert!(
+        out.status.success(),
+        "helm template {values:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|d| {
+            let v: Value = serde::Deserialize::deserialize(d).ok()?;
+            (!v.is_null()).then_some(v)
+        })
+        .collect()
+}
+
+#[test]
+fn the_chart_lints_and_renders_valid_manifests_for_every_setup() {
+    let out = Command::new(helm())
+        .args(["lint", "--strict"])
+        .arg(chart())
+        .output()
+        .expect("helm lint");
+    assert!(
+        out.status.success(),
+        "helm lint: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for setup in setups() {
+        let rendered = render(setup.as_ref(), true);
+        let file = std::env::temp_dir().join(format!("moim-chart-{}.yaml", std::process::id()));
+        std::fs::write(&file, &rendered).expect("write");
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "--quiet", "--no-warn", "-k", "1.33.0"])
+            .arg(&file)
+            .output()
+            .expect("kubernetes-validate (pip install kubernetes-validate)");
+        assert!(
+            out.status.success(),
+            "{setup:?} refused by Kubernetes' schemas: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let _ = std::fs::remove_file(&file);
+        // Our own resources: Kubernetes' schemas do not know them; the CRD's rules do.
+        for d in docs(&rendered)
+            .into_iter()
+            .filter(|d| d["kind"] == "MediaNode")
+        {
+            let node: moim_operator::crd::MediaNode =
+                serde_json::from_value(d.clone()).expect("a MediaNode");
+            node.validate_cel()
+                .unwrap_or_else(|e| panic!("{setup:?}: {d}: {e}"));
+        }
+        // The operator pod meets Pod Security "restricted".
+        let deploy = docs(&rendered)
+            .into_iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("operator Deployment");
+        let pod = &deploy["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let c = &pod["containers"][0]["securityContext"];
+        assert_eq!(c["allowPrivilegeEscalation"], false);
+        assert_eq!(c["capabilities"]["drop"][0], "ALL");
+    }
+}
+
+#[test]
+fn the_chart_ships_exactly_the_generated_crds() {
+    for file in ["meetings.yaml", "medianodes.yaml"] {
+        let ours =
+            std::fs::read_to_string(workspace_root().join("crds").join(file)).expect("crds/");
+        let chart = std::fs::read_to_string(chart().join("crds").join(file)).expect("chart crds/");
+        assert_eq!(
+            ours, chart,
+            "charts/moim/crds/{file} differs from crds/{file}: copy it (cp crds/*.yaml charts/moim/crds/)"
+        );
+    }
+}
+
+/// Whether a rule list allows `call`.
+fn allowed(rules: &[Value], call: &ApiCall) -> bool {
+    rules.iter().any(|r| {
+        let has = |key: &str, want: &str| {
+            r[key]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == want || x == "*"))
+        };
+        has("apiGroups", &call.group)
+            && has("resources", &call.resource)
+            && has("verbs", &call.verb)
+    })
+}
+
+#[tokio::test]
+async fn rbac_allows_every_call_the_operator_makes_and_no_more_scope() -> anyhow::Result<()> {
+    let api = small_cluster();
+    let op = RunningOperator::start(api.serve().await?).await?;
+    let calls = op.wait_for_calls(&api, saw_full_reconcile).await?;
+    drop(op);
+    for setup in setups() {
+        let rendered = docs(&render(setup.as_ref(), false));
+        let rules_of = |kind: &str| -> Vec<Value> {
+            rendered
+                .iter()
+                .filter(|d| d["kind"] == kind)
+                .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+                .collect()
+        };
+        // Watching every namespace needs a ClusterRole; one namespace, a Role there.
+        let cluster_wide = rendered.iter().any(|d| d["kind"] == "ClusterRole");
+        let main_rules = rules_of(if cluster_wide { "ClusterRole" } else { "Role" });
+        let role_rules = rules_of("Role");
+        for call in &calls {
+            let ok = if call.resource == "leases" {
+                // Leader election: only in the release namespace, by a Role.
+                call.namespace.as_deref() == Some("moim-system") && allowed(&role_rules, call)
+            } else {
+                allowed(&main_rules, call)
+            };
+            assert!(
+                ok,
+                "{setup:?}: the chart's RBAC does not allow {} ({:?})",
+                call.raw, call
+            );
+        }
+        // Nothing beyond what the operator uses: no wildcards, no secrets.
+        for r in rules_of("ClusterRole").iter().chain(role_rules.iter()) {
+            let text = r.to_string();
+            assert!(!text.contains('*'), "wildcard in {text}");
+            assert!(!text.contains("secrets"), "secrets access in {text}");
+        }
+    }
+    Ok(())
+}
