@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod process;
+pub mod relay;
 pub mod serve;
 pub mod sfu;
 
