@@ -5,4 +5,6 @@
 //! media as datagrams. [`proto`] is the wire codec; the link tasks and the engine's side of
 //! relayed tracks build on it.
 
+pub mod link;
 pub mod proto;
+pub mod tls;

@@ -1,0 +1,248 @@
+//! One relay link: a QUIC connection to another media node, with the hello exchange, framed
+//! control messages on one bidirectional stream, and media datagrams.
+//!
+//! The dialling node opens the control stream and speaks first; both send [`Control::Hello`]
+//! and check the other's within [`HELLO_TIMEOUT`]. Anything malformed from the peer closes the
+//! link with a logged reason (the QUIC close frame carries it too); the node's own sessions are
+//! never touched by a link's failure.
+
+use super::proto::{Control, MediaDatagram, PROTOCOL_VERSION, ProtoError};
+use super::tls::{RELAY_SERVER_NAME, RelayTls};
+use bytes::{Bytes, BytesMut};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long the peer has to say hello.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a link failed or closed.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// QUIC connection set-up or I/O.
+    #[error("quic: {0}")]
+    Quic(String),
+    /// The peer sent bytes that are not the protocol.
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtoError),
+    /// The peer's first message was not a hello, or came too late, or its version is not ours.
+    #[error("handshake: {0}")]
+    Handshake(String),
+    /// The peer closed the link.
+    #[error("closed by peer: {0}")]
+    Closed(String),
+}
+
+fn quic(e: impl std::fmt::Display) -> LinkError {
+    LinkError::Quic(e.to_string())
+}
+
+/// What the peer said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerHello {
+    /// Its node id.
+    pub node_id: String,
+    /// Its region.
+    pub region: String,
+    /// The protocol version both speak (the lower of the two).
+    pub version: u16,
+}
+
+/// A node's QUIC endpoint for relay links (one UDP socket, both directions).
+pub struct RelayEndpoint {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    node_id: String,
+    region: String,
+}
+
+impl RelayEndpoint {
+    /// Binds `addr` (port 0 picks one).
+    pub fn bind(
+        addr: SocketAddr,
+        tls: RelayTls,
+        node_id: &str,
+        region: &str,
+    ) -> Result<Self, LinkError> {
+        let endpoint = quinn::Endpoint::server(tls.server, addr).map_err(quic)?;
+        Ok(Self {
+            endpoint,
+            client: tls.client,
+            node_id: node_id.to_owned(),
+            region: region.to_owned(),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, LinkError> {
+        self.endpoint.local_addr().map_err(quic)
+    }
+
+    fn hello(&self) -> Control {
+        Control::Hello {
+            version: PROTOCOL_VERSION,
+            node_id: self.node_id.clone(),
+            region: self.region.clone(),
+        }
+    }
+
+    /// Dials `peer` and completes the hello exchange.
+    pub async fn dial(&self, peer: SocketAddr) -> Result<Link, LinkError> {
+        let conn = self
+            .endpoint
+            .connect_with(self.client.clone(), peer, RELAY_SERVER_NAME)
+            .map_err(quic)?
+            .await
+            .map_err(quic)?;
+        let (send, recv) = conn.open_bi().await.map_err(quic)?;
+        let mut link = Link::new(conn, send, recv);
+        link.send(&self.hello()).await?;
+        link.expect_hello().await?;
+        Ok(link)
+    }
+
+    /// Waits for the next incoming link and completes its hello exchange. `None` once the
+    /// endpoint is closed. An error concerns that one peer only.
+    pub async fn accept(&self) -> Option<Result<Link, LinkError>> {
+        let incoming = self.endpoint.accept().await?;
+        Some(
+            async {
+                let conn = incoming.await.map_err(quic)?;
+                let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
+                    .await
+                    .map_err(|_| LinkError::Handshake("no control stream opened".into()))?
+                    .map_err(quic)?;
+                let mut link = Link::new(conn, send, recv);
+                link.expect_hello().await?;
+                link.send(&self.hello()).await?;
+                Ok(link)
+            }
+            .await,
+        )
+    }
+
+    /// Closes every link of the endpoint.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"node shutting down");
+    }
+}
+
+/// An established link.
+pub struct Link {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    /// The peer, once its hello arrived.
+    pub peer: Option<PeerHello>,
+}
+
+impl Link {
+    fn new(conn: quinn::Connection, send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+        Self {
+            conn,
+            send,
+            recv,
+            buf: BytesMut::with_capacity(4096),
+            peer: None,
+        }
+    }
+
+    async fn expect_hello(&mut self) -> Result<(), LinkError> {
+        let first = tokio::time::timeout(HELLO_TIMEOUT, self.recv())
+            .await
+            .map_err(|_| LinkError::Handshake("no hello in time".into()));
+        let first = match first {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) | Err(e) => {
+                self.close_with(&e);
+                return Err(e);
+            }
+        };
+        match first {
+            Control::Hello {
+                version,
+                node_id,
+                region,
+            } if version >= 1 => {
+                self.peer = Some(PeerHello {
+                    node_id,
+                    region,
+                    version: version.min(PROTOCOL_VERSION),
+                });
+                Ok(())
+            }
+            other => {
+                let e = LinkError::Handshake(format!("expected hello, got {other:?}"));
+                self.close_with(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends one control message.
+    pub async fn send(&mut self, msg: &Control) -> Result<(), LinkError> {
+        let mut out = BytesMut::new();
+        msg.encode(&mut out);
+        self.send.write_all(&out).await.map_err(quic)
+    }
+
+    /// Receives the next control message. A malformed frame closes the link (with the
+    /// reason in the close frame) and is returned as the error.
+    pub async fn recv(&mut self) -> Result<Control, LinkError> {
+        loop {
+            match Control::decode(&mut self.buf) {
+                Ok(Some(m)) => return Ok(m),
+                Ok(None) => {}
+                Err(e) => {
+                    let e = LinkError::Protocol(e);
+                    self.close_with(&e);
+                    return Err(e);
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match self.recv.read(&mut chunk).await {
+                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(None) => return Err(LinkError::Closed("control stream finished".into())),
+                Err(e) => return Err(quic(e)),
+            }
+        }
+    }
+
+    /// Queues a media datagram. `false` when it was dropped (peer does not take datagrams,
+    /// or it is larger than the path allows); QUIC's own buffer drops the oldest when full.
+    pub fn send_media(&self, d: &MediaDatagram) -> bool {
+        self.conn.send_datagram(d.encode()).is_ok()
+    }
+
+    /// The next media datagram.
+    pub async fn recv_media(&self) -> Result<MediaDatagram, LinkError> {
+        let d: Bytes = self.conn.read_datagram().await.map_err(quic)?;
+        Ok(MediaDatagram::decode(d)?)
+    }
+
+    /// Round-trip time QUIC measures on the link.
+    pub fn rtt(&self) -> Duration {
+        self.conn.rtt()
+    }
+
+    /// QUIC's counters (packets lost, bytes sent and received).
+    pub fn stats(&self) -> quinn::ConnectionStats {
+        self.conn.stats()
+    }
+
+    /// Closes the link, giving the reason to the peer.
+    pub fn close(&self, reason: &str) {
+        self.conn.close(1u32.into(), reason.as_bytes());
+    }
+
+    fn close_with(&self, e: &LinkError) {
+        tracing::warn!(peer = ?self.peer, error = %e, "closing relay link");
+        let reason = e.to_string();
+        self.close(&reason[..reason.len().min(200)]);
+    }
+
+    /// Resolves when the link is closed; says why.
+    pub async fn closed(&self) -> String {
+        self.conn.closed().await.to_string()
+    }
+}

@@ -1,0 +1,191 @@
+//! Relay links over real QUIC on loopback: hello, control frames and datagrams both ways;
+//! mutual TLS that refuses a peer whose certificate the CA did not sign; and a peer that sends
+//! nonsense is cut off with a reason while the endpoint keeps serving others.
+
+use bytes::{Bytes, BytesMut};
+use media_node::relay::link::RelayEndpoint;
+use media_node::relay::proto::{Control, MediaDatagram};
+use media_node::relay::tls::{RELAY_SERVER_NAME, RelayTls, RelayTrust};
+use std::net::SocketAddr;
+use std::path::Path;
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
+}
+
+fn endpoint(trust: &RelayTrust, id: &str, region: &str) -> RelayEndpoint {
+    RelayEndpoint::bind(loopback(), RelayTls::new(trust).expect("tls"), id, region).expect("bind")
+}
+
+#[tokio::test]
+async fn dev_links_carry_hello_control_and_media_both_ways() {
+    let seoul = endpoint(&RelayTrust::Dev, "seoul-1", "seoul");
+    let fra = endpoint(&RelayTrust::Dev, "fra-1", "frankfurt");
+    let addr = seoul.local_addr().expect("addr");
+    let (accepted, dialled) = tokio::join!(seoul.accept(), fra.dial(addr));
+    let mut at_seoul = accepted.expect("an incoming link").expect("handshake");
+    let mut at_fra = dialled.expect("dial");
+    assert_eq!(
+        at_seoul.peer.as_ref().map(|p| p.node_id.as_str()),
+        Some("fra-1")
+    );
+    assert_eq!(
+        at_fra.peer.as_ref().map(|p| p.region.as_str()),
+        Some("seoul")
+    );
+
+    let interest = Control::Interest {
+        room: "team.standup".into(),
+        on: true,
+    };
+    at_fra.send(&interest).await.expect("send");
+    assert_eq!(at_seoul.recv().await.expect("recv"), interest);
+    let keyframe = Control::KeyframeRequest { track: 7, layer: 2 };
+    at_seoul.send(&keyframe).await.expect("send");
+    assert_eq!(at_fra.recv().await.expect("recv"), keyframe);
+    let d = MediaDatagram {
+        track: 7,
+        layer: 2,
+        rtp: Bytes::from(vec![0x80u8; 1200]),
+    };
+    assert!(at_seoul.send_media(&d));
+    assert_eq!(at_fra.recv_media().await.expect("datagram"), d);
+    assert!(at_fra.rtt() < std::time::Duration::from_millis(100));
+}
+
+/// A CA and certificates for `moim-relay` signed by it, as PEM files in `dir`.
+fn pki(dir: &Path, ca_name: &str, nodes: &[&str]) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, ca_name);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    std::fs::write(dir.join(format!("{ca_name}.pem")), ca_cert.pem()).expect("write");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    for n in nodes {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec![RELAY_SERVER_NAME.to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("sign");
+        std::fs::write(dir.join(format!("{n}.pem")), cert.pem()).expect("write");
+        std::fs::write(dir.join(format!("{n}.key")), key.serialize_pem()).expect("write");
+    }
+}
+
+/// Trusts `ca`, presents `node`'s certificate.
+fn trust(dir: &Path, ca: &str, node: &str) -> RelayTrust {
+    RelayTrust::Ca {
+        ca: dir.join(format!("{ca}.pem")),
+        cert: dir.join(format!("{node}.pem")),
+        key: dir.join(format!("{node}.key")),
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_admits_nodes_of_the_ca_and_refuses_others() {
+    let dir = std::env::temp_dir().join(format!("moim-relay-pki-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    pki(&dir, "fleet-ca", &["a", "b"]);
+    pki(&dir, "rogue-ca", &["mallory"]);
+    let a = endpoint(&trust(&dir, "fleet-ca", "a"), "a", "seoul");
+    let addr = a.local_addr().expect("addr");
+
+    let b = endpoint(&trust(&dir, "fleet-ca", "b"), "b", "frankfurt");
+    let (accepted, dialled) = tokio::join!(a.accept(), b.dial(addr));
+    accepted
+        .expect("incoming")
+        .expect("a fleet node is admitted");
+    dialled.expect("a fleet node dials");
+
+    // Mallory trusts the fleet's CA but presents a certificate from another CA: refused.
+    let mallory = endpoint(&trust(&dir, "fleet-ca", "mallory"), "mallory", "x");
+    let (accepted, dialled) = tokio::join!(a.accept(), mallory.dial(addr));
+    let refused = accepted
+        .expect("incoming")
+        .err()
+        .expect("a rogue client certificate is refused");
+    assert!(!refused.to_string().is_empty());
+    assert!(dialled.is_err());
+    // A node that trusts only the rogue CA refuses the fleet's server certificate.
+    let outsider = endpoint(&trust(&dir, "rogue-ca", "mallory"), "outsider", "x");
+    let (_, dialled) = tokio::join!(a.accept(), outsider.dial(addr));
+    let e = dialled
+        .err()
+        .expect("the fleet's certificate is not trusted by the rogue CA");
+    assert!(e.to_string().contains("certificate"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A raw QUIC connection that passes TLS (dev) and writes `first` on a new control stream.
+async fn raw_peer(addr: SocketAddr, frames: Vec<Vec<u8>>) -> String {
+    let tls = RelayTls::new(&RelayTrust::Dev).expect("tls");
+    let mut raw = quinn::Endpoint::client(loopback()).expect("client");
+    raw.set_default_client_config(tls.client);
+    let conn = raw
+        .connect(addr, RELAY_SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, _recv) = conn.open_bi().await.expect("stream");
+    for f in frames {
+        send.write_all(&f).await.expect("write");
+    }
+    conn.closed().await.to_string()
+}
+
+#[tokio::test]
+async fn a_peer_that_sends_nonsense_is_cut_off_with_a_reason_and_others_still_link() {
+    let node = endpoint(&RelayTrust::Dev, "seoul-1", "seoul");
+    let addr = node.local_addr().expect("addr");
+
+    // Nonsense instead of a hello.
+    let garbage = vec![0u8, 0, 0, 5, 200, 1, 2, 3, 4];
+    let (accepted, reason) = tokio::join!(node.accept(), raw_peer(addr, vec![garbage.clone()]));
+    let err = accepted.expect("incoming").err().expect("refused");
+    assert!(
+        err.to_string().contains("unknown relay message type 200"),
+        "{err}"
+    );
+    assert!(
+        reason.contains("unknown relay message type 200"),
+        "told why: {reason}"
+    );
+
+    // A good hello, then a frame claiming 1 GiB.
+    let mut hello = BytesMut::new();
+    Control::Hello {
+        version: 1,
+        node_id: "x".into(),
+        region: "y".into(),
+    }
+    .encode(&mut hello);
+    let huge = vec![0x40u8, 0, 0, 0, 1];
+    let (accepted, reason) = tokio::join!(
+        async {
+            let mut link = node
+                .accept()
+                .await
+                .expect("incoming")
+                .expect("hello accepted");
+            link.recv()
+                .await
+                .expect_err("an oversized frame closes the link")
+        },
+        raw_peer(addr, vec![hello.to_vec(), huge])
+    );
+    assert!(
+        accepted.to_string().contains("over the limit"),
+        "{accepted}"
+    );
+    assert!(reason.contains("over the limit"), "told why: {reason}");
+
+    // The endpoint still links with a well-behaved node.
+    let good = endpoint(&RelayTrust::Dev, "fra-1", "frankfurt");
+    let (accepted, dialled) = tokio::join!(node.accept(), good.dial(addr));
+    accepted
+        .expect("incoming")
+        .expect("a good peer still links");
+    dialled.expect("dial");
+}
