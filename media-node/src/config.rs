@@ -75,6 +75,22 @@ pub struct ServeArgs {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "MOIM_LOG", default_value = "info")]
     pub log: String,
+    /// UDP address for relay links (QUIC) from other media nodes; unset: no cascade.
+    #[arg(long, env = "MOIM_RELAY_LISTEN")]
+    pub relay_listen: Option<SocketAddr>,
+    /// Another media node's relay address to link with (repeatable). Rooms are one room
+    /// across linked nodes. Listing a node on one side is enough.
+    #[arg(long = "peer", env = "MOIM_PEERS", value_delimiter = ',')]
+    pub peers: Vec<SocketAddr>,
+    /// CA certificate (PEM) that relay peers' certificates must chain to (production).
+    #[arg(long, env = "MOIM_RELAY_CA")]
+    pub relay_ca: Option<PathBuf>,
+    /// This node's relay certificate chain (PEM), issued for the name `moim-relay`.
+    #[arg(long, env = "MOIM_RELAY_CERT")]
+    pub relay_cert: Option<PathBuf>,
+    /// This node's relay private key (PEM).
+    #[arg(long, env = "MOIM_RELAY_KEY")]
+    pub relay_key: Option<PathBuf>,
 }
 
 /// Options for `media-node token`.

@@ -6,7 +6,11 @@
 //! does not read its messages is dropped rather than allowed to grow the node's memory.
 
 use crate::error::{Error, Result};
+use crate::relay::link::PeerHello;
+use crate::relay::proto::Control;
+use crate::sfu::engine::cascade::{LinkId, RelayOut};
 use crate::sfu::engine::{Engine, SessionId};
+use bytes::Bytes;
 use moim_wire::JoinClaims;
 use moim_wire::admin::RoomAssignment;
 use moim_wire::signal::{PublishedTrackInfo, ServerMessage};
@@ -127,6 +131,34 @@ pub enum Command {
         /// Whether the room was assigned.
         reply: oneshot::Sender<bool>,
     },
+    /// A relay link finished its hello exchange.
+    RelayUp {
+        /// Link number.
+        link: LinkId,
+        /// The far node.
+        hello: PeerHello,
+        /// How to reach it.
+        io: LinkIo,
+    },
+    /// A control message from a relay link.
+    RelayControl {
+        /// Link.
+        link: LinkId,
+        /// Message.
+        msg: Box<Control>,
+    },
+    /// A media datagram from a relay link.
+    RelayMedia {
+        /// Link.
+        link: LinkId,
+        /// Encoded datagram.
+        datagram: Bytes,
+    },
+    /// A relay link closed.
+    RelayDown {
+        /// Link.
+        link: LinkId,
+    },
     /// Load figures.
     Status {
         /// The figures.
@@ -148,6 +180,15 @@ impl EngineHandle {
     /// Sends a request, failing fast when the engine is gone or its queue is full.
     pub fn send(&self, cmd: Command) -> Result<()> {
         self.tx.try_send(cmd).map_err(|_| Error::EngineUnavailable)
+    }
+
+    /// Sends a request, waiting for room in the queue (relay control messages: they are the
+    /// room's state and must not be dropped; the wait is the backpressure on the link).
+    pub async fn send_wait(&self, cmd: Command) -> Result<()> {
+        self.tx
+            .send(cmd)
+            .await
+            .map_err(|_| Error::EngineUnavailable)
     }
 
     /// Sends a request built around a reply channel and waits for the reply.
@@ -182,6 +223,7 @@ async fn run(
     drained: watch::Sender<bool>,
 ) {
     let mut outboxes: HashMap<SessionId, mpsc::Sender<ServerMessage>> = HashMap::new();
+    let mut links: HashMap<LinkId, LinkIo> = HashMap::new();
     let mut buf = vec![0u8; 2048];
     loop {
         let deadline = engine.poll_timeout();
@@ -208,7 +250,14 @@ async fn run(
             }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
-                handle(&mut engine, cmd, &mut outboxes);
+                match cmd {
+                    Command::RelayUp { link, hello, io } => relay_up(&mut engine, &mut links, link, hello, io),
+                    Command::RelayDown { link } => {
+                        links.remove(&link);
+                        engine.relay_down(link, Instant::now());
+                    }
+                    cmd => handle(&mut engine, cmd, &mut outboxes),
+                }
             }
             () = sleep => engine.handle_timeout(Instant::now()),
         }
@@ -224,6 +273,9 @@ async fn run(
                 }
                 Err(e) => tracing::debug!(to = %t.to, error = %e, "udp send error"),
             }
+        }
+        while let Some(out) = engine.poll_relay() {
+            send_relay(&links, out);
         }
         let mut slow = Vec::new();
         while let Some((session, msg)) = engine.poll_signal() {
@@ -328,6 +380,94 @@ fn handle(
         }
         Command::Status { reply } => {
             let _ = reply.send(engine.status());
+        }
+        Command::RelayControl { link, msg } => engine.relay_control(link, *msg, now),
+        Command::RelayMedia { link, datagram } => engine.relay_media(link, datagram, now),
+        // Handled in the loop, which owns the links.
+        Command::RelayUp { .. } | Command::RelayDown { .. } => {}
+    }
+}
+
+/// How the driver reaches one relay link.
+pub struct LinkIo {
+    /// The connection (datagrams, close).
+    pub conn: quinn::Connection,
+    /// Control messages to the link's writer task (bounded; full means the link is stuck and
+    /// is closed, to be re-established and resynchronised).
+    pub control: mpsc::Sender<Control>,
+    /// This node dialled the link.
+    pub dialled: bool,
+    /// The far node's id.
+    pub peer: String,
+}
+
+impl std::fmt::Debug for LinkIo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkIo")
+            .field("peer", &self.peer)
+            .field("dialled", &self.dialled)
+            .finish()
+    }
+}
+
+/// Registers a link, keeping one link per pair of nodes: when both dialled each other, the
+/// link dialled by the node with the smaller id stays (both sides decide the same).
+fn relay_up(
+    engine: &mut Engine,
+    links: &mut HashMap<LinkId, LinkIo>,
+    link: LinkId,
+    hello: PeerHello,
+    io: LinkIo,
+) {
+    let me = engine.node_id().to_owned();
+    if hello.node_id == me {
+        io.conn.close(2u32.into(), b"peer has this node's id");
+        tracing::warn!(peer = %hello.node_id, "relay peer has this node's id; give every node its own --node-id");
+        return;
+    }
+    let dialer = |io: &LinkIo| {
+        if io.dialled {
+            me.clone()
+        } else {
+            io.peer.clone()
+        }
+    };
+    let canonical = |io: &LinkIo| dialer(io) == std::cmp::min(me.clone(), io.peer.clone());
+    if let Some((&old, old_io)) = links.iter().find(|(_, l)| l.peer == hello.node_id) {
+        if canonical(&io) && !canonical(old_io) {
+            old_io.conn.close(3u32.into(), b"duplicate link");
+            links.remove(&old);
+            engine.relay_down(old, Instant::now());
+        } else {
+            io.conn.close(3u32.into(), b"duplicate link");
+            return;
+        }
+    }
+    links.insert(link, io);
+    engine.relay_up(link, hello.node_id, hello.region);
+}
+
+fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut) {
+    match out {
+        RelayOut::Control { link, msg } => {
+            if let Some(io) = links.get(&link)
+                && io.control.try_send(*msg).is_err()
+            {
+                tracing::warn!(peer = %io.peer, "relay control queue full; closing the link to resync");
+                io.conn.close(4u32.into(), b"control queue full");
+            }
+        }
+        RelayOut::Media { link, datagram } => {
+            if let Some(io) = links.get(&link) {
+                // QUIC's datagram buffer drops the oldest when full; an error here means
+                // the peer takes no datagrams or the path is too small: dropped.
+                let _ = io.conn.send_datagram(datagram);
+            }
+        }
+        RelayOut::Close { link, reason } => {
+            if let Some(io) = links.get(&link) {
+                io.conn.close(5u32.into(), reason.as_bytes());
+            }
         }
     }
 }

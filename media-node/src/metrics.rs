@@ -5,8 +5,8 @@
 //! many meetings a node hosts.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// All metrics of one media node.
@@ -45,6 +45,35 @@ pub struct Metrics {
     pub chat_messages: IntCounter,
     /// 1 while draining.
     pub draining: IntGauge,
+    /// Relay links up.
+    pub relay_links: IntGauge,
+    /// RTP packets received over relay links.
+    pub relay_packets_in: IntCounter,
+    /// RTP packets sent over relay links.
+    pub relay_packets_out: IntCounter,
+    /// Relay messages or datagrams dropped because the relay queue was full.
+    pub relay_dropped: IntCounter,
+    /// Relay datagrams that did not parse.
+    pub relay_bad_datagrams: IntCounter,
+    /// Per relay link (label `peer`, the far node's id: bounded by the fleet's size).
+    pub relay: RelayLinkMetrics,
+}
+
+/// Metrics of each relay link, labelled by the far node's id.
+#[derive(Clone)]
+pub struct RelayLinkMetrics {
+    /// Round-trip time QUIC measures.
+    pub rtt_seconds: prometheus::GaugeVec,
+    /// Packets QUIC declared lost.
+    pub lost_packets: IntCounterVec,
+    /// Bytes sent over the link (all of QUIC: media, control, acks).
+    pub sent_bytes: IntCounterVec,
+    /// Bytes received over the link.
+    pub received_bytes: IntCounterVec,
+    /// Times the link was (re-)established.
+    pub connects: IntCounterVec,
+    /// Tracks the far node announced on the link.
+    pub streams: IntGaugeVec,
 }
 
 impl Metrics {
@@ -136,6 +165,82 @@ impl Metrics {
             ),
             chat_messages: counter!("moim_chat_messages_total", "Chat messages relayed."),
             draining: gauge!("moim_draining", "1 while the node is draining."),
+            relay_links: gauge!(
+                "moim_relay_links",
+                "Relay links to other media nodes that are up."
+            ),
+            relay_packets_in: counter!(
+                "moim_relay_packets_received_total",
+                "RTP packets received over relay links."
+            ),
+            relay_packets_out: counter!(
+                "moim_relay_packets_sent_total",
+                "RTP packets sent over relay links."
+            ),
+            relay_dropped: counter!(
+                "moim_relay_dropped_total",
+                "Relay messages or datagrams dropped because the relay queue was full."
+            ),
+            relay_bad_datagrams: counter!(
+                "moim_relay_bad_datagrams_total",
+                "Relay datagrams that did not parse."
+            ),
+            relay: RelayLinkMetrics {
+                rtt_seconds: reg!(
+                    prometheus::GaugeVec::new(
+                        Opts::new("moim_relay_rtt_seconds", "Round-trip time of a relay link."),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                lost_packets: reg!(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "moim_relay_lost_packets_total",
+                            "QUIC packets lost on a relay link."
+                        ),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                sent_bytes: reg!(
+                    IntCounterVec::new(
+                        Opts::new("moim_relay_sent_bytes_total", "Bytes sent on a relay link."),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                received_bytes: reg!(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "moim_relay_received_bytes_total",
+                            "Bytes received on a relay link."
+                        ),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                connects: reg!(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "moim_relay_connects_total",
+                            "Times a relay link was established (more than one is a reconnect)."
+                        ),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                streams: reg!(
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "moim_relay_streams",
+                            "Tracks the far node offers on a relay link."
+                        ),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+            },
             registry,
         }
     }

@@ -9,6 +9,11 @@ use crate::driver::{self, Command};
 use crate::http::{AppState, router};
 use crate::metrics::Metrics;
 use crate::process::CpuMeter;
+use crate::relay::{
+    self,
+    link::RelayEndpoint,
+    tls::{RelayTls, RelayTrust},
+};
 use crate::sfu::engine::{Engine, EngineConfig};
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
@@ -70,13 +75,37 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             candidate_addr,
             max_room_participants: args.max_room_participants,
             max_sessions: args.max_sessions,
-            node_id,
+            node_id: node_id.clone(),
             region: args.region.clone(),
             connect_timeout: args.connect_timeout,
         },
         metrics.clone(),
     );
     let handle = driver::spawn(engine, socket);
+    if let Some(relay_addr) = args.relay_listen {
+        let trust = match (&args.relay_ca, &args.relay_cert, &args.relay_key) {
+            (Some(ca), Some(cert), Some(key)) => RelayTrust::Ca {
+                ca: ca.clone(),
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            (None, None, None) if args.dev => RelayTrust::Dev,
+            _ => bail!(
+                "relay links need --relay-ca, --relay-cert and --relay-key (or --dev on one machine)"
+            ),
+        };
+        let endpoint =
+            RelayEndpoint::bind(relay_addr, RelayTls::new(&trust)?, &node_id, &args.region)?;
+        tracing::info!(relay = %endpoint.local_addr()?, peers = ?args.peers, "relay links listening");
+        relay::mesh::start(
+            Arc::new(endpoint),
+            args.peers.clone(),
+            handle.clone(),
+            metrics.clone(),
+        );
+    } else if !args.peers.is_empty() {
+        bail!("--peer needs --relay-listen (the address this node's relay links use)");
+    }
     let state = AppState {
         engine: handle.clone(),
         secret: Arc::new(secret),

@@ -129,9 +129,8 @@ impl RelayEndpoint {
 /// An established link.
 pub struct Link {
     conn: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    buf: BytesMut,
+    reader: LinkReader,
+    writer: LinkWriter,
     /// The peer, once its hello arrived.
     pub peer: Option<PeerHello>,
 }
@@ -139,10 +138,13 @@ pub struct Link {
 impl Link {
     fn new(conn: quinn::Connection, send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
         Self {
+            reader: LinkReader {
+                conn: conn.clone(),
+                recv,
+                buf: BytesMut::with_capacity(4096),
+            },
+            writer: LinkWriter { send },
             conn,
-            send,
-            recv,
-            buf: BytesMut::with_capacity(4096),
             peer: None,
         }
     }
@@ -181,31 +183,17 @@ impl Link {
 
     /// Sends one control message.
     pub async fn send(&mut self, msg: &Control) -> Result<(), LinkError> {
-        let mut out = BytesMut::new();
-        msg.encode(&mut out);
-        self.send.write_all(&out).await.map_err(quic)
+        self.writer.send(msg).await
     }
 
     /// Receives the next control message. A malformed frame closes the link (with the
     /// reason in the close frame) and is returned as the error.
     pub async fn recv(&mut self) -> Result<Control, LinkError> {
-        loop {
-            match Control::decode(&mut self.buf) {
-                Ok(Some(m)) => return Ok(m),
-                Ok(None) => {}
-                Err(e) => {
-                    let e = LinkError::Protocol(e);
-                    self.close_with(&e);
-                    return Err(e);
-                }
-            }
-            let mut chunk = [0u8; 8192];
-            match self.recv.read(&mut chunk).await {
-                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                Ok(None) => return Err(LinkError::Closed("control stream finished".into())),
-                Err(e) => return Err(quic(e)),
-            }
+        let r = self.reader.recv().await;
+        if let Err(e @ LinkError::Protocol(_)) = &r {
+            tracing::warn!(peer = ?self.peer, error = %e, "closing relay link");
         }
+        r
     }
 
     /// Queues a media datagram. `false` when it was dropped (peer does not take datagrams,
@@ -244,5 +232,59 @@ impl Link {
     /// Resolves when the link is closed; says why.
     pub async fn closed(&self) -> String {
         self.conn.closed().await.to_string()
+    }
+
+    /// The QUIC connection (datagrams, stats, close), shareable between tasks.
+    pub fn connection(&self) -> quinn::Connection {
+        self.conn.clone()
+    }
+
+    /// Splits the link into its control reader and control writer, for separate tasks.
+    pub fn split(self) -> (LinkReader, LinkWriter) {
+        (self.reader, self.writer)
+    }
+}
+
+/// The receiving half of a link's control stream.
+pub struct LinkReader {
+    conn: quinn::Connection,
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+}
+
+impl LinkReader {
+    /// The next control message; a malformed frame closes the link and is the error.
+    pub async fn recv(&mut self) -> Result<Control, LinkError> {
+        loop {
+            match Control::decode(&mut self.buf) {
+                Ok(Some(m)) => return Ok(m),
+                Ok(None) => {}
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.conn.close(1u32.into(), reason.as_bytes());
+                    return Err(LinkError::Protocol(e));
+                }
+            }
+            let mut chunk = [0u8; 8192];
+            match self.recv.read(&mut chunk).await {
+                Ok(Some(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Ok(None) => return Err(LinkError::Closed("control stream finished".into())),
+                Err(e) => return Err(quic(e)),
+            }
+        }
+    }
+}
+
+/// The sending half of a link's control stream.
+pub struct LinkWriter {
+    send: quinn::SendStream,
+}
+
+impl LinkWriter {
+    /// Sends one control message.
+    pub async fn send(&mut self, msg: &Control) -> Result<(), LinkError> {
+        let mut out = BytesMut::new();
+        msg.encode(&mut out);
+        self.send.write_all(&out).await.map_err(quic)
     }
 }

@@ -6,5 +6,6 @@
 //! relayed tracks build on it.
 
 pub mod link;
+pub mod mesh;
 pub mod proto;
 pub mod tls;

@@ -86,8 +86,22 @@ pub enum Control {
         codec: String,
         /// RTP clock rate.
         clock_rate: u32,
+        /// Audio channels (0 for video).
+        channels: u8,
+        /// The codec's `a=fmtp` parameters on the publisher's leg.
+        fmtp: String,
+        /// Header extensions on the publisher's leg (id, URI): relayed packets carry these ids.
+        extensions: Vec<(u8, String)>,
         /// Simulcast layers by RID, lowest first; empty for one layer.
         layers: Vec<String>,
+    },
+    /// What each layer of a track carries now, bits per second (sent by the track's origin
+    /// about once a second, so far nodes choose layers without receiving them all).
+    LayerRates {
+        /// Handle.
+        track: u32,
+        /// Per layer, lowest first.
+        bps: Vec<u32>,
     },
     /// The track is gone.
     TrackWithdraw {
@@ -200,6 +214,7 @@ mod ty {
     pub const LEFT: u8 = 10;
     pub const CHAT: u8 = 11;
     pub const GOODBYE: u8 = 12;
+    pub const RATES: u8 = 13;
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
@@ -249,6 +264,9 @@ impl Control {
                 source,
                 codec,
                 clock_rate,
+                channels,
+                fmtp,
+                extensions,
                 layers,
             } => {
                 b.put_u8(ty::ANNOUNCE);
@@ -264,10 +282,27 @@ impl Control {
                 put_str(&mut b, source);
                 put_str(&mut b, codec);
                 b.put_u32(*clock_rate);
+                b.put_u8(*channels);
+                put_str(&mut b, fmtp);
+                let n = extensions.len().min(MAX_LIST);
+                b.put_u8(n as u8);
+                for (id, uri) in &extensions[..n] {
+                    b.put_u8(*id);
+                    put_str(&mut b, uri);
+                }
                 let n = layers.len().min(MAX_LIST);
                 b.put_u8(n as u8);
                 for l in &layers[..n] {
                     put_str(&mut b, l);
+                }
+            }
+            Self::LayerRates { track, bps } => {
+                b.put_u8(ty::RATES);
+                b.put_u32(*track);
+                let n = bps.len().min(MAX_LIST);
+                b.put_u8(n as u8);
+                for r in &bps[..n] {
+                    b.put_u32(*r);
                 }
             }
             Self::TrackWithdraw { room, track } => {
@@ -379,6 +414,16 @@ impl Control {
                 let source = str_of(f, "announce")?;
                 let codec = str_of(f, "announce")?;
                 let clock_rate = u32_of(f, "announce")?;
+                let channels = u8_of(f, "announce")?;
+                let fmtp = str_of(f, "announce")?;
+                let n = list_len(f, "announce extensions")?;
+                let mut extensions = Vec::with_capacity(n);
+                for _ in 0..n {
+                    extensions.push((
+                        u8_of(f, "announce extensions")?,
+                        str_of(f, "announce extensions")?,
+                    ));
+                }
                 let n = list_len(f, "announce layers")?;
                 let mut layers = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -394,8 +439,20 @@ impl Control {
                     source,
                     codec,
                     clock_rate,
+                    channels,
+                    fmtp,
+                    extensions,
                     layers,
                 }
+            }
+            ty::RATES => {
+                let track = u32_of(f, "rates")?;
+                let n = list_len(f, "rates")?;
+                let mut bps = Vec::with_capacity(n);
+                for _ in 0..n {
+                    bps.push(u32_of(f, "rates")?);
+                }
+                Self::LayerRates { track, bps }
             }
             ty::WITHDRAW => Self::TrackWithdraw {
                 room: str_of(f, "withdraw")?,
@@ -574,6 +631,11 @@ mod tests {
                 text(),
                 text(),
                 any::<u32>(),
+                (
+                    any::<u8>(),
+                    text(),
+                    prop::collection::vec((any::<u8>(), text()), 0..3)
+                ),
                 prop::collection::vec(text(), 0..4)
             )
                 .prop_map(
@@ -587,6 +649,7 @@ mod tests {
                         source,
                         codec,
                         clock_rate,
+                        (channels, fmtp, extensions),
                         layers,
                     )| {
                         Control::TrackAnnounce {
@@ -603,11 +666,16 @@ mod tests {
                             source,
                             codec,
                             clock_rate,
+                            channels,
+                            fmtp,
+                            extensions,
                             layers,
                         }
                     }
                 ),
             (text(), any::<u32>()).prop_map(|(room, track)| Control::TrackWithdraw { room, track }),
+            (any::<u32>(), prop::collection::vec(any::<u32>(), 0..4))
+                .prop_map(|(track, bps)| Control::LayerRates { track, bps }),
             (any::<u32>(), any::<u8>())
                 .prop_map(|(track, layer)| Control::Subscribe { track, layer }),
             (any::<u32>(), any::<u8>())

@@ -202,9 +202,19 @@ struct Layer {
 
 struct PublishedTrack {
     id: String,
+    /// The publishing session; 0 for a track relayed from another node.
     session: SessionId,
+    /// Room it is published in.
+    room: String,
+    /// Who publishes it (for relayed tracks, the far participant).
+    owner: ParticipantInfo,
+    /// The publisher's connection and receiver (local tracks only).
     peer: PeerId,
-    receiver: RTCRtpReceiverId,
+    receiver: Option<RTCRtpReceiverId>,
+    /// Set for a track that arrives over a relay link.
+    relay: Option<cascade::RelayedTrack>,
+    /// Relay links that take layers of this (local) track: (link, layer).
+    relay_subs: Vec<(cascade::LinkId, u8)>,
     kind: RtpCodecKind,
     source: TrackSource,
     codec: Option<RTCRtpCodec>,
@@ -239,6 +249,8 @@ struct LegMapping {
 
 struct Room {
     sessions: Vec<SessionId>,
+    /// Participants on other nodes, by the link they come over.
+    remote: Vec<(cascade::LinkId, ParticipantInfo)>,
     tracks: Vec<TrackKey>,
     speakers: SpeakerDetector,
     next_participant: u64,
@@ -270,6 +282,11 @@ pub struct Engine {
     rate_window: RateWindow,
     /// Rooms the operator placed here (bounded by how many meetings it places on one node).
     assignments: HashMap<String, RoomAssignment>,
+    /// Relay links to other nodes.
+    links: HashMap<cascade::LinkId, cascade::LinkState>,
+    /// Messages and media for relay links, drained by the driver (bounded, see
+    /// [`cascade::RELAY_OUT_MAX`]).
+    relay_out: VecDeque<cascade::RelayOut>,
 }
 
 #[derive(Default)]
@@ -293,6 +310,9 @@ fn random_hex(bytes: usize) -> String {
         .map(|_| format!("{:02x}", rand::random::<u8>()))
         .collect()
 }
+
+#[path = "cascade.rs"]
+pub mod cascade;
 
 /// Header extensions carried from publisher to subscriber (rewritten to the subscriber's ids).
 /// MID, RID and transport-wide sequence numbers belong to one leg and are never copied.
@@ -389,6 +409,8 @@ impl Engine {
             draining: false,
             rate_window: RateWindow::default(),
             assignments: HashMap::new(),
+            links: HashMap::new(),
+            relay_out: VecDeque::new(),
         }
     }
 
@@ -567,6 +589,7 @@ impl Engine {
             .entry(claims.room.clone())
             .or_insert_with(|| Room {
                 sessions: Vec::new(),
+                remote: Vec::new(),
                 tracks: Vec::new(),
                 speakers: SpeakerDetector::default(),
                 next_participant: 0,
@@ -608,6 +631,12 @@ impl Engine {
             },
         );
         self.ensure_housekeeping(now);
+        if !room_exists {
+            self.relay_room_opened(&claims.room);
+        }
+        if let Some(p) = self.sessions.get(&id).map(|s| s.participant.clone()) {
+            self.relay_participant_joined(&claims.room, &p);
+        }
         Ok(id)
     }
 
@@ -632,10 +661,9 @@ impl Engine {
     }
 
     fn track_info(&self, t: &PublishedTrack) -> Option<TrackInfo> {
-        let s = self.sessions.get(&t.session)?;
         Some(TrackInfo {
             track_id: t.id.clone(),
-            participant_id: s.participant.id.clone(),
+            participant_id: t.owner.id.clone(),
             kind: if t.kind == RtpCodecKind::Audio {
                 "audio"
             } else {
@@ -700,6 +728,7 @@ impl Engine {
             .filter(|&&s| s != id)
             .filter_map(|s| self.sessions.get(s))
             .map(|s| s.participant.clone())
+            .chain(self.rooms[&room].remote.iter().map(|(_, p)| p.clone()))
             .collect();
         let tracks = self.room_tracks_info(&room, id);
         self.broadcast(
@@ -861,13 +890,20 @@ impl Engine {
         };
         let room = s.room.clone();
         self.metrics.chat_messages.inc();
+        self.relay_chat(&room, s.participant.clone(), &frame);
+        self.deliver_chat(&room, &frame, now);
+        Ok(())
+    }
+
+    /// Gives a chat message to every WebSocket participant of `room` on this node.
+    fn deliver_chat(&mut self, room: &str, frame: &ChatFrame, now: Instant) {
         let targets: Vec<SessionId> = self
             .rooms
-            .get(&room)
+            .get(room)
             .map(|r| r.sessions.clone())
             .unwrap_or_default();
         // Serializing a struct of strings and an integer cannot fail.
-        let json = serde_json::to_string(&frame).unwrap_or_default();
+        let json = serde_json::to_string(frame).unwrap_or_default();
         for t in targets {
             let Some(ts) = self.sessions.get(&t) else {
                 continue;
@@ -897,7 +933,6 @@ impl Engine {
                 );
             }
         }
-        Ok(())
     }
 
     /// Starts a WHIP session: answers the publisher's offer. Returns the session, its
@@ -1145,12 +1180,16 @@ impl Engine {
                 }
             }
         }
+        self.relay_participant_left(&s.room, &s.participant.id);
+        let mut emptied = false;
         if let Some(room) = self.rooms.get_mut(&s.room) {
             room.sessions.retain(|x| *x != id);
             room.speakers.remove(&s.participant.id);
-            if room.sessions.is_empty() {
-                self.rooms.remove(&s.room);
-            }
+            emptied = room.sessions.is_empty();
+        }
+        if emptied {
+            self.relay_room_closed(&s.room, now);
+            self.rooms.remove(&s.room);
         }
         self.broadcast(
             &s.room,
@@ -1166,7 +1205,8 @@ impl Engine {
         let Some(t) = self.tracks.remove(&key) else {
             return;
         };
-        let session_room = self.sessions.get(&t.session).map(|s| s.room.clone());
+        let session_room = Some(t.room.clone());
+        self.relay_track_removed(key, &t);
         let mut reoffer: HashSet<SessionId> = HashSet::new();
         for d in &t.downs {
             if let Some(down) = self.downs.remove(d) {
@@ -1215,11 +1255,7 @@ impl Engine {
         let Some(peer_id) = s.subscribe_peer else {
             return;
         };
-        let stream_id = self
-            .sessions
-            .get(&t.session)
-            .map(|p| p.participant.id.clone())
-            .unwrap_or_default();
+        let stream_id = t.owner.id.clone();
         let ssrc = rand::random::<u32>();
         let is_video = t.kind == RtpCodecKind::Video;
         let media = MediaStreamTrack::new(
@@ -1279,6 +1315,7 @@ impl Engine {
         if let Some(t) = self.tracks.get_mut(&track) {
             t.downs.push(key);
         }
+        self.sync_relay_subscriptions(track);
     }
 
     /// Sends a (re-)offer on the subscribe connection, or queues one if an offer is out.
@@ -1537,6 +1574,7 @@ impl Engine {
                     TrackSource::Camera
                 });
         let room = s.room.clone();
+        let owner = s.participant.clone();
         let mut layers: Vec<Layer> = if rids.is_empty() {
             vec![Layer {
                 rid: String::new(),
@@ -1580,8 +1618,12 @@ impl Engine {
             PublishedTrack {
                 id: public_id,
                 session,
+                room: room.clone(),
+                owner,
                 peer: peer_id,
-                receiver,
+                receiver: Some(receiver),
+                relay: None,
+                relay_subs: Vec::new(),
                 kind,
                 source,
                 codec,
@@ -1599,6 +1641,7 @@ impl Engine {
         if let Some(r) = self.rooms.get_mut(&room) {
             r.tracks.push(key);
         }
+        self.relay_announce_to_all(key);
         if let Some(info) = self.tracks.get(&key).and_then(|t| self.track_info(t)) {
             self.broadcast(
                 &room,
@@ -1686,7 +1729,7 @@ impl Engine {
             None => {
                 // A layer whose first packet we have not matched yet: ask the receiver.
                 let rid = self.peers.get_mut(&peer_id).and_then(|p| {
-                    p.pc.rtp_receiver(t.receiver)
+                    p.pc.rtp_receiver(t.receiver?)
                         .and_then(|r| r.track().rid(ssrc).map(|r| r.to_string()))
                 });
                 match rid.and_then(|rid| t.layers.iter().position(|l| l.rid == rid)) {
@@ -1698,7 +1741,19 @@ impl Engine {
                 }
             }
         };
-        t.layers[layer].bytes += payload_len;
+        self.deliver(key, layer, &packet, now);
+    }
+
+    /// Forwards a packet of `key`'s `layer` (from its publisher or a relay link) to its
+    /// subscribers here and to relay links that take that layer.
+    fn deliver(&mut self, key: TrackKey, layer: usize, packet: &rtc::rtp::Packet, now: Instant) {
+        let Some(t) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        let Some(l) = t.layers.get_mut(layer) else {
+            return;
+        };
+        l.bytes += packet.payload.len() as u64;
         if t.codec.is_none() {
             return;
         }
@@ -1709,21 +1764,21 @@ impl Engine {
                 .get_extension(id)
                 .as_deref()
                 .and_then(parse_audio_level)
-            && let Some(s) = self.sessions.get(&t.session)
-            && let Some(room) = self.rooms.get_mut(&s.room)
+            && let Some(room) = self.rooms.get_mut(&t.room)
         {
-            room.speakers.on_level(&s.participant.id, level, now);
+            room.speakers.on_level(&t.owner.id, level, now);
         }
         let keyframe = t.kind == RtpCodecKind::Video && t.video_codec.is_keyframe(&packet.payload);
         // Borrowed out and put back rather than cloned: no allocation per packet.
         // `forward_to` never changes a track's subscriber list.
         let downs = std::mem::take(&mut t.downs);
         for &d in &downs {
-            self.forward_to(d, layer as u8, &packet, keyframe, now);
+            self.forward_to(d, layer as u8, packet, keyframe, now);
         }
         if let Some(t) = self.tracks.get_mut(&key) {
             t.downs = downs;
         }
+        self.relay_forward(key, layer as u8, packet);
     }
 
     fn forward_to(
@@ -1921,6 +1976,10 @@ impl Engine {
         if t.kind != RtpCodecKind::Video {
             return;
         }
+        if t.relay.is_some() {
+            self.relay_keyframe_request(track, layer, now);
+            return;
+        }
         let Some(ssrc) = t.layers.get(usize::from(layer)).and_then(|l| l.ssrc) else {
             return;
         };
@@ -1931,7 +1990,9 @@ impl Engine {
             return;
         }
         t.last_pli.insert(ssrc, now);
-        let (peer_id, receiver) = (t.peer, t.receiver);
+        let (peer_id, Some(receiver)) = (t.peer, t.receiver) else {
+            return;
+        };
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -2077,7 +2138,7 @@ impl Engine {
                         loss: p.loss,
                     })
                     .unwrap_or_default();
-                let bps: Vec<f64> = t.layers.iter().map(|l| l.bps).collect();
+                let bps = cascade::layer_rates(t);
                 let chosen = d.selector.decide(link, &bps, now);
                 if chosen != d.forwarder.target_layer() {
                     d.forwarder.set_target(chosen);
@@ -2102,6 +2163,7 @@ impl Engine {
                 self.broadcast(&r, 0, &ServerMessage::ActiveSpeakers { participant_ids });
             }
         }
+        self.relay_housekeeping(now);
         self.metrics.rooms.set(self.rooms.len() as i64);
         self.metrics.participants.set(self.sessions.len() as i64);
         self.metrics.published_tracks.set(self.tracks.len() as i64);

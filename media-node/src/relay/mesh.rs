@@ -1,0 +1,154 @@
+//! The tasks that keep a node's relay links: accept links, dial each `--peer` (again after a
+//! failure, with backoff), and per link a control reader, a control writer, a datagram reader
+//! and a stats sampler, all feeding the engine task through its command queue.
+
+use super::link::{Link, RelayEndpoint};
+use super::proto::Control;
+use crate::driver::{Command, EngineHandle, LinkIo};
+use crate::metrics::Metrics;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Control messages waiting for one link's writer, at most.
+pub const CONTROL_QUEUE: usize = 1024;
+/// First wait before dialling again; doubles up to [`MAX_BACKOFF`].
+pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest wait between dials.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
+
+/// Starts accepting links on `endpoint` and dialling `peers`.
+pub fn start(
+    endpoint: Arc<RelayEndpoint>,
+    peers: Vec<SocketAddr>,
+    engine: EngineHandle,
+    metrics: Metrics,
+) {
+    {
+        let (endpoint, engine, metrics) = (endpoint.clone(), engine.clone(), metrics.clone());
+        tokio::spawn(async move {
+            while let Some(r) = endpoint.accept().await {
+                match r {
+                    Ok(link) => {
+                        tokio::spawn(run_link(link, false, engine.clone(), metrics.clone()));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "relay link refused"),
+                }
+            }
+        });
+    }
+    for peer in peers {
+        let (endpoint, engine, metrics) = (endpoint.clone(), engine.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let mut backoff = MIN_BACKOFF;
+            loop {
+                match endpoint.dial(peer).await {
+                    Ok(link) => {
+                        let up = Instant::now();
+                        run_link(link, true, engine.clone(), metrics.clone()).await;
+                        if up.elapsed() > Duration::from_secs(10) {
+                            backoff = MIN_BACKOFF;
+                        }
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "relay dial failed"),
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        });
+    }
+}
+
+/// Runs one link until it closes, then tells the engine.
+async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metrics) {
+    let Some(hello) = link.peer.clone() else {
+        return;
+    };
+    let id = NEXT_LINK.fetch_add(1, Ordering::Relaxed);
+    let conn = link.connection();
+    let (mut reader, mut writer) = link.split();
+    let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
+    let peer = hello.node_id.clone();
+    metrics.relay.connects.with_label_values(&[&peer]).inc();
+    let up = Command::RelayUp {
+        link: id,
+        hello,
+        io: LinkIo {
+            conn: conn.clone(),
+            control: control_tx,
+            dialled,
+            peer: peer.clone(),
+        },
+    };
+    if engine.send_wait(up).await.is_err() {
+        return;
+    }
+    let writer_task = tokio::spawn(async move {
+        while let Some(m) = control_rx.recv().await {
+            if writer.send(&m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let datagrams = {
+        let (conn, engine) = (conn.clone(), engine.clone());
+        tokio::spawn(async move {
+            while let Ok(datagram) = conn.read_datagram().await {
+                // A full engine queue drops media rather than stalling the link.
+                let _ = engine.send(Command::RelayMedia { link: id, datagram });
+            }
+        })
+    };
+    let stats = {
+        let (conn, metrics, peer) = (conn.clone(), metrics.clone(), peer.clone());
+        tokio::spawn(async move {
+            let (mut lost, mut sent, mut recv) = (0u64, 0u64, 0u64);
+            loop {
+                let s = conn.stats();
+                metrics
+                    .relay
+                    .rtt_seconds
+                    .with_label_values(&[&peer])
+                    .set(conn.rtt().as_secs_f64());
+                let m = &metrics.relay;
+                m.lost_packets
+                    .with_label_values(&[&peer])
+                    .inc_by(s.path.lost_packets.saturating_sub(lost));
+                m.sent_bytes
+                    .with_label_values(&[&peer])
+                    .inc_by(s.udp_tx.bytes.saturating_sub(sent));
+                m.received_bytes
+                    .with_label_values(&[&peer])
+                    .inc_by(s.udp_rx.bytes.saturating_sub(recv));
+                (lost, sent, recv) = (s.path.lost_packets, s.udp_tx.bytes, s.udp_rx.bytes);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+    loop {
+        match reader.recv().await {
+            Ok(msg) => {
+                let cmd = Command::RelayControl {
+                    link: id,
+                    msg: Box::new(msg),
+                };
+                if engine.send_wait(cmd).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::info!(%peer, reason = %e, "relay link closed");
+                break;
+            }
+        }
+    }
+    conn.close(0u32.into(), b"link closed");
+    writer_task.abort();
+    datagrams.abort();
+    stats.abort();
+    let _ = engine.send_wait(Command::RelayDown { link: id }).await;
+}

@@ -1,0 +1,880 @@
+//! The engine's side of relay links to other media nodes (the cascade).
+//!
+//! A room is one room across linked nodes. When a room opens here (its first participant),
+//! every link is told `Interest { on: true }`; the far node answers with its own participants
+//! and tracks of that room. A track announced over a link becomes a track of the room here
+//! like any other (its subscribers, layer choice and keyframe requests work the same), except
+//! that its packets come from the link and its keyframe requests go back over it. Only the
+//! layers someone here needs are subscribed (the far node's `LayerRates` say what each layer
+//! carries, so the layer choice does not need them all flowing). Each node announces only the
+//! tracks published on it (hops = 0), so a mesh of nodes never loops.
+//!
+//! Nothing here touches a socket: messages and datagrams for links queue in
+//! [`Engine::poll_relay`]'s queue, bounded by [`RELAY_OUT_MAX`]; when it is full the oldest
+//! media is dropped first (media is perishable; control messages are the room's state).
+
+use super::{Engine, PublishedTrack, TrackKey};
+use crate::relay::proto::{Control, MediaDatagram, MediaKind, Participant};
+use bytes::Bytes;
+use moim_wire::signal::{ChatFrame, ParticipantInfo, ServerMessage, TrackSource};
+use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RtpCodecKind};
+use rtc::shared::marshal::{Marshal, Unmarshal};
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+/// A relay link, as the driver numbers them.
+pub type LinkId = u64;
+
+/// Most messages and datagrams waiting for the driver.
+pub const RELAY_OUT_MAX: usize = 16_384;
+
+/// What the engine wants sent on a link.
+#[derive(Debug)]
+pub enum RelayOut {
+    /// A control message.
+    Control {
+        /// Link.
+        link: LinkId,
+        /// Message (boxed: announcements are large, datagrams are the common case).
+        msg: Box<Control>,
+    },
+    /// A media datagram.
+    Media {
+        /// Link.
+        link: LinkId,
+        /// Encoded [`MediaDatagram`].
+        datagram: Bytes,
+    },
+    /// Close the link (it broke the protocol's rules).
+    Close {
+        /// Link.
+        link: LinkId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A link's state in the engine.
+#[derive(Debug)]
+pub struct LinkState {
+    /// The far node's id.
+    pub node_id: String,
+    /// Its region.
+    pub region: String,
+    /// Rooms the far node has participants in.
+    interests: HashSet<String>,
+    /// Its track handles to the tracks made of them here.
+    by_handle: HashMap<u32, TrackKey>,
+}
+
+/// A track that arrives over a link.
+#[derive(Debug)]
+pub struct RelayedTrack {
+    link: LinkId,
+    handle: u32,
+    /// Layers subscribed, as a bit set.
+    subscribed: u64,
+    /// What each layer carries at the origin, bits per second.
+    remote_bps: Vec<f64>,
+    last_keyframe_request: HashMap<u8, Instant>,
+}
+
+/// Most tracks one link may announce (a bound on what a far node can make us hold).
+const MAX_TRACKS_PER_LINK: usize = 4096;
+/// Keyframe requests for one layer travel upstream at most this often.
+const KEYFRAME_GAP: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Bits per second per layer as the layer choice should see them: measured here, or what the
+/// origin reports for layers not flowing here.
+pub(super) fn layer_rates(t: &PublishedTrack) -> Vec<f64> {
+    t.layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let remote = t
+                .relay
+                .as_ref()
+                .and_then(|r| r.remote_bps.get(i).copied())
+                .unwrap_or(0.0);
+            l.bps.max(remote)
+        })
+        .collect()
+}
+
+fn participant_of(p: &ParticipantInfo) -> Participant {
+    Participant {
+        id: p.id.clone(),
+        identity: p.identity.clone(),
+        name: p.name.clone(),
+    }
+}
+
+fn source_name(s: TrackSource) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn source_of(s: &str) -> TrackSource {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or_default()
+}
+
+impl Engine {
+    fn push_out(&mut self, out: RelayOut) {
+        if self.relay_out.len() >= RELAY_OUT_MAX {
+            // Drop the oldest datagram; if there is none, the oldest message of all.
+            if let Some(i) = self
+                .relay_out
+                .iter()
+                .position(|o| matches!(o, RelayOut::Media { .. }))
+            {
+                self.relay_out.remove(i);
+            } else {
+                self.relay_out.pop_front();
+            }
+            self.metrics.relay_dropped.inc();
+        }
+        self.relay_out.push_back(out);
+    }
+
+    fn send_to_link(&mut self, link: LinkId, msg: Control) {
+        self.push_out(RelayOut::Control {
+            link,
+            msg: Box::new(msg),
+        });
+    }
+
+    /// Links interested in `room`.
+    fn links_for(&self, room: &str) -> Vec<LinkId> {
+        let mut v: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.interests.contains(room))
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Next message or datagram for a link.
+    pub fn poll_relay(&mut self) -> Option<RelayOut> {
+        self.relay_out.pop_front()
+    }
+
+    /// Number of relay links up.
+    pub fn relay_links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// This node's id (what relay peers know it by).
+    pub fn node_id(&self) -> &str {
+        &self.cfg.node_id
+    }
+
+    /// A link came up (after the hello exchange).
+    pub fn relay_up(&mut self, link: LinkId, node_id: String, region: String) {
+        tracing::info!(link, peer = %node_id, %region, "relay link up");
+        self.links.insert(
+            link,
+            LinkState {
+                node_id,
+                region,
+                interests: HashSet::new(),
+                by_handle: HashMap::new(),
+            },
+        );
+        let mut rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        rooms.sort();
+        for room in rooms {
+            self.send_to_link(link, Control::Interest { room, on: true });
+        }
+        self.metrics.relay_links.set(self.links.len() as i64);
+    }
+
+    /// A link went down: what came over it goes away here.
+    pub fn relay_down(&mut self, link: LinkId, now: Instant) {
+        let Some(state) = self.links.remove(&link) else {
+            return;
+        };
+        tracing::info!(link, peer = %state.node_id, "relay link down");
+        for key in state.by_handle.into_values() {
+            self.remove_track(key, now);
+        }
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            let gone: Vec<String> = self
+                .rooms
+                .get_mut(&room)
+                .map(|r| {
+                    let (gone, kept) = std::mem::take(&mut r.remote)
+                        .into_iter()
+                        .partition(|(l, _)| *l == link);
+                    r.remote = kept;
+                    gone.into_iter()
+                        .map(|(_, p): (LinkId, ParticipantInfo)| p.id)
+                        .collect()
+                })
+                .unwrap_or_default();
+            for participant_id in gone {
+                self.broadcast(&room, 0, &ServerMessage::ParticipantLeft { participant_id });
+            }
+        }
+        for t in self.tracks.values_mut() {
+            t.relay_subs.retain(|(l, _)| *l != link);
+        }
+        self.metrics.relay_links.set(self.links.len() as i64);
+    }
+
+    /// A control message from a link.
+    pub fn relay_control(&mut self, link: LinkId, msg: Control, now: Instant) {
+        let Some(peer) = self.links.get(&link).map(|l| l.node_id.clone()) else {
+            return;
+        };
+        match msg {
+            Control::Hello { .. } => {}
+            Control::Goodbye { reason } => {
+                tracing::info!(link, %peer, %reason, "relay peer said goodbye");
+            }
+            Control::Interest { room, on } => {
+                if let Some(l) = self.links.get_mut(&link) {
+                    if on {
+                        l.interests.insert(room.clone());
+                    } else {
+                        l.interests.remove(&room);
+                    }
+                }
+                if on {
+                    self.send_room_to(link, &room);
+                } else {
+                    for t in self.tracks.values_mut().filter(|t| t.room == room) {
+                        t.relay_subs.retain(|(l, _)| *l != link);
+                    }
+                }
+            }
+            Control::TrackAnnounce {
+                room,
+                track,
+                participant,
+                origin: _,
+                hops: _,
+                kind,
+                source,
+                codec,
+                clock_rate,
+                channels,
+                fmtp,
+                extensions,
+                layers,
+            } => {
+                let known = self
+                    .links
+                    .get(&link)
+                    .map(|l| (l.by_handle.contains_key(&track), l.by_handle.len()));
+                let Some((dup, count)) = known else { return };
+                if dup || !self.rooms.contains_key(&room) {
+                    return;
+                }
+                if count >= MAX_TRACKS_PER_LINK {
+                    self.push_out(RelayOut::Close {
+                        link,
+                        reason: "too many tracks announced".into(),
+                    });
+                    return;
+                }
+                self.add_relayed_track(
+                    link,
+                    track,
+                    room,
+                    &peer,
+                    participant,
+                    kind,
+                    &source,
+                    RTCRtpCodec {
+                        mime_type: codec,
+                        clock_rate,
+                        channels: u16::from(channels),
+                        sdp_fmtp_line: fmtp,
+                        rtcp_feedback: feedback(kind),
+                    },
+                    extensions,
+                    layers,
+                    now,
+                );
+            }
+            Control::TrackWithdraw { track, .. } => {
+                let key = self
+                    .links
+                    .get_mut(&link)
+                    .and_then(|l| l.by_handle.remove(&track));
+                if let Some(key) = key {
+                    self.remove_track(key, now);
+                }
+            }
+            Control::Subscribe { track, layer } => {
+                let key = TrackKey::from(track);
+                let local = self.tracks.get(&key).is_some_and(|t| {
+                    t.relay.is_none() && self.links[&link].interests.contains(&t.room)
+                });
+                if local && let Some(t) = self.tracks.get_mut(&key) {
+                    if !t.relay_subs.contains(&(link, layer)) {
+                        t.relay_subs.push((link, layer));
+                    }
+                    // Start the far side on a keyframe.
+                    self.send_pli(key, layer, now);
+                }
+            }
+            Control::Unsubscribe { track, layer } => {
+                if let Some(t) = self.tracks.get_mut(&TrackKey::from(track)) {
+                    t.relay_subs.retain(|s| *s != (link, layer));
+                }
+            }
+            Control::KeyframeRequest { track, layer } => {
+                let key = TrackKey::from(track);
+                if self.tracks.get(&key).is_some_and(|t| t.relay.is_none()) {
+                    self.send_pli(key, layer, now);
+                }
+            }
+            Control::Nack { .. } => {
+                // Loss on a link is repaired end to end (see the relay module's notes).
+            }
+            Control::ParticipantJoined { room, participant } => {
+                let info = ParticipantInfo {
+                    id: format!("{peer}/{}", participant.id),
+                    identity: participant.identity,
+                    name: participant.name,
+                };
+                let Some(r) = self.rooms.get_mut(&room) else {
+                    return;
+                };
+                if r.remote.iter().any(|(_, p)| p.id == info.id) {
+                    return;
+                }
+                r.remote.push((link, info.clone()));
+                self.broadcast(
+                    &room,
+                    0,
+                    &ServerMessage::ParticipantJoined { participant: info },
+                );
+            }
+            Control::ParticipantLeft { room, id } => {
+                let id = format!("{peer}/{id}");
+                let removed = self.rooms.get_mut(&room).is_some_and(|r| {
+                    let before = r.remote.len();
+                    r.remote.retain(|(_, p)| p.id != id);
+                    r.remote.len() != before
+                });
+                if removed {
+                    self.broadcast(
+                        &room,
+                        0,
+                        &ServerMessage::ParticipantLeft { participant_id: id },
+                    );
+                }
+            }
+            Control::Chat {
+                room,
+                from,
+                text,
+                at_ms,
+            } => {
+                if !self.rooms.contains_key(&room) || text.len() > moim_wire::signal::MAX_CHAT_BYTES
+                {
+                    return;
+                }
+                let frame = ChatFrame {
+                    from: format!("{peer}/{}", from.id),
+                    name: from.name,
+                    text,
+                    ts_ms: at_ms,
+                };
+                self.metrics.chat_messages.inc();
+                self.deliver_chat(&room, &frame, now);
+            }
+            Control::LayerRates { track, bps } => {
+                let key = self
+                    .links
+                    .get(&link)
+                    .and_then(|l| l.by_handle.get(&track))
+                    .copied();
+                if let Some(r) = key
+                    .and_then(|k| self.tracks.get_mut(&k))
+                    .and_then(|t| t.relay.as_mut())
+                {
+                    r.remote_bps = bps.into_iter().map(f64::from).collect();
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn add_relayed_track(
+        &mut self,
+        link: LinkId,
+        handle: u32,
+        room: String,
+        peer: &str,
+        participant: Participant,
+        kind: MediaKind,
+        source: &str,
+        codec: RTCRtpCodec,
+        extensions: Vec<(u8, String)>,
+        layers: Vec<String>,
+        now: Instant,
+    ) {
+        let key = self.next_id();
+        let kind = match kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        let audio_level_id = extensions
+            .iter()
+            .find(|(_, u)| u.as_str() == rtc::sdp::extmap::AUDIO_LEVEL_URI)
+            .map(|(id, _)| *id);
+        let video_codec = super::VideoCodec::from_mime(&codec.mime_type);
+        let mut layer_list: Vec<super::Layer> = layers
+            .into_iter()
+            .map(|rid| super::Layer {
+                rid,
+                ssrc: None,
+                bytes: 0,
+                bps: 0.0,
+            })
+            .collect();
+        if layer_list.is_empty() {
+            layer_list.push(super::Layer {
+                rid: String::new(),
+                ssrc: None,
+                bytes: 0,
+                bps: 0.0,
+            });
+        }
+        let owner = ParticipantInfo {
+            id: format!("{peer}/{}", participant.id),
+            identity: participant.identity,
+            name: participant.name,
+        };
+        self.tracks.insert(
+            key,
+            PublishedTrack {
+                id: format!("t{key}"),
+                session: 0,
+                room: room.clone(),
+                owner,
+                peer: 0,
+                receiver: None,
+                relay: Some(RelayedTrack {
+                    link,
+                    handle,
+                    subscribed: 0,
+                    remote_bps: Vec::new(),
+                    last_keyframe_request: HashMap::new(),
+                }),
+                relay_subs: Vec::new(),
+                kind,
+                source: source_of(source),
+                codec: Some(codec),
+                video_codec,
+                layers: layer_list,
+                ext_uris: extensions.into_iter().collect(),
+                audio_level_id,
+                downs: Vec::new(),
+                last_pli: HashMap::new(),
+            },
+        );
+        if let Some(l) = self.links.get_mut(&link) {
+            l.by_handle.insert(handle, key);
+        }
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.tracks.push(key);
+        }
+        if let Some(info) = self.tracks.get(&key).and_then(|t| self.track_info(t)) {
+            self.broadcast(&room, 0, &ServerMessage::TrackPublished { track: info });
+        }
+        let subscribers: Vec<super::SessionId> = self
+            .rooms
+            .get(&room)
+            .map(|r| r.sessions.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| {
+                self.sessions
+                    .get(s)
+                    .is_some_and(|s| s.kind == super::SessionKind::WebSocket)
+            })
+            .collect();
+        for s in subscribers {
+            self.add_down_track(key, s);
+            if let Err(e) = self.offer_subscriber(s, now) {
+                tracing::warn!(session = s, error = %e, "cannot re-offer");
+            }
+        }
+    }
+
+    /// A media datagram from a link.
+    pub fn relay_media(&mut self, link: LinkId, datagram: Bytes, now: Instant) {
+        let Ok(d) = MediaDatagram::decode(datagram) else {
+            self.metrics.relay_bad_datagrams.inc();
+            return;
+        };
+        let Some(key) = self
+            .links
+            .get(&link)
+            .and_then(|l| l.by_handle.get(&d.track))
+            .copied()
+        else {
+            return;
+        };
+        let mut rtp = d.rtp;
+        let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut rtp) else {
+            self.metrics.relay_bad_datagrams.inc();
+            return;
+        };
+        let payload_len = packet.payload.len() as u64;
+        self.metrics.relay_packets_in.inc();
+        self.metrics.bytes_in.inc_by(payload_len);
+        self.rate_window.bytes_in += payload_len;
+        self.deliver(key, usize::from(d.layer), &packet, now);
+    }
+
+    /// Sends `link` what this node has of `room`: its participants and its own tracks.
+    fn send_room_to(&mut self, link: LinkId, room: &str) {
+        let Some(r) = self.rooms.get(room) else {
+            return;
+        };
+        let people: Vec<Participant> = r
+            .sessions
+            .iter()
+            .filter_map(|s| self.sessions.get(s))
+            .map(|s| participant_of(&s.participant))
+            .collect();
+        let tracks: Vec<TrackKey> = r.tracks.clone();
+        for participant in people {
+            self.send_to_link(
+                link,
+                Control::ParticipantJoined {
+                    room: room.to_owned(),
+                    participant,
+                },
+            );
+        }
+        for key in tracks {
+            if let Some(msg) = self.announcement(key) {
+                self.send_to_link(link, msg);
+            }
+        }
+    }
+
+    /// The announcement of a track published here (none for relayed tracks: no onward
+    /// forwarding in a mesh).
+    fn announcement(&self, key: TrackKey) -> Option<Control> {
+        let t = self.tracks.get(&key)?;
+        if t.relay.is_some() {
+            return None;
+        }
+        let codec = t.codec.as_ref()?;
+        let mut extensions: Vec<(u8, String)> =
+            t.ext_uris.iter().map(|(id, u)| (*id, u.clone())).collect();
+        extensions.sort();
+        Some(Control::TrackAnnounce {
+            room: t.room.clone(),
+            track: u32::try_from(key).ok()?,
+            participant: participant_of(&t.owner),
+            origin: self.cfg.node_id.clone(),
+            hops: 0,
+            kind: if t.kind == RtpCodecKind::Audio {
+                MediaKind::Audio
+            } else {
+                MediaKind::Video
+            },
+            source: source_name(t.source),
+            codec: codec.mime_type.clone(),
+            clock_rate: codec.clock_rate,
+            channels: u8::try_from(codec.channels).unwrap_or(2),
+            fmtp: codec.sdp_fmtp_line.clone(),
+            extensions,
+            layers: if t.layers.len() > 1 {
+                t.layers.iter().map(|l| l.rid.clone()).collect()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// A room opened here: every link is asked for it.
+    pub(super) fn relay_room_opened(&mut self, room: &str) {
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.send_to_link(
+                link,
+                Control::Interest {
+                    room: room.to_owned(),
+                    on: true,
+                },
+            );
+        }
+    }
+
+    /// The room's last participant here left: links stop sending it, its relayed tracks and
+    /// far participants go.
+    pub(super) fn relay_room_closed(&mut self, room: &str, now: Instant) {
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.send_to_link(
+                link,
+                Control::Interest {
+                    room: room.to_owned(),
+                    on: false,
+                },
+            );
+        }
+        let relayed: Vec<TrackKey> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| t.room == room && t.relay.is_some())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in relayed {
+            self.remove_track(k, now);
+        }
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.remote.clear();
+        }
+    }
+
+    pub(super) fn relay_participant_joined(&mut self, room: &str, p: &ParticipantInfo) {
+        for link in self.links_for(room) {
+            self.send_to_link(
+                link,
+                Control::ParticipantJoined {
+                    room: room.to_owned(),
+                    participant: participant_of(p),
+                },
+            );
+        }
+    }
+
+    pub(super) fn relay_participant_left(&mut self, room: &str, id: &str) {
+        for link in self.links_for(room) {
+            self.send_to_link(
+                link,
+                Control::ParticipantLeft {
+                    room: room.to_owned(),
+                    id: id.to_owned(),
+                },
+            );
+        }
+    }
+
+    /// A track was removed: withdraw it from links (local) or forget its handle (relayed).
+    pub(super) fn relay_track_removed(&mut self, key: TrackKey, t: &PublishedTrack) {
+        match &t.relay {
+            Some(r) => {
+                if let Some(l) = self.links.get_mut(&r.link) {
+                    l.by_handle.remove(&r.handle);
+                }
+            }
+            None => {
+                let Ok(handle) = u32::try_from(key) else {
+                    return;
+                };
+                for link in self.links_for(&t.room) {
+                    self.send_to_link(
+                        link,
+                        Control::TrackWithdraw {
+                            room: t.room.clone(),
+                            track: handle,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// A local track appeared: announce it to links that want its room.
+    pub(super) fn relay_announce_to_all(&mut self, key: TrackKey) {
+        let Some(room) = self.tracks.get(&key).map(|t| t.room.clone()) else {
+            return;
+        };
+        let Some(msg) = self.announcement(key) else {
+            return;
+        };
+        for link in self.links_for(&room) {
+            self.send_to_link(link, msg.clone());
+        }
+    }
+
+    /// Sends a packet of a local track to the links subscribed to its layer.
+    pub(super) fn relay_forward(&mut self, key: TrackKey, layer: u8, packet: &rtc::rtp::Packet) {
+        let Some(t) = self.tracks.get(&key) else {
+            return;
+        };
+        if t.relay_subs.is_empty() {
+            return;
+        }
+        let Ok(handle) = u32::try_from(key) else {
+            return;
+        };
+        let targets: Vec<LinkId> = t
+            .relay_subs
+            .iter()
+            .filter(|(_, l)| *l == layer)
+            .map(|(link, _)| *link)
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        let Ok(rtp) = packet.marshal() else {
+            return;
+        };
+        let datagram = MediaDatagram {
+            track: handle,
+            layer,
+            rtp: rtp.freeze(),
+        }
+        .encode();
+        for link in targets {
+            self.metrics.relay_packets_out.inc();
+            self.push_out(RelayOut::Media {
+                link,
+                datagram: datagram.clone(),
+            });
+        }
+    }
+
+    /// Asks the far node for a keyframe of a relayed track's layer.
+    pub(super) fn relay_keyframe_request(&mut self, track: TrackKey, layer: u8, now: Instant) {
+        let Some(r) = self.tracks.get_mut(&track).and_then(|t| t.relay.as_mut()) else {
+            return;
+        };
+        if r.last_keyframe_request
+            .get(&layer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < KEYFRAME_GAP)
+        {
+            return;
+        }
+        r.last_keyframe_request.insert(layer, now);
+        let (link, handle) = (r.link, r.handle);
+        self.send_to_link(
+            link,
+            Control::KeyframeRequest {
+                track: handle,
+                layer,
+            },
+        );
+    }
+
+    pub(super) fn relay_chat(&mut self, room: &str, from: ParticipantInfo, frame: &ChatFrame) {
+        for link in self.links_for(room) {
+            self.send_to_link(
+                link,
+                Control::Chat {
+                    room: room.to_owned(),
+                    from: participant_of(&from),
+                    text: frame.text.clone(),
+                    at_ms: frame.ts_ms,
+                },
+            );
+        }
+    }
+
+    /// Subscribes a relayed track's layers someone here needs, and only those: the layers
+    /// subscribers are on or moving to, and the lowest (so stepping down is instant).
+    pub(super) fn sync_relay_subscriptions(&mut self, track: TrackKey) {
+        let Some(t) = self.tracks.get(&track) else {
+            return;
+        };
+        let Some(r) = t.relay.as_ref() else { return };
+        let mut want: u64 = 0;
+        for d in t.downs.iter().filter_map(|d| self.downs.get(d)) {
+            want |= 1;
+            for l in [d.forwarder.current_layer(), d.forwarder.target_layer()]
+                .into_iter()
+                .flatten()
+            {
+                want |= 1u64 << u32::from(l).min(63);
+            }
+        }
+        let (link, handle, had) = (r.link, r.handle, r.subscribed);
+        if want == had {
+            return;
+        }
+        for layer in 0..t.layers.len().min(64) as u8 {
+            let bit = 1u64 << layer;
+            if want & bit != 0 && had & bit == 0 {
+                self.send_to_link(
+                    link,
+                    Control::Subscribe {
+                        track: handle,
+                        layer,
+                    },
+                );
+            } else if want & bit == 0 && had & bit != 0 {
+                self.send_to_link(
+                    link,
+                    Control::Unsubscribe {
+                        track: handle,
+                        layer,
+                    },
+                );
+            }
+        }
+        if let Some(r) = self.tracks.get_mut(&track).and_then(|t| t.relay.as_mut()) {
+            r.subscribed = want;
+        }
+    }
+
+    /// Once a second: layer rates of local tracks to the links that want their room, and
+    /// subscriptions of relayed tracks brought in line with the subscribers' layers.
+    pub(super) fn relay_housekeeping(&mut self, _now: Instant) {
+        if self.links.is_empty() {
+            return;
+        }
+        let mut rates: Vec<(String, u32, Vec<u32>)> = Vec::new();
+        let mut relayed: Vec<TrackKey> = Vec::new();
+        for (k, t) in &self.tracks {
+            if t.relay.is_some() {
+                relayed.push(*k);
+            } else if t.layers.len() > 1
+                && let Ok(handle) = u32::try_from(*k)
+            {
+                rates.push((
+                    t.room.clone(),
+                    handle,
+                    t.layers.iter().map(|l| l.bps as u32).collect(),
+                ));
+            }
+        }
+        for (room, track, bps) in rates {
+            for link in self.links_for(&room) {
+                self.send_to_link(
+                    link,
+                    Control::LayerRates {
+                        track,
+                        bps: bps.clone(),
+                    },
+                );
+            }
+        }
+        for k in relayed {
+            self.sync_relay_subscriptions(k);
+        }
+    }
+}
+
+fn feedback(kind: MediaKind) -> Vec<RTCPFeedback> {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    match kind {
+        MediaKind::Audio => vec![fb("transport-cc", "")],
+        MediaKind::Video => vec![
+            fb("goog-remb", ""),
+            fb("ccm", "fir"),
+            fb("nack", ""),
+            fb("nack", "pli"),
+            fb("transport-cc", ""),
+        ],
+    }
+}
