@@ -411,7 +411,8 @@ impl std::fmt::Debug for LinkIo {
 }
 
 /// Registers a link, keeping one link per pair of nodes: when both dialled each other, the
-/// link dialled by the node with the smaller id stays (both sides decide the same).
+/// link dialled by the node with the smaller id stays (both sides decide the same); a newer
+/// link from the same side replaces the older.
 fn relay_up(
     engine: &mut Engine,
     links: &mut HashMap<LinkId, LinkIo>,
@@ -434,14 +435,16 @@ fn relay_up(
     };
     let canonical = |io: &LinkIo| dialer(io) == std::cmp::min(me.clone(), io.peer.clone());
     if let Some((&old, old_io)) = links.iter().find(|(_, l)| l.peer == hello.node_id) {
-        if canonical(&io) && !canonical(old_io) {
-            old_io.conn.close(3u32.into(), b"duplicate link");
-            links.remove(&old);
-            engine.relay_down(old, Instant::now());
-        } else {
+        if canonical(old_io) && !canonical(&io) {
             io.conn.close(3u32.into(), b"duplicate link");
             return;
         }
+        // The new link is the canonical one, or it comes from the same side as the old one:
+        // a node dials again only once its link died, so the old one is stale (this side has
+        // not noticed yet) and gives way.
+        old_io.conn.close(3u32.into(), b"replaced by a newer link");
+        links.remove(&old);
+        engine.relay_down(old, Instant::now());
     }
     links.insert(link, io);
     engine.relay_up(link, hello.node_id, hello.region);

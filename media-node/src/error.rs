@@ -42,6 +42,9 @@ pub enum Error {
     /// The WebRTC stack refused an operation.
     #[error("webrtc: {0}")]
     Rtc(String),
+    /// WHEP of a room not here yet: linked nodes were asked for it; try again shortly.
+    #[error("the room's publisher is being looked up on linked nodes")]
+    RelayPending,
     /// The engine is gone or overloaded.
     #[error("media engine unavailable")]
     EngineUnavailable,
@@ -61,7 +64,7 @@ impl Error {
             Self::UnsupportedCodec(_) => 406,
             Self::Token(_) | Self::MissingToken => 401,
             Self::Forbidden(_) => 403,
-            Self::NoPublisher(_) | Self::NotFound => 404,
+            Self::NoPublisher(_) | Self::NotFound | Self::RelayPending => 404,
             Self::RoomFull => 409,
             Self::Draining | Self::AtCapacity | Self::EngineUnavailable => 503,
             Self::Rtc(_) | Self::Io(_) => 500,
@@ -75,7 +78,7 @@ impl Error {
             Self::UnsupportedCodec(_) => "unsupported_codec",
             Self::Token(_) | Self::MissingToken => "unauthorized",
             Self::Forbidden(_) => "forbidden",
-            Self::NoPublisher(_) => "no_publisher",
+            Self::NoPublisher(_) | Self::RelayPending => "no_publisher",
             Self::NotFound => "not_found",
             Self::Draining => "draining",
             Self::RoomFull => "room_full",

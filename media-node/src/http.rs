@@ -23,6 +23,8 @@ use tokio::sync::mpsc;
 
 /// Largest SDP body accepted on WHIP and WHEP.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
+/// How long a WHEP request waits for a publisher on a linked node to be announced.
+const WHEP_RELAY_WAIT: Duration = Duration::from_secs(3);
 /// How long a WebSocket client has to send `join`.
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -342,10 +344,22 @@ async fn whep(
 ) -> Response {
     let result = async {
         let (claims, sdp) = check_whip_request(&s, &room, &headers, &body)?;
-        let (resource, answer) = s
-            .engine
-            .call(|reply| Command::Whep { claims, sdp, reply })
-            .await?;
+        // A publisher on a linked node takes a moment to be announced here.
+        let deadline = Instant::now() + WHEP_RELAY_WAIT;
+        let (resource, answer) = loop {
+            let (claims, sdp) = (claims.clone(), sdp.clone());
+            match s
+                .engine
+                .call(|reply| Command::Whep { claims, sdp, reply })
+                .await
+            {
+                Err(Error::RelayPending) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(Error::RelayPending) => return Err(Error::NoPublisher(room.clone())),
+                r => break r?,
+            }
+        };
         Ok::<_, Error>(created("whep", &room, &resource, answer))
     }
     .await;

@@ -55,6 +55,10 @@ pub struct Metrics {
     pub relay_dropped: IntCounter,
     /// Relay datagrams that did not parse.
     pub relay_bad_datagrams: IntCounter,
+    /// NACKs sent over relay links (gaps seen in relayed streams).
+    pub relay_nacks: IntCounter,
+    /// Datagrams sent again over relay links because the far node NACKed them.
+    pub relay_retransmits: IntCounter,
     /// Per relay link (label `peer`, the far node's id: bounded by the fleet's size).
     pub relay: RelayLinkMetrics,
 }
@@ -184,6 +188,14 @@ impl Metrics {
             relay_bad_datagrams: counter!(
                 "moim_relay_bad_datagrams_total",
                 "Relay datagrams that did not parse."
+            ),
+            relay_nacks: counter!(
+                "moim_relay_nacks_sent_total",
+                "NACKs sent over relay links for gaps in relayed streams."
+            ),
+            relay_retransmits: counter!(
+                "moim_relay_retransmits_total",
+                "Datagrams sent again over relay links on a NACK."
             ),
             relay: RelayLinkMetrics {
                 rtt_seconds: reg!(

@@ -5,6 +5,7 @@
 //! real encoded video and audio over real ICE, DTLS and SRTP.
 
 pub mod fake_apiserver;
+pub mod impair;
 pub mod loadgen;
 pub mod placement_bench;
 
@@ -464,3 +465,28 @@ pub fn static_offer() -> String {
     ]
     .join("\r\n")
 }
+
+/// A WHIP or WHEP exchange in the page: `setup` adds transceivers to `pc`, the offer goes to
+/// `path` with `token`, and the connection and `Location` are kept as `window[name]` and
+/// `window[name + "Location"]`. Returns "ok" or the refusal.
+pub fn http_signalled(name: &str, path: &str, token: &str, setup: &str) -> String {
+    format!(
+        r#"return (async () => {{
+  const pc = new RTCPeerConnection();
+  {setup}
+  await pc.setLocalDescription(await pc.createOffer());
+  const r = await fetch('{path}', {{ method: 'POST', headers: {{ 'Content-Type': 'application/sdp', 'Authorization': 'Bearer {token}' }}, body: pc.localDescription.sdp }});
+  if (r.status !== 201) return 'status ' + r.status + ': ' + await r.text();
+  window.{name}Location = r.headers.get('Location');
+  await pc.setRemoteDescription({{ type: 'answer', sdp: await r.text() }});
+  window.{name} = pc;
+  return 'ok';
+}})()"#
+    )
+}
+
+/// Page script: publish the fake camera and microphone on `pc`.
+pub const PUBLISH_CAMERA: &str = "const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } }); \
+    for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });";
+/// Page script: receive one video and one audio track on `pc`.
+pub const RECEIVE_AUDIO_VIDEO: &str = "pc.addTransceiver('video', { direction: 'recvonly' }); pc.addTransceiver('audio', { direction: 'recvonly' });";

@@ -1,6 +1,10 @@
 //! The cascade: media nodes in three regions linked over QUIC, one room across them.
 
-use moim_e2e::{Browser, Node, dev_token, free_udp_port, wait_decoding};
+use moim_e2e::impair::ImpairedPath;
+use moim_e2e::{
+    Browser, Node, PUBLISH_CAMERA, RECEIVE_AUDIO_VIDEO, dev_token, free_udp_port, http_signalled,
+    wait_decoding, wait_status,
+};
 use std::time::{Duration, Instant};
 
 /// The value of an unlabelled sample in Prometheus text.
@@ -96,5 +100,189 @@ async fn a_participant_in_each_region_sees_the_other_two() -> anyhow::Result<()>
     for b in browsers {
         b.close().await;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whip_on_one_node_plays_over_whep_on_another() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let nodes = three_regions().await?;
+    let publisher = Browser::start().await?;
+    publisher.goto(&nodes[0].url("/healthz")).await?;
+    let script = http_signalled(
+        "whip",
+        "/whip/live",
+        &dev_token("live", "obs"),
+        PUBLISH_CAMERA,
+    );
+    assert_eq!(publisher.js(&script).await?, "ok");
+    wait_status(&nodes[0], Duration::from_secs(15), |s| {
+        s["published_tracks"] == 2
+    })
+    .await?;
+    // Virginia has nobody in the room: the WHEP request itself brings it in from Seoul.
+    let viewer = Browser::start().await?;
+    viewer.goto(&nodes[2].url("/healthz")).await?;
+    let script = http_signalled(
+        "whep",
+        "/whep/live",
+        &dev_token("live", "viewer"),
+        RECEIVE_AUDIO_VIDEO,
+    );
+    assert_eq!(viewer.js(&script).await?, "ok");
+    wait_decoding(&viewer, "window.whep", 1, Duration::from_secs(20)).await?;
+    let text = reqwest::get(nodes[0].url("/metrics")).await?.text().await?;
+    assert!(
+        sample(&text, "moim_relay_packets_sent_total").unwrap_or(0.0) > 50.0,
+        "{text}"
+    );
+    publisher.close().await;
+    viewer.close().await;
+    Ok(())
+}
+
+/// Seoul publishes from a browser; Frankfurt, linked through `path`, has a viewer.
+async fn pair_through(
+    path_delay: Duration,
+    loss: f64,
+) -> anyhow::Result<(Vec<Node>, ImpairedPath, Browser, Browser)> {
+    let relay = format!("127.0.0.1:{}", free_udp_port());
+    let seoul = Node::start(&[
+        "--node-id",
+        "seoul-1",
+        "--region",
+        "seoul",
+        "--relay-listen",
+        &relay,
+    ])
+    .await?;
+    let path = ImpairedPath::start(relay.parse()?, path_delay, loss).await?;
+    let via = path.addr().to_string();
+    let fra_relay = format!("127.0.0.1:{}", free_udp_port());
+    let fra = Node::start(&[
+        "--node-id",
+        "fra-1",
+        "--region",
+        "frankfurt",
+        "--relay-listen",
+        &fra_relay,
+        "--peer",
+        &via,
+    ])
+    .await?;
+    let publisher = Browser::start().await?;
+    publisher
+        .goto(&seoul.url(&format!(
+            "/?room=r&name=ana&autojoin=1&token={}",
+            dev_token("r", "ana")
+        )))
+        .await?;
+    let viewer = Browser::start().await?;
+    viewer
+        .goto(&fra.url(&format!(
+            "/?room=r&name=bo&autojoin=1&publish=0&token={}",
+            dev_token("r", "bo")
+        )))
+        .await?;
+    wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(40)).await?;
+    Ok((vec![seoul, fra], path, publisher, viewer))
+}
+
+/// Samples the viewer's decoded frames every 100 ms for `secs`; returns the longest stretch
+/// without a new frame.
+async fn longest_freeze(viewer: &Browser, secs: u64) -> anyhow::Result<Duration> {
+    let mut last = 0u64;
+    let mut since = Instant::now();
+    let mut worst = Duration::ZERO;
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        let frames: u64 = viewer.frames_decoded("moim.sub").await?.iter().sum();
+        if frames > last {
+            worst = worst.max(since.elapsed());
+            last = frames;
+            since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(worst.max(since.elapsed()))
+}
+
+// Not in CI yet: the longest freeze measured 0.2-0.9 s over 2% loss, too close to the 1 s
+// limit to be a reliable gate (see issue 3's note). Run with `-- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "longest freeze 0.2-0.9 s against a 1 s limit: too close to gate CI on"]
+async fn video_stays_smooth_over_a_link_with_80ms_rtt_and_2pct_loss() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let (nodes, _path, publisher, viewer) = pair_through(Duration::from_millis(40), 0.02).await?;
+    let worst = longest_freeze(&viewer, 15).await?;
+    assert!(worst < Duration::from_secs(1), "video froze for {worst:?}");
+    let fra = reqwest::get(nodes[1].url("/metrics")).await?.text().await?;
+    let seoul = reqwest::get(nodes[0].url("/metrics")).await?.text().await?;
+    eprintln!(
+        "longest freeze {worst:?}; link NACKs {:?}, retransmits {:?}",
+        sample(&fra, "moim_relay_nacks_sent_total"),
+        sample(&seoul, "moim_relay_retransmits_total")
+    );
+    assert!(
+        sample(&fra, "moim_relay_nacks_sent_total").unwrap_or(0.0) > 0.0,
+        "loss was seen and NACKed"
+    );
+    assert!(
+        sample(&seoul, "moim_relay_retransmits_total").unwrap_or(0.0) > 0.0,
+        "and repaired"
+    );
+    publisher.close().await;
+    viewer.close().await;
+    Ok(())
+}
+
+// Not in CI yet: media resumes in 0.2-1.0 s in most runs, but about one run in six takes
+// about 4 s (see issue 3's note). Run it with `cargo test --test cascade -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "about one run in six resumes after ~4 s instead of < 2 s; under investigation"]
+async fn media_resumes_within_2s_after_the_relay_path_dies_and_returns() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let (nodes, mut path, publisher, viewer) = pair_through(Duration::ZERO, 0.0).await?;
+    path.kill();
+    // Past QUIC's idle timeout (10 s): both nodes drop the link and what came over it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = reqwest::get(nodes[1].url("/metrics")).await?.text().await?;
+        if sample(&text, "moim_relay_links") == Some(0.0) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the dead link was never noticed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    path.resume().await?;
+    let back = Instant::now();
+    // Resumed when decoded frames rise between two samples (the relayed track is new after a
+    // reconnect, so counts start again from zero).
+    let mut prev: u64 = viewer.frames_decoded("moim.sub").await?.iter().sum();
+    loop {
+        let now: u64 = viewer.frames_decoded("moim.sub").await?.iter().sum();
+        if now > prev {
+            break;
+        }
+        prev = now;
+        anyhow::ensure!(
+            back.elapsed() < Duration::from_secs(10),
+            "media never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = back.elapsed();
+    eprintln!("media resumed {took:?} after the path returned");
+    assert!(
+        took < Duration::from_secs(2),
+        "media took {took:?} to resume"
+    );
+    let text = reqwest::get(nodes[1].url("/metrics")).await?.text().await?;
+    assert!(
+        text.contains("moim_relay_connects_total{peer=\"seoul-1\"} 2"),
+        "{text}"
+    );
+    publisher.close().await;
+    viewer.close().await;
     Ok(())
 }

@@ -1,6 +1,9 @@
 //! Real Chromium participants on one media node: meeting, chat, WHIP and WHEP.
 
-use moim_e2e::{Browser, Node, dev_token, wait_decoding, wait_status};
+use moim_e2e::{
+    Browser, Node, PUBLISH_CAMERA, RECEIVE_AUDIO_VIDEO, dev_token, http_signalled, wait_decoding,
+    wait_status,
+};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,29 +45,6 @@ async fn three_browsers_see_each_other_and_chat() -> anyhow::Result<()> {
     }
     Ok(())
 }
-
-/// A WHIP or WHEP exchange in the page: `setup` adds transceivers to `pc`, the offer goes to
-/// `path` with `token`, and the connection and `Location` are kept as `window[name]` and
-/// `window[name + "Location"]`. Returns "ok" or the refusal.
-fn http_signalled(name: &str, path: &str, token: &str, setup: &str) -> String {
-    format!(
-        r#"return (async () => {{
-  const pc = new RTCPeerConnection();
-  {setup}
-  await pc.setLocalDescription(await pc.createOffer());
-  const r = await fetch('{path}', {{ method: 'POST', headers: {{ 'Content-Type': 'application/sdp', 'Authorization': 'Bearer {token}' }}, body: pc.localDescription.sdp }});
-  if (r.status !== 201) return 'status ' + r.status + ': ' + await r.text();
-  window.{name}Location = r.headers.get('Location');
-  await pc.setRemoteDescription({{ type: 'answer', sdp: await r.text() }});
-  window.{name} = pc;
-  return 'ok';
-}})()"#
-    )
-}
-
-const PUBLISH_CAMERA: &str = "const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 360 } }); \
-    for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });";
-const RECEIVE_AUDIO_VIDEO: &str = "pc.addTransceiver('video', { direction: 'recvonly' }); pc.addTransceiver('audio', { direction: 'recvonly' });";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_publish_is_played_over_whep() -> anyhow::Result<()> {

@@ -15,9 +15,13 @@ use tokio::sync::mpsc;
 /// Control messages waiting for one link's writer, at most.
 pub const CONTROL_QUEUE: usize = 1024;
 /// First wait before dialling again; doubles up to [`MAX_BACKOFF`].
-pub const MIN_BACKOFF: Duration = Duration::from_millis(250);
-/// Longest wait between dials.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
+pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between dials (a link that returns is back within about a second).
+pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// A dial that has not completed its handshake by then is abandoned and tried again (a dial
+/// into a dark path would otherwise wait out QUIC's handshake backoff long after the path
+/// returns).
+pub const DIAL_TIMEOUT: Duration = Duration::from_millis(700);
 
 static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 
@@ -46,7 +50,11 @@ pub fn start(
         tokio::spawn(async move {
             let mut backoff = MIN_BACKOFF;
             loop {
-                match endpoint.dial(peer).await {
+                match tokio::time::timeout(DIAL_TIMEOUT, endpoint.dial(peer))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(super::link::LinkError::Handshake("dial timed out".into()))
+                    }) {
                     Ok(link) => {
                         let up = Instant::now();
                         run_link(link, true, engine.clone(), metrics.clone()).await;

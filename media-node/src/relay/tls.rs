@@ -61,6 +61,13 @@ fn transport() -> Arc<quinn::TransportConfig> {
         // 10 000 ms as a QUIC varint (the Duration conversion can only fail above 2^62 ms).
         quinn::IdleTimeout::from(quinn::VarInt::from_u32(10_000)),
     ));
+    // Start from a short RTT guess so a handshake that loses its first packets retries fast.
+    t.initial_rtt(Duration::from_millis(100));
+    // Full-size RTP packets (about 1,200 bytes from browsers) must fit in one datagram from
+    // the first moment: QUIC's default of 1,200 bytes would drop them until path MTU discovery
+    // has run (seconds), taking keyframes with them. 1,400 fits every 1,500-byte network path
+    // with room for IPv6 and a tunnel header; discovery still raises it where it can.
+    t.initial_mtu(1400);
     // Media datagrams: up to 1 MiB queued per link before the oldest are dropped.
     t.datagram_send_buffer_size(1 << 20);
     t.datagram_receive_buffer_size(Some(1 << 20));

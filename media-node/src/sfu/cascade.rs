@@ -77,7 +77,20 @@ pub struct RelayedTrack {
     /// What each layer carries at the origin, bits per second.
     remote_bps: Vec<f64>,
     last_keyframe_request: HashMap<u8, Instant>,
+    /// Next sequence number expected per layer (gaps are NACKed over the link).
+    next_seq: HashMap<u8, u16>,
 }
+
+/// Recent datagrams of one layer of a local track, for retransmission over links.
+#[derive(Debug, Default)]
+pub struct RelayHistory {
+    packets: std::collections::VecDeque<(u16, Bytes)>,
+}
+
+/// Datagrams kept per layer of a local track for link NACKs (about a second of the top layer).
+pub const RELAY_HISTORY: usize = 256;
+/// Largest gap NACKed at once; beyond it the layer waits for a keyframe instead.
+const MAX_NACK_GAP: u16 = 64;
 
 /// Most tracks one link may announce (a bound on what a far node can make us hold).
 const MAX_TRACKS_PER_LINK: usize = 4096;
@@ -157,6 +170,16 @@ impl Engine {
         v
     }
 
+    fn count_streams(&self, link: LinkId) {
+        if let Some(l) = self.links.get(&link) {
+            self.metrics
+                .relay
+                .streams
+                .with_label_values(&[&l.node_id])
+                .set(l.by_handle.len() as i64);
+        }
+    }
+
     /// Next message or datagram for a link.
     pub fn poll_relay(&mut self) -> Option<RelayOut> {
         self.relay_out.pop_front()
@@ -198,6 +221,11 @@ impl Engine {
             return;
         };
         tracing::info!(link, peer = %state.node_id, "relay link down");
+        self.metrics
+            .relay
+            .streams
+            .with_label_values(&[&state.node_id])
+            .set(0);
         for key in state.by_handle.into_values() {
             self.remove_track(key, now);
         }
@@ -310,6 +338,7 @@ impl Engine {
                 if let Some(key) = key {
                     self.remove_track(key, now);
                 }
+                self.count_streams(link);
             }
             Control::Subscribe { track, layer } => {
                 let key = TrackKey::from(track);
@@ -335,8 +364,22 @@ impl Engine {
                     self.send_pli(key, layer, now);
                 }
             }
-            Control::Nack { .. } => {
-                // Loss on a link is repaired end to end (see the relay module's notes).
+            Control::Nack { track, layer, seqs } => {
+                let key = TrackKey::from(track);
+                let resend: Vec<Bytes> = self
+                    .relay_history
+                    .get(&(key, layer))
+                    .map(|h| {
+                        seqs.iter()
+                            .filter_map(|s| h.packets.iter().find(|(q, _)| q == s))
+                            .map(|(_, d)| d.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for datagram in resend {
+                    self.metrics.relay_retransmits.inc();
+                    self.push_out(RelayOut::Media { link, datagram });
+                }
             }
             Control::ParticipantJoined { room, participant } => {
                 let info = ParticipantInfo {
@@ -397,11 +440,31 @@ impl Engine {
                     .get(&link)
                     .and_then(|l| l.by_handle.get(&track))
                     .copied();
-                if let Some(r) = key
-                    .and_then(|k| self.tracks.get_mut(&k))
-                    .and_then(|t| t.relay.as_mut())
-                {
-                    r.remote_bps = bps.into_iter().map(f64::from).collect();
+                let Some(key) = key else { return };
+                let Some(t) = self.tracks.get_mut(&key) else {
+                    return;
+                };
+                let Some(r) = t.relay.as_mut() else { return };
+                r.remote_bps = bps.into_iter().map(f64::from).collect();
+                // Subscribers still waiting for their first keyframe start on a layer that
+                // flows at the origin.
+                let rates = layer_rates(t);
+                let downs = t.downs.clone();
+                let mut moved = false;
+                for d in downs.iter() {
+                    let Some(d) = self.downs.get_mut(d) else {
+                        continue;
+                    };
+                    if d.forwarder.current_layer().is_none() {
+                        d.selector.start_on_flowing(&rates);
+                        if d.selector.chosen() != d.forwarder.target_layer() {
+                            d.forwarder.set_target(d.selector.chosen());
+                            moved = true;
+                        }
+                    }
+                }
+                if moved {
+                    self.sync_relay_subscriptions(key);
                 }
             }
         }
@@ -469,6 +532,7 @@ impl Engine {
                     subscribed: 0,
                     remote_bps: Vec::new(),
                     last_keyframe_request: HashMap::new(),
+                    next_seq: HashMap::new(),
                 }),
                 relay_subs: Vec::new(),
                 kind,
@@ -485,6 +549,7 @@ impl Engine {
         if let Some(l) = self.links.get_mut(&link) {
             l.by_handle.insert(handle, key);
         }
+        self.count_streams(link);
         if let Some(r) = self.rooms.get_mut(&room) {
             r.tracks.push(key);
         }
@@ -530,11 +595,50 @@ impl Engine {
             self.metrics.relay_bad_datagrams.inc();
             return;
         };
+        self.detect_link_loss(key, d.layer, packet.header.sequence_number);
         let payload_len = packet.payload.len() as u64;
         self.metrics.relay_packets_in.inc();
         self.metrics.bytes_in.inc_by(payload_len);
         self.rate_window.bytes_in += payload_len;
         self.deliver(key, usize::from(d.layer), &packet, now);
+    }
+
+    /// Notes a relayed packet's sequence number; a gap is NACKed over the link at once (the
+    /// origin keeps [`RELAY_HISTORY`] datagrams per layer).
+    fn detect_link_loss(&mut self, key: TrackKey, layer: u8, seq: u16) {
+        let Some(r) = self.tracks.get_mut(&key).and_then(|t| t.relay.as_mut()) else {
+            return;
+        };
+        let next = r.next_seq.get(&layer).copied();
+        let missing: Vec<u16> = match next {
+            Some(n) if crate::sfu::forwarder::seq_after(seq, n) || seq == n => {
+                r.next_seq.insert(layer, seq.wrapping_add(1));
+                let gap = seq.wrapping_sub(n);
+                if gap == 0 || gap > MAX_NACK_GAP {
+                    Vec::new()
+                } else {
+                    (0..gap).map(|i| n.wrapping_add(i)).collect()
+                }
+            }
+            // A retransmission or a late packet: nothing to ask for.
+            Some(_) => Vec::new(),
+            None => {
+                r.next_seq.insert(layer, seq.wrapping_add(1));
+                Vec::new()
+            }
+        };
+        if !missing.is_empty() {
+            let (link, handle) = (r.link, r.handle);
+            self.metrics.relay_nacks.inc();
+            self.send_to_link(
+                link,
+                Control::Nack {
+                    track: handle,
+                    layer,
+                    seqs: missing,
+                },
+            );
+        }
     }
 
     /// Sends `link` what this node has of `room`: its participants and its own tracks.
@@ -561,6 +665,9 @@ impl Engine {
         for key in tracks {
             if let Some(msg) = self.announcement(key) {
                 self.send_to_link(link, msg);
+                if let Some(rates) = self.rates_of(key) {
+                    self.send_to_link(link, rates);
+                }
             }
         }
     }
@@ -599,6 +706,29 @@ impl Engine {
                 Vec::new()
             },
         })
+    }
+
+    /// Opens `room` here for a while without participants, so linked nodes send what they
+    /// have of it (a WHEP viewer of a room published elsewhere).
+    pub(super) fn relay_prefetch(&mut self, room: &str, now: Instant) {
+        let keep = now + std::time::Duration::from_secs(10);
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.keep_until = Some(keep);
+            return;
+        }
+        self.rooms.insert(
+            room.to_owned(),
+            super::Room {
+                sessions: Vec::new(),
+                keep_until: Some(keep),
+                remote: Vec::new(),
+                tracks: Vec::new(),
+                speakers: super::SpeakerDetector::default(),
+                next_participant: 0,
+            },
+        );
+        self.ensure_housekeeping(now);
+        self.relay_room_opened(room);
     }
 
     /// A room opened here: every link is asked for it.
@@ -675,6 +805,7 @@ impl Engine {
                 }
             }
             None => {
+                self.relay_history.retain(|(k, _), _| *k != key);
                 let Ok(handle) = u32::try_from(key) else {
                     return;
                 };
@@ -699,9 +830,25 @@ impl Engine {
         let Some(msg) = self.announcement(key) else {
             return;
         };
+        let rates = self.rates_of(key);
         for link in self.links_for(&room) {
             self.send_to_link(link, msg.clone());
+            if let Some(r) = &rates {
+                self.send_to_link(link, r.clone());
+            }
         }
+    }
+
+    /// What each layer of a local simulcast track carries now.
+    fn rates_of(&self, key: TrackKey) -> Option<Control> {
+        let t = self.tracks.get(&key)?;
+        if t.relay.is_some() || t.layers.len() < 2 {
+            return None;
+        }
+        Some(Control::LayerRates {
+            track: u32::try_from(key).ok()?,
+            bps: t.layers.iter().map(|l| l.bps as u32).collect(),
+        })
     }
 
     /// Sends a packet of a local track to the links subscribed to its layer.
@@ -733,6 +880,13 @@ impl Engine {
             rtp: rtp.freeze(),
         }
         .encode();
+        let history = self.relay_history.entry((key, layer)).or_default();
+        if history.packets.len() >= RELAY_HISTORY {
+            history.packets.pop_front();
+        }
+        history
+            .packets
+            .push_back((packet.header.sequence_number, datagram.clone()));
         for link in targets {
             self.metrics.relay_packets_out.inc();
             self.push_out(RelayOut::Media {
@@ -755,6 +909,7 @@ impl Engine {
         }
         r.last_keyframe_request.insert(layer, now);
         let (link, handle) = (r.link, r.handle);
+        tracing::debug!(link, handle, layer, "relay keyframe request");
         self.send_to_link(
             link,
             Control::KeyframeRequest {
@@ -830,30 +985,18 @@ impl Engine {
         if self.links.is_empty() {
             return;
         }
-        let mut rates: Vec<(String, u32, Vec<u32>)> = Vec::new();
+        let mut rates: Vec<(String, Control)> = Vec::new();
         let mut relayed: Vec<TrackKey> = Vec::new();
         for (k, t) in &self.tracks {
             if t.relay.is_some() {
                 relayed.push(*k);
-            } else if t.layers.len() > 1
-                && let Ok(handle) = u32::try_from(*k)
-            {
-                rates.push((
-                    t.room.clone(),
-                    handle,
-                    t.layers.iter().map(|l| l.bps as u32).collect(),
-                ));
+            } else if let Some(r) = self.rates_of(*k) {
+                rates.push((t.room.clone(), r));
             }
         }
-        for (room, track, bps) in rates {
+        for (room, msg) in rates {
             for link in self.links_for(&room) {
-                self.send_to_link(
-                    link,
-                    Control::LayerRates {
-                        track,
-                        bps: bps.clone(),
-                    },
-                );
+                self.send_to_link(link, msg.clone());
             }
         }
         for k in relayed {

@@ -238,6 +238,10 @@ struct DownTrack {
     /// Payload type and extension map on the subscriber's leg, resolved after negotiation.
     leg: Option<LegMapping>,
     layer_switched_at: Option<Instant>,
+    /// The subscriber has accepted the offer carrying this down-track. Until then nothing is
+    /// sent on it: a keyframe sent to a browser that does not know the stream yet is lost,
+    /// and the subscriber would wait for the next one.
+    negotiated: bool,
 }
 
 #[derive(Clone)]
@@ -249,6 +253,9 @@ struct LegMapping {
 
 struct Room {
     sessions: Vec<SessionId>,
+    /// A room opened for a viewer before anyone joined here (WHEP of a room whose
+    /// publisher is on another node) stays this long without participants.
+    keep_until: Option<Instant>,
     /// Participants on other nodes, by the link they come over.
     remote: Vec<(cascade::LinkId, ParticipantInfo)>,
     tracks: Vec<TrackKey>,
@@ -287,6 +294,8 @@ pub struct Engine {
     /// Messages and media for relay links, drained by the driver (bounded, see
     /// [`cascade::RELAY_OUT_MAX`]).
     relay_out: VecDeque<cascade::RelayOut>,
+    /// Recent relayed datagrams of local tracks, per (track, layer), for link NACKs.
+    relay_history: HashMap<(TrackKey, u8), cascade::RelayHistory>,
 }
 
 #[derive(Default)]
@@ -411,6 +420,7 @@ impl Engine {
             assignments: HashMap::new(),
             links: HashMap::new(),
             relay_out: VecDeque::new(),
+            relay_history: HashMap::new(),
         }
     }
 
@@ -589,6 +599,7 @@ impl Engine {
             .entry(claims.room.clone())
             .or_insert_with(|| Room {
                 sessions: Vec::new(),
+                keep_until: None,
                 remote: Vec::new(),
                 tracks: Vec::new(),
                 speakers: SpeakerDetector::default(),
@@ -822,9 +833,21 @@ impl Engine {
         p.pc.set_remote_description(now, answer)
             .map_err(|e| Error::Sdp(e.to_string()))?;
         let downs: Vec<DownKey> = p.downs_by_ssrc.values().copied().collect();
-        for d in downs {
-            if let Some(d) = self.downs.get_mut(&d) {
+        let mut accepted = Vec::new();
+        for k in downs {
+            if let Some(d) = self.downs.get_mut(&k) {
                 d.leg = None;
+                if !d.negotiated {
+                    d.negotiated = true;
+                    accepted.push(k);
+                }
+            }
+        }
+        // New streams start at a keyframe asked for now, not at one sent before the
+        // subscriber knew them (a subscriber not yet connected gets it when it connects).
+        if self.peers.get(&peer).is_some_and(|p| p.connected) {
+            for k in accepted {
+                self.request_keyframe_for(k, now);
             }
         }
         self.mark_dirty(peer);
@@ -1005,6 +1028,11 @@ impl Engine {
             picks.extend(by_kind.into_values());
         }
         if picks.is_empty() {
+            if !self.links.is_empty() {
+                // The publisher may be on a linked node: ask for the room; the caller retries.
+                self.relay_prefetch(&claims.room, now);
+                return Err(Error::RelayPending);
+            }
             self.metrics.reject("no_publisher");
             return Err(Error::NoPublisher(claims.room.clone()));
         }
@@ -1276,6 +1304,8 @@ impl Engine {
             }],
         );
         let layers = t.layers.len().max(1) as u8;
+        let s_kind = s.kind;
+        let rates = cascade::layer_rates(t);
         let wish = s.layer_wish.get(&t.id).map(|(_, h)| *h);
         let key = self.next_id();
         let Some(peer) = self.peers.get_mut(&peer_id) else {
@@ -1293,6 +1323,7 @@ impl Engine {
         if let Some(h) = wish {
             selector.set_wanted(layer_for_height(h, layers));
         }
+        selector.start_on_flowing(&rates);
         let forwarder = if is_video {
             Forwarder::video(selector.chosen())
         } else {
@@ -1310,6 +1341,9 @@ impl Engine {
                 selector,
                 leg: None,
                 layer_switched_at: None,
+                // WHEP answers carry the down-tracks at once; WebSocket subscribers accept
+                // them with their next answer.
+                negotiated: s_kind != SessionKind::WebSocket,
             },
         );
         if let Some(t) = self.tracks.get_mut(&track) {
@@ -1795,30 +1829,12 @@ impl Engine {
         let Some(peer) = self.peers.get_mut(&down.peer) else {
             return;
         };
-        if !peer.connected {
+        if !peer.connected || !down.negotiated {
             return;
         }
-        let verdict = down.forwarder.on_packet(
-            layer,
-            packet.header.sequence_number,
-            packet.header.timestamp,
-            keyframe,
-            now,
-        );
-        let Verdict::Forward {
-            seq,
-            timestamp,
-            switched,
-        } = verdict
-        else {
-            return;
-        };
-        if switched && down.layer_switched_at.is_some() {
-            self.metrics.layer_switches.inc();
-        }
-        if switched {
-            down.layer_switched_at = Some(now);
-        }
+        // The leg is resolved before the forwarder sees the packet: a keyframe that cannot be
+        // sent yet (the subscriber's renegotiation is still under way) must not count as the
+        // switch point, or the subscriber would wait for the next keyframe.
         let Some(mut sender) = peer.pc.rtp_sender(down.sender) else {
             return;
         };
@@ -1869,6 +1885,28 @@ impl Engine {
                 ext_map,
             });
         }
+        let verdict = down.forwarder.on_packet(
+            layer,
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            keyframe,
+            now,
+        );
+        let Verdict::Forward {
+            seq,
+            timestamp,
+            switched,
+        } = verdict
+        else {
+            return;
+        };
+        if switched && down.layer_switched_at.is_some() {
+            self.metrics.layer_switches.inc();
+        }
+        if switched {
+            down.layer_switched_at = Some(now);
+            tracing::debug!(down = down_key, layer, "switched");
+        }
         let Some(leg) = down.leg.as_ref() else { return };
         let mut out = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
@@ -1901,6 +1939,9 @@ impl Engine {
             }
             Err(e) => {
                 tracing::debug!(error = %e, "write_rtp refused");
+                if switched {
+                    down.forwarder.undo_switch();
+                }
                 return;
             }
         }
@@ -2003,6 +2044,7 @@ impl Engine {
             sender_ssrc: 0,
             media_ssrc: ssrc,
         };
+        tracing::debug!(track, layer, "pli to publisher");
         if rx.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
             self.metrics.plis.inc();
             self.mark_dirty(peer_id);
@@ -2081,6 +2123,17 @@ impl Engine {
                     l.bytes = 0;
                 }
             }
+        }
+        // Rooms opened for a viewer that never came.
+        let expired: Vec<String> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.sessions.is_empty() && r.keep_until.is_none_or(|t| t <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for room in expired {
+            self.relay_room_closed(&room, now);
+            self.rooms.remove(&room);
         }
         // Connections that never connected.
         let stale: Vec<SessionId> = self

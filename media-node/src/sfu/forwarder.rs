@@ -99,6 +99,14 @@ impl Forwarder {
         }
     }
 
+    /// The switch packet just let through could not be sent: wait for the next keyframe of
+    /// the target layer instead of forwarding frames the subscriber cannot decode.
+    pub fn undo_switch(&mut self) {
+        if !self.is_audio {
+            self.current = None;
+        }
+    }
+
     /// Decides about one packet of `layer` with the given header fields. `keyframe` says the
     /// packet starts a keyframe (see [`super::keyframe`]).
     pub fn on_packet(

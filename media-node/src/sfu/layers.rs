@@ -86,6 +86,19 @@ impl LayerSelector {
         self.chosen = self.chosen.map(|c| c.min(self.layers - 1));
     }
 
+    /// Starts on the highest wanted layer that is flowing (`layer_bps` as for
+    /// [`LayerSelector::decide`]), so a new subscriber does not wait for a layer the
+    /// publisher is not sending. Without any rate known, the choice stays.
+    pub fn start_on_flowing(&mut self, layer_bps: &[f64]) {
+        let Some(chosen) = self.chosen else { return };
+        if let Some(top) = (0..=chosen)
+            .rev()
+            .find(|&l| layer_bps.get(usize::from(l)).is_some_and(|b| *b > 0.0))
+        {
+            self.chosen = Some(top);
+        }
+    }
+
     /// The current choice.
     pub fn chosen(&self) -> Option<u8> {
         self.chosen
