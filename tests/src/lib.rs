@@ -490,3 +490,48 @@ pub const PUBLISH_CAMERA: &str = "const stream = await navigator.mediaDevices.ge
     for (const t of stream.getTracks()) pc.addTransceiver(t, { direction: 'sendonly', streams: [stream] });";
 /// Page script: receive one video and one audio track on `pc`.
 pub const RECEIVE_AUDIO_VIDEO: &str = "pc.addTransceiver('video', { direction: 'recvonly' }); pc.addTransceiver('audio', { direction: 'recvonly' });";
+
+impl Browser {
+    /// A new browser that opens the web client on `node` and joins `room` as `name` with a
+    /// dev token; `publish` says whether it sends its fake camera and microphone.
+    pub async fn join(node: &Node, room: &str, name: &str, publish: bool) -> anyhow::Result<Self> {
+        let b = Self::start().await?;
+        let token = dev_token(room, name);
+        let publish = if publish { "" } else { "&publish=0" };
+        b.goto(&node.url(&format!(
+            "/?room={room}&name={name}&autojoin=1{publish}&token={token}"
+        )))
+        .await?;
+        Ok(b)
+    }
+
+    /// A new browser that publishes its fake camera and microphone to `room` on `node` over
+    /// WHIP (the connection is `window.whip`).
+    pub async fn whip(node: &Node, room: &str) -> anyhow::Result<Self> {
+        Self::http_signalled(node, "whip", room, PUBLISH_CAMERA).await
+    }
+
+    /// A new browser that plays `room` on `node` over WHEP (the connection is `window.whep`).
+    pub async fn whep(node: &Node, room: &str) -> anyhow::Result<Self> {
+        Self::http_signalled(node, "whep", room, RECEIVE_AUDIO_VIDEO).await
+    }
+
+    async fn http_signalled(
+        node: &Node,
+        kind: &str,
+        room: &str,
+        setup: &str,
+    ) -> anyhow::Result<Self> {
+        let b = Self::start().await?;
+        b.goto(&node.url("/healthz")).await?;
+        let script = http_signalled(
+            kind,
+            &format!("/{kind}/{room}"),
+            &dev_token(room, kind),
+            setup,
+        );
+        let answer = b.js(&script).await?;
+        anyhow::ensure!(answer == "ok", "{kind} to {room}: {answer}");
+        Ok(b)
+    }
+}

@@ -1,10 +1,7 @@
 //! The cascade: media nodes in three regions linked over QUIC, one room across them.
 
 use moim_e2e::impair::ImpairedPath;
-use moim_e2e::{
-    Browser, Node, PUBLISH_CAMERA, RECEIVE_AUDIO_VIDEO, dev_token, free_udp_port, http_signalled,
-    wait_decoding, wait_status,
-};
+use moim_e2e::{Browser, Node, free_udp_port, wait_decoding, wait_status};
 use std::time::{Duration, Instant};
 
 /// The value of an unlabelled sample in Prometheus text.
@@ -76,13 +73,7 @@ async fn a_participant_in_each_region_sees_the_other_two() -> anyhow::Result<()>
     let nodes = three_regions().await?;
     let mut browsers = Vec::new();
     for (node, name) in nodes.iter().zip(["ana", "bo", "chae"]) {
-        let b = Browser::start().await?;
-        let token = dev_token("world", name);
-        b.goto(&node.url(&format!(
-            "/?room=world&name={name}&autojoin=1&token={token}"
-        )))
-        .await?;
-        browsers.push(b);
+        browsers.push(Browser::join(node, "world", name, true).await?);
     }
     for b in &browsers {
         wait_decoding(b, "moim.sub", 2, Duration::from_secs(40)).await?;
@@ -107,29 +98,13 @@ async fn a_participant_in_each_region_sees_the_other_two() -> anyhow::Result<()>
 async fn whip_on_one_node_plays_over_whep_on_another() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
     let nodes = three_regions().await?;
-    let publisher = Browser::start().await?;
-    publisher.goto(&nodes[0].url("/healthz")).await?;
-    let script = http_signalled(
-        "whip",
-        "/whip/live",
-        &dev_token("live", "obs"),
-        PUBLISH_CAMERA,
-    );
-    assert_eq!(publisher.js(&script).await?, "ok");
+    let publisher = Browser::whip(&nodes[0], "live").await?;
     wait_status(&nodes[0], Duration::from_secs(15), |s| {
         s["published_tracks"] == 2
     })
     .await?;
     // Virginia has nobody in the room: the WHEP request itself brings it in from Seoul.
-    let viewer = Browser::start().await?;
-    viewer.goto(&nodes[2].url("/healthz")).await?;
-    let script = http_signalled(
-        "whep",
-        "/whep/live",
-        &dev_token("live", "viewer"),
-        RECEIVE_AUDIO_VIDEO,
-    );
-    assert_eq!(viewer.js(&script).await?, "ok");
+    let viewer = Browser::whep(&nodes[2], "live").await?;
     wait_decoding(&viewer, "window.whep", 1, Duration::from_secs(20)).await?;
     let text = reqwest::get(nodes[0].url("/metrics")).await?.text().await?;
     assert!(
@@ -170,20 +145,8 @@ async fn pair_through(
         &via,
     ])
     .await?;
-    let publisher = Browser::start().await?;
-    publisher
-        .goto(&seoul.url(&format!(
-            "/?room=r&name=ana&autojoin=1&token={}",
-            dev_token("r", "ana")
-        )))
-        .await?;
-    let viewer = Browser::start().await?;
-    viewer
-        .goto(&fra.url(&format!(
-            "/?room=r&name=bo&autojoin=1&publish=0&token={}",
-            dev_token("r", "bo")
-        )))
-        .await?;
+    let publisher = Browser::join(&seoul, "r", "ana", true).await?;
+    let viewer = Browser::join(&fra, "r", "bo", false).await?;
     wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(40)).await?;
     Ok((vec![seoul, fra], path, publisher, viewer))
 }

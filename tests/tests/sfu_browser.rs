@@ -12,13 +12,7 @@ async fn three_browsers_see_each_other_and_chat() -> anyhow::Result<()> {
     let node = Node::start(&[]).await?;
     let mut browsers = Vec::new();
     for name in ["ana", "bo", "chae"] {
-        let b = Browser::start().await?;
-        let token = dev_token("standup", name);
-        b.goto(&node.url(&format!(
-            "/?room=standup&name={name}&autojoin=1&token={token}"
-        )))
-        .await?;
-        browsers.push(b);
+        browsers.push(Browser::join(&node, "standup", name, true).await?);
     }
     for b in &browsers {
         wait_decoding(b, "moim.sub", 2, Duration::from_secs(30)).await?;
