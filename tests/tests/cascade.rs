@@ -11,44 +11,30 @@ fn sample(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// A dev node `id` in `region` with relay links on `listen`, dialling `peers`.
+async fn relay_node(id: &str, region: &str, listen: &str, peers: &[&str]) -> anyhow::Result<Node> {
+    let mut args = vec![
+        "--node-id",
+        id,
+        "--region",
+        region,
+        "--relay-listen",
+        listen,
+    ];
+    for p in peers {
+        args.extend(["--peer", p]);
+    }
+    Node::start(&args).await
+}
+
 /// Three linked nodes: seoul listens, frankfurt dials seoul, virginia dials both.
 async fn three_regions() -> anyhow::Result<Vec<Node>> {
     let relay: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_udp_port()))
         .collect();
-    let seoul = Node::start(&[
-        "--node-id",
-        "seoul-1",
-        "--region",
-        "seoul",
-        "--relay-listen",
-        &relay[0],
-    ])
-    .await?;
-    let fra = Node::start(&[
-        "--node-id",
-        "fra-1",
-        "--region",
-        "frankfurt",
-        "--relay-listen",
-        &relay[1],
-        "--peer",
-        &relay[0],
-    ])
-    .await?;
-    let va = Node::start(&[
-        "--node-id",
-        "va-1",
-        "--region",
-        "virginia",
-        "--relay-listen",
-        &relay[2],
-        "--peer",
-        &relay[0],
-        "--peer",
-        &relay[1],
-    ])
-    .await?;
+    let seoul = relay_node("seoul-1", "seoul", &relay[0], &[]).await?;
+    let fra = relay_node("fra-1", "frankfurt", &relay[1], &[&relay[0]]).await?;
+    let va = relay_node("va-1", "virginia", &relay[2], &[&relay[0], &relay[1]]).await?;
     let nodes = vec![seoul, fra, va];
     let deadline = Instant::now() + Duration::from_secs(20);
     for n in &nodes {
@@ -122,29 +108,11 @@ async fn pair_through(
     loss: f64,
 ) -> anyhow::Result<(Vec<Node>, ImpairedPath, Browser, Browser)> {
     let relay = format!("127.0.0.1:{}", free_udp_port());
-    let seoul = Node::start(&[
-        "--node-id",
-        "seoul-1",
-        "--region",
-        "seoul",
-        "--relay-listen",
-        &relay,
-    ])
-    .await?;
+    let seoul = relay_node("seoul-1", "seoul", &relay, &[]).await?;
     let path = ImpairedPath::start(relay.parse()?, path_delay, loss).await?;
     let via = path.addr().to_string();
     let fra_relay = format!("127.0.0.1:{}", free_udp_port());
-    let fra = Node::start(&[
-        "--node-id",
-        "fra-1",
-        "--region",
-        "frankfurt",
-        "--relay-listen",
-        &fra_relay,
-        "--peer",
-        &via,
-    ])
-    .await?;
+    let fra = relay_node("fra-1", "frankfurt", &fra_relay, &[&via]).await?;
     let publisher = Browser::join(&seoul, "r", "ana", true).await?;
     let viewer = Browser::join(&fra, "r", "bo", false).await?;
     wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(40)).await?;

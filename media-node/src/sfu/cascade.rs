@@ -731,33 +731,29 @@ impl Engine {
         self.relay_room_opened(room);
     }
 
-    /// A room opened here: every link is asked for it.
-    pub(super) fn relay_room_opened(&mut self, room: &str) {
+    /// Tells every link whether this node has participants in `room`.
+    fn interest_to_all(&mut self, room: &str, on: bool) {
         let links: Vec<LinkId> = self.links.keys().copied().collect();
         for link in links {
             self.send_to_link(
                 link,
                 Control::Interest {
                     room: room.to_owned(),
-                    on: true,
+                    on,
                 },
             );
         }
     }
 
+    /// A room opened here: every link is asked for it.
+    pub(super) fn relay_room_opened(&mut self, room: &str) {
+        self.interest_to_all(room, true);
+    }
+
     /// The room's last participant here left: links stop sending it, its relayed tracks and
     /// far participants go.
     pub(super) fn relay_room_closed(&mut self, room: &str, now: Instant) {
-        let links: Vec<LinkId> = self.links.keys().copied().collect();
-        for link in links {
-            self.send_to_link(
-                link,
-                Control::Interest {
-                    room: room.to_owned(),
-                    on: false,
-                },
-            );
-        }
+        self.interest_to_all(room, false);
         let relayed: Vec<TrackKey> = self
             .tracks
             .iter()
