@@ -154,6 +154,13 @@ pub enum Command {
         /// Encoded datagram.
         datagram: Bytes,
     },
+    /// A relay link's round-trip time, sampled.
+    RelayRtt {
+        /// Link.
+        link: LinkId,
+        /// RTT.
+        rtt: Duration,
+    },
     /// A relay link closed.
     RelayDown {
         /// Link.
@@ -383,6 +390,7 @@ fn handle(
         }
         Command::RelayControl { link, msg } => engine.relay_control(link, *msg, now),
         Command::RelayMedia { link, datagram } => engine.relay_media(link, datagram, now),
+        Command::RelayRtt { link, rtt } => engine.relay_rtt(link, rtt),
         // Handled in the loop, which owns the links.
         Command::RelayUp { .. } | Command::RelayDown { .. } => {}
     }
@@ -464,7 +472,10 @@ fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut) {
             if let Some(io) = links.get(&link) {
                 // QUIC's datagram buffer drops the oldest when full; an error here means
                 // the peer takes no datagrams or the path is too small: dropped.
-                let _ = io.conn.send_datagram(datagram);
+                let len = datagram.len();
+                if let Err(e) = io.conn.send_datagram(datagram) {
+                    tracing::debug!(peer = %io.peer, len, error = %e, "relay datagram refused");
+                }
             }
         }
         RelayOut::Close { link, reason } => {

@@ -119,41 +119,57 @@ async fn pair_through(
     Ok((vec![seoul, fra], path, publisher, viewer))
 }
 
-/// Samples the viewer's decoded frames every 100 ms for `secs`; returns the longest stretch
-/// without a new frame.
+/// Watches the viewer's decoded frames for `secs` from inside the page (every 50 ms, so a slow
+/// WebDriver round trip cannot pass for a freeze); returns the longest stretch without a new
+/// frame.
 async fn longest_freeze(viewer: &Browser, secs: u64) -> anyhow::Result<Duration> {
-    let mut last = 0u64;
-    let mut since = Instant::now();
-    let mut worst = Duration::ZERO;
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        let frames: u64 = viewer.frames_decoded("moim.sub").await?.iter().sum();
-        if frames > last {
-            worst = worst.max(since.elapsed());
-            last = frames;
-            since = Instant::now();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(worst.max(since.elapsed()))
+    viewer
+        .js("window.freeze = { worst: 0, last: performance.now(), frames: 0 }; \
+             window.freezeTimer = setInterval(async () => { \
+               const r = await moim.sub.getStats(); let f = 0; \
+               r.forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') f += s.framesDecoded || 0; }); \
+               const now = performance.now(); \
+               if (f > freeze.frames) { if (now - freeze.last > freeze.worst) { freeze.worst = now - freeze.last; freeze.at = new Date(Date.now() - freeze.worst).toISOString(); } freeze.frames = f; freeze.last = now; } \
+             }, 50); return true;")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    eprintln!(
+        "the longest freeze began at {:?}",
+        viewer.js("return freeze.at || null;").await?
+    );
+    let worst_ms = viewer
+        .js("clearInterval(freezeTimer); return Math.max(freeze.worst, performance.now() - freeze.last);")
+        .await?
+        .as_f64()
+        .unwrap_or(f64::INFINITY);
+    Ok(Duration::from_secs_f64(worst_ms / 1000.0))
 }
 
-// Not in CI yet: the longest freeze measured 0.2-0.9 s over 2% loss, too close to the 1 s
-// limit to be a reliable gate (see issue 3's note). Run with `-- --ignored`.
+// Not in CI yet: since link NACKs are retried as datagrams, BBR replaced loss-based congestion
+// control, PLIs are read before the library's RTCP routing, late keyframe starts are replayed
+// and a stalled layer is left at once, the longest freeze is 0.15-0.45 s in 20 of 22 runs, but
+// 2 runs still froze for about 3.3 s (a cause not yet found: see issue 3's note). Run it with
+// `cargo test -p moim-e2e --test cascade -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "longest freeze 0.2-0.9 s against a 1 s limit: too close to gate CI on"]
+#[ignore = "about one run in ten still freezes ~3.3 s; cause under investigation"]
 async fn video_stays_smooth_over_a_link_with_80ms_rtt_and_2pct_loss() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
     let (nodes, _path, publisher, viewer) = pair_through(Duration::from_millis(40), 0.02).await?;
     let worst = longest_freeze(&viewer, 15).await?;
-    assert!(worst < Duration::from_secs(1), "video froze for {worst:?}");
     let fra = reqwest::get(nodes[1].url("/metrics")).await?.text().await?;
     let seoul = reqwest::get(nodes[0].url("/metrics")).await?.text().await?;
+    let link_lines = |t: &str| -> String {
+        t.lines()
+            .filter(|l| l.starts_with("moim_relay") && !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     eprintln!(
-        "longest freeze {worst:?}; link NACKs {:?}, retransmits {:?}",
-        sample(&fra, "moim_relay_nacks_sent_total"),
-        sample(&seoul, "moim_relay_retransmits_total")
+        "longest freeze {worst:?}\nseoul:\n{}\nfrankfurt:\n{}",
+        link_lines(&seoul),
+        link_lines(&fra)
     );
+    assert!(worst < Duration::from_secs(1), "video froze for {worst:?}");
     assert!(
         sample(&fra, "moim_relay_nacks_sent_total").unwrap_or(0.0) > 0.0,
         "loss was seen and NACKed"
@@ -167,10 +183,7 @@ async fn video_stays_smooth_over_a_link_with_80ms_rtt_and_2pct_loss() -> anyhow:
     Ok(())
 }
 
-// Not in CI yet: media resumes in 0.2-1.0 s in most runs, but about one run in six takes
-// about 4 s (see issue 3's note). Run it with `cargo test --test cascade -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "about one run in six resumes after ~4 s instead of < 2 s; under investigation"]
 async fn media_resumes_within_2s_after_the_relay_path_dies_and_returns() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
     let (nodes, mut path, publisher, viewer) = pair_through(Duration::ZERO, 0.0).await?;

@@ -113,15 +113,18 @@ async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metr
     };
     let stats = {
         let (conn, metrics, peer) = (conn.clone(), metrics.clone(), peer.clone());
+        let engine = engine.clone();
         tokio::spawn(async move {
             let (mut lost, mut sent, mut recv) = (0u64, 0u64, 0u64);
             loop {
                 let s = conn.stats();
+                let rtt = conn.rtt();
+                let _ = engine.send(Command::RelayRtt { link: id, rtt });
                 metrics
                     .relay
                     .rtt_seconds
                     .with_label_values(&[&peer])
-                    .set(conn.rtt().as_secs_f64());
+                    .set(rtt.as_secs_f64());
                 let m = &metrics.relay;
                 m.lost_packets
                     .with_label_values(&[&peer])
@@ -133,7 +136,7 @@ async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metr
                     .with_label_values(&[&peer])
                     .inc_by(s.udp_rx.bytes.saturating_sub(recv));
                 (lost, sent, recv) = (s.path.lost_packets, s.udp_tx.bytes, s.udp_rx.bytes);
-                tokio::time::sleep(Duration::from_secs(2)).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         })
     };

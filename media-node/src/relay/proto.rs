@@ -10,6 +10,11 @@
 //! Datagram: `u32` track handle (the sender's handle for the stream on this link, from its
 //! [`Control::TrackAnnounce`]), `u8` layer (0 for audio and single-layer video, else the
 //! simulcast layer, 0 = lowest), then the RTP packet unchanged (QUIC encrypts the link).
+//!
+//! Feedback datagram: handle [`FEEDBACK_HANDLE`], layer 0, then one control frame, a
+//! [`Control::Nack`] or [`Control::KeyframeRequest`]. Loss repair must not wait behind the
+//! ordered control stream: one lost stream packet holds every later message for a round trip
+//! or more, so NACKs and keyframe requests travel as datagrams and their sender retries them.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -25,6 +30,8 @@ pub const MAX_STR: usize = 4096;
 pub const MAX_LIST: usize = 64;
 /// Bytes a datagram adds in front of the RTP packet.
 pub const DATAGRAM_HEADER: usize = 5;
+/// The track handle that marks a feedback datagram (never a track's handle).
+pub const FEEDBACK_HANDLE: u32 = u32::MAX;
 
 /// What kind of media a track carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,6 +206,9 @@ pub enum ProtoError {
     /// A datagram too short for its header.
     #[error("relay datagram too short")]
     ShortDatagram,
+    /// A feedback datagram that holds something other than one NACK or keyframe request.
+    #[error("relay feedback datagram is not one NACK or keyframe request")]
+    BadFeedback,
 }
 
 mod ty {
@@ -600,6 +610,46 @@ impl MediaDatagram {
     }
 }
 
+/// A datagram off a link: media, or loss-repair feedback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Datagram {
+    /// An RTP packet of a track.
+    Media(MediaDatagram),
+    /// A [`Control::Nack`] or [`Control::KeyframeRequest`] (boxed: media is the common case).
+    Feedback(Box<Control>),
+}
+
+impl Datagram {
+    /// The bytes of a feedback datagram; `None` for a message that is not feedback.
+    pub fn feedback(msg: &Control) -> Option<Bytes> {
+        if !matches!(msg, Control::Nack { .. } | Control::KeyframeRequest { .. }) {
+            return None;
+        }
+        let mut b = BytesMut::with_capacity(64);
+        b.put_u32(FEEDBACK_HANDLE);
+        b.put_u8(0);
+        msg.encode(&mut b);
+        Some(b.freeze())
+    }
+
+    /// Parses a datagram of either kind.
+    pub fn decode(d: Bytes) -> Result<Self, ProtoError> {
+        let media = MediaDatagram::decode(d)?;
+        if media.track != FEEDBACK_HANDLE {
+            return Ok(Self::Media(media));
+        }
+        let mut frame = BytesMut::from(&media.rtp[..]);
+        match Control::decode(&mut frame)? {
+            Some(msg @ (Control::Nack { .. } | Control::KeyframeRequest { .. }))
+                if frame.is_empty() =>
+            {
+                Ok(Self::Feedback(Box::new(msg)))
+            }
+            _ => Err(ProtoError::BadFeedback),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -749,7 +799,32 @@ mod tests {
         #[test]
         fn datagrams_round_trip(track in any::<u32>(), layer in any::<u8>(), rtp in prop::collection::vec(any::<u8>(), 0..1500)) {
             let d = MediaDatagram { track, layer, rtp: Bytes::from(rtp) };
-            prop_assert_eq!(MediaDatagram::decode(d.encode()).expect("valid"), d);
+            prop_assert_eq!(MediaDatagram::decode(d.clone().encode()).expect("valid"), d.clone());
+            if track != FEEDBACK_HANDLE {
+                prop_assert_eq!(Datagram::decode(d.encode()).expect("valid"), Datagram::Media(d));
+            }
+        }
+
+        #[test]
+        fn feedback_round_trips_and_nothing_else_passes_for_it(msg in control(), at in any::<usize>(), byte in any::<u8>()) {
+            match Datagram::feedback(&msg) {
+                Some(bytes) => {
+                    prop_assert_eq!(Datagram::decode(bytes.clone()).expect("valid"), Datagram::Feedback(Box::new(msg)));
+                    // Corrupt any byte: an error or some valid datagram, never a panic.
+                    let mut b = bytes.to_vec();
+                    let i = at % b.len();
+                    b[i] = byte;
+                    let _ = Datagram::decode(Bytes::from(b));
+                }
+                None => {
+                    // A control message of another kind dressed as feedback is refused.
+                    let mut b = BytesMut::new();
+                    b.put_u32(FEEDBACK_HANDLE);
+                    b.put_u8(0);
+                    msg.encode(&mut b);
+                    prop_assert_eq!(Datagram::decode(b.freeze()), Err(ProtoError::BadFeedback));
+                }
+            }
         }
     }
 

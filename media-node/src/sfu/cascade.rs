@@ -14,7 +14,9 @@
 //! media is dropped first (media is perishable; control messages are the room's state).
 
 use super::{Engine, PublishedTrack, TrackKey};
-use crate::relay::proto::{Control, MediaDatagram, MediaKind, Participant};
+use crate::relay::proto::{
+    Control, Datagram, FEEDBACK_HANDLE, MediaDatagram, MediaKind, Participant,
+};
 use bytes::Bytes;
 use moim_wire::signal::{ChatFrame, ParticipantInfo, ServerMessage, TrackSource};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RtpCodecKind};
@@ -65,6 +67,8 @@ pub struct LinkState {
     interests: HashSet<String>,
     /// Its track handles to the tracks made of them here.
     by_handle: HashMap<u32, TrackKey>,
+    /// Round-trip time as QUIC measures it (paces NACK retries).
+    rtt: std::time::Duration,
 }
 
 /// A track that arrives over a link.
@@ -77,8 +81,21 @@ pub struct RelayedTrack {
     /// What each layer carries at the origin, bits per second.
     remote_bps: Vec<f64>,
     last_keyframe_request: HashMap<u8, Instant>,
-    /// Next sequence number expected per layer (gaps are NACKed over the link).
-    next_seq: HashMap<u8, u16>,
+    /// Loss repair per layer.
+    loss: HashMap<u8, LayerLoss>,
+    /// The latest packets per layer, as received (see [`Engine::replay_after_late_start`]).
+    recent: HashMap<u8, std::collections::VecDeque<(u16, Bytes)>>,
+}
+
+/// Packets kept per relayed layer for replay (about half a second of a top layer).
+const RECENT_PACKETS: usize = 128;
+
+/// Sequence numbers of one relayed layer: the next expected and the missing ones being NACKed.
+#[derive(Debug, Default)]
+struct LayerLoss {
+    next: Option<u16>,
+    /// Missing packets: sequence number, when last asked for, times asked.
+    missing: std::collections::VecDeque<(u16, Instant, u8)>,
 }
 
 /// Recent datagrams of one layer of a local track, for retransmission over links.
@@ -91,6 +108,13 @@ pub struct RelayHistory {
 pub const RELAY_HISTORY: usize = 256;
 /// Largest gap NACKed at once; beyond it the layer waits for a keyframe instead.
 const MAX_NACK_GAP: u16 = 64;
+/// Times one missing packet is asked for before it is given up (a retransmission can be lost
+/// too: with 2% loss, one try leaves 4% of losses unrepaired, three leave 0.0001%).
+const NACK_TRIES: u8 = 3;
+/// Most missing packets tracked per layer (the oldest are given up first).
+const MAX_MISSING: usize = 128;
+/// RTT assumed before QUIC has measured one.
+const DEFAULT_RTT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Most tracks one link may announce (a bound on what a far node can make us hold).
 const MAX_TRACKS_PER_LINK: usize = 4096;
@@ -151,6 +175,15 @@ impl Engine {
         self.relay_out.push_back(out);
     }
 
+    /// Sends a NACK or keyframe request as a datagram (see [`Datagram`]: it must not wait
+    /// behind the ordered control stream; its sender retries it).
+    fn send_feedback(&mut self, link: LinkId, msg: Control) {
+        match Datagram::feedback(&msg) {
+            Some(datagram) => self.push_out(RelayOut::Media { link, datagram }),
+            None => self.send_to_link(link, msg),
+        }
+    }
+
     fn send_to_link(&mut self, link: LinkId, msg: Control) {
         self.push_out(RelayOut::Control {
             link,
@@ -205,6 +238,7 @@ impl Engine {
                 region,
                 interests: HashSet::new(),
                 by_handle: HashMap::new(),
+                rtt: DEFAULT_RTT,
             },
         );
         let mut rooms: Vec<String> = self.rooms.keys().cloned().collect();
@@ -376,6 +410,11 @@ impl Engine {
                             .collect()
                     })
                     .unwrap_or_default();
+                if resend.len() < seqs.len() {
+                    // Something the far node lacks is gone here too (too old, or it never
+                    // reached this node): its pictures cannot be completed, a keyframe can.
+                    self.send_pli(key, layer, now);
+                }
                 for datagram in resend {
                     self.metrics.relay_retransmits.inc();
                     self.push_out(RelayOut::Media { link, datagram });
@@ -502,6 +541,7 @@ impl Engine {
                 ssrc: None,
                 bytes: 0,
                 bps: 0.0,
+                last_at: None,
             })
             .collect();
         if layer_list.is_empty() {
@@ -510,6 +550,7 @@ impl Engine {
                 ssrc: None,
                 bytes: 0,
                 bps: 0.0,
+                last_at: None,
             });
         }
         let owner = ParticipantInfo {
@@ -532,7 +573,8 @@ impl Engine {
                     subscribed: 0,
                     remote_bps: Vec::new(),
                     last_keyframe_request: HashMap::new(),
-                    next_seq: HashMap::new(),
+                    loss: HashMap::new(),
+                    recent: HashMap::new(),
                 }),
                 relay_subs: Vec::new(),
                 kind,
@@ -578,9 +620,13 @@ impl Engine {
 
     /// A media datagram from a link.
     pub fn relay_media(&mut self, link: LinkId, datagram: Bytes, now: Instant) {
-        let Ok(d) = MediaDatagram::decode(datagram) else {
-            self.metrics.relay_bad_datagrams.inc();
-            return;
+        let d = match Datagram::decode(datagram) {
+            Ok(Datagram::Media(d)) => d,
+            Ok(Datagram::Feedback(msg)) => return self.relay_control(link, *msg, now),
+            Err(_) => {
+                self.metrics.relay_bad_datagrams.inc();
+                return;
+            }
         };
         let Some(key) = self
             .links
@@ -590,54 +636,146 @@ impl Engine {
         else {
             return;
         };
+        let raw = d.rtp.clone();
         let mut rtp = d.rtp;
         let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut rtp) else {
             self.metrics.relay_bad_datagrams.inc();
             return;
         };
-        self.detect_link_loss(key, d.layer, packet.header.sequence_number);
+        let seq = packet.header.sequence_number;
+        let late = self.detect_link_loss(key, d.layer, seq, now);
+        if let Some(r) = self.tracks.get_mut(&key).and_then(|t| t.relay.as_mut()) {
+            let ring = r.recent.entry(d.layer).or_default();
+            if ring.len() >= RECENT_PACKETS {
+                ring.pop_front();
+            }
+            ring.push_back((seq, raw));
+        }
         let payload_len = packet.payload.len() as u64;
         self.metrics.relay_packets_in.inc();
         self.metrics.bytes_in.inc_by(payload_len);
         self.rate_window.bytes_in += payload_len;
         self.deliver(key, usize::from(d.layer), &packet, now);
+        if late {
+            self.replay_after_late_start(key, d.layer, seq, now);
+        }
     }
 
-    /// Notes a relayed packet's sequence number; a gap is NACKed over the link at once (the
-    /// origin keeps [`RELAY_HISTORY`] datagrams per layer).
-    fn detect_link_loss(&mut self, key: TrackKey, layer: u8, seq: u16) {
-        let Some(r) = self.tracks.get_mut(&key).and_then(|t| t.relay.as_mut()) else {
+    /// A subscriber can start a layer on a keyframe's first packet that arrived late (repaired
+    /// over the link) while the rest of that keyframe came before it and was not forwarded
+    /// (the subscriber was not on the layer yet). Without them the keyframe cannot be decoded
+    /// and the picture freezes until the next one; so subscribers that started at `seq` just
+    /// now get the packets after it that are still held.
+    fn replay_after_late_start(&mut self, key: TrackKey, layer: u8, seq: u16, now: Instant) {
+        let Some(t) = self.tracks.get(&key) else {
             return;
         };
-        let next = r.next_seq.get(&layer).copied();
-        let missing: Vec<u16> = match next {
+        let started: Vec<super::DownKey> = t
+            .downs
+            .iter()
+            .copied()
+            .filter(|d| {
+                self.downs
+                    .get(d)
+                    .is_some_and(|d| d.forwarder.started_at() == Some((layer, seq)))
+            })
+            .collect();
+        if started.is_empty() {
+            return;
+        }
+        let mut after: Vec<(u16, Bytes)> = t
+            .relay
+            .as_ref()
+            .and_then(|r| r.recent.get(&layer))
+            .map(|ring| {
+                ring.iter()
+                    .filter(|(s, _)| crate::sfu::forwarder::seq_after(*s, seq))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        after.sort_by_key(|(s, _)| s.wrapping_sub(seq));
+        for (_, mut raw) in after {
+            let Ok(packet) = rtc::rtp::Packet::unmarshal(&mut raw) else {
+                continue;
+            };
+            for &d in &started {
+                self.forward_to(d, layer, &packet, false, now);
+            }
+        }
+    }
+
+    /// Notes a relayed packet's sequence number: a gap is NACKed over the link at once, and
+    /// packets still missing a little over a round trip later are asked for again, up to
+    /// [`NACK_TRIES`] times (the origin keeps [`RELAY_HISTORY`] datagrams per layer).
+    /// Returns whether the packet is late (older than one already seen).
+    fn detect_link_loss(&mut self, key: TrackKey, layer: u8, seq: u16, now: Instant) -> bool {
+        let Some(r) = self.tracks.get_mut(&key).and_then(|t| t.relay.as_mut()) else {
+            return false;
+        };
+        let rtt = self.links.get(&r.link).map_or(DEFAULT_RTT, |l| l.rtt);
+        // A retransmission takes a round trip plus the far node's turn.
+        let retry_after = rtt + rtt / 4 + std::time::Duration::from_millis(10);
+        let l = r.loss.entry(layer).or_default();
+        let mut ask: Vec<u16> = Vec::new();
+        let mut late = false;
+        match l.next {
             Some(n) if crate::sfu::forwarder::seq_after(seq, n) || seq == n => {
-                r.next_seq.insert(layer, seq.wrapping_add(1));
+                l.next = Some(seq.wrapping_add(1));
                 let gap = seq.wrapping_sub(n);
-                if gap == 0 || gap > MAX_NACK_GAP {
-                    Vec::new()
-                } else {
-                    (0..gap).map(|i| n.wrapping_add(i)).collect()
+                if gap > 0 && gap <= MAX_NACK_GAP {
+                    for i in 0..gap {
+                        let s = n.wrapping_add(i);
+                        ask.push(s);
+                        l.missing.push_back((s, now, 1));
+                    }
                 }
             }
-            // A retransmission or a late packet: nothing to ask for.
-            Some(_) => Vec::new(),
-            None => {
-                r.next_seq.insert(layer, seq.wrapping_add(1));
-                Vec::new()
+            // A retransmission or a late packet: no longer missing.
+            Some(_) => {
+                late = true;
+                l.missing.retain(|(s, _, _)| *s != seq);
             }
-        };
-        if !missing.is_empty() {
+            None => l.next = Some(seq.wrapping_add(1)),
+        }
+        let before = l.missing.len();
+        l.missing
+            .retain(|(_, at, tries)| *tries < NACK_TRIES || now.duration_since(*at) < retry_after);
+        // A packet asked for [`NACK_TRIES`] times is given up: the pictures that need it
+        // cannot be decoded, so the layer restarts at a keyframe.
+        let given_up = l.missing.len() < before;
+        for (s, at, tries) in l.missing.iter_mut() {
+            if now.duration_since(*at) >= retry_after && *tries < NACK_TRIES {
+                ask.push(*s);
+                *at = now;
+                *tries += 1;
+            }
+        }
+        while l.missing.len() > MAX_MISSING {
+            l.missing.pop_front();
+        }
+        if !ask.is_empty() {
             let (link, handle) = (r.link, r.handle);
             self.metrics.relay_nacks.inc();
-            self.send_to_link(
+            self.send_feedback(
                 link,
                 Control::Nack {
                     track: handle,
                     layer,
-                    seqs: missing,
+                    seqs: ask,
                 },
             );
+        }
+        if given_up {
+            self.relay_keyframe_request(key, layer, now);
+        }
+        late
+    }
+
+    /// The link's round-trip time, as QUIC measures it.
+    pub fn relay_rtt(&mut self, link: LinkId, rtt: std::time::Duration) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.rtt = rtt;
         }
     }
 
@@ -685,7 +823,7 @@ impl Engine {
         extensions.sort();
         Some(Control::TrackAnnounce {
             room: t.room.clone(),
-            track: u32::try_from(key).ok()?,
+            track: u32::try_from(key).ok().filter(|h| *h != FEEDBACK_HANDLE)?,
             participant: participant_of(&t.owner),
             origin: self.cfg.node_id.clone(),
             hops: 0,
@@ -906,7 +1044,7 @@ impl Engine {
         r.last_keyframe_request.insert(layer, now);
         let (link, handle) = (r.link, r.handle);
         tracing::debug!(link, handle, layer, "relay keyframe request");
-        self.send_to_link(
+        self.send_feedback(
             link,
             Control::KeyframeRequest {
                 track: handle,
@@ -972,6 +1110,12 @@ impl Engine {
         }
         if let Some(r) = self.tracks.get_mut(&track).and_then(|t| t.relay.as_mut()) {
             r.subscribed = want;
+            // A layer (re)subscribed starts afresh: the packets sent while it was off were
+            // never meant for this node and must not be NACKed.
+            r.loss.retain(|layer, _| {
+                let bit = 1u64 << u32::from(*layer).min(63);
+                want & bit != 0 && had & bit != 0
+            });
         }
     }
 

@@ -44,7 +44,6 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
-use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
@@ -179,6 +178,8 @@ struct Peer {
     remb_bps: Option<f64>,
     /// Send-side GCC estimate from TWCC feedback (see [`DeliverRtcp`]).
     gcc_bps: Arc<AtomicU64>,
+    /// Keyframe requests from the far end (see [`DeliverRtcp`]).
+    keyframe_requests: super::deliver::KeyframeRequests,
 }
 
 impl Peer {
@@ -198,6 +199,31 @@ struct Layer {
     ssrc: Option<u32>,
     bytes: u64,
     bps: f64,
+    /// When its last packet arrived here.
+    last_at: Option<Instant>,
+}
+
+/// A layer being forwarded that has been silent this long, while a lower one still flows, has
+/// been dropped by its publisher (a browser sheds its top layers when short of CPU or
+/// bandwidth): subscribers step down at once rather than after the rate window (seconds).
+const LAYER_STALL: Duration = Duration::from_millis(400);
+
+/// The layer rates as the layer choice should see them at `now`: the forwarded layer `current`
+/// counts as not flowing when it has stalled while a lower layer kept flowing.
+fn rates_seen(t: &PublishedTrack, current: Option<u8>, now: Instant) -> Vec<f64> {
+    let mut bps = cascade::layer_rates(t);
+    let recent = |l: &Layer| {
+        l.last_at
+            .is_some_and(|at| now.saturating_duration_since(at) < LAYER_STALL)
+    };
+    if let Some(c) = current.map(usize::from)
+        && t.layers.get(c).is_some_and(|l| !recent(l))
+        && t.layers[..c.min(t.layers.len())].iter().any(recent)
+        && let Some(b) = bps.get_mut(c)
+    {
+        *b = 0.0;
+    }
+    bps
 }
 
 struct PublishedTrack {
@@ -441,11 +467,16 @@ impl Engine {
         ufrag: &str,
         pwd: &str,
         now: Instant,
-    ) -> Result<(RTCPeerConnection, Arc<AtomicU64>)> {
+    ) -> Result<(
+        RTCPeerConnection,
+        Arc<AtomicU64>,
+        super::deliver::KeyframeRequests,
+    )> {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(Error::rtc)?;
         let deliver = DeliverRtcp::default();
         let estimate = deliver.estimate();
+        let keyframes = deliver.keyframes();
         let registry = Registry::new().with(Slot::from(14_000), deliver);
         for parameter in ["", "pli"] {
             media.register_feedback(
@@ -516,13 +547,13 @@ impl Engine {
             .with_interceptor_registry(registry)
             .build(now)
             .map_err(Error::rtc)?;
-        Ok((pc, estimate))
+        Ok((pc, estimate, keyframes))
     }
 
     fn create_peer(&mut self, session: SessionId, role: Role, now: Instant) -> Result<PeerId> {
         let ufrag = random_hex(8);
         let pwd = random_hex(16);
-        let (pc, gcc_bps) = self.new_peer_connection(role, &ufrag, &pwd, now)?;
+        let (pc, gcc_bps, keyframe_requests) = self.new_peer_connection(role, &ufrag, &pwd, now)?;
         let id = self.next_id();
         self.by_ufrag.insert(ufrag.clone(), id);
         self.peers.insert(
@@ -543,6 +574,7 @@ impl Engine {
                 loss: 0.0,
                 remb_bps: None,
                 gcc_bps,
+                keyframe_requests,
             },
         );
         Ok(id)
@@ -1462,6 +1494,7 @@ impl Engine {
             while let Some(TaggedRTCMessage { message, .. }) = peer.pc.poll_read() {
                 reads.push(message);
             }
+            let keyframe_requests = peer.keyframe_requests.take();
             let timeout = peer.pc.poll_timeout();
             if timeout != peer.timeout {
                 peer.timeout = timeout;
@@ -1474,6 +1507,9 @@ impl Engine {
             }
             for m in reads.drain(..) {
                 self.on_message(peer_id, m, now);
+            }
+            for ssrc in keyframe_requests {
+                self.keyframe_request_from_subscriber(peer_id, ssrc, now);
             }
         }
         self.scratch_events = events;
@@ -1615,6 +1651,7 @@ impl Engine {
                 ssrc: Some(ssrc),
                 bytes: 0,
                 bps: 0.0,
+                last_at: None,
             }]
         } else {
             let mut v: Vec<(u8, String)> = rids
@@ -1629,6 +1666,7 @@ impl Engine {
                     ssrc: None,
                     bytes: 0,
                     bps: 0.0,
+                    last_at: None,
                 })
                 .collect()
         };
@@ -1708,7 +1746,7 @@ impl Engine {
     fn on_message(&mut self, peer_id: PeerId, msg: RTCMessage, now: Instant) {
         match msg {
             RTCMessage::RtpPacket(track_id, packet) => self.on_rtp(peer_id, &track_id, packet, now),
-            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(peer_id, packets, now),
+            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(peer_id, packets),
             RTCMessage::DataChannelMessage(_, m) => {
                 let Some(session) = self.peers.get(&peer_id).map(|p| p.session) else {
                     return;
@@ -1788,6 +1826,7 @@ impl Engine {
             return;
         };
         l.bytes += packet.payload.len() as u64;
+        l.last_at = Some(now);
         if t.codec.is_none() {
             return;
         }
@@ -1957,16 +1996,11 @@ impl Engine {
         }
     }
 
-    fn on_rtcp(&mut self, peer_id: PeerId, packets: Vec<Box<dyn rtc::rtcp::Packet>>, now: Instant) {
+    fn on_rtcp(&mut self, peer_id: PeerId, packets: Vec<Box<dyn rtc::rtcp::Packet>>) {
         for p in packets {
             let any = p.as_any();
-            if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
-                self.keyframe_request_from_subscriber(peer_id, pli.media_ssrc, now);
-            } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
-                for e in &fir.fir {
-                    self.keyframe_request_from_subscriber(peer_id, e.ssrc, now);
-                }
-            } else if any.downcast_ref::<TransportLayerNack>().is_some() {
+            // PLI and FIR are taken before the library routes RTCP (see [`DeliverRtcp`]).
+            if any.downcast_ref::<TransportLayerNack>().is_some() {
                 self.metrics.nacks.inc();
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 if let Some(peer) = self.peers.get_mut(&peer_id) {
@@ -2191,7 +2225,7 @@ impl Engine {
                         loss: p.loss,
                     })
                     .unwrap_or_default();
-                let bps = cascade::layer_rates(t);
+                let bps = rates_seen(t, d.forwarder.current_layer(), now);
                 let chosen = d.selector.decide(link, &bps, now);
                 if chosen != d.forwarder.target_layer() {
                     d.forwarder.set_target(chosen);

@@ -81,6 +81,11 @@ impl Forwarder {
         self.current
     }
 
+    /// The layer being forwarded and the input sequence number it started at.
+    pub fn started_at(&self) -> Option<(u8, u16)> {
+        self.current.map(|l| (l, self.switch_seq))
+    }
+
     /// The layer the forwarder is switching to (or staying on).
     pub fn target_layer(&self) -> Option<u8> {
         self.target
