@@ -5,7 +5,8 @@
 use bytes::{Bytes, BytesMut};
 use media_node::relay::link::RelayEndpoint;
 use media_node::relay::proto::{Control, MediaDatagram};
-use media_node::relay::tls::{RELAY_SERVER_NAME, RelayTls, RelayTrust};
+use media_node::relay::testing::{self, trust, write_pki};
+use media_node::relay::tls::{RelayTls, RelayTrust};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -53,34 +54,8 @@ async fn dev_links_carry_hello_control_and_media_both_ways() {
     assert!(at_fra.rtt() < std::time::Duration::from_millis(100));
 }
 
-/// A CA and certificates for `moim-relay` signed by it, as PEM files in `dir`.
 fn pki(dir: &Path, ca_name: &str, nodes: &[&str]) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca.distinguished_name
-        .push(rcgen::DnType::CommonName, ca_name);
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    std::fs::write(dir.join(format!("{ca_name}.pem")), ca_cert.pem()).expect("write");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    for n in nodes {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let cert = rcgen::CertificateParams::new(vec![RELAY_SERVER_NAME.to_owned()])
-            .expect("params")
-            .signed_by(&key, &issuer)
-            .expect("sign");
-        std::fs::write(dir.join(format!("{n}.pem")), cert.pem()).expect("write");
-        std::fs::write(dir.join(format!("{n}.key")), key.serialize_pem()).expect("write");
-    }
-}
-
-/// Trusts `ca`, presents `node`'s certificate.
-fn trust(dir: &Path, ca: &str, node: &str) -> RelayTrust {
-    RelayTrust::Ca {
-        ca: dir.join(format!("{ca}.pem")),
-        cert: dir.join(format!("{node}.pem")),
-        key: dir.join(format!("{node}.key")),
-    }
+    write_pki(dir, ca_name, nodes).expect("pki");
 }
 
 #[tokio::test]
@@ -118,21 +93,10 @@ async fn mutual_tls_admits_nodes_of_the_ca_and_refuses_others() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A raw QUIC connection that passes TLS (dev) and writes `first` on a new control stream.
 async fn raw_peer(addr: SocketAddr, frames: Vec<Vec<u8>>) -> String {
-    let tls = RelayTls::new(&RelayTrust::Dev).expect("tls");
-    let mut raw = quinn::Endpoint::client(loopback()).expect("client");
-    raw.set_default_client_config(tls.client);
-    let conn = raw
-        .connect(addr, RELAY_SERVER_NAME)
-        .expect("connect")
+    testing::raw_peer(addr, &RelayTrust::Dev, frames)
         .await
-        .expect("handshake");
-    let (mut send, _recv) = conn.open_bi().await.expect("stream");
-    for f in frames {
-        send.write_all(&f).await.expect("write");
-    }
-    conn.closed().await.to_string()
+        .expect("the connection opens")
 }
 
 #[tokio::test]

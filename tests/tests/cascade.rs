@@ -1,5 +1,9 @@
 //! The cascade: media nodes in three regions linked over QUIC, one room across them.
 
+use media_node::relay::link::RelayEndpoint;
+use media_node::relay::proto::Control;
+use media_node::relay::testing::{self, trust, write_pki};
+use media_node::relay::tls::RelayTls;
 use moim_e2e::impair::ImpairedPath;
 use moim_e2e::{Browser, Node, free_udp_port, wait_decoding, wait_status};
 use std::time::{Duration, Instant};
@@ -228,5 +232,108 @@ async fn media_resumes_within_2s_after_the_relay_path_dies_and_returns() -> anyh
     );
     publisher.close().await;
     viewer.close().await;
+    Ok(())
+}
+
+/// The control frame of `msg`.
+fn frame(msg: &Control) -> Vec<u8> {
+    let mut b = bytes::BytesMut::new();
+    msg.encode(&mut b);
+    b.to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_relay_peers_are_cut_off_and_the_node_keeps_serving_its_room() -> anyhow::Result<()>
+{
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let dir = std::env::temp_dir().join(format!("moim-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    write_pki(&dir, "fleet-ca", &["seoul-1", "fra-1"])?;
+    write_pki(&dir, "rogue-ca", &["mallory"])?;
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let relay = format!("127.0.0.1:{}", free_udp_port());
+    let node = Node::start(&[
+        "--node-id",
+        "seoul-1",
+        "--region",
+        "seoul",
+        "--relay-listen",
+        &relay,
+        "--relay-ca",
+        &path("fleet-ca.pem"),
+        "--relay-cert",
+        &path("seoul-1.pem"),
+        "--relay-key",
+        &path("seoul-1.key"),
+    ])
+    .await?;
+    let addr: std::net::SocketAddr = relay.parse()?;
+    let publisher = Browser::whip(&node, "r").await?;
+    let viewer = Browser::whep(&node, "r").await?;
+    wait_decoding(&viewer, "window.whep", 1, Duration::from_secs(30)).await?;
+    let fleet = trust(&dir, "fleet-ca", "fra-1");
+    let hello = frame(&Control::Hello {
+        version: 1,
+        node_id: "fra-1".into(),
+        region: "frankfurt".into(),
+    });
+
+    // A certificate from another CA: refused in the handshake (under TLS 1.3 the client has
+    // finished by the time the node checks its certificate, so it learns it from the close).
+    let rogue = testing::raw_peer(addr, &trust(&dir, "fleet-ca", "mallory"), vec![]).await;
+    let why = rogue.unwrap_or_else(|e| e);
+    assert!(why.contains("UnknownIssuer"), "a rogue certificate: {why}");
+
+    // A fleet certificate, a good hello, then an unknown message type: cut off, told why.
+    let reason = testing::raw_peer(addr, &fleet, vec![hello.clone(), vec![0, 0, 0, 1, 222]])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(
+        reason.contains("unknown relay message type 222"),
+        "{reason}"
+    );
+
+    // A frame claiming 1 GiB.
+    let reason = testing::raw_peer(addr, &fleet, vec![hello.clone(), vec![0x40, 0, 0, 0, 1]])
+        .await
+        .map_err(anyhow::Error::msg)?;
+    assert!(reason.contains("over the limit"), "{reason}");
+
+    // A well-formed link that sends garbage datagrams: they are counted and dropped.
+    let link = RelayEndpoint::bind(
+        "127.0.0.1:0".parse()?,
+        RelayTls::new(&fleet)?,
+        "fra-1",
+        "frankfurt",
+    )?
+    .dial(addr)
+    .await?;
+    let conn = link.connection();
+    for i in 0..200u8 {
+        conn.send_datagram(bytes::Bytes::from(vec![i; usize::from(i % 7)]))?;
+    }
+    conn.send_datagram(bytes::Bytes::from(vec![0xff; 40]))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(node.url("/metrics")).await?.text().await?;
+        if sample(&text, "moim_relay_bad_datagrams_total").unwrap_or(0.0) > 0.0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "garbage datagrams not seen: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    link.close("done");
+
+    // Through all of it the room kept playing.
+    let before: u64 = viewer.frames_decoded("window.whep").await?.iter().sum();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: u64 = viewer.frames_decoded("window.whep").await?.iter().sum();
+    assert!(after > before + 10, "frames {before} -> {after}");
+    publisher.close().await;
+    viewer.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! failure, with backoff), and per link a control reader, a control writer, a datagram reader
 //! and a stats sampler, all feeding the engine task through its command queue.
 
-use super::link::{Link, RelayEndpoint};
+use super::link::{Link, LinkError, RelayEndpoint};
 use super::proto::Control;
 use crate::driver::{Command, EngineHandle, LinkIo};
 use crate::metrics::Metrics;
@@ -150,6 +150,10 @@ async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metr
                 if engine.send_wait(cmd).await.is_err() {
                     break;
                 }
+            }
+            Err(e @ LinkError::Protocol(_)) => {
+                tracing::warn!(%peer, reason = %e, "relay peer broke the protocol; link closed");
+                break;
             }
             Err(e) => {
                 tracing::info!(%peer, reason = %e, "relay link closed");

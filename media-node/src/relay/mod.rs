@@ -8,4 +8,5 @@
 pub mod link;
 pub mod mesh;
 pub mod proto;
+pub mod testing;
 pub mod tls;
