@@ -265,6 +265,7 @@ async fn run(
                     }
                     cmd => handle(&mut engine, cmd, &mut outboxes),
                 }
+                engine.flush(Instant::now());
             }
             () = sleep => engine.handle_timeout(Instant::now()),
         }

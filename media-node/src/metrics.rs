@@ -51,6 +51,8 @@ pub struct Metrics {
     pub relay_packets_in: IntCounter,
     /// RTP packets sent over relay links.
     pub relay_packets_out: IntCounter,
+    /// RTP bytes sent over relay links (what the link's UDP bytes are the overhead of).
+    pub relay_rtp_bytes_out: IntCounter,
     /// Relay messages or datagrams dropped because the relay queue was full.
     pub relay_dropped: IntCounter,
     /// Relay datagrams that did not parse.
@@ -180,6 +182,10 @@ impl Metrics {
             relay_packets_out: counter!(
                 "moim_relay_packets_sent_total",
                 "RTP packets sent over relay links."
+            ),
+            relay_rtp_bytes_out: counter!(
+                "moim_relay_rtp_bytes_sent_total",
+                "RTP bytes sent over relay links (before datagram and QUIC framing)."
             ),
             relay_dropped: counter!(
                 "moim_relay_dropped_total",

@@ -5,6 +5,7 @@
 //! media as datagrams. [`proto`] is the wire codec; the link tasks and the engine's side of
 //! relayed tracks build on it.
 
+pub mod congestion;
 pub mod link;
 pub mod mesh;
 pub mod proto;

@@ -68,12 +68,8 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // has run (seconds), taking keyframes with them. 1,400 fits every 1,500-byte network path
     // with room for IPv6 and a tunnel header; discovery still raises it where it can.
     t.initial_mtu(1400);
-    // Congestion control for media, not bulk data. A loss-based controller (NewReno, CUBIC)
-    // halves its window on every loss: over a 80 ms path with 2% random loss it sits at 3-8
-    // packets (about 0.5 Mbit/s, measured), so datagrams queue for a second and more, and
-    // repairs arrive too late to matter. BBR paces at the measured bottleneck rate and does
-    // not read random loss as congestion; loss is repaired by NACKs over the link.
-    t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    // Media, not bulk data: a fixed window (see `relay::congestion` for the measurements).
+    t.congestion_controller_factory(Arc::new(super::congestion::FixedWindowConfig));
     // Media datagrams: up to 1 MiB queued per link before the oldest are dropped.
     t.datagram_send_buffer_size(1 << 20);
     t.datagram_receive_buffer_size(Some(1 << 20));

@@ -1021,8 +1021,10 @@ impl Engine {
         history
             .packets
             .push_back((packet.header.sequence_number, datagram.clone()));
+        let rtp_len = (datagram.len() - crate::relay::proto::DATAGRAM_HEADER) as u64;
         for link in targets {
             self.metrics.relay_packets_out.inc();
+            self.metrics.relay_rtp_bytes_out.inc_by(rtp_len);
             self.push_out(RelayOut::Media {
                 link,
                 datagram: datagram.clone(),

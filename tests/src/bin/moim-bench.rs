@@ -29,6 +29,9 @@ enum Bench {
     /// The operator: placement decision time, reconciles per second against a mocked API
     /// server, and memory, for 10,000 meetings on 300 nodes in 5 regions.
     Placement(moim_e2e::placement_bench::PlacementArgs),
+    /// Two linked media-nodes: latency added per relay hop, relay packets per core-second,
+    /// and the link's wire overhead over the media it carries.
+    Cascade(moim_e2e::cascade_bench::CascadeArgs),
 }
 
 #[derive(clap::Args)]
@@ -68,6 +71,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.bench {
         Bench::Sfu(args) => sfu(args).await,
+        Bench::Cascade(args) => {
+            let out = moim_e2e::cascade_bench::run(&args).await?;
+            if args.json {
+                println!("{out}");
+            }
+            Ok(())
+        }
         Bench::Placement(args) => {
             let out = moim_e2e::placement_bench::run(&args).await?;
             if args.json {
