@@ -9,8 +9,8 @@
 //!   datagrams as fast as the link takes them, the other decoding them; packets received per
 //!   CPU-second of the process (both ends on one thread, so it is a per-core figure).
 
-use crate::loadgen::{self, Client, SIMULCAST_720P};
-use crate::{Node, dev_token, free_udp_port};
+use crate::loadgen::{self, SIMULCAST_720P, latencies_ms, wait_connected};
+use crate::{Node, dev_token, free_udp_port, metric, percentile};
 use anyhow::Context;
 use bytes::Bytes;
 use media_node::process::cpu_seconds_of;
@@ -37,58 +37,6 @@ pub struct CascadeArgs {
     /// Print a JSON object as the last line.
     #[arg(long)]
     pub json: bool,
-}
-
-async fn metric(http: &reqwest::Client, node: &Node, name: &str) -> anyhow::Result<f64> {
-    let text = http.get(node.url("/metrics")).send().await?.text().await?;
-    text.lines()
-        .find_map(|l| {
-            let (n, v) = l.rsplit_once(' ')?;
-            (n == name).then(|| v.trim().parse::<f64>().ok())?
-        })
-        .with_context(|| format!("{name} not in /metrics"))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn latencies_ms(subs: &[Client]) -> Vec<f64> {
-    let mut v: Vec<f64> = subs
-        .iter()
-        .flat_map(|s| {
-            s.counters
-                .latency_us
-                .lock()
-                .map(|v| {
-                    v.iter()
-                        .map(|&us| f64::from(us) / 1000.0)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect();
-    v.sort_by(f64::total_cmp);
-    v
-}
-
-async fn wait_connected(clients: &[Client]) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while clients
-        .iter()
-        .any(|c| !c.counters.connected.load(Ordering::Relaxed))
-    {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "load-generator connections did not complete"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }
 
 /// Runs the benchmark; returns the JSON summary.
@@ -130,7 +78,7 @@ pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
         &SIMULCAST_720P,
     )
     .await?;
-    wait_connected(std::slice::from_ref(&publisher)).await?;
+    wait_connected(std::slice::from_ref(&publisher), Duration::from_secs(10)).await?;
     let mut on_a = Vec::new();
     let mut on_b = Vec::new();
     for i in 0..args.subscribers {
@@ -139,8 +87,8 @@ pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
         let t = dev_token(room, &format!("b-{i}"));
         on_b.push(loadgen::subscribe(&http, &b.url(""), room, &t, true).await?);
     }
-    wait_connected(&on_a).await?;
-    wait_connected(&on_b).await?;
+    wait_connected(&on_a, Duration::from_secs(30)).await?;
+    wait_connected(&on_b, Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     for s in on_a.iter().chain(&on_b) {
         if let Ok(mut v) = s.counters.latency_us.lock() {

@@ -536,3 +536,23 @@ impl Browser {
         Ok(b)
     }
 }
+
+/// The value of sample `name` (with its labels, as written) in a node's `/metrics`.
+pub async fn metric(http: &reqwest::Client, node: &Node, name: &str) -> anyhow::Result<f64> {
+    let text = http.get(node.url("/metrics")).send().await?.text().await?;
+    text.lines()
+        .find_map(|l| {
+            let (n, v) = l.rsplit_once(' ')?;
+            (n == name).then(|| v.trim().parse::<f64>().ok())?
+        })
+        .with_context(|| format!("{name} not in /metrics"))
+}
+
+/// The `p` quantile of sorted values (nearest rank); NaN when there are none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}

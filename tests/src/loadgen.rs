@@ -700,6 +700,50 @@ fn send_due(pc: &mut RTCPeerConnection, p: &mut Publishing, counters: &Counters,
     }
 }
 
+/// Waits until every client's connection is up; fails if one fails or `timeout` passes.
+pub async fn wait_connected(clients: &[Client], timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let up = clients
+            .iter()
+            .filter(|c| c.counters.connected.load(Ordering::Relaxed))
+            .count();
+        if up == clients.len() {
+            return Ok(());
+        }
+        if clients
+            .iter()
+            .any(|c| c.counters.failed.load(Ordering::Relaxed))
+        {
+            bail!("a load-generator connection failed");
+        }
+        if Instant::now() > deadline {
+            bail!("only {up} of {} connections completed", clients.len());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Forwarding latencies the (full) subscribers measured, in milliseconds, sorted.
+pub fn latencies_ms(subs: &[Client]) -> Vec<f64> {
+    let mut v: Vec<f64> = subs
+        .iter()
+        .flat_map(|s| {
+            s.counters
+                .latency_us
+                .lock()
+                .map(|v| {
+                    v.iter()
+                        .map(|&us| f64::from(us) / 1000.0)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,16 +97,6 @@ fn pin(pid: u32, cpus: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-async fn metric(http: &reqwest::Client, node: &Node, name: &str) -> anyhow::Result<f64> {
-    let text = http.get(node.url("/metrics")).send().await?.text().await?;
-    text.lines()
-        .find_map(|l| {
-            let (n, v) = l.split_once(' ')?;
-            (n == name).then(|| v.trim().parse::<f64>().ok())?
-        })
-        .with_context(|| format!("{name} not in /metrics"))
-}
-
 #[derive(Clone, Copy)]
 struct Snapshot {
     at: Instant,
@@ -127,7 +117,7 @@ async fn snapshot(
         at: Instant::now(),
         node_cpu: cpu_seconds_of(&pid).context("node cpu")?,
         own_cpu: cpu_seconds_of("self").context("own cpu")?,
-        sent: metric(http, node, "moim_rtp_packets_sent_total").await?,
+        sent: moim_e2e::metric(http, node, "moim_rtp_packets_sent_total").await?,
         received: subs
             .iter()
             .map(|s| s.counters.received.load(Ordering::Relaxed))
@@ -137,14 +127,6 @@ async fn snapshot(
             .map(|s| s.counters.expected.load(Ordering::Relaxed))
             .sum(),
     })
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 struct Step {
@@ -200,7 +182,7 @@ async fn sfu(args: SfuArgs) -> anyhow::Result<()> {
     )
     .await
     .context("WHIP publisher")?;
-    wait_connected(std::slice::from_ref(&publisher), Duration::from_secs(10)).await?;
+    loadgen::wait_connected(std::slice::from_ref(&publisher), Duration::from_secs(10)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle_rss = rss_bytes_of(&node.pid().to_string()).unwrap_or(0) as f64;
 
@@ -234,7 +216,7 @@ async fn sfu(args: SfuArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("WHEP subscriber {i}"))?;
             subs.push(sub);
         }
-        wait_connected(&subs, Duration::from_secs(30)).await?;
+        loadgen::wait_connected(&subs, Duration::from_secs(30)).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         for s in subs.iter().take(args.full_subscribers) {
             if let Ok(mut v) = s.counters.latency_us.lock() {
@@ -248,22 +230,7 @@ async fn sfu(args: SfuArgs) -> anyhow::Result<()> {
         let packets = b.sent - a.sent;
         let expected = (b.expected - a.expected) as f64;
         let received = (b.received - a.received) as f64;
-        let mut lat: Vec<f64> = subs
-            .iter()
-            .take(args.full_subscribers)
-            .flat_map(|s| {
-                s.counters
-                    .latency_us
-                    .lock()
-                    .map(|v| {
-                        v.iter()
-                            .map(|&us| f64::from(us) / 1000.0)
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default()
-            })
-            .collect();
-        lat.sort_by(f64::total_cmp);
+        let lat = loadgen::latencies_ms(&subs[..args.full_subscribers.min(subs.len())]);
         let step = Step {
             subscribers: subs.len(),
             node_cores: (b.node_cpu - a.node_cpu) / wall,
@@ -279,8 +246,8 @@ async fn sfu(args: SfuArgs) -> anyhow::Result<()> {
             } else {
                 1.0
             },
-            latency_p50_ms: percentile(&lat, 0.5),
-            latency_p99_ms: percentile(&lat, 0.99),
+            latency_p50_ms: moim_e2e::percentile(&lat, 0.5),
+            latency_p99_ms: moim_e2e::percentile(&lat, 0.99),
             node_rss_mb: rss_bytes_of(&node.pid().to_string()).unwrap_or(0) as f64 / 1e6,
         };
         println!(
@@ -333,7 +300,7 @@ async fn sfu(args: SfuArgs) -> anyhow::Result<()> {
     } else {
         Vec::new()
     };
-    let join_p50 = percentile(&joins, 0.5);
+    let join_p50 = moim_e2e::percentile(&joins, 0.5);
     println!("max subscribers below 1% loss: {max_subscribers}");
     println!("cpu per forwarded packet at that load: {cpu_us:.2} µs");
     println!("node memory per subscriber: {rss_per_sub:.3} MB");
@@ -364,29 +331,6 @@ async fn sfu(args: SfuArgs) -> anyhow::Result<()> {
         println!("{out}");
     }
     Ok(())
-}
-
-async fn wait_connected(clients: &[Client], timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let up = clients
-            .iter()
-            .filter(|c| c.counters.connected.load(Ordering::Relaxed))
-            .count();
-        if up == clients.len() {
-            return Ok(());
-        }
-        if clients
-            .iter()
-            .any(|c| c.counters.failed.load(Ordering::Relaxed))
-        {
-            bail!("a load-generator connection failed");
-        }
-        if Instant::now() > deadline {
-            bail!("only {up} of {} connections completed", clients.len());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Chromium joins a room where another Chromium publishes simulcast camera video; each run is
