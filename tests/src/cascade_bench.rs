@@ -43,26 +43,8 @@ pub struct CascadeArgs {
 pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
     let relay_a = format!("127.0.0.1:{}", free_udp_port());
     let relay_b = format!("127.0.0.1:{}", free_udp_port());
-    let a = Node::start(&[
-        "--node-id",
-        "seoul-1",
-        "--region",
-        "seoul",
-        "--relay-listen",
-        &relay_a,
-    ])
-    .await?;
-    let b = Node::start(&[
-        "--node-id",
-        "fra-1",
-        "--region",
-        "frankfurt",
-        "--relay-listen",
-        &relay_b,
-        "--peer",
-        &relay_a,
-    ])
-    .await?;
+    let a = Node::start_relay("seoul-1", "seoul", &relay_a, &[], &[]).await?;
+    let b = Node::start_relay("fra-1", "frankfurt", &relay_b, &[&relay_a], &[]).await?;
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&http, &b, "moim_relay_links").await? < 1.0 {

@@ -152,6 +152,30 @@ impl Node {
         bail!("media-node did not become healthy")
     }
 
+    /// Starts a dev node `id` in `region` with relay links on `listen`, dialling `peers`, with
+    /// `extra` arguments.
+    pub async fn start_relay(
+        id: &str,
+        region: &str,
+        listen: &str,
+        peers: &[&str],
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let mut args = vec![
+            "--node-id",
+            id,
+            "--region",
+            region,
+            "--relay-listen",
+            listen,
+        ];
+        for p in peers {
+            args.extend(["--peer", p]);
+        }
+        args.extend_from_slice(extra);
+        Self::start(&args).await
+    }
+
     /// `http://<node><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http)
@@ -540,12 +564,14 @@ impl Browser {
 /// The value of sample `name` (with its labels, as written) in a node's `/metrics`.
 pub async fn metric(http: &reqwest::Client, node: &Node, name: &str) -> anyhow::Result<f64> {
     let text = http.get(node.url("/metrics")).send().await?.text().await?;
+    sample(&text, name).with_context(|| format!("{name} not in /metrics"))
+}
+
+/// The value of sample `name` (with its labels, as written) in Prometheus text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| {
-            let (n, v) = l.rsplit_once(' ')?;
-            (n == name).then(|| v.trim().parse::<f64>().ok())?
-        })
-        .with_context(|| format!("{name} not in /metrics"))
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The `p` quantile of sorted values (nearest rank); NaN when there are none.

@@ -1,6 +1,6 @@
 //! The admin surface: Prometheus text that promtool accepts, `/status`, and draining.
 
-use moim_e2e::{Browser, Node, SignalClient, dev_token, wait_decoding, wait_status};
+use moim_e2e::{Browser, Node, SignalClient, dev_token, sample, wait_decoding, wait_status};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,13 +18,6 @@ fn promtool(text: &str) -> anyhow::Result<(bool, String)> {
     let said =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     Ok((out.status.success(), said))
-}
-
-/// The value of an unlabelled sample in Prometheus text.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,40 +5,17 @@ use media_node::relay::proto::Control;
 use media_node::relay::testing::{self, trust, write_pki};
 use media_node::relay::tls::RelayTls;
 use moim_e2e::impair::ImpairedPath;
-use moim_e2e::{Browser, Node, free_udp_port, wait_decoding, wait_status};
+use moim_e2e::{Browser, Node, free_udp_port, sample, wait_decoding, wait_status};
 use std::time::{Duration, Instant};
-
-/// The value of an unlabelled sample in Prometheus text.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// A dev node `id` in `region` with relay links on `listen`, dialling `peers`.
-async fn relay_node(id: &str, region: &str, listen: &str, peers: &[&str]) -> anyhow::Result<Node> {
-    let mut args = vec![
-        "--node-id",
-        id,
-        "--region",
-        region,
-        "--relay-listen",
-        listen,
-    ];
-    for p in peers {
-        args.extend(["--peer", p]);
-    }
-    Node::start(&args).await
-}
 
 /// Three linked nodes: seoul listens, frankfurt dials seoul, virginia dials both.
 async fn three_regions() -> anyhow::Result<Vec<Node>> {
     let relay: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_udp_port()))
         .collect();
-    let seoul = relay_node("seoul-1", "seoul", &relay[0], &[]).await?;
-    let fra = relay_node("fra-1", "frankfurt", &relay[1], &[&relay[0]]).await?;
-    let va = relay_node("va-1", "virginia", &relay[2], &[&relay[0], &relay[1]]).await?;
+    let seoul = Node::start_relay("seoul-1", "seoul", &relay[0], &[], &[]).await?;
+    let fra = Node::start_relay("fra-1", "frankfurt", &relay[1], &[&relay[0]], &[]).await?;
+    let va = Node::start_relay("va-1", "virginia", &relay[2], &[&relay[0], &relay[1]], &[]).await?;
     let nodes = vec![seoul, fra, va];
     let deadline = Instant::now() + Duration::from_secs(20);
     for n in &nodes {
@@ -112,11 +89,11 @@ async fn pair_through(
     loss: f64,
 ) -> anyhow::Result<(Vec<Node>, ImpairedPath, Browser, Browser)> {
     let relay = format!("127.0.0.1:{}", free_udp_port());
-    let seoul = relay_node("seoul-1", "seoul", &relay, &[]).await?;
+    let seoul = Node::start_relay("seoul-1", "seoul", &relay, &[], &[]).await?;
     let path = ImpairedPath::start(relay.parse()?, path_delay, loss).await?;
     let via = path.addr().to_string();
     let fra_relay = format!("127.0.0.1:{}", free_udp_port());
-    let fra = relay_node("fra-1", "frankfurt", &fra_relay, &[&via]).await?;
+    let fra = Node::start_relay("fra-1", "frankfurt", &fra_relay, &[&via], &[]).await?;
     let publisher = Browser::join(&seoul, "r", "ana", true).await?;
     let viewer = Browser::join(&fra, "r", "bo", false).await?;
     wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(40)).await?;
@@ -252,20 +229,20 @@ async fn hostile_relay_peers_are_cut_off_and_the_node_keeps_serving_its_room() -
     write_pki(&dir, "rogue-ca", &["mallory"])?;
     let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
     let relay = format!("127.0.0.1:{}", free_udp_port());
-    let node = Node::start(&[
-        "--node-id",
+    let node = Node::start_relay(
         "seoul-1",
-        "--region",
         "seoul",
-        "--relay-listen",
         &relay,
-        "--relay-ca",
-        &path("fleet-ca.pem"),
-        "--relay-cert",
-        &path("seoul-1.pem"),
-        "--relay-key",
-        &path("seoul-1.key"),
-    ])
+        &[],
+        &[
+            "--relay-ca",
+            &path("fleet-ca.pem"),
+            "--relay-cert",
+            &path("seoul-1.pem"),
+            "--relay-key",
+            &path("seoul-1.key"),
+        ],
+    )
     .await?;
     let addr: std::net::SocketAddr = relay.parse()?;
     let publisher = Browser::whip(&node, "r").await?;
