@@ -381,7 +381,7 @@ fn handle(
             assignment,
             reply,
         } => {
-            let _ = reply.send(engine.assign(&room, assignment));
+            let _ = reply.send(engine.assign(&room, assignment, now));
         }
         Command::Release { room, reply } => {
             let _ = reply.send(engine.release(&room));

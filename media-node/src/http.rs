@@ -7,6 +7,7 @@ use crate::driver::{Command, EngineHandle, SESSION_OUTBOX};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::process::CpuMeter;
+use crate::relay::mesh::Relay;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, State};
@@ -45,6 +46,8 @@ pub struct AppState {
     pub started: Instant,
     /// Development mode: `/dev/token` mints tokens for anyone.
     pub dev: bool,
+    /// Relay links (with `--relay-listen`): assignments name upstream nodes to dial.
+    pub relay: Option<Arc<Relay>>,
 }
 
 impl IntoResponse for Error {
@@ -157,13 +160,26 @@ async fn assign_room(
     check_admin(&s, &headers)?;
     let assignment: RoomAssignment = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest(format!("room assignment: {e}")))?;
+    let upstream: std::collections::BTreeSet<String> = assignment
+        .links
+        .iter()
+        .filter(|l| l.upstream)
+        .filter_map(|l| l.address.clone())
+        .collect();
     let (tx, rx) = tokio::sync::oneshot::channel();
     s.engine.send(Command::Assign {
-        room,
+        room: room.clone(),
         assignment,
         reply: tx,
     })?;
     if rx.await.map_err(|_| Error::EngineUnavailable)?? {
+        match &s.relay {
+            Some(relay) => relay.assign(&room, upstream),
+            None if !upstream.is_empty() => {
+                tracing::warn!(%room, "the assignment names relay links, but this node has no --relay-listen");
+            }
+            None => {}
+        }
         Ok("assigned\n".into_response())
     } else {
         Ok((StatusCode::CONFLICT, "a newer assignment is held\n").into_response())
@@ -178,8 +194,14 @@ async fn release_room(
 ) -> Result<Response, Error> {
     check_admin(&s, &headers)?;
     let (tx, rx) = tokio::sync::oneshot::channel();
-    s.engine.send(Command::Release { room, reply: tx })?;
+    s.engine.send(Command::Release {
+        room: room.clone(),
+        reply: tx,
+    })?;
     rx.await.map_err(|_| Error::EngineUnavailable)?;
+    if let Some(relay) = &s.relay {
+        relay.release(&room);
+    }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -82,7 +82,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics.clone(),
     );
     let handle = driver::spawn(engine, socket);
-    if let Some(relay_addr) = args.relay_listen {
+    let relay = if let Some(relay_addr) = args.relay_listen {
         let trust = match (&args.relay_ca, &args.relay_cert, &args.relay_key) {
             (Some(ca), Some(cert), Some(key)) => RelayTrust::Ca {
                 ca: ca.clone(),
@@ -97,15 +97,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         let endpoint =
             RelayEndpoint::bind(relay_addr, RelayTls::new(&trust)?, &node_id, &args.region)?;
         tracing::info!(relay = %endpoint.local_addr()?, peers = ?args.peers, "relay links listening");
-        relay::mesh::start(
+        Some(relay::mesh::Relay::start(
             Arc::new(endpoint),
             args.peers.clone(),
             handle.clone(),
             metrics.clone(),
-        );
+        ))
     } else if !args.peers.is_empty() {
         bail!("--peer needs --relay-listen (the address this node's relay links use)");
-    }
+    } else {
+        None
+    };
     let state = AppState {
         engine: handle.clone(),
         secret: Arc::new(secret),
@@ -114,6 +116,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         cpu: CpuMeter::start(),
         started: Instant::now(),
         dev: args.dev,
+        relay,
     };
     let listener = TcpListener::bind(args.http)
         .await

@@ -314,3 +314,144 @@ async fn hostile_relay_peers_are_cut_off_and_the_node_keeps_serving_its_room() -
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Puts the operator's plan for `room` on `node`: `links` are (peer, address, upstream).
+async fn assign(
+    http: &reqwest::Client,
+    node: &Node,
+    room: &str,
+    links: &[(&str, Option<&str>, bool)],
+) -> anyhow::Result<()> {
+    let links: Vec<serde_json::Value> = links
+        .iter()
+        .map(|(peer, address, upstream)| {
+            serde_json::json!({"peer": peer, "address": address, "upstream": upstream})
+        })
+        .collect();
+    let r = http
+        .put(node.url(&format!("/admin/rooms/{room}")))
+        .bearer_auth("admin")
+        .json(&serde_json::json!({
+            "meeting": "team/standup", "generation": 1, "reserved": 2, "links": links
+        }))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "assign: {}", r.text().await?);
+    Ok(())
+}
+
+/// Relay links a node has up, as its metrics say.
+async fn links_up(http: &reqwest::Client, node: &Node) -> anyhow::Result<f64> {
+    moim_e2e::metric(http, node, "moim_relay_links").await
+}
+
+/// The operator's tree: Seoul (origin) ← Frankfurt (hub) ← Virginia (edge), with no `--peer`
+/// and no link between Seoul and Virginia. Frankfurt has nobody in the room and passes the
+/// media, the participants and the chat on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_passes_media_on_through_a_hub_with_nobody_in_the_room() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let relay: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_udp_port()))
+        .collect();
+    let admin = ["--admin-token", "admin"];
+    let seoul = Node::start_relay("seoul-1", "seoul", &relay[0], &[], &admin).await?;
+    let fra = Node::start_relay("fra-1", "frankfurt", &relay[1], &[], &admin).await?;
+    let va = Node::start_relay("va-1", "virginia", &relay[2], &[], &admin).await?;
+    let http = reqwest::Client::new();
+    let room = "team.standup";
+    // The edge is planned first and the hub last: a link that wants the room before the hub
+    // knows its plan still gets it.
+    assign(&http, &va, room, &[("fra-1", Some(&relay[1]), true)]).await?;
+    assign(&http, &seoul, room, &[("fra-1", None, false)]).await?;
+    let mut ana = moim_e2e::SignalClient::connect(&seoul).await?;
+    ana.join(&moim_e2e::dev_token(room, "ana")).await?;
+    ana.recv_type("joined", Duration::from_secs(5)).await?;
+    let mut bo = moim_e2e::SignalClient::connect(&va).await?;
+    bo.join(&moim_e2e::dev_token(room, "bo")).await?;
+    bo.recv_type("joined", Duration::from_secs(5)).await?;
+    assign(
+        &http,
+        &fra,
+        room,
+        &[("seoul-1", Some(&relay[0]), true), ("va-1", None, false)],
+    )
+    .await?;
+
+    // Participants and chat cross the hub both ways, with ids qualified by their origin.
+    let joined = bo
+        .recv_type("participant_joined", Duration::from_secs(10))
+        .await?;
+    assert_eq!(joined["participant"]["id"], "seoul-1/p1", "{joined}");
+    let joined = ana
+        .recv_type("participant_joined", Duration::from_secs(10))
+        .await?;
+    assert_eq!(joined["participant"]["id"], "va-1/p1", "{joined}");
+    ana.send_text(serde_json::json!({"type": "chat", "text": "hi from seoul"}).to_string())
+        .await?;
+    let chat = bo.recv_type("chat", Duration::from_secs(10)).await?;
+    assert_eq!(
+        (chat["from"].as_str(), chat["text"].as_str()),
+        (Some("seoul-1/p1"), Some("hi from seoul"))
+    );
+
+    // Media: a browser publishes in Seoul, another watches in Virginia.
+    let publisher = Browser::join(&seoul, room, "cam", true).await?;
+    let viewer = Browser::join(&va, room, "eye", false).await?;
+    wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(40)).await?;
+    assert_eq!(
+        links_up(&http, &seoul).await?,
+        1.0,
+        "Seoul links with the hub only"
+    );
+    assert_eq!(
+        links_up(&http, &va).await?,
+        1.0,
+        "Virginia links with the hub only"
+    );
+    assert_eq!(links_up(&http, &fra).await?, 2.0);
+    let hub = reqwest::get(fra.url("/metrics")).await?.text().await?;
+    assert!(
+        sample(&hub, "moim_relay_packets_sent_total").unwrap_or(0.0) > 50.0,
+        "the hub passes the media on:\n{hub}"
+    );
+    assert_eq!(sample(&hub, "moim_participants"), Some(0.0), "{hub}");
+
+    // Everyone leaves Virginia: the hub lets go of the room (Seoul's own room stays).
+    viewer.close().await;
+    drop(bo);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s: serde_json::Value = http
+            .get(fra.url("/status"))
+            .bearer_auth("admin")
+            .send()
+            .await?
+            .json()
+            .await?;
+        if s["room_participants"]
+            .as_object()
+            .is_some_and(|m| m.is_empty())
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the hub holds the room: {s}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(seoul.url("/metrics")).await?.text().await?;
+        let before = sample(&text, "moim_relay_packets_sent_total").unwrap_or(0.0);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let text = reqwest::get(seoul.url("/metrics")).await?.text().await?;
+        if sample(&text, "moim_relay_packets_sent_total").unwrap_or(0.0) == before {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "Seoul still relays to a hub nobody wants"
+        );
+    }
+    publisher.close().await;
+    Ok(())
+}

@@ -1,14 +1,16 @@
-//! The tasks that keep a node's relay links: accept links, dial each `--peer` (again after a
-//! failure, with backoff), and per link a control reader, a control writer, a datagram reader
-//! and a stats sampler, all feeding the engine task through its command queue.
+//! The tasks that keep a node's relay links: accept links, dial each `--peer` and each
+//! upstream node the operator's assignments name (again after a failure, with backoff), and
+//! per link a control reader, a control writer, a datagram reader and a stats sampler, all
+//! feeding the engine task through its command queue.
 
 use super::link::{Link, LinkError, RelayEndpoint};
 use super::proto::Control;
 use crate::driver::{Command, EngineHandle, LinkIo};
 use crate::metrics::Metrics;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -22,39 +24,127 @@ pub const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// into a dark path would otherwise wait out QUIC's handshake backoff long after the path
 /// returns).
 pub const DIAL_TIMEOUT: Duration = Duration::from_millis(700);
+/// Most addresses the operator's assignments can make a node dial at once.
+pub const MAX_DIALS: usize = 256;
 
 static NEXT_LINK: AtomicU64 = AtomicU64::new(1);
 
-/// Starts accepting links on `endpoint` and dialling `peers`.
-pub fn start(
+/// A node's relay links: the accept loop and the dial loops.
+pub struct Relay {
     endpoint: Arc<RelayEndpoint>,
-    peers: Vec<SocketAddr>,
     engine: EngineHandle,
     metrics: Metrics,
-) {
-    {
-        let (endpoint, engine, metrics) = (endpoint.clone(), engine.clone(), metrics.clone());
+    /// Upstream addresses per assigned room.
+    wanted: Mutex<Wanted>,
+}
+
+#[derive(Default)]
+struct Wanted {
+    by_room: HashMap<String, BTreeSet<String>>,
+    /// Dial loops of assigned addresses: cleared to let one stop.
+    dials: HashMap<String, Arc<AtomicBool>>,
+}
+
+impl Relay {
+    /// Starts accepting links on `endpoint` and dialling `peers` for as long as the node runs.
+    pub fn start(
+        endpoint: Arc<RelayEndpoint>,
+        peers: Vec<SocketAddr>,
+        engine: EngineHandle,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        let relay = Arc::new(Self {
+            endpoint,
+            engine,
+            metrics,
+            wanted: Mutex::new(Wanted::default()),
+        });
+        let accepting = relay.clone();
         tokio::spawn(async move {
-            while let Some(r) = endpoint.accept().await {
+            while let Some(r) = accepting.endpoint.accept().await {
                 match r {
                     Ok(link) => {
-                        tokio::spawn(run_link(link, false, engine.clone(), metrics.clone()));
+                        let (engine, metrics) =
+                            (accepting.engine.clone(), accepting.metrics.clone());
+                        tokio::spawn(run_link(link, false, engine, metrics));
                     }
                     Err(e) => tracing::warn!(error = %e, "relay link refused"),
                 }
             }
         });
+        for peer in peers {
+            relay.spawn_dial(peer.to_string(), Arc::new(AtomicBool::new(true)));
+        }
+        relay
     }
-    for peer in peers {
-        let (endpoint, engine, metrics) = (endpoint.clone(), engine.clone(), metrics.clone());
+
+    /// The operator assigned `room` with these upstream relay addresses (`host:port`): they
+    /// are dialled until no assignment names them. A link already up when its last room goes
+    /// stays until it breaks (the far node may carry other rooms over it).
+    pub fn assign(&self, room: &str, upstream: BTreeSet<String>) {
+        let Ok(mut w) = self.wanted.lock() else {
+            return;
+        };
+        w.by_room.insert(room.to_owned(), upstream);
+        self.sync(&mut w);
+    }
+
+    /// The operator released `room`.
+    pub fn release(&self, room: &str) {
+        let Ok(mut w) = self.wanted.lock() else {
+            return;
+        };
+        w.by_room.remove(room);
+        self.sync(&mut w);
+    }
+
+    fn sync(&self, w: &mut Wanted) {
+        let all: BTreeSet<String> = w.by_room.values().flatten().cloned().collect();
+        w.dials.retain(|addr, keep| {
+            let wanted = all.contains(addr);
+            if !wanted {
+                keep.store(false, Ordering::Relaxed);
+            }
+            wanted
+        });
+        for addr in all {
+            if w.dials.len() >= MAX_DIALS {
+                tracing::warn!(
+                    limit = MAX_DIALS,
+                    "too many relay addresses assigned; not dialling the rest"
+                );
+                break;
+            }
+            if !w.dials.contains_key(&addr) {
+                let keep = Arc::new(AtomicBool::new(true));
+                w.dials.insert(addr.clone(), keep.clone());
+                self.spawn_dial(addr, keep);
+            }
+        }
+    }
+
+    /// Dials `addr` (`host:port`), again whenever the link fails, while `keep` holds.
+    fn spawn_dial(&self, addr: String, keep: Arc<AtomicBool>) {
+        let (endpoint, engine, metrics) = (
+            self.endpoint.clone(),
+            self.engine.clone(),
+            self.metrics.clone(),
+        );
         tokio::spawn(async move {
             let mut backoff = MIN_BACKOFF;
-            loop {
-                match tokio::time::timeout(DIAL_TIMEOUT, endpoint.dial(peer))
+            while keep.load(Ordering::Relaxed) {
+                let dial = async {
+                    let peer = tokio::net::lookup_host(addr.as_str())
+                        .await
+                        .map_err(|e| LinkError::Handshake(format!("resolving {addr}: {e}")))?
+                        .next()
+                        .ok_or_else(|| LinkError::Handshake(format!("{addr} has no address")))?;
+                    endpoint.dial(peer).await
+                };
+                match tokio::time::timeout(DIAL_TIMEOUT, dial)
                     .await
-                    .unwrap_or_else(|_| {
-                        Err(super::link::LinkError::Handshake("dial timed out".into()))
-                    }) {
+                    .unwrap_or_else(|_| Err(LinkError::Handshake("dial timed out".into())))
+                {
                     Ok(link) => {
                         let up = Instant::now();
                         run_link(link, true, engine.clone(), metrics.clone()).await;
@@ -62,11 +152,12 @@ pub fn start(
                             backoff = MIN_BACKOFF;
                         }
                     }
-                    Err(e) => tracing::debug!(%peer, error = %e, "relay dial failed"),
+                    Err(e) => tracing::debug!(%addr, error = %e, "relay dial failed"),
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
+            tracing::debug!(%addr, "no longer dialled");
         });
     }
 }

@@ -6,8 +6,19 @@
 //! like any other (its subscribers, layer choice and keyframe requests work the same), except
 //! that its packets come from the link and its keyframe requests go back over it. Only the
 //! layers someone here needs are subscribed (the far node's `LayerRates` say what each layer
-//! carries, so the layer choice does not need them all flowing). Each node announces only the
-//! tracks published on it (hops = 0), so a mesh of nodes never loops.
+//! carries, so the layer choice does not need them all flowing).
+//!
+//! Two shapes of cascade, told apart per room:
+//! - **Mesh** (standalone `--peer` nodes, rooms without an operator assignment): every node
+//!   links with every other, so each announces only what is published on it (hops = 0) and
+//!   nothing is passed on; a mesh cannot loop.
+//! - **Tree** (rooms the operator assigned with relay links): only the links the assignment
+//!   names carry the room, and a node passes what arrives over one of them on to the others
+//!   (origin → hub → edge), as a route reflector does. A hub with nobody in the room holds it
+//!   open while two or more of its tree links want it. Announcements carry their origin and hop count: one that
+//!   comes back to its origin, or has made [`MAX_HOPS`] hops, is dropped, so even a wrong plan
+//!   cannot make a loop. Participant ids are qualified once, by the node that first relays
+//!   them (`origin/p3`), and keep that id on every further hop.
 //!
 //! Nothing here touches a socket: messages and datagrams for links queue in
 //! [`Engine::poll_relay`]'s queue, bounded by [`RELAY_OUT_MAX`]; when it is full the oldest
@@ -76,6 +87,9 @@ pub struct LinkState {
 pub struct RelayedTrack {
     link: LinkId,
     handle: u32,
+    /// The node it is published on, and the hops it made to get here.
+    origin: String,
+    hops: u8,
     /// Layers subscribed, as a bit set.
     subscribed: u64,
     /// What each layer carries at the origin, bits per second.
@@ -118,6 +132,8 @@ const DEFAULT_RTT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Most tracks one link may announce (a bound on what a far node can make us hold).
 const MAX_TRACKS_PER_LINK: usize = 4096;
+/// Most hops an announcement may have made; further ones are dropped (a loop in a plan).
+pub const MAX_HOPS: u8 = 4;
 /// Keyframe requests for one layer travel upstream at most this often.
 const KEYFRAME_GAP: std::time::Duration = std::time::Duration::from_millis(300);
 
@@ -143,6 +159,15 @@ fn participant_of(p: &ParticipantInfo) -> Participant {
         id: p.id.clone(),
         identity: p.identity.clone(),
         name: p.name.clone(),
+    }
+}
+
+/// A far participant's id here: qualified with the node it is on (`seoul-1/p3`), once.
+fn remote_id(peer: &str, id: &str) -> String {
+    if id.contains('/') {
+        id.to_owned()
+    } else {
+        format!("{peer}/{id}")
     }
 }
 
@@ -191,16 +216,71 @@ impl Engine {
         });
     }
 
-    /// Links interested in `room`.
+    /// Whether `room` is cascaded as a tree here (the operator assigned it with relay links).
+    fn is_tree(&self, room: &str) -> bool {
+        self.assignments
+            .get(room)
+            .is_some_and(|a| !a.links.is_empty())
+    }
+
+    /// Whether `link` carries `room`: any link in a mesh, only the assignment's links in a tree.
+    fn carries(&self, link: LinkId, room: &str) -> bool {
+        let Some(l) = self.links.get(&link) else {
+            return false;
+        };
+        match self.assignments.get(room) {
+            Some(a) if !a.links.is_empty() => a.links.iter().any(|t| t.peer == l.node_id),
+            _ => true,
+        }
+    }
+
+    /// Links that carry `room` and want it.
     fn links_for(&self, room: &str) -> Vec<LinkId> {
         let mut v: Vec<LinkId> = self
             .links
             .iter()
-            .filter(|(_, l)| l.interests.contains(room))
+            .filter(|(id, l)| l.interests.contains(room) && self.carries(**id, room))
             .map(|(id, _)| *id)
             .collect();
         v.sort_unstable();
         v
+    }
+
+    /// Links that what came over `from` in `room` is passed on to (none in a mesh).
+    fn links_onward(&self, room: &str, from: LinkId) -> Vec<LinkId> {
+        if !self.is_tree(room) {
+            return Vec::new();
+        }
+        let mut v = self.links_for(room);
+        v.retain(|l| *l != from);
+        v
+    }
+
+    /// Whether `room` is open here for the tree's sake: two or more of its links want it, so
+    /// this node has something to pass between them (a hub with nobody in the room).
+    pub(super) fn relay_holds(&self, room: &str) -> bool {
+        self.is_tree(room) && self.links_for(room).len() >= 2
+    }
+
+    /// Closes `room` if nobody is in it here, no viewer is expected and no tree link wants it.
+    pub(super) fn close_if_idle(&mut self, room: &str, now: Instant) {
+        let idle = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| r.sessions.is_empty() && r.keep_until.is_none_or(|t| t <= now));
+        if idle && !self.relay_holds(room) {
+            self.relay_room_closed(room, now);
+            self.rooms.remove(room);
+        }
+    }
+
+    /// Whether `t` is announced to `link`: its own tracks to every link that carries
+    /// the room, relayed ones onward in a tree only, and never back where they came from.
+    fn announced_to(&self, t: &PublishedTrack, link: LinkId) -> bool {
+        match &t.relay {
+            None => true,
+            Some(r) => r.link != link && self.is_tree(&t.room),
+        }
     }
 
     fn count_streams(&self, link: LinkId) {
@@ -241,7 +321,12 @@ impl Engine {
                 rtt: DEFAULT_RTT,
             },
         );
-        let mut rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        let mut rooms: Vec<String> = self
+            .rooms
+            .keys()
+            .filter(|r| self.carries(link, r))
+            .cloned()
+            .collect();
         rooms.sort();
         for room in rooms {
             self.send_to_link(link, Control::Interest { room, on: true });
@@ -279,13 +364,42 @@ impl Engine {
                 })
                 .unwrap_or_default();
             for participant_id in gone {
+                for onward in self.links_onward(&room, link) {
+                    self.send_to_link(
+                        onward,
+                        Control::ParticipantLeft {
+                            room: room.clone(),
+                            id: participant_id.clone(),
+                        },
+                    );
+                }
                 self.broadcast(&room, 0, &ServerMessage::ParticipantLeft { participant_id });
             }
         }
-        for t in self.tracks.values_mut() {
-            t.relay_subs.retain(|(l, _)| *l != link);
-        }
+        self.drop_relay_subs(|l, _| l == link);
         self.metrics.relay_links.set(self.links.len() as i64);
+        // A hub held rooms open for that link.
+        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        for room in rooms {
+            self.close_if_idle(&room, now);
+        }
+    }
+
+    /// Removes links' subscriptions to tracks (`drop(link, room)` says which) and brings the
+    /// relayed tracks' own subscriptions upstream in line.
+    fn drop_relay_subs(&mut self, drop: impl Fn(LinkId, &str) -> bool) {
+        let mut changed: Vec<TrackKey> = Vec::new();
+        for (k, t) in self.tracks.iter_mut() {
+            let before = t.relay_subs.len();
+            let room = t.room.as_str();
+            t.relay_subs.retain(|(l, _)| !drop(*l, room));
+            if t.relay_subs.len() != before && t.relay.is_some() {
+                changed.push(*k);
+            }
+        }
+        for k in changed {
+            self.sync_relay_subscriptions(k);
+        }
     }
 
     /// A control message from a link.
@@ -299,6 +413,10 @@ impl Engine {
                 tracing::info!(link, %peer, %reason, "relay peer said goodbye");
             }
             Control::Interest { room, on } => {
+                if !self.carries(link, &room) {
+                    tracing::debug!(link, %peer, %room, "interest from a link outside the room's tree");
+                    return;
+                }
                 if let Some(l) = self.links.get_mut(&link) {
                     if on {
                         l.interests.insert(room.clone());
@@ -307,19 +425,22 @@ impl Engine {
                     }
                 }
                 if on {
+                    if !self.rooms.contains_key(&room) && self.relay_holds(&room) {
+                        // A hub: the room opens here for the tree's sake.
+                        self.open_room(&room, None, now);
+                    }
                     self.send_room_to(link, &room);
                 } else {
-                    for t in self.tracks.values_mut().filter(|t| t.room == room) {
-                        t.relay_subs.retain(|(l, _)| *l != link);
-                    }
+                    self.drop_relay_subs(|l, r| l == link && r == room);
+                    self.close_if_idle(&room, now);
                 }
             }
             Control::TrackAnnounce {
                 room,
                 track,
                 participant,
-                origin: _,
-                hops: _,
+                origin,
+                hops,
                 kind,
                 source,
                 codec,
@@ -334,7 +455,26 @@ impl Engine {
                     .get(&link)
                     .map(|l| (l.by_handle.contains_key(&track), l.by_handle.len()));
                 let Some((dup, count)) = known else { return };
-                if dup || !self.rooms.contains_key(&room) {
+                if dup || !self.rooms.contains_key(&room) || !self.carries(link, &room) {
+                    return;
+                }
+                if origin == self.cfg.node_id || hops >= MAX_HOPS {
+                    tracing::warn!(link, %peer, %origin, hops, "relayed track came round a loop; dropped");
+                    return;
+                }
+                // A plan with a cycle brings the same track over two links: take it once.
+                let owner = remote_id(&peer, &participant.id);
+                let twice = self.tracks.values().any(|t| {
+                    t.room == room
+                        && t.owner.id == owner
+                        && source_name(t.source) == source
+                        && (t.kind == RtpCodecKind::Audio) == (kind == MediaKind::Audio)
+                        && t.relay
+                            .as_ref()
+                            .is_some_and(|r| r.origin == origin && r.link != link)
+                });
+                if twice {
+                    tracing::debug!(link, %peer, %origin, "track already relayed over another link");
                     return;
                 }
                 if count >= MAX_TRACKS_PER_LINK {
@@ -347,6 +487,7 @@ impl Engine {
                 self.add_relayed_track(
                     link,
                     track,
+                    (origin, hops),
                     room,
                     &peer,
                     participant,
@@ -376,25 +517,42 @@ impl Engine {
             }
             Control::Subscribe { track, layer } => {
                 let key = TrackKey::from(track);
-                let local = self.tracks.get(&key).is_some_and(|t| {
-                    t.relay.is_none() && self.links[&link].interests.contains(&t.room)
+                let allowed = self.tracks.get(&key).is_some_and(|t| {
+                    self.announced_to(t, link)
+                        && usize::from(layer) < t.layers.len()
+                        && self.links_for(&t.room).contains(&link)
                 });
-                if local && let Some(t) = self.tracks.get_mut(&key) {
-                    if !t.relay_subs.contains(&(link, layer)) {
-                        t.relay_subs.push((link, layer));
-                    }
+                let Some(t) = self.tracks.get_mut(&key).filter(|_| allowed) else {
+                    return;
+                };
+                if !t.relay_subs.contains(&(link, layer)) {
+                    t.relay_subs.push((link, layer));
+                }
+                // Passed on: the layer is subscribed upstream too (the origin starts it on a
+                // keyframe), or, already flowing here, a keyframe is asked for.
+                let flowing = t
+                    .relay
+                    .as_ref()
+                    .map(|r| r.subscribed & (1u64 << u32::from(layer).min(63)) != 0);
+                if flowing == Some(false) {
+                    self.sync_relay_subscriptions(key);
+                } else {
                     // Start the far side on a keyframe.
                     self.send_pli(key, layer, now);
                 }
             }
             Control::Unsubscribe { track, layer } => {
-                if let Some(t) = self.tracks.get_mut(&TrackKey::from(track)) {
+                let key = TrackKey::from(track);
+                if let Some(t) = self.tracks.get_mut(&key) {
                     t.relay_subs.retain(|s| *s != (link, layer));
+                    if t.relay.is_some() {
+                        self.sync_relay_subscriptions(key);
+                    }
                 }
             }
             Control::KeyframeRequest { track, layer } => {
                 let key = TrackKey::from(track);
-                if self.tracks.get(&key).is_some_and(|t| t.relay.is_none()) {
+                if self.tracks.contains_key(&key) {
                     self.send_pli(key, layer, now);
                 }
             }
@@ -422,10 +580,15 @@ impl Engine {
             }
             Control::ParticipantJoined { room, participant } => {
                 let info = ParticipantInfo {
-                    id: format!("{peer}/{}", participant.id),
+                    id: remote_id(&peer, &participant.id),
                     identity: participant.identity,
                     name: participant.name,
                 };
+                if info.id.starts_with(&format!("{}/", self.cfg.node_id))
+                    || !self.carries(link, &room)
+                {
+                    return;
+                }
                 let Some(r) = self.rooms.get_mut(&room) else {
                     return;
                 };
@@ -433,6 +596,15 @@ impl Engine {
                     return;
                 }
                 r.remote.push((link, info.clone()));
+                for onward in self.links_onward(&room, link) {
+                    self.send_to_link(
+                        onward,
+                        Control::ParticipantJoined {
+                            room: room.clone(),
+                            participant: participant_of(&info),
+                        },
+                    );
+                }
                 self.broadcast(
                     &room,
                     0,
@@ -440,13 +612,22 @@ impl Engine {
                 );
             }
             Control::ParticipantLeft { room, id } => {
-                let id = format!("{peer}/{id}");
+                let id = remote_id(&peer, &id);
                 let removed = self.rooms.get_mut(&room).is_some_and(|r| {
                     let before = r.remote.len();
-                    r.remote.retain(|(_, p)| p.id != id);
+                    r.remote.retain(|(l, p)| !(p.id == id && *l == link));
                     r.remote.len() != before
                 });
                 if removed {
+                    for onward in self.links_onward(&room, link) {
+                        self.send_to_link(
+                            onward,
+                            Control::ParticipantLeft {
+                                room: room.clone(),
+                                id: id.clone(),
+                            },
+                        );
+                    }
                     self.broadcast(
                         &room,
                         0,
@@ -460,12 +641,29 @@ impl Engine {
                 text,
                 at_ms,
             } => {
-                if !self.rooms.contains_key(&room) || text.len() > moim_wire::signal::MAX_CHAT_BYTES
+                if !self.rooms.contains_key(&room)
+                    || text.len() > moim_wire::signal::MAX_CHAT_BYTES
+                    || !self.carries(link, &room)
                 {
                     return;
                 }
+                let from = Participant {
+                    id: remote_id(&peer, &from.id),
+                    ..from
+                };
+                for onward in self.links_onward(&room, link) {
+                    self.send_to_link(
+                        onward,
+                        Control::Chat {
+                            room: room.clone(),
+                            from: from.clone(),
+                            text: text.clone(),
+                            at_ms,
+                        },
+                    );
+                }
                 let frame = ChatFrame {
-                    from: format!("{peer}/{}", from.id),
+                    from: from.id,
                     name: from.name,
                     text,
                     ts_ms: at_ms,
@@ -514,6 +712,7 @@ impl Engine {
         &mut self,
         link: LinkId,
         handle: u32,
+        (origin, hops): (String, u8),
         room: String,
         peer: &str,
         participant: Participant,
@@ -554,7 +753,7 @@ impl Engine {
             });
         }
         let owner = ParticipantInfo {
-            id: format!("{peer}/{}", participant.id),
+            id: remote_id(peer, &participant.id),
             identity: participant.identity,
             name: participant.name,
         };
@@ -570,6 +769,8 @@ impl Engine {
                 relay: Some(RelayedTrack {
                     link,
                     handle,
+                    origin,
+                    hops,
                     subscribed: 0,
                     remote_bps: Vec::new(),
                     last_keyframe_request: HashMap::new(),
@@ -616,6 +817,7 @@ impl Engine {
                 tracing::warn!(session = s, error = %e, "cannot re-offer");
             }
         }
+        self.relay_announce_to_all(key);
     }
 
     /// A media datagram from a link.
@@ -779,17 +981,26 @@ impl Engine {
         }
     }
 
-    /// Sends `link` what this node has of `room`: its participants and its own tracks.
+    /// Sends `link` what this node has of `room`: its participants and its own tracks, and in
+    /// a tree also what came over its other links.
     fn send_room_to(&mut self, link: LinkId, room: &str) {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
-        let people: Vec<Participant> = r
+        let mut people: Vec<Participant> = r
             .sessions
             .iter()
             .filter_map(|s| self.sessions.get(s))
             .map(|s| participant_of(&s.participant))
             .collect();
+        if self.is_tree(room) {
+            people.extend(
+                r.remote
+                    .iter()
+                    .filter(|(l, _)| *l != link)
+                    .map(|(_, p)| participant_of(p)),
+            );
+        }
         let tracks: Vec<TrackKey> = r.tracks.clone();
         for participant in people {
             self.send_to_link(
@@ -801,7 +1012,7 @@ impl Engine {
             );
         }
         for key in tracks {
-            if let Some(msg) = self.announcement(key) {
+            if let Some(msg) = self.announcement(key, link) {
                 self.send_to_link(link, msg);
                 if let Some(rates) = self.rates_of(key) {
                     self.send_to_link(link, rates);
@@ -810,13 +1021,17 @@ impl Engine {
         }
     }
 
-    /// The announcement of a track published here (none for relayed tracks: no onward
-    /// forwarding in a mesh).
-    fn announcement(&self, key: TrackKey) -> Option<Control> {
+    /// The announcement of a track to `link`, if it is announced there (see
+    /// [`Engine::announced_to`]).
+    fn announcement(&self, key: TrackKey, link: LinkId) -> Option<Control> {
         let t = self.tracks.get(&key)?;
-        if t.relay.is_some() {
+        if !self.announced_to(t, link) {
             return None;
         }
+        let (origin, hops) = match &t.relay {
+            None => (self.cfg.node_id.clone(), 0),
+            Some(r) => (r.origin.clone(), r.hops.saturating_add(1)),
+        };
         let codec = t.codec.as_ref()?;
         let mut extensions: Vec<(u8, String)> =
             t.ext_uris.iter().map(|(id, u)| (*id, u.clone())).collect();
@@ -825,8 +1040,8 @@ impl Engine {
             room: t.room.clone(),
             track: u32::try_from(key).ok().filter(|h| *h != FEEDBACK_HANDLE)?,
             participant: participant_of(&t.owner),
-            origin: self.cfg.node_id.clone(),
-            hops: 0,
+            origin,
+            hops,
             kind: if t.kind == RtpCodecKind::Audio {
                 MediaKind::Audio
             } else {
@@ -854,11 +1069,16 @@ impl Engine {
             r.keep_until = Some(keep);
             return;
         }
+        self.open_room(room, Some(keep), now);
+    }
+
+    /// Opens `room` here with nobody in it, and asks the links that carry it for it.
+    fn open_room(&mut self, room: &str, keep_until: Option<Instant>, now: Instant) {
         self.rooms.insert(
             room.to_owned(),
             super::Room {
                 sessions: Vec::new(),
-                keep_until: Some(keep),
+                keep_until,
                 remote: Vec::new(),
                 tracks: Vec::new(),
                 speakers: super::SpeakerDetector::default(),
@@ -869,9 +1089,27 @@ impl Engine {
         self.relay_room_opened(room);
     }
 
+    /// The operator (re)assigned `room`: links its tree names are asked for it if it is open
+    /// here, and a hub opens it when such a link already wants it.
+    pub(super) fn relay_assigned(&mut self, room: &str, now: Instant) {
+        let wanted = self.relay_holds(room);
+        if !self.rooms.contains_key(room) {
+            if wanted {
+                self.open_room(room, None, now);
+            }
+            return;
+        }
+        self.relay_room_opened(room);
+    }
+
     /// Tells every link whether this node has participants in `room`.
     fn interest_to_all(&mut self, room: &str, on: bool) {
-        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        let links: Vec<LinkId> = self
+            .links
+            .keys()
+            .copied()
+            .filter(|l| self.carries(*l, room))
+            .collect();
         for link in links {
             self.send_to_link(
                 link,
@@ -930,58 +1168,59 @@ impl Engine {
         }
     }
 
-    /// A track was removed: withdraw it from links (local) or forget its handle (relayed).
+    /// A track was removed: withdraw it from the links it was announced to, and forget its
+    /// handle on the link it came over (relayed).
     pub(super) fn relay_track_removed(&mut self, key: TrackKey, t: &PublishedTrack) {
-        match &t.relay {
-            Some(r) => {
-                if let Some(l) = self.links.get_mut(&r.link) {
-                    l.by_handle.remove(&r.handle);
-                }
-            }
-            None => {
-                self.relay_history.retain(|(k, _), _| *k != key);
-                let Ok(handle) = u32::try_from(key) else {
-                    return;
-                };
-                for link in self.links_for(&t.room) {
-                    self.send_to_link(
-                        link,
-                        Control::TrackWithdraw {
-                            room: t.room.clone(),
-                            track: handle,
-                        },
-                    );
-                }
+        if let Some(r) = &t.relay
+            && let Some(l) = self.links.get_mut(&r.link)
+        {
+            l.by_handle.remove(&r.handle);
+        }
+        self.relay_history.retain(|(k, _), _| *k != key);
+        let Ok(handle) = u32::try_from(key) else {
+            return;
+        };
+        for link in self.links_for(&t.room) {
+            if self.announced_to(t, link) {
+                self.send_to_link(
+                    link,
+                    Control::TrackWithdraw {
+                        room: t.room.clone(),
+                        track: handle,
+                    },
+                );
             }
         }
     }
 
-    /// A local track appeared: announce it to links that want its room.
+    /// A track appeared (published here, or relayed in a tree): announce it to links that
+    /// want its room.
     pub(super) fn relay_announce_to_all(&mut self, key: TrackKey) {
         let Some(room) = self.tracks.get(&key).map(|t| t.room.clone()) else {
             return;
         };
-        let Some(msg) = self.announcement(key) else {
-            return;
-        };
         let rates = self.rates_of(key);
         for link in self.links_for(&room) {
-            self.send_to_link(link, msg.clone());
+            let Some(msg) = self.announcement(key, link) else {
+                continue;
+            };
+            self.send_to_link(link, msg);
             if let Some(r) = &rates {
                 self.send_to_link(link, r.clone());
             }
         }
     }
 
-    /// What each layer of a local simulcast track carries now.
+    /// What each layer of a simulcast track carries now (for a relayed track, what the layer
+    /// choice here goes by: see [`layer_rates`]).
     fn rates_of(&self, key: TrackKey) -> Option<Control> {
         let t = self.tracks.get(&key)?;
-        if t.relay.is_some() || t.layers.len() < 2 {
+        if t.layers.len() < 2 {
             return None;
         }
         Some(Control::LayerRates {
             track: u32::try_from(key).ok()?,
-            bps: t.layers.iter().map(|l| l.bps as u32).collect(),
+            bps: layer_rates(t).into_iter().map(|b| b as u32).collect(),
         })
     }
 
@@ -1076,7 +1315,11 @@ impl Engine {
             return;
         };
         let Some(r) = t.relay.as_ref() else { return };
-        let mut want: u64 = 0;
+        // Layers links take it onward on.
+        let mut want: u64 = t
+            .relay_subs
+            .iter()
+            .fold(0, |w, (_, l)| w | 1u64 << u32::from(*l).min(63));
         for d in t.downs.iter().filter_map(|d| self.downs.get(d)) {
             want |= 1;
             for l in [d.forwarder.current_layer(), d.forwarder.target_layer()]
@@ -1121,25 +1364,28 @@ impl Engine {
         }
     }
 
-    /// Once a second: layer rates of local tracks to the links that want their room, and
+    /// Once a second: layer rates of tracks to the links they are announced to, and
     /// subscriptions of relayed tracks brought in line with the subscribers' layers.
     pub(super) fn relay_housekeeping(&mut self, _now: Instant) {
         if self.links.is_empty() {
             return;
         }
-        let mut rates: Vec<(String, Control)> = Vec::new();
+        let mut rates: Vec<(LinkId, Control)> = Vec::new();
         let mut relayed: Vec<TrackKey> = Vec::new();
         for (k, t) in &self.tracks {
             if t.relay.is_some() {
                 relayed.push(*k);
-            } else if let Some(r) = self.rates_of(*k) {
-                rates.push((t.room.clone(), r));
+            }
+            if let Some(r) = self.rates_of(*k) {
+                for link in self.links_for(&t.room) {
+                    if self.announced_to(t, link) {
+                        rates.push((link, r.clone()));
+                    }
+                }
             }
         }
-        for (room, msg) in rates {
-            for link in self.links_for(&room) {
-                self.send_to_link(link, msg.clone());
-            }
+        for (link, msg) in rates {
+            self.send_to_link(link, msg);
         }
         for k in relayed {
             self.sync_relay_subscriptions(k);

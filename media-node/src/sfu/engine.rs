@@ -1177,7 +1177,7 @@ impl Engine {
     /// Takes the operator's assignment of `room`. An assignment older (by Meeting generation)
     /// than the one held is ignored, so a delayed push cannot undo a newer plan. Returns whether
     /// it was taken.
-    pub fn assign(&mut self, room: &str, assignment: RoomAssignment) -> Result<bool> {
+    pub fn assign(&mut self, room: &str, assignment: RoomAssignment, now: Instant) -> Result<bool> {
         assignment
             .validate(room)
             .map_err(|m| Error::BadRequest(m.into()))?;
@@ -1190,6 +1190,7 @@ impl Engine {
             return Err(Error::Draining);
         }
         self.assignments.insert(room.to_owned(), assignment);
+        self.relay_assigned(room, now);
         Ok(true)
     }
 
@@ -1248,8 +1249,7 @@ impl Engine {
             emptied = room.sessions.is_empty();
         }
         if emptied {
-            self.relay_room_closed(&s.room, now);
-            self.rooms.remove(&s.room);
+            self.close_if_idle(&s.room, now);
         }
         self.broadcast(
             &s.room,
@@ -2165,7 +2165,7 @@ impl Engine {
                 }
             }
         }
-        // Rooms opened for a viewer that never came.
+        // Rooms opened for a viewer that never came (a hub's rooms close when their links let go).
         let expired: Vec<String> = self
             .rooms
             .iter()
@@ -2173,8 +2173,7 @@ impl Engine {
             .map(|(k, _)| k.clone())
             .collect();
         for room in expired {
-            self.relay_room_closed(&room, now);
-            self.rooms.remove(&room);
+            self.close_if_idle(&room, now);
         }
         // Connections that never connected.
         let stale: Vec<SessionId> = self
