@@ -79,6 +79,13 @@ struct RunArgs {
     /// Secret with `token-secret` and `admin-token` for media pods.
     #[arg(long, env = "MOIM_MEDIA_SECRET", default_value = "moim-node-secrets")]
     media_secret: String,
+    /// Secret with the relay links' mutual TLS (`ca.crt`, `tls.crt`, `tls.key`, as cert-manager
+    /// writes them); unset, media nodes are not cascaded.
+    #[arg(long, env = "MOIM_MEDIA_RELAY_SECRET")]
+    media_relay_secret: Option<String>,
+    /// UDP port of relay links between media nodes.
+    #[arg(long, env = "MOIM_MEDIA_RELAY_PORT", default_value_t = 7882)]
+    media_relay_port: u16,
     /// URL browsers join a node at; `{podIP}`, `{node}`, `{region}`, `{port}` are filled in.
     #[arg(
         long,
@@ -118,6 +125,8 @@ fn main() -> anyhow::Result<()> {
                         termination_grace_seconds: args.media_grace_seconds,
                         secret_name: args.media_secret,
                         signalling_url_template: args.signalling_url_template,
+                        relay_secret: args.media_relay_secret,
+                        relay_port: args.media_relay_port,
                         ..PodSettings::default()
                     },
                     ..Settings::default()

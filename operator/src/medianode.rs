@@ -128,6 +128,7 @@ async fn apply(node: &MediaNode, ctx: &Context) -> Result<Action> {
         let base = format!("http://{ip}:{}", s.http_port);
         status.admin_url = Some(base.clone());
         status.signalling_url = Some(s.signalling_url(node, &ip));
+        status.relay_address = pod.as_ref().and_then(|p| s.relay_address(p));
         match ctx.node_admin.status(&base).await {
             Ok(report) => {
                 if node.spec.drain && !report.draining {

@@ -40,7 +40,16 @@ pub struct PodSettings {
     pub resources: Option<ResourceRequirements>,
     /// URL browsers join at; `{podIP}`, `{node}`, `{region}` and `{port}` are filled in.
     pub signalling_url_template: String,
+    /// UDP port of relay links (QUIC) between media nodes.
+    pub relay_port: u16,
+    /// Secret with the relay links' mutual TLS: `ca.crt`, `tls.crt`, `tls.key` (the layout
+    /// cert-manager writes). Unset: nodes are not cascaded.
+    pub relay_secret: Option<String>,
 }
+
+/// Where a media pod finds its relay certificate (the relay Secret, mounted; Kubernetes swaps
+/// the files when the Secret changes, and the node reloads them).
+pub const RELAY_CERT_DIR: &str = "/etc/moim/relay";
 
 impl Default for PodSettings {
     fn default() -> Self {
@@ -54,6 +63,8 @@ impl Default for PodSettings {
             secret_name: "moim-node-secrets".into(),
             resources: None,
             signalling_url_template: "http://{podIP}:{port}".into(),
+            relay_port: 7882,
+            relay_secret: None,
         }
     }
 }
@@ -66,6 +77,23 @@ impl PodSettings {
             .replace("{node}", &node.name_any())
             .replace("{region}", &node.spec.region)
             .replace("{port}", &self.http_port.to_string())
+    }
+
+    /// The relay address other nodes dial for a node whose pod is `pod`, when nodes are
+    /// cascaded: the host's address when the relay port is a host port, else the pod's.
+    pub fn relay_address(&self, pod: &Pod) -> Option<String> {
+        self.relay_secret.as_ref()?;
+        let st = pod.status.as_ref()?;
+        let ip = if self.host_port && !self.host_network {
+            st.host_ip.as_ref()?
+        } else {
+            st.pod_ip.as_ref()?
+        };
+        Some(if ip.contains(':') {
+            format!("[{ip}]:{}", self.relay_port)
+        } else {
+            format!("{ip}:{}", self.relay_port)
+        })
     }
 }
 
@@ -144,6 +172,69 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings) -> Option<Pod> {
             }),
         });
     }
+    let mut ports = vec![
+        ContainerPort {
+            name: Some("http".to_owned()),
+            container_port: i32::from(s.http_port),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        },
+        ContainerPort {
+            name: Some("media".to_owned()),
+            container_port: i32::from(s.udp_port),
+            protocol: Some("UDP".to_owned()),
+            host_port: (s.host_port && !s.host_network).then_some(i32::from(s.udp_port)),
+            ..ContainerPort::default()
+        },
+    ];
+    let mut mounts = vec![VolumeMount {
+        name: "secrets".to_owned(),
+        mount_path: "/etc/moim/secrets".to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "secrets".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(s.secret_name.clone()),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
+    if let Some(relay_secret) = &s.relay_secret {
+        envs.push(env(
+            "MOIM_RELAY_LISTEN",
+            format!("0.0.0.0:{}", s.relay_port),
+        ));
+        for (var, file) in [
+            ("MOIM_RELAY_CA", "ca.crt"),
+            ("MOIM_RELAY_CERT", "tls.crt"),
+            ("MOIM_RELAY_KEY", "tls.key"),
+        ] {
+            envs.push(env(var, format!("{RELAY_CERT_DIR}/{file}")));
+        }
+        ports.push(ContainerPort {
+            name: Some("relay".to_owned()),
+            container_port: i32::from(s.relay_port),
+            protocol: Some("UDP".to_owned()),
+            host_port: (s.host_port && !s.host_network).then_some(i32::from(s.relay_port)),
+            ..ContainerPort::default()
+        });
+        mounts.push(VolumeMount {
+            name: "relay".to_owned(),
+            mount_path: RELAY_CERT_DIR.to_owned(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "relay".to_owned(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(relay_secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     let probe = |path: &str, period: i32| Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
@@ -158,21 +249,7 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings) -> Option<Pod> {
         name: "media-node".to_owned(),
         image: Some(s.image.clone()),
         env: Some(envs),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("http".to_owned()),
-                container_port: i32::from(s.http_port),
-                protocol: Some("TCP".to_owned()),
-                ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("media".to_owned()),
-                container_port: i32::from(s.udp_port),
-                protocol: Some("UDP".to_owned()),
-                host_port: (s.host_port && !s.host_network).then_some(i32::from(s.udp_port)),
-                ..ContainerPort::default()
-            },
-        ]),
+        ports: Some(ports),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
         resources: s.resources.clone(),
@@ -185,12 +262,7 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings) -> Option<Pod> {
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "secrets".to_owned(),
-            mount_path: "/etc/moim/secrets".to_owned(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(mounts),
         ..Container::default()
     };
     Some(Pod {
@@ -224,16 +296,94 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings) -> Option<Pod> {
                 }),
                 ..PodSecurityContext::default()
             }),
-            volumes: Some(vec![Volume {
-                name: "secrets".to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(s.secret_name.clone()),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            }]),
+            volumes: Some(volumes),
             ..PodSpec::default()
         }),
         status: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+
+    fn node() -> MediaNode {
+        let mut n = MediaNode::in_region("seoul-1", "team", "seoul", 100);
+        n.metadata.uid = Some("uid-1".into());
+        n
+    }
+
+    fn running(pod: &mut Pod) {
+        pod.status = Some(PodStatus {
+            pod_ip: Some("10.1.2.3".into()),
+            host_ip: Some("192.0.2.7".into()),
+            ..PodStatus::default()
+        });
+    }
+
+    #[test]
+    fn a_relay_secret_cascades_the_node_with_its_certificate_mounted() {
+        let s = PodSettings {
+            relay_secret: Some("moim-relay-tls".into()),
+            ..PodSettings::default()
+        };
+        let mut pod = media_pod(&node(), &s).expect("pod");
+        let c = &pod.spec.as_ref().expect("spec").containers[0];
+        let env: BTreeMap<&str, &str> = c
+            .env
+            .iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.as_str(), e.value.as_deref()?)))
+            .collect();
+        assert_eq!(env["MOIM_RELAY_LISTEN"], "0.0.0.0:7882");
+        assert_eq!(env["MOIM_RELAY_CA"], "/etc/moim/relay/ca.crt");
+        assert_eq!(env["MOIM_RELAY_CERT"], "/etc/moim/relay/tls.crt");
+        assert_eq!(env["MOIM_RELAY_KEY"], "/etc/moim/relay/tls.key");
+        let relay_port = c
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("relay"))
+            .expect("relay port");
+        assert_eq!(
+            (relay_port.container_port, relay_port.protocol.as_deref()),
+            (7882, Some("UDP"))
+        );
+        let volumes = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.clone())
+            .expect("volumes");
+        assert!(volumes.iter().any(|v| v.name == "relay"
+            && v.secret.as_ref().and_then(|s| s.secret_name.as_deref()) == Some("moim-relay-tls")));
+        assert_eq!(
+            s.relay_address(&pod),
+            None,
+            "no address before the pod has one"
+        );
+        running(&mut pod);
+        assert_eq!(s.relay_address(&pod).as_deref(), Some("10.1.2.3:7882"));
+        // With host ports, other nodes reach the relay at the host's address.
+        let host = PodSettings {
+            host_port: true,
+            ..s.clone()
+        };
+        assert_eq!(host.relay_address(&pod).as_deref(), Some("192.0.2.7:7882"));
+    }
+
+    #[test]
+    fn without_a_relay_secret_the_node_is_not_cascaded() {
+        let s = PodSettings::default();
+        let mut pod = media_pod(&node(), &s).expect("pod");
+        running(&mut pod);
+        let c = &pod.spec.as_ref().expect("spec").containers[0];
+        assert!(
+            !c.env
+                .iter()
+                .flatten()
+                .any(|e| e.name.starts_with("MOIM_RELAY"))
+        );
+        assert_eq!(s.relay_address(&pod), None);
+    }
 }

@@ -196,3 +196,47 @@ async fn rbac_allows_every_call_the_operator_makes_and_no_more_scope() -> anyhow
     }
     Ok(())
 }
+
+/// The relay certificate the chart generates is one media nodes accept from each other: two
+/// nodes given the rendered Secret's files link over mutual TLS.
+#[tokio::test]
+async fn the_generated_relay_certificate_links_two_media_nodes() -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let rendered = render(None, false);
+    let secret = docs(&rendered)
+        .into_iter()
+        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "moim-relay-tls")
+        .expect("the relay Secret");
+    let dir = std::env::temp_dir().join(format!("moim-relay-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut args: Vec<String> = Vec::new();
+    for (flag, key) in [
+        ("--relay-ca", "ca.crt"),
+        ("--relay-cert", "tls.crt"),
+        ("--relay-key", "tls.key"),
+    ] {
+        let b64 = secret["data"][key].as_str().expect("base64 data");
+        let path = dir.join(key);
+        std::fs::write(
+            &path,
+            base64::engine::general_purpose::STANDARD.decode(b64)?,
+        )?;
+        args.extend([flag.to_owned(), path.display().to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let relay_a = format!("127.0.0.1:{}", moim_e2e::free_udp_port());
+    let relay_b = format!("127.0.0.1:{}", moim_e2e::free_udp_port());
+    let _a = moim_e2e::Node::start_relay("seoul-1", "seoul", &relay_a, &[], &args).await?;
+    let b = moim_e2e::Node::start_relay("fra-1", "frankfurt", &relay_b, &[&relay_a], &args).await?;
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while moim_e2e::metric(&http, &b, "moim_relay_links").await? < 1.0 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "nodes with the chart's relay certificate did not link"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -30,3 +30,11 @@ app.kubernetes.io/component: operator
 {{- define "moim.apiKeySecret" -}}
 {{- default (printf "%s-api-keys" (include "moim.fullname" .)) .Values.secrets.existingApiKeySecret -}}
 {{- end -}}
+
+{{- define "moim.relaySecret" -}}
+{{- if eq .Values.relay.tls.source "existing" -}}
+{{- required "relay.tls.existingSecret is needed with relay.tls.source=existing" .Values.relay.tls.existingSecret -}}
+{{- else -}}
+{{- printf "%s-relay-tls" (include "moim.fullname" .) -}}
+{{- end -}}
+{{- end -}}
