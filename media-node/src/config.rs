@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// This node's relay private key (PEM).
     #[arg(long, env = "MOIM_RELAY_KEY")]
     pub relay_key: Option<PathBuf>,
+    /// How often the relay CA, certificate and key files are checked for a renewal (loaded
+    /// for new links without a restart).
+    #[arg(long, env = "MOIM_RELAY_TLS_CHECK", default_value = "10s", value_parser = parse_duration)]
+    pub relay_tls_check: Duration,
 }
 
 /// Options for `media-node token`.
@@ -125,15 +129,19 @@ pub struct TokenArgs {
 /// Parses `90s`, `15m`, `2h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('s') => (&s[..s.len() - 1], 1),
-        Some('m') => (&s[..s.len() - 1], 60),
-        Some('h') => (&s[..s.len() - 1], 3600),
-        _ => (s, 1),
+    let (num, millis) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else {
+        match s.chars().last() {
+            Some('s') => (&s[..s.len() - 1], 1000),
+            Some('m') => (&s[..s.len() - 1], 60_000),
+            Some('h') => (&s[..s.len() - 1], 3_600_000),
+            _ => (s, 1000),
+        }
     };
     num.parse::<u64>()
-        .map(|n| Duration::from_secs(n.saturating_mul(mult)))
-        .map_err(|_| format!("{s:?} is not a duration like 90s, 15m or 2h"))
+        .map(|n| Duration::from_millis(n.saturating_mul(millis)))
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 90s, 15m or 2h"))
 }
 
 #[cfg(test)]
@@ -145,6 +153,7 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("soon").is_err());
     }
 

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub relay_dropped: IntCounter,
     /// Relay datagrams that did not parse.
     pub relay_bad_datagrams: IntCounter,
+    /// Relay certificates reloaded from changed files.
+    pub relay_tls_reloads: IntCounter,
     /// NACKs sent over relay links (gaps seen in relayed streams).
     pub relay_nacks: IntCounter,
     /// Datagrams sent again over relay links because the far node NACKed them.
@@ -194,6 +196,10 @@ impl Metrics {
             relay_bad_datagrams: counter!(
                 "moim_relay_bad_datagrams_total",
                 "Relay datagrams that did not parse."
+            ),
+            relay_tls_reloads: counter!(
+                "moim_relay_tls_reloads_total",
+                "Times the relay certificate, key or CA files changed and were loaded for new links."
             ),
             relay_nacks: counter!(
                 "moim_relay_nacks_sent_total",

@@ -94,11 +94,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 "relay links need --relay-ca, --relay-cert and --relay-key (or --dev on one machine)"
             ),
         };
-        let endpoint =
-            RelayEndpoint::bind(relay_addr, RelayTls::new(&trust)?, &node_id, &args.region)?;
+        let endpoint = Arc::new(RelayEndpoint::bind(
+            relay_addr,
+            RelayTls::new(&trust)?,
+            &node_id,
+            &args.region,
+        )?);
         tracing::info!(relay = %endpoint.local_addr()?, peers = ?args.peers, "relay links listening");
+        relay::mesh::watch_tls(
+            endpoint.clone(),
+            trust,
+            args.relay_tls_check,
+            metrics.clone(),
+        );
         Some(relay::mesh::Relay::start(
-            Arc::new(endpoint),
+            endpoint,
             args.peers.clone(),
             handle.clone(),
             metrics.clone(),

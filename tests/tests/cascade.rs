@@ -455,3 +455,63 @@ async fn a_tree_passes_media_on_through_a_hub_with_nobody_in_the_room() -> anyho
     publisher.close().await;
     Ok(())
 }
+
+/// A renewed CA bundle is picked up without a restart: Seoul first trusts only the old CA, so
+/// its dials to Frankfurt (whose certificate comes from a new CA) fail; once Seoul's CA file
+/// is swapped for a bundle of both, as a Secret volume update does, the link comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewed_relay_certificates_are_used_without_a_restart() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("moim-rotate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    write_pki(&dir, "old-ca", &["seoul-1"])?;
+    write_pki(&dir, "new-ca", &["fra-1"])?;
+    let bundle = std::fs::read_to_string(dir.join("old-ca.pem"))?
+        + &std::fs::read_to_string(dir.join("new-ca.pem"))?;
+    std::fs::write(dir.join("bundle.pem"), &bundle)?;
+    std::fs::copy(dir.join("old-ca.pem"), dir.join("seoul-ca.pem"))?;
+    let files = |ca: &str, node: &str| -> Vec<String> {
+        let p = |f: String| dir.join(f).display().to_string();
+        vec![
+            "--relay-ca".into(),
+            p(format!("{ca}.pem")),
+            "--relay-cert".into(),
+            p(format!("{node}.pem")),
+            "--relay-key".into(),
+            p(format!("{node}.key")),
+            "--relay-tls-check".into(),
+            "200ms".into(),
+        ]
+    };
+    let (fra_args, seoul_args) = (files("bundle", "fra-1"), files("seoul-ca", "seoul-1"));
+    let relay_fra = format!("127.0.0.1:{}", free_udp_port());
+    let relay_seoul = format!("127.0.0.1:{}", free_udp_port());
+    let fra_args: Vec<&str> = fra_args.iter().map(String::as_str).collect();
+    let seoul_args: Vec<&str> = seoul_args.iter().map(String::as_str).collect();
+    let _fra = Node::start_relay("fra-1", "frankfurt", &relay_fra, &[], &fra_args).await?;
+    let seoul =
+        Node::start_relay("seoul-1", "seoul", &relay_seoul, &[&relay_fra], &seoul_args).await?;
+    let http = reqwest::Client::new();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        links_up(&http, &seoul).await?,
+        0.0,
+        "Seoul does not trust Frankfurt's CA yet"
+    );
+    // The swap: a new file renamed over the old name, as the kubelet's symlink swap does.
+    std::fs::write(dir.join("seoul-ca.pem.new"), &bundle)?;
+    std::fs::rename(dir.join("seoul-ca.pem.new"), dir.join("seoul-ca.pem"))?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while links_up(&http, &seoul).await? < 1.0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the renewed CA bundle was not used"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        moim_e2e::metric(&http, &seoul, "moim_relay_tls_reloads_total").await?,
+        1.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

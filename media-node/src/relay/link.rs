@@ -50,7 +50,8 @@ pub struct PeerHello {
 /// A node's QUIC endpoint for relay links (one UDP socket, both directions).
 pub struct RelayEndpoint {
     endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
+    /// For dialling; replaced when the certificate is renewed.
+    client: std::sync::Mutex<quinn::ClientConfig>,
     node_id: String,
     region: String,
 }
@@ -66,10 +67,18 @@ impl RelayEndpoint {
         let endpoint = quinn::Endpoint::server(tls.server, addr).map_err(quic)?;
         Ok(Self {
             endpoint,
-            client: tls.client,
+            client: std::sync::Mutex::new(tls.client),
             node_id: node_id.to_owned(),
             region: region.to_owned(),
         })
+    }
+
+    /// Uses renewed TLS configurations for links made from now on (links up keep theirs).
+    pub fn set_tls(&self, tls: RelayTls) {
+        self.endpoint.set_server_config(Some(tls.server));
+        if let Ok(mut c) = self.client.lock() {
+            *c = tls.client;
+        }
     }
 
     /// The bound address.
@@ -87,9 +96,14 @@ impl RelayEndpoint {
 
     /// Dials `peer` and completes the hello exchange.
     pub async fn dial(&self, peer: SocketAddr) -> Result<Link, LinkError> {
+        let client = self
+            .client
+            .lock()
+            .map_err(|_| LinkError::Handshake("tls configuration unavailable".into()))?
+            .clone();
         let conn = self
             .endpoint
-            .connect_with(self.client.clone(), peer, RELAY_SERVER_NAME)
+            .connect_with(client, peer, RELAY_SERVER_NAME)
             .map_err(quic)?
             .await
             .map_err(quic)?;

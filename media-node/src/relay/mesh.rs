@@ -162,6 +162,41 @@ impl Relay {
     }
 }
 
+/// Watches the relay certificate, key and CA files of `trust` every `every`, and when they
+/// change (a renewal: cert-manager, or a Secret volume's atomic swap) loads them for new links.
+/// Files caught half-written fail to load and are tried again at the next look; the links up
+/// keep the TLS session they have.
+pub fn watch_tls(
+    endpoint: Arc<RelayEndpoint>,
+    trust: super::tls::RelayTrust,
+    every: Duration,
+    metrics: Metrics,
+) {
+    let Some(mut seen) = trust.contents() else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(now) = trust.contents() else { return };
+            if now == seen {
+                continue;
+            }
+            match super::tls::RelayTls::new(&trust) {
+                Ok(tls) => {
+                    endpoint.set_tls(tls);
+                    seen = now;
+                    metrics.relay_tls_reloads.inc();
+                    tracing::info!("relay certificate files changed; new links use them");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay certificate files changed but do not load; keeping the old ones");
+                }
+            }
+        }
+    });
+}
+
 /// Runs one link until it closes, then tells the engine.
 async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metrics) {
     let Some(hello) = link.peer.clone() else {

@@ -76,6 +76,24 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+impl RelayTrust {
+    /// What the trust's files hold now (`None` in development mode, which has no files); a
+    /// change means they were renewed. Read whole, so a Secret volume's symlink swap counts.
+    pub fn contents(&self) -> Option<Vec<u8>> {
+        match self {
+            Self::Dev => None,
+            Self::Ca { ca, cert, key } => {
+                let mut all = Vec::new();
+                for p in [ca, cert, key] {
+                    all.extend(std::fs::read(p).unwrap_or_default());
+                    all.push(0);
+                }
+                Some(all)
+            }
+        }
+    }
+}
+
 impl RelayTls {
     /// Builds both configurations.
     pub fn new(trust: &RelayTrust) -> Result<Self, TlsError> {
