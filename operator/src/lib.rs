@@ -9,6 +9,7 @@ pub mod error;
 pub mod join;
 pub mod leader;
 pub mod ledger;
+pub mod local;
 pub mod medianode;
 pub mod meeting;
 pub mod metrics;

@@ -1,5 +1,7 @@
 //! The `operator` binary: `operator run` reconciles Meetings and MediaNodes and serves the
-//! join API; `operator crdgen` prints every CRD (or writes them to a folder).
+//! join API; `operator local` runs the local fabric (operator core, media-node children in
+//! three regions, a join page) on one machine; `operator crdgen` prints every CRD (or writes
+//! them to a folder).
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +24,9 @@ struct Cli {
 enum Cmd {
     /// Reconcile Meetings and MediaNodes, and serve the join API.
     Run(Box<RunArgs>),
+    /// moim on one machine, no Kubernetes: media nodes in three regions, cascaded, meetings
+    /// from a folder of Meeting YAML files, and a join page.
+    Local(Box<moim_operator::local::LocalArgs>),
     /// Print every CustomResourceDefinition as YAML (what `crds/` holds).
     Crdgen {
         /// Write one file per CRD into this folder instead of printing.
@@ -100,6 +105,15 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Cmd::Local(args) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+                .init();
+            tokio::runtime::Runtime::new()?
+                .block_on(moim_operator::local::run(*args))
+                .context("local fabric stopped")?;
+        }
         Cmd::Run(args) => {
             let args = *args;
             // Two TLS backends end up linked (kube's and reqwest's); pick ring for the process.

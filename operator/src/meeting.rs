@@ -13,6 +13,8 @@ use crate::crd::{
 };
 use crate::error::{Error, Result};
 use crate::ledger::plan_from_status;
+use crate::metrics::Metrics;
+use crate::nodeapi::NodeAdmin;
 use crate::placement::{Demand, Plan, ShortfallReason, place};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -110,7 +112,14 @@ async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action>
     let (status, action) = match schedule_state(m, now, ctx.settings.prepare_ahead) {
         ScheduleState::Ended => {
             let plan = ctx.ledger().forget(&key).or_else(|| plan_from_status(m));
-            release(ctx, &nodes, &room, plan.iter().flat_map(|p| p.nodes())).await;
+            release(
+                ctx.node_admin.as_ref(),
+                &ctx.metrics,
+                &nodes,
+                &room,
+                plan.iter().flat_map(|p| p.nodes()),
+            )
+            .await;
             if old.phase != Some(MeetingPhase::Ended) {
                 ctx.publish(
                     &m.object_ref(&()),
@@ -153,7 +162,15 @@ async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action>
                 ledger.record(&key, plan.clone());
                 (plan, previous)
             };
-            let push_errors = push(ctx, m, &room, &plan, &nodes).await;
+            let push_errors = push(
+                ctx.node_admin.as_ref(),
+                &ctx.metrics,
+                m,
+                &room,
+                &plan,
+                &nodes,
+            )
+            .await;
             if let Some(prev) = &previous {
                 let kept = plan.nodes();
                 let left: Vec<&str> = prev
@@ -161,7 +178,14 @@ async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action>
                     .into_iter()
                     .filter(|n| !kept.contains(n))
                     .collect();
-                release(ctx, &nodes, &room, left.into_iter()).await;
+                release(
+                    ctx.node_admin.as_ref(),
+                    &ctx.metrics,
+                    &nodes,
+                    &room,
+                    left.into_iter(),
+                )
+                .await;
             }
             let status = running_status(m, &plan, &nodes, &push_errors, now);
             if status.nodes != old.nodes && !status.nodes.is_empty() {
@@ -209,7 +233,8 @@ async fn cleanup(m: &Meeting, ctx: &Context) -> Result<Action> {
     let plan = ctx.ledger().forget(&key).or_else(|| plan_from_status(m));
     let nodes = ctx.nodes.state();
     let released = release(
-        ctx,
+        ctx.node_admin.as_ref(),
+        &ctx.metrics,
         &nodes,
         &room_of(&ns, &name),
         plan.iter().flat_map(|p| p.nodes()),
@@ -220,8 +245,9 @@ async fn cleanup(m: &Meeting, ctx: &Context) -> Result<Action> {
 }
 
 /// Sends each node of `plan` its share. Returns `(node, error)` for nodes that did not take it.
-async fn push(
-    ctx: &Context,
+pub async fn push(
+    admin: &dyn NodeAdmin,
+    metrics: &Metrics,
     m: &Meeting,
     room: &str,
     plan: &Plan,
@@ -267,8 +293,8 @@ async fn push(
             webinar: m.spec.mode == MeetingMode::Webinar,
             links,
         };
-        if let Err(e) = ctx.node_admin.assign(&base, room, &assignment).await {
-            ctx.metrics.node_api_error("assign");
+        if let Err(e) = admin.assign(&base, room, &assignment).await {
+            metrics.node_api_error("assign");
             warn!(meeting = %key, node = %a.node, error = %e, "plan not taken");
             errors.push((a.node.clone(), e));
         }
@@ -278,8 +304,9 @@ async fn push(
 
 /// Releases `room` on `which` nodes, best effort: a node that is gone holds nothing to release.
 /// Returns how many nodes confirmed.
-async fn release<'a>(
-    ctx: &Context,
+pub async fn release<'a>(
+    admin: &dyn NodeAdmin,
+    metrics: &Metrics,
     nodes: &[Arc<MediaNode>],
     room: &str,
     which: impl Iterator<Item = &'a str>,
@@ -291,10 +318,10 @@ async fn release<'a>(
             .find(|n| n.metadata.name.as_deref() == Some(name))
             .and_then(|n| n.status.as_ref()?.admin_url.clone());
         let Some(base) = base else { continue };
-        match ctx.node_admin.release(&base, room).await {
+        match admin.release(&base, room).await {
             Ok(()) => done += 1,
             Err(e) => {
-                ctx.metrics.node_api_error("release");
+                metrics.node_api_error("release");
                 warn!(node = %name, %room, error = %e, "release failed; the node keeps the room until it restarts");
             }
         }
