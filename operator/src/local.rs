@@ -19,10 +19,9 @@ use crate::api::{self, ApiState};
 use crate::context::{Clock, system_clock};
 use crate::crd::{MediaNode, MediaNodePhase, Meeting, NodeLoad};
 use crate::ledger::Ledger;
-use crate::meeting::{ScheduleState, push, release, running_status, schedule_state};
+use crate::meeting::{ScheduleState, enact, plan_meeting, release, running_status, schedule_state};
 use crate::metrics::Metrics;
 use crate::nodeapi::{HttpNodeAdmin, NodeAdmin};
-use crate::placement::{Demand, place};
 use crate::secret::SecretSource;
 use anyhow::Context as _;
 use axum::Router;
@@ -505,44 +504,31 @@ impl Fabric {
             let room = room_of(&m.namespace().unwrap_or_default(), &m.name_any());
             let status = match schedule_state(&m, now, SignedDuration::from_mins(10)) {
                 ScheduleState::Live => {
-                    let demand = Demand {
-                        meeting: key.clone(),
-                        per_region: m.spec.participants.per_region(),
-                    };
                     let previous = self.ledger.plan(&key).cloned();
-                    let views = self.ledger.views(
-                        &key,
-                        nodes
-                            .iter()
-                            .map(|n| n.as_ref())
-                            .filter(|n| demand.per_region.contains_key(&n.spec.region)),
+                    let plan = plan_meeting(
+                        &mut self.ledger,
+                        &m,
+                        previous.as_ref(),
+                        &nodes,
                         now,
                         SignedDuration::from_secs(30),
                     );
-                    let plan = place(&demand, &views, previous.as_ref());
-                    self.ledger.record(&key, plan.clone());
-                    let changed = previous.as_ref() != Some(&plan);
-                    let errors = if changed || self.ticks.is_multiple_of(REPUSH_EVERY) {
-                        push(self.admin.as_ref(), &self.metrics, &m, &room, &plan, &nodes).await
+                    // Pushed when it changed, and every few seconds in case a node missed it.
+                    let errors = if previous.as_ref() != Some(&plan)
+                        || self.ticks.is_multiple_of(REPUSH_EVERY)
+                    {
+                        enact(
+                            self.admin.as_ref(),
+                            &self.metrics,
+                            &m,
+                            &plan,
+                            previous.as_ref(),
+                            &nodes,
+                        )
+                        .await
                     } else {
                         Vec::new()
                     };
-                    if let Some(prev) = &previous {
-                        let kept = plan.nodes();
-                        let left: Vec<&str> = prev
-                            .nodes()
-                            .into_iter()
-                            .filter(|n| !kept.contains(n))
-                            .collect();
-                        release(
-                            self.admin.as_ref(),
-                            &self.metrics,
-                            &nodes,
-                            &room,
-                            left.into_iter(),
-                        )
-                        .await;
-                    }
                     running_status(&m, &plan, &nodes, &errors, now)
                 }
                 ScheduleState::NotYet(at) => {

@@ -12,7 +12,7 @@ use crate::crd::{
     CascadeLink, MediaNode, Meeting, MeetingMode, MeetingNode, MeetingPhase, MeetingStatus,
 };
 use crate::error::{Error, Result};
-use crate::ledger::plan_from_status;
+use crate::ledger::{Ledger, plan_from_status};
 use crate::metrics::Metrics;
 use crate::nodeapi::NodeAdmin;
 use crate::placement::{Demand, Plan, ShortfallReason, place};
@@ -139,54 +139,30 @@ async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action>
             )
         }
         ScheduleState::Live => {
-            let demand = Demand {
-                meeting: key.clone(),
-                per_region: m.spec.participants.per_region(),
-            };
             let (plan, previous) = {
                 let mut ledger = ctx.ledger();
                 let previous = ledger.plan(&key).cloned().or_else(|| plan_from_status(m));
-                // Only nodes in the meeting's regions can take a share.
-                let views = ledger.views(
-                    &key,
-                    nodes
-                        .iter()
-                        .map(|n| n.as_ref())
-                        .filter(|n| demand.per_region.contains_key(&n.spec.region)),
+                let t = Instant::now();
+                let plan = plan_meeting(
+                    &mut ledger,
+                    m,
+                    previous.as_ref(),
+                    &nodes,
                     now,
                     ctx.settings.stale_after,
                 );
-                let t = Instant::now();
-                let plan = place(&demand, &views, previous.as_ref());
                 ctx.metrics.placed(t.elapsed());
-                ledger.record(&key, plan.clone());
                 (plan, previous)
             };
-            let push_errors = push(
+            let push_errors = enact(
                 ctx.node_admin.as_ref(),
                 &ctx.metrics,
                 m,
-                &room,
                 &plan,
+                previous.as_ref(),
                 &nodes,
             )
             .await;
-            if let Some(prev) = &previous {
-                let kept = plan.nodes();
-                let left: Vec<&str> = prev
-                    .nodes()
-                    .into_iter()
-                    .filter(|n| !kept.contains(n))
-                    .collect();
-                release(
-                    ctx.node_admin.as_ref(),
-                    &ctx.metrics,
-                    &nodes,
-                    &room,
-                    left.into_iter(),
-                )
-                .await;
-            }
             let status = running_status(m, &plan, &nodes, &push_errors, now);
             if status.nodes != old.nodes && !status.nodes.is_empty() {
                 info!(meeting = %key, nodes = %summary(&status.nodes), "placed");
@@ -244,8 +220,62 @@ async fn cleanup(m: &Meeting, ctx: &Context) -> Result<Action> {
     Ok(Action::await_change())
 }
 
+/// Places `m` on `nodes` at `now` (nodes silent for `stale_after` are not ready), starting
+/// from `previous`, and records the plan in `ledger`.
+pub fn plan_meeting(
+    ledger: &mut Ledger,
+    m: &Meeting,
+    previous: Option<&Plan>,
+    nodes: &[Arc<MediaNode>],
+    now: Timestamp,
+    stale_after: k8s_openapi::jiff::SignedDuration,
+) -> Plan {
+    let key = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
+    let demand = Demand {
+        meeting: key.clone(),
+        per_region: m.spec.participants.per_region(),
+    };
+    // Only nodes in the meeting's regions can take a share.
+    let views = ledger.views(
+        &key,
+        nodes
+            .iter()
+            .map(|n| n.as_ref())
+            .filter(|n| demand.per_region.contains_key(&n.spec.region)),
+        now,
+        stale_after,
+    );
+    let plan = place(&demand, &views, previous);
+    ledger.record(&key, plan.clone());
+    plan
+}
+
+/// Pushes `plan` to its nodes and releases the room on nodes `previous` had that `plan` has
+/// not. Returns `(node, error)` for nodes that did not take their share.
+pub async fn enact(
+    admin: &dyn NodeAdmin,
+    metrics: &Metrics,
+    m: &Meeting,
+    plan: &Plan,
+    previous: Option<&Plan>,
+    nodes: &[Arc<MediaNode>],
+) -> Vec<(String, String)> {
+    let room = room_of(&m.namespace().unwrap_or_default(), &m.name_any());
+    let errors = push(admin, metrics, m, &room, plan, nodes).await;
+    if let Some(prev) = previous {
+        let kept = plan.nodes();
+        let left: Vec<&str> = prev
+            .nodes()
+            .into_iter()
+            .filter(|n| !kept.contains(n))
+            .collect();
+        release(admin, metrics, nodes, &room, left.into_iter()).await;
+    }
+    errors
+}
+
 /// Sends each node of `plan` its share. Returns `(node, error)` for nodes that did not take it.
-pub async fn push(
+async fn push(
     admin: &dyn NodeAdmin,
     metrics: &Metrics,
     m: &Meeting,
