@@ -509,7 +509,7 @@ impl Fabric {
                         &mut self.ledger,
                         &m,
                         previous.as_ref(),
-                        &nodes,
+                        nodes.iter().map(AsRef::as_ref),
                         now,
                         SignedDuration::from_secs(30),
                     );

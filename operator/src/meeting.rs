@@ -147,7 +147,7 @@ async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action>
                     &mut ledger,
                     m,
                     previous.as_ref(),
-                    &nodes,
+                    nodes.iter().map(AsRef::as_ref),
                     now,
                     ctx.settings.stale_after,
                 );
@@ -222,11 +222,11 @@ async fn cleanup(m: &Meeting, ctx: &Context) -> Result<Action> {
 
 /// Places `m` on `nodes` at `now` (nodes silent for `stale_after` are not ready), starting
 /// from `previous`, and records the plan in `ledger`.
-pub fn plan_meeting(
+pub fn plan_meeting<'a>(
     ledger: &mut Ledger,
     m: &Meeting,
     previous: Option<&Plan>,
-    nodes: &[Arc<MediaNode>],
+    nodes: impl IntoIterator<Item = &'a MediaNode>,
     now: Timestamp,
     stale_after: k8s_openapi::jiff::SignedDuration,
 ) -> Plan {
@@ -239,8 +239,7 @@ pub fn plan_meeting(
     let views = ledger.views(
         &key,
         nodes
-            .iter()
-            .map(|n| n.as_ref())
+            .into_iter()
             .filter(|n| demand.per_region.contains_key(&n.spec.region)),
         now,
         stale_after,

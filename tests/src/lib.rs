@@ -443,6 +443,21 @@ pub async fn status(node: &Node) -> anyhow::Result<Value> {
     Ok(reqwest::get(node.url("/status")).await?.json().await?)
 }
 
+/// `/status` of a node started with `--admin-token admin_token`.
+pub async fn admin_status(
+    http: &reqwest::Client,
+    node: &Node,
+    admin_token: &str,
+) -> anyhow::Result<Value> {
+    Ok(http
+        .get(node.url("/status"))
+        .bearer_auth(admin_token)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
 /// Waits until `/status` satisfies `pred`.
 pub async fn wait_status(
     node: &Node,

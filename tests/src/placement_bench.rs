@@ -10,6 +10,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -17,9 +18,9 @@ use kube::runtime::watcher;
 use moim_operator::context::{Context, Settings};
 use moim_operator::crd::*;
 use moim_operator::ledger::Ledger;
+use moim_operator::meeting::plan_meeting;
 use moim_operator::metrics::Metrics;
 use moim_operator::nodeapi::{NodeAdmin, NodeApiResult};
-use moim_operator::placement::{Demand, place};
 use moim_wire::admin::RoomAssignment;
 use moim_wire::status::NodeStatus;
 use rand::rngs::StdRng;
@@ -225,28 +226,22 @@ pub async fn run(args: &PlacementArgs) -> anyhow::Result<Value> {
     let mut placed: u64 = 0;
     let mut short = 0usize;
     for m in &meetings {
-        let key = format!("bench/{}", m.metadata.name.as_deref().unwrap_or_default());
         let t = Instant::now();
-        let demand = Demand {
-            meeting: key.clone(),
-            per_region: m.spec.participants.per_region(),
-        };
-        let views = ledger.views(
-            &key,
-            nodes
-                .iter()
-                .filter(|n| demand.per_region.contains_key(&n.spec.region)),
+        let previous = ledger.plan(&format!("bench/{}", m.name_any())).cloned();
+        let plan = plan_meeting(
+            &mut ledger,
+            m,
+            previous.as_ref(),
+            &nodes,
             now(),
             SignedDuration::from_secs(30),
         );
-        let plan = place(&demand, &views, ledger.plan(&key));
         let done = plan
             .assignments
             .iter()
             .map(|a| u64::from(a.participants))
             .sum::<u64>();
         short += usize::from(!plan.shortfalls.is_empty());
-        ledger.record(&key, plan);
         decision_us.push(t.elapsed().as_secs_f64() * 1e6);
         placed += done;
     }

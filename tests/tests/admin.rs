@@ -211,13 +211,7 @@ async fn operator_assignments_cap_rooms_and_show_in_status() -> anyhow::Result<(
         b.recv_type("error", Duration::from_secs(5)).await?["code"],
         "room_full"
     );
-    let status: serde_json::Value = http
-        .get(node.url("/status"))
-        .bearer_auth("s3cret")
-        .send()
-        .await?
-        .json()
-        .await?;
+    let status = moim_e2e::admin_status(&http, &node, "s3cret").await?;
     assert_eq!(status["assignments"]["team.standup"], 2, "{status}");
     assert_eq!(status["room_participants"]["team.standup"], 1, "{status}");
 

@@ -422,13 +422,7 @@ async fn a_tree_passes_media_on_through_a_hub_with_nobody_in_the_room() -> anyho
     drop(bo);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let s: serde_json::Value = http
-            .get(fra.url("/status"))
-            .bearer_auth("admin")
-            .send()
-            .await?
-            .json()
-            .await?;
+        let s = moim_e2e::admin_status(&http, &fra, "admin").await?;
         if s["room_participants"]
             .as_object()
             .is_some_and(|m| m.is_empty())
