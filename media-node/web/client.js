@@ -86,7 +86,7 @@ function addChat(from, name, text) {
 }
 
 function newSubscribeConnection() {
-  const pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const pc = new RTCPeerConnection(pcConfig());
   pc.ontrack = (ev) => {
     mark('track');
     const stream = ev.streams[0];
@@ -187,7 +187,7 @@ const declared = [];
 async function publishCamera() {
   const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
   moim.localStream = stream;
-  if (!moim.pub) moim.pub = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  if (!moim.pub) moim.pub = new RTCPeerConnection(pcConfig());
   const [audio] = stream.getAudioTracks();
   const [video] = stream.getVideoTracks();
   if (audio) { moim.pub.addTransceiver(audio, { direction: 'sendonly', streams: [stream] }); declared.push({ track_id: audio.id, source: 'microphone' }); }
@@ -210,12 +210,23 @@ async function publishCamera() {
 
 async function shareScreen() {
   const stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
-  if (!moim.pub) moim.pub = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  if (!moim.pub) moim.pub = new RTCPeerConnection(pcConfig());
   const [video] = stream.getVideoTracks();
   moim.pub.addTransceiver(video, { direction: 'sendonly', streams: [stream] });
   declared.push({ track_id: video.id, source: 'screen' });
   $('screen').disabled = true;
   await publishOffer(declared);
+}
+
+// TURN servers from the join API (`ice`: the JSON of its `iceServers`), and `relay=1` to send
+// all media through them (to check that TURN works from where you are).
+function pcConfig() {
+  const cfg = { bundlePolicy: 'max-bundle' };
+  if (params.get('ice')) {
+    try { cfg.iceServers = JSON.parse(params.get('ice')); } catch (e) { setStatus('ignoring a malformed ice parameter'); }
+  }
+  if (params.get('relay') === '1') cfg.iceTransportPolicy = 'relay';
+  return cfg;
 }
 
 async function devToken(room, identity, name) {

@@ -44,6 +44,8 @@ pub struct ApiState {
     pub token_ttl_secs: u64,
     /// True while this replica serves joins.
     pub ready: watch::Receiver<bool>,
+    /// TURN servers to hand out with each join, if any.
+    pub turn: Option<crate::turn::TurnConfig>,
 }
 
 /// The router.
@@ -162,6 +164,17 @@ fn handle_join(s: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<JoinRes
         .flatten()
         .ok_or(JoinError::Unavailable)?;
     let token = choice.claims.sign(secret.as_bytes());
+    let ice_servers = match &s.turn {
+        Some(turn) => {
+            let now_unix = u64::try_from(now.as_second()).unwrap_or(0);
+            turn.ice_servers(&choice.region, &choice.claims.identity, now_unix)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "TURN credentials unavailable");
+                    JoinError::Unavailable
+                })?
+        }
+        None => Vec::new(),
+    };
     Ok(JoinResponse {
         url: choice.url,
         room: choice.claims.room.clone(),
@@ -170,5 +183,6 @@ fn handle_join(s: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<JoinRes
         region: choice.region,
         expires_at: choice.claims.exp,
         can_publish: choice.claims.can_publish,
+        ice_servers,
     })
 }

@@ -66,6 +66,10 @@ pub struct JoinResponse {
     pub expires_at: u64,
     /// Whether the token allows publishing.
     pub can_publish: bool,
+    /// TURN servers with short-lived credentials, for `RTCPeerConnection`'s `iceServers`
+    /// (absent when the operator has no TURN servers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<crate::turn::IceServer>,
 }
 
 /// Why a join was refused; each has an HTTP status and a stable code.

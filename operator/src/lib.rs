@@ -18,5 +18,6 @@ pub mod placement;
 pub mod pod;
 pub mod run;
 pub mod secret;
+pub mod turn;
 
 pub use error::{Error, Result};

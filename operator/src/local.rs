@@ -86,6 +86,13 @@ pub struct LocalArgs {
     /// Log filter of the media nodes (their logs go to this terminal).
     #[arg(long, default_value = "warn")]
     pub node_log: String,
+    /// TURN server the join API hands out (repeatable; `REGION=turn:HOST:PORT` or
+    /// `turn:HOST:PORT`), e.g. a local coturn with `use-auth-secret`.
+    #[arg(long = "turn-url")]
+    pub turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (its `static-auth-secret`).
+    #[arg(long, env = "MOIM_LOCAL_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
 }
 
 /// One media node child.
@@ -252,6 +259,19 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         node.child = Some(child);
     }
 
+    let turn = if args.turn_urls.is_empty() {
+        None
+    } else {
+        Some(crate::turn::TurnConfig {
+            secret: SecretSource::Value(
+                args.turn_secret
+                    .clone()
+                    .context("--turn-url needs --turn-secret")?,
+            ),
+            urls: crate::turn::parse_urls(&args.turn_urls).map_err(anyhow::Error::msg)?,
+            ttl_secs: 3600,
+        })
+    };
     let (meetings_reader, meeting_store) = reflector::store::<Meeting>();
     let (nodes_reader, node_store) = reflector::store::<MediaNode>();
     let metrics = Metrics::new();
@@ -266,6 +286,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         clock: clock.clone(),
         token_ttl_secs: 3600,
         ready,
+        turn,
     });
     let page = PageState {
         api_key: api_key.clone(),
@@ -722,7 +743,8 @@ $('join').onsubmit = async (e) => {
   });
   const j = await r.json();
   if (!r.ok) { $('error').textContent = j.message; return; }
-  location.href = `${j.url}/?room=${encodeURIComponent(j.room)}&name=${encodeURIComponent(name)}&token=${encodeURIComponent(j.token)}&autojoin=1`;
+  const ice = j.iceServers ? `&ice=${encodeURIComponent(JSON.stringify(j.iceServers))}` : '';
+  location.href = `${j.url}/?room=${encodeURIComponent(j.room)}&name=${encodeURIComponent(name)}&token=${encodeURIComponent(j.token)}&autojoin=1${ice}`;
 };
 refresh(); setInterval(refresh, 2000);
 </script></body></html>

@@ -101,6 +101,34 @@ struct RunArgs {
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "MOIM_LOG", default_value = "info")]
     log: String,
+    /// TURN server handed out by the join API (repeatable): `REGION=turn:HOST:PORT` for
+    /// participants joining a node in REGION, or `turn:HOST:PORT` for every other region.
+    #[arg(long = "turn-url", env = "MOIM_TURN_URLS", value_delimiter = ',')]
+    turn_urls: Vec<String>,
+    /// File with the secret shared with the TURN servers (coturn's `static-auth-secret`).
+    #[arg(long, env = "MOIM_TURN_SECRET_FILE")]
+    turn_secret_file: Option<PathBuf>,
+    /// Seconds a TURN credential is valid.
+    #[arg(long, env = "MOIM_TURN_TTL", default_value_t = 3600)]
+    turn_ttl: u64,
+}
+
+/// TURN settings from the flags: none without URLs; URLs need the secret.
+fn turn_config(
+    urls: &[String],
+    secret_file: Option<PathBuf>,
+    ttl_secs: u64,
+) -> anyhow::Result<Option<moim_operator::turn::TurnConfig>> {
+    if urls.is_empty() {
+        return Ok(None);
+    }
+    let urls = moim_operator::turn::parse_urls(urls).map_err(anyhow::Error::msg)?;
+    let secret = secret_file.context("--turn-url needs --turn-secret-file")?;
+    Ok(Some(moim_operator::turn::TurnConfig {
+        secret: SecretSource::File(secret),
+        urls,
+        ttl_secs,
+    }))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -131,6 +159,7 @@ fn main() -> anyhow::Result<()> {
                 lease: (!args.lease_name.is_empty())
                     .then_some((args.lease_name, args.lease_namespace)),
                 identity: args.identity,
+                turn: turn_config(&args.turn_urls, args.turn_secret_file, args.turn_ttl)?,
                 settings: Settings {
                     pod: PodSettings {
                         image: args.media_image,

@@ -47,6 +47,8 @@ pub struct RunOptions {
     pub identity: String,
     /// Timings and pod shape.
     pub settings: Settings,
+    /// TURN servers handed out by the join API.
+    pub turn: Option<crate::turn::TurnConfig>,
 }
 
 /// Runs the operator until SIGTERM or until it loses the leader Lease.
@@ -116,6 +118,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         clock: clock.clone(),
         token_ttl_secs: opts.token_ttl_secs,
         ready: ready_rx,
+        turn: opts.turn.clone(),
     });
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

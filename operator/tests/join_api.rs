@@ -123,6 +123,7 @@ async fn serve(ready: bool) -> (String, watch::Sender<bool>) {
         clock: Arc::new(|| NOW.parse::<Timestamp>().expect("timestamp")),
         token_ttl_secs: 600,
         ready: rx,
+        turn: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

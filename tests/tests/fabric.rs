@@ -125,3 +125,175 @@ async fn a_meeting_file_is_placed_and_two_regions_meet_across_the_cascade() -> a
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// A coturn TURN server on loopback that takes TURN REST credentials made with `secret`.
+struct Coturn {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Coturn {
+    fn start(dir: &std::path::Path, secret: &str) -> anyhow::Result<Self> {
+        let port = moim_e2e::free_udp_port();
+        let relay_ports = 40_000 + (std::process::id() % 500) as u16 * 40;
+        let child = Command::new("turnserver")
+            .args(["-n", "--no-cli", "--no-tls", "--no-dtls", "--fingerprint"])
+            .args(["--listening-ip", "127.0.0.1", "--relay-ip", "127.0.0.1"])
+            .args(["--listening-port", &port.to_string()])
+            .args(["--min-port", &relay_ports.to_string()])
+            .args(["--max-port", &(relay_ports + 39).to_string()])
+            .args(["--use-auth-secret", "--static-auth-secret", secret])
+            .args(["--realm", "moim.test"])
+            // The media nodes of this test are on loopback; everything private stays denied.
+            .arg("--allow-loopback-peers")
+            .args(["--denied-peer-ip", "10.0.0.0-10.255.255.255"])
+            .args(["--denied-peer-ip", "172.16.0.0-172.31.255.255"])
+            .args(["--denied-peer-ip", "192.168.0.0-192.168.255.255"])
+            .arg(format!("--userdb={}", dir.join("turndb").display()))
+            .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
+            .args(["--log-file", &dir.join("turn.log").display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting turnserver (Debian's coturn): {e}"))?;
+        Ok(Self { child, port })
+    }
+}
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Page script: whether `pc`'s media goes through a TURN relay (the selected candidate pair's
+/// local candidate is a relay candidate).
+const VIA_TURN: &str = "
+    const stats = await PC.getStats();
+    let relay = false;
+    stats.forEach((r) => {
+      if (r.type === 'candidate-pair' && r.state === 'succeeded' && r.nominated) {
+        const local = stats.get(r.localCandidateId);
+        if (local && local.candidateType === 'relay') relay = true;
+      }
+    });
+    return relay;";
+
+/// A participant whose browser may only use TURN (`iceTransportPolicy: relay`) still meets:
+/// the join API hands out TURN REST credentials that a real coturn accepts, and the media of
+/// both directions goes through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_that_can_only_use_turn_gets_media_through_coturn() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let dir = std::env::temp_dir().join(format!("moim-turn-{}", std::process::id()));
+    let meetings = dir.join("meetings");
+    std::fs::create_dir_all(&meetings)?;
+    std::fs::write(meetings.join("sync.yaml"), MEETING)?;
+    let secret = "turn-shared-secret";
+    let turn = Coturn::start(&dir, secret)?;
+    let log = dir.join("fabric.log");
+    let listen = format!("127.0.0.1:{}", moim_e2e::free_tcp_port());
+    let port_base = 24_000 + (std::process::id() % 1_000) as u16 * 10;
+    let mut fabric = Command::new(binary("operator")?)
+        .args(["local", "--meetings"])
+        .arg(&meetings)
+        .args(["--listen", &listen, "--port-base", &port_base.to_string()])
+        .args(["--regions", "seoul,frankfurt", "--api-key", "key"])
+        .args([
+            "--turn-url",
+            &format!("turn:127.0.0.1:{}?transport=udp", turn.port),
+        ])
+        .args(["--turn-secret", secret])
+        .arg("--media-node")
+        .arg(binary("media-node")?)
+        .stdout(Stdio::from(std::fs::File::create(&log)?))
+        .stderr(Stdio::null())
+        .spawn()?;
+    let result = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !output(&log).contains("meeting default/sync on ") {
+            anyhow::ensure!(Instant::now() < deadline, "not placed:\n{}", output(&log));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let http = reqwest::Client::new();
+        let join = |identity: &'static str, region: &'static str| {
+            let (http, listen) = (http.clone(), listen.clone());
+            async move {
+                let r = http
+                    .post(format!("http://{listen}/v1/join"))
+                    .bearer_auth("key")
+                    .json(&serde_json::json!({"meeting": "sync", "identity": identity, "region": region}))
+                    .send()
+                    .await?;
+                anyhow::ensure!(r.status().is_success(), "join: {}", r.text().await?);
+                anyhow::Ok(r.json::<serde_json::Value>().await?)
+            }
+        };
+        let ana = join("ana", "seoul").await?;
+        let ice = &ana["iceServers"][0];
+        assert_eq!(ice["urls"][0], format!("turn:127.0.0.1:{}?transport=udp", turn.port));
+        assert!(ice["username"].as_str().is_some_and(|u| u.ends_with(":ana")), "{ana}");
+        let open = |j: &serde_json::Value, name: &str, extra: &str| {
+            format!(
+                "{}/?room={}&name={name}&autojoin=1&token={}&ice={}{extra}",
+                j["url"].as_str().unwrap_or_default(),
+                j["room"].as_str().unwrap_or_default(),
+                j["token"].as_str().unwrap_or_default(),
+                urlencode(&j["iceServers"].to_string()),
+            )
+        };
+        let a = Browser::start().await?;
+        a.goto(&open(&ana, "ana", "&relay=1")).await?;
+        let bo = join("bo", "frankfurt").await?;
+        let b = Browser::start().await?;
+        b.goto(&open(&bo, "bo", "")).await?;
+        wait_decoding(&a, "moim.sub", 1, Duration::from_secs(40)).await?;
+        wait_decoding(&b, "moim.sub", 1, Duration::from_secs(40)).await?;
+        for pc in ["moim.pub", "moim.sub"] {
+            assert_eq!(
+                a.js(&VIA_TURN.replace("PC", pc)).await?,
+                serde_json::Value::Bool(true),
+                "{pc} of the relay-only participant goes through TURN"
+            );
+        }
+        a.close().await;
+        b.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = Command::new("kill")
+        .args(["-INT", &fabric.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !matches!(fabric.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = fabric.kill();
+    let turn_log = std::fs::read_to_string(dir.join("turn.log")).unwrap_or_default();
+    result.map_err(|e| {
+        e.context(format!(
+            "fabric output:\n{}\ncoturn log (tail):\n{}",
+            output(&log),
+            turn_log
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        ))
+    })?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

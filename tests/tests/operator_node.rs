@@ -115,6 +115,7 @@ async fn a_plan_pushed_by_the_operator_and_its_join_tokens_work_on_a_real_node()
         clock: moim_operator::context::system_clock(),
         token_ttl_secs: 600,
         ready,
+        turn: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api = format!("http://{}", listener.local_addr()?);

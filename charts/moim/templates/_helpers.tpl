@@ -38,3 +38,12 @@ app.kubernetes.io/component: operator
 {{- printf "%s-relay-tls" (include "moim.fullname" .) -}}
 {{- end -}}
 {{- end -}}
+
+{{- /* `REGION=URL,...` for the operator's MOIM_TURN_URLS ("*" entries become bare URLs). */ -}}
+{{- define "moim.turnUrls" -}}
+{{- $out := list -}}
+{{- range $region, $url := .Values.turn.urls -}}
+{{- if eq $region "*" -}}{{- $out = append $out $url -}}{{- else -}}{{- $out = append $out (printf "%s=%s" $region $url) -}}{{- end -}}
+{{- end -}}
+{{- required "turn.urls needs the TURN server's URL per region when turn.enabled" (join "," $out | default nil) -}}
+{{- end -}}
