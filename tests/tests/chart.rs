@@ -240,3 +240,48 @@ async fn the_generated_relay_certificate_links_two_media_nodes() -> anyhow::Resu
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The Grafana dashboard renders into a valid ConfigMap (checked with the others above), is
+/// JSON Grafana can load, and every metric its queries use is one moim exports (a renamed
+/// metric would leave a panel silently empty).
+#[test]
+fn the_dashboard_queries_only_metrics_moim_exports() {
+    let rendered = render(Some(&chart().join("ci/single-region-values.yaml")), false);
+    let cm = docs(&rendered)
+        .into_iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "moim-dashboard")
+        .expect("the dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dash: Value =
+        serde_json::from_str(cm["data"]["moim.json"].as_str().expect("moim.json")).expect("json");
+    let sources = ["media-node/src/metrics.rs", "operator/src/metrics.rs"]
+        .map(|f| std::fs::read_to_string(workspace_root().join(f)).expect("metrics source"))
+        .join("\n");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    let mut checked = 0;
+    for p in panels {
+        for t in p["targets"].as_array().expect("targets") {
+            let expr = t["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("moim_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(&name);
+                assert!(
+                    sources.contains(&format!("\"{base}\"")),
+                    "panel {:?} queries {name}, which moim does not export",
+                    p["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "{checked} metric references");
+}
