@@ -42,9 +42,13 @@ pub struct ServeArgs {
     #[arg(long, env = "MOIM_UDP", default_value = "127.0.0.1:7881")]
     pub udp: SocketAddr,
     /// Address put in ICE candidates, when clients reach the node at another address than
-    /// `--udp` (NAT, a Kubernetes NodePort or LoadBalancer). Port defaults to `--udp`'s.
+    /// `--udp` (NAT, a Kubernetes NodePort or LoadBalancer). Port: `--public-port`, else `--udp`'s.
     #[arg(long, env = "MOIM_PUBLIC_IP")]
     pub public_ip: Option<IpAddr>,
+    /// UDP port clients reach the node's media at, when it differs from the bound one (a
+    /// NodePort Service, a port-mapping NAT).
+    #[arg(long, env = "MOIM_PUBLIC_PORT")]
+    pub public_port: Option<u16>,
     /// Secret that join tokens are signed with (HS256). Required unless `--dev`.
     #[arg(long, env = "MOIM_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,

@@ -57,8 +57,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "--udp {local_addr} is a wildcard address: give --public-ip, the address clients reach the node at"
         );
     }
-    let candidate_addr =
-        SocketAddr::new(args.public_ip.unwrap_or(local_addr.ip()), local_addr.port());
+    let candidate_addr = SocketAddr::new(
+        args.public_ip.unwrap_or(local_addr.ip()),
+        args.public_port.unwrap_or(local_addr.port()),
+    );
     let node_id = args
         .node_id
         .clone()

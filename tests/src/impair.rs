@@ -89,3 +89,60 @@ impl Drop for ImpairedPath {
         self.kill();
     }
 }
+
+/// A port-mapping NAT in front of `target`, for any number of clients: each client gets its
+/// own upstream socket (so the target sees one address per client, as behind a real NAT) and
+/// replies go back to the client they belong to.
+pub struct UdpNat {
+    listen: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl UdpNat {
+    /// Starts the mapping on a free loopback port.
+    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        let outside = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
+        let listen = outside.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut inside: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> =
+                std::collections::HashMap::new();
+            let mut buf = vec![0u8; 2048];
+            loop {
+                let Ok((n, client)) = outside.recv_from(&mut buf).await else {
+                    continue;
+                };
+                let sock = match inside.get(&client) {
+                    Some(s) => s.clone(),
+                    None => {
+                        let Ok(s) = UdpSocket::bind("127.0.0.1:0").await else {
+                            continue;
+                        };
+                        let s = Arc::new(s);
+                        inside.insert(client, s.clone());
+                        let (back, out) = (s.clone(), outside.clone());
+                        tokio::spawn(async move {
+                            let mut b = vec![0u8; 2048];
+                            while let Ok((n, _)) = back.recv_from(&mut b).await {
+                                let _ = out.send_to(&b[..n], client).await;
+                            }
+                        });
+                        s
+                    }
+                };
+                let _ = sock.send_to(&buf[..n], target).await;
+            }
+        });
+        Ok(Self { listen, task })
+    }
+
+    /// The mapped (public) address.
+    pub fn addr(&self) -> SocketAddr {
+        self.listen
+    }
+}
+
+impl Drop for UdpNat {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -117,8 +117,14 @@ pub struct Node {
 impl Node {
     /// Starts a dev node on free loopback ports with `extra` arguments and waits for `/healthz`.
     pub async fn start(extra: &[&str]) -> anyhow::Result<Self> {
-        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse()?;
         let udp: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse()?;
+        Self::start_on(udp, extra).await
+    }
+
+    /// Starts a dev node with its media on `udp` (for a test that puts something in front of
+    /// that port before the node starts).
+    pub async fn start_on(udp: SocketAddr, extra: &[&str]) -> anyhow::Result<Self> {
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse()?;
         let log = std::env::var("MOIM_TEST_LOG").unwrap_or_else(|_| "warn".into());
         let child = Command::new(binary("media-node")?)
             .args([

@@ -199,3 +199,35 @@ async fn simulcast_follows_tile_size_and_screen_share_and_speaker_arrive() -> an
     viewer.close().await;
     Ok(())
 }
+
+/// Behind a port-mapping NAT (as behind a NodePort Service): the node binds one port and
+/// advertises another (`--public-ip`, `--public-port`); browsers reach it only through the
+/// mapping, and the meeting works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_behind_a_port_mapping_advertises_its_public_port() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let udp: std::net::SocketAddr = format!("127.0.0.1:{}", moim_e2e::free_udp_port()).parse()?;
+    let nat = moim_e2e::impair::UdpNat::start(udp).await?;
+    let public_port = nat.addr().port().to_string();
+    let node = Node::start_on(
+        udp,
+        &["--public-ip", "127.0.0.1", "--public-port", &public_port],
+    )
+    .await?;
+    let ana = Browser::join(&node, "mapped", "ana", true).await?;
+    let bo = Browser::join(&node, "mapped", "bo", true).await?;
+    wait_decoding(&ana, "moim.sub", 1, Duration::from_secs(30)).await?;
+    wait_decoding(&bo, "moim.sub", 1, Duration::from_secs(30)).await?;
+    // The browsers' selected pairs point at the mapped port, never at the bound one.
+    let remote_port = "const s = await moim.sub.getStats(); let port = null;
+        s.forEach((r) => { if (r.type === 'candidate-pair' && r.state === 'succeeded' && r.nominated) {
+          port = String(s.get(r.remoteCandidateId).port); } });
+        return port;";
+    assert_eq!(
+        ana.js(remote_port).await?,
+        serde_json::Value::String(public_port.clone())
+    );
+    ana.close().await;
+    bo.close().await;
+    Ok(())
+}

@@ -1460,7 +1460,9 @@ impl Engine {
         let msg = TaggedBytesMut {
             now,
             transport: TransportContext {
-                local_addr: self.cfg.local_addr,
+                // The address clients sent to: ICE matches it against the node's candidate,
+                // which is the advertised (public) address when a NAT or a Service maps it.
+                local_addr: self.cfg.candidate_addr,
                 peer_addr: from,
                 ecn: None,
                 transport_protocol: TransportProtocol::UDP,
