@@ -126,9 +126,34 @@ fn classify(method: &Method, uri: &Uri) -> ApiCall {
     }
 }
 
-async fn handle(State(s): State<FakeApiServer>, method: Method, uri: Uri, body: Bytes) -> Response {
+async fn handle(
+    State(s): State<FakeApiServer>,
+    method: Method,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
     let call = classify(&method, &uri);
     s.lock().calls.push(call.clone());
+    // A server-side apply of an object that does not exist creates it, and the API server
+    // authorizes that as `create` as well as `patch` (RBAC with `patch` alone is refused).
+    let apply = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/apply-patch"));
+    if apply && !call.resource.contains('/') {
+        let name = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
+        let exists = s
+            .lock()
+            .objects
+            .get(&call.resource)
+            .is_some_and(|v| v.iter().any(|o| o["metadata"]["name"] == name.as_str()));
+        if !exists {
+            s.lock().calls.push(ApiCall {
+                verb: "create".into(),
+                ..call.clone()
+            });
+        }
+    }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let not_found = || {
         (
