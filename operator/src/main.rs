@@ -78,6 +78,10 @@ struct RunArgs {
     /// Expose media pods' UDP port as a hostPort.
     #[arg(long, env = "MOIM_MEDIA_HOST_PORT")]
     media_host_port: bool,
+    /// Expose each media node's UDP port through its own Service: `NodePort` or
+    /// `LoadBalancer` (empty: none; host networking, a host port or the pod IP).
+    #[arg(long, env = "MOIM_MEDIA_SERVICE", default_value = "")]
+    media_service: String,
     /// Seconds a media pod may take to drain after SIGTERM.
     #[arg(long, env = "MOIM_MEDIA_GRACE_SECONDS", default_value_t = 7200)]
     media_grace_seconds: i64,
@@ -165,6 +169,8 @@ fn main() -> anyhow::Result<()> {
                         image: args.media_image,
                         host_network: args.media_host_network,
                         host_port: args.media_host_port,
+                        service: moim_operator::pod::MediaService::parse(&args.media_service)
+                            .map_err(anyhow::Error::msg)?,
                         termination_grace_seconds: args.media_grace_seconds,
                         secret_name: args.media_secret,
                         signalling_url_template: args.signalling_url_template,

@@ -11,8 +11,8 @@ use crate::conditions::{Want, settle};
 use crate::context::{Context, FIELD_MANAGER, apply_status};
 use crate::crd::{MediaNode, MediaNodePhase, MediaNodeStatus, NodeLoad};
 use crate::error::{Error, Result};
-use crate::pod::media_pod;
-use k8s_openapi::api::core::v1::Pod;
+use crate::pod::{media_pod, media_service, public_address, service_name};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -84,8 +84,40 @@ async fn apply(node: &MediaNode, ctx: &Context) -> Result<Action> {
     };
     let mut conditions: Vec<Want> = Vec::new();
 
-    if pod.is_none() && !ever_ran {
-        let pod = media_pod(node, s).ok_or(Error::MissingField("name or namespace"))?;
+    // With a per-node Service, the pod is made once the Service has the address clients will
+    // use (the node puts it in its ICE candidates).
+    let mut public = None;
+    let mut waiting_for_address = None;
+    if pod.is_none()
+        && !ever_ran
+        && let Some(kind) = s.service
+        && let Some(svc) = media_service(node, s)
+    {
+        let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+        let svc_name = service_name(&name);
+        let applied = services
+            .patch(
+                &svc_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&svc),
+            )
+            .await?;
+        public = public_address(&applied, kind);
+        if public.is_none() {
+            waiting_for_address = Some(svc_name);
+        }
+    }
+
+    if let Some(svc_name) = waiting_for_address {
+        status.phase = Some(MediaNodePhase::Starting);
+        conditions.push(Want::no(
+            "Ready",
+            "WaitingForAddress",
+            format!("the media Service {svc_name} has no external address yet"),
+        ));
+    } else if pod.is_none() && !ever_ran {
+        let pod =
+            media_pod(node, s, public.as_ref()).ok_or(Error::MissingField("name or namespace"))?;
         pods.patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),

@@ -9,7 +9,8 @@ use crate::crd::MediaNode;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -45,6 +46,127 @@ pub struct PodSettings {
     /// Secret with the relay links' mutual TLS: `ca.crt`, `tls.crt`, `tls.key` (the layout
     /// cert-manager writes). Unset: nodes are not cascaded.
     pub relay_secret: Option<String>,
+    /// A Service per media node that exposes its media port, instead of host networking or a
+    /// host port.
+    pub service: Option<MediaService>,
+}
+
+/// The kind of per-node Service that exposes a media node's UDP port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaService {
+    /// A port on every Kubernetes node (30000-32767), reached at the pod's host address:
+    /// no host networking, but clients need the node port open in the firewall.
+    NodePort,
+    /// A cloud load balancer per media node: its own public address, at the cloud's price.
+    LoadBalancer,
+}
+
+impl MediaService {
+    /// The Service `type`.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+
+    /// Parses `NodePort` / `LoadBalancer` (any case); empty is none.
+    pub fn parse(s: &str) -> Result<Option<Self>, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "" | "none" => Ok(None),
+            "nodeport" => Ok(Some(Self::NodePort)),
+            "loadbalancer" => Ok(Some(Self::LoadBalancer)),
+            other => Err(format!(
+                "unknown media Service type {other:?}: NodePort or LoadBalancer"
+            )),
+        }
+    }
+}
+
+/// Where clients reach a media node's UDP port through its Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicAddress {
+    /// The address (a load balancer's); `None`: the address of the host the pod runs on.
+    pub ip: Option<String>,
+    /// The port.
+    pub port: u16,
+}
+
+/// Name of a media node's Service.
+pub fn service_name(node: &str) -> String {
+    format!("{node}-media")
+}
+
+/// The Service exposing `node`'s media port, when `s` asks for one. `externalTrafficPolicy:
+/// Local`: packets reach the pod from the host they arrive at, with the client's address kept
+/// (ICE checks the 5-tuple; a second hop through another host would rewrite it).
+pub fn media_service(node: &MediaNode, s: &PodSettings) -> Option<Service> {
+    let kind = s.service?;
+    let name = node.metadata.name.clone()?;
+    let namespace = node.metadata.namespace.clone()?;
+    let owner = node.controller_owner_ref(&())?;
+    Some(Service {
+        metadata: ObjectMeta {
+            name: Some(service_name(&name)),
+            namespace: Some(namespace),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".to_owned(), "media-node".to_owned()),
+                ("app.kubernetes.io/part-of".to_owned(), "moim".to_owned()),
+                (NODE_LABEL.to_owned(), name.clone()),
+            ])),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some(kind.type_name().to_owned()),
+            selector: Some(BTreeMap::from([(NODE_LABEL.to_owned(), name)])),
+            external_traffic_policy: Some("Local".to_owned()),
+            ports: Some(vec![ServicePort {
+                name: Some("media".to_owned()),
+                protocol: Some("UDP".to_owned()),
+                port: i32::from(s.udp_port),
+                target_port: Some(IntOrString::Int(i32::from(s.udp_port))),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+/// Where the Service `svc` (as the API server returned it) lets clients reach the media port:
+/// a NodePort Service once its port is allocated, a LoadBalancer once it has an IP address.
+/// `None` until then (a load balancer takes a while; one that has only a host name cannot go
+/// in an ICE candidate).
+pub fn public_address(svc: &Service, kind: MediaService) -> Option<PublicAddress> {
+    let port = svc
+        .spec
+        .as_ref()?
+        .ports
+        .as_ref()?
+        .iter()
+        .find(|p| p.name.as_deref() == Some("media"))?;
+    match kind {
+        MediaService::NodePort => Some(PublicAddress {
+            ip: None,
+            port: u16::try_from(port.node_port?).ok()?,
+        }),
+        MediaService::LoadBalancer => {
+            let ip = svc
+                .status
+                .as_ref()?
+                .load_balancer
+                .as_ref()?
+                .ingress
+                .as_ref()?
+                .iter()
+                .find_map(|i| i.ip.clone())?;
+            Some(PublicAddress {
+                ip: Some(ip),
+                port: u16::try_from(port.port).ok()?,
+            })
+        }
+    }
 }
 
 /// Where a media pod finds its relay certificate (the relay Secret, mounted; Kubernetes swaps
@@ -65,6 +187,7 @@ impl Default for PodSettings {
             signalling_url_template: "http://{podIP}:{port}".into(),
             relay_port: 7882,
             relay_secret: None,
+            service: None,
         }
     }
 }
@@ -97,9 +220,9 @@ impl PodSettings {
     }
 }
 
-/// The pod for `node`. `None` when the node has no name or namespace (never for a stored
-/// object).
-pub fn media_pod(node: &MediaNode, s: &PodSettings) -> Option<Pod> {
+/// The pod for `node`, reached at `public` when a Service exposes it. `None` when the node has
+/// no name or namespace (never for a stored object).
+pub fn media_pod(node: &MediaNode, s: &PodSettings, public: Option<&PublicAddress>) -> Option<Pod> {
     let name = node.metadata.name.clone()?;
     let namespace = node.metadata.namespace.clone()?;
     let mut owner = node.controller_owner_ref(&())?;
@@ -158,7 +281,13 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings) -> Option<Pod> {
             }),
         },
     ];
-    if s.host_network || s.host_port {
+    if let Some(p) = public {
+        envs.push(env("MOIM_PUBLIC_PORT", p.port.to_string()));
+        if let Some(ip) = &p.ip {
+            envs.push(env("MOIM_PUBLIC_IP", ip.clone()));
+        }
+    }
+    if s.host_network || s.host_port || public.is_some_and(|p| p.ip.is_none()) {
         // ICE candidates carry the host's address.
         envs.push(EnvVar {
             name: "MOIM_PUBLIC_IP".to_owned(),
@@ -328,7 +457,7 @@ mod tests {
             relay_secret: Some("moim-relay-tls".into()),
             ..PodSettings::default()
         };
-        let mut pod = media_pod(&node(), &s).expect("pod");
+        let mut pod = media_pod(&node(), &s, None).expect("pod");
         let c = &pod.spec.as_ref().expect("spec").containers[0];
         let env: BTreeMap<&str, &str> = c
             .env
@@ -375,7 +504,7 @@ mod tests {
     #[test]
     fn without_a_relay_secret_the_node_is_not_cascaded() {
         let s = PodSettings::default();
-        let mut pod = media_pod(&node(), &s).expect("pod");
+        let mut pod = media_pod(&node(), &s, None).expect("pod");
         running(&mut pod);
         let c = &pod.spec.as_ref().expect("spec").containers[0];
         assert!(

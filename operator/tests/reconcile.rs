@@ -205,6 +205,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(Settings::default())
+}
+
+fn fixture_with(settings: Settings) -> Fixture {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let (store, writer): (Store<MediaNode>, _) = reflector::store();
@@ -223,7 +227,7 @@ fn fixture() -> Fixture {
         recorder,
         Metrics::new(),
         Arc::new(|| ts(NOW)),
-        Settings::default(),
+        settings,
     ));
     Fixture {
         ctx,
@@ -691,7 +695,7 @@ async fn a_new_media_node_gets_one_owned_pod_pinned_to_its_region() {
         json!({"name": "moim-node-secrets", "key": "admin-token", "optional": false})
     );
     // The pod serialised by the operator is exactly what the builder makes.
-    let built = moim_operator::pod::media_pod(&n, &f.ctx.settings.pod).expect("pod");
+    let built = moim_operator::pod::media_pod(&n, &f.ctx.settings.pod, None).expect("pod");
     assert_eq!(pod, serde_json::to_value(&built).expect("json"));
     call.respond(201, &pod);
 
@@ -716,7 +720,7 @@ async fn a_new_media_node_gets_one_owned_pod_pinned_to_its_region() {
 }
 
 fn running_pod(n: &MediaNode) -> Pod {
-    let mut pod = moim_operator::pod::media_pod(n, &Default::default()).expect("pod");
+    let mut pod = moim_operator::pod::media_pod(n, &Default::default(), None).expect("pod");
     pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
         phase: Some("Running".into()),
         pod_ip: Some("10.1.2.3".into()),
@@ -885,4 +889,131 @@ async fn an_ended_meeting_releases_its_nodes() {
         f.nodes.calls(),
         vec!["DELETE http://seoul-1:7880/admin/rooms/team.standup"]
     );
+}
+
+fn with_media_service(kind: moim_operator::pod::MediaService) -> Settings {
+    Settings {
+        pod: moim_operator::pod::PodSettings {
+            service: Some(kind),
+            ..Default::default()
+        },
+        ..Settings::default()
+    }
+}
+
+const SERVICE_URI: &str =
+    "/api/v1/namespaces/team/services/seoul-1-media?&force=true&fieldManager=moim-operator";
+
+/// NodePort exposure: the Service comes first (owned by the MediaNode, UDP, traffic kept on
+/// the pod's host), and the pod is told the allocated node port and to advertise its host's
+/// address.
+#[tokio::test]
+async fn a_node_port_service_is_made_first_and_the_pod_advertises_its_port() {
+    let mut f = fixture_with(with_media_service(
+        moim_operator::pod::MediaService::NodePort,
+    ));
+    let n = fresh_node();
+    let task = tokio::spawn(medianode::reconcile(Arc::new(n.clone()), f.ctx.clone()));
+    f.api
+        .expect("GET", POD_URI)
+        .await
+        .respond(404, &not_found());
+    let call = f.api.expect("PATCH", SERVICE_URI).await;
+    let spec = &call.body["spec"];
+    assert_eq!(spec["type"], "NodePort");
+    assert_eq!(spec["externalTrafficPolicy"], "Local");
+    assert_eq!(spec["selector"], json!({"media.moim.dev/node": "seoul-1"}));
+    assert_eq!(spec["ports"][0]["protocol"], "UDP");
+    assert_eq!(
+        call.body["metadata"]["ownerReferences"][0]["kind"],
+        "MediaNode"
+    );
+    let mut allocated = call.body.clone();
+    allocated["spec"]["ports"][0]["nodePort"] = json!(31234);
+    call.respond(200, &allocated);
+    let call = f
+        .api
+        .expect(
+            "PATCH",
+            &format!("{POD_URI}?&force=true&fieldManager=moim-operator"),
+        )
+        .await;
+    let env: BTreeMap<String, Value> = call.body["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (e["name"].as_str().expect("name").to_owned(), e.clone()))
+        .collect();
+    assert_eq!(env["MOIM_PUBLIC_PORT"]["value"], "31234");
+    assert_eq!(
+        env["MOIM_PUBLIC_IP"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "status.hostIP"
+    );
+    let pod = call.body.clone();
+    call.respond(201, &pod);
+    f.api
+        .expect_event("team", "Normal", "PodCreated", "seoul-1")
+        .await;
+    let call = f.api.expect("PATCH", NODE_STATUS_URI).await;
+    assert_eq!(call.body["status"]["phase"], "Starting");
+    call.respond(200, &serde_json::to_value(&n).expect("json"));
+    task.await.expect("task").expect("reconcile");
+}
+
+/// LoadBalancer exposure: no pod until the load balancer has an address; the node says why.
+/// Once it has one, the pod advertises it.
+#[tokio::test]
+async fn a_load_balancer_without_an_address_holds_the_pod_back() {
+    let mut f = fixture_with(with_media_service(
+        moim_operator::pod::MediaService::LoadBalancer,
+    ));
+    let n = fresh_node();
+    let task = tokio::spawn(medianode::reconcile(Arc::new(n.clone()), f.ctx.clone()));
+    f.api
+        .expect("GET", POD_URI)
+        .await
+        .respond(404, &not_found());
+    let call = f.api.expect("PATCH", SERVICE_URI).await;
+    assert_eq!(call.body["spec"]["type"], "LoadBalancer");
+    let pending = call.body.clone();
+    call.respond(200, &pending);
+    let call = f.api.expect("PATCH", NODE_STATUS_URI).await;
+    let status = &call.body["status"];
+    assert_eq!(status["phase"], "Starting");
+    assert_eq!(status["conditions"][0]["reason"], "WaitingForAddress");
+    call.respond(200, &serde_json::to_value(&n).expect("json"));
+    task.await.expect("task").expect("reconcile");
+
+    let task = tokio::spawn(medianode::reconcile(Arc::new(n.clone()), f.ctx.clone()));
+    f.api
+        .expect("GET", POD_URI)
+        .await
+        .respond(404, &not_found());
+    let call = f.api.expect("PATCH", SERVICE_URI).await;
+    let mut ready = call.body.clone();
+    ready["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}});
+    call.respond(200, &ready);
+    let call = f
+        .api
+        .expect(
+            "PATCH",
+            &format!("{POD_URI}?&force=true&fieldManager=moim-operator"),
+        )
+        .await;
+    let env: BTreeMap<String, Value> = call.body["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (e["name"].as_str().expect("name").to_owned(), e.clone()))
+        .collect();
+    assert_eq!(env["MOIM_PUBLIC_IP"]["value"], "203.0.113.9");
+    assert_eq!(env["MOIM_PUBLIC_PORT"]["value"], "7881");
+    let pod = call.body.clone();
+    call.respond(201, &pod);
+    f.api
+        .expect_event("team", "Normal", "PodCreated", "seoul-1")
+        .await;
+    let call = f.api.expect("PATCH", NODE_STATUS_URI).await;
+    call.respond(200, &serde_json::to_value(&n).expect("json"));
+    task.await.expect("task").expect("reconcile");
 }

@@ -209,7 +209,16 @@ async fn handle(
                     .find(|o| o["metadata"]["name"] == name.as_str())
                     .cloned()
             });
-            axum::Json(found.unwrap_or(body)).into_response()
+            let mut out = found.unwrap_or(body);
+            // A new NodePort Service gets its port, as the API server allocates one.
+            if plural == "services" && out["spec"]["type"] == "NodePort" {
+                if let Some(ports) = out["spec"]["ports"].as_array_mut() {
+                    for (i, p) in ports.iter_mut().enumerate() {
+                        p["nodePort"] = json!(30_000 + i);
+                    }
+                }
+            }
+            axum::Json(out).into_response()
         }
         _ => (StatusCode::CREATED, axum::Json(body)).into_response(),
     }
@@ -227,6 +236,11 @@ impl RunningOperator {
     /// Starts `operator run` with a kubeconfig pointing at `api` and secrets in files, and
     /// waits until `/readyz` answers 200 (it leads and its caches synced).
     pub async fn start(api: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with_env(api, &[]).await
+    }
+
+    /// [`RunningOperator::start`] with extra environment variables (the chart's settings).
+    pub async fn start_with_env(api: SocketAddr, env: &[(String, String)]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "moim-operator-{}-{}",
             std::process::id(),
@@ -253,6 +267,7 @@ impl RunningOperator {
             .arg(dir.join("admin"))
             .args(["--identity", "operator-test-0", "--log", "warn"])
             .env("KUBECONFIG", &kubeconfig)
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::inherit())
             .spawn()?;

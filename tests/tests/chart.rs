@@ -157,12 +157,37 @@ fn allowed(rules: &[Value], call: &ApiCall) -> bool {
 
 #[tokio::test]
 async fn rbac_allows_every_call_the_operator_makes_and_no_more_scope() -> anyhow::Result<()> {
-    let api = small_cluster();
-    let op = RunningOperator::start(api.serve().await?).await?;
-    let calls = op.wait_for_calls(&api, saw_full_reconcile).await?;
-    drop(op);
+    // The operator runs with each set-up's own media settings (they change which calls it
+    // makes: a Service per node with nodePort exposure), once per distinct setting.
+    let mut runs: std::collections::BTreeMap<Vec<(String, String)>, Vec<ApiCall>> =
+        std::collections::BTreeMap::new();
     for setup in setups() {
         let rendered = docs(&render(setup.as_ref(), false));
+        let env: Vec<(String, String)> = rendered
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "moim-operator")
+            .and_then(|d| {
+                d["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_array()
+                    .cloned()
+            })
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| {
+                let name = e["name"].as_str()?;
+                let value = e["value"].as_str()?;
+                name.starts_with("MOIM_MEDIA_")
+                    .then(|| (name.to_owned(), value.to_owned()))
+            })
+            .collect();
+        if !runs.contains_key(&env) {
+            let api = small_cluster();
+            let op = RunningOperator::start_with_env(api.serve().await?, &env).await?;
+            let calls = op.wait_for_calls(&api, saw_full_reconcile).await?;
+            drop(op);
+            runs.insert(env.clone(), calls);
+        }
+        let calls = &runs[&env];
         let rules_of = |kind: &str| -> Vec<Value> {
             rendered
                 .iter()
@@ -174,7 +199,7 @@ async fn rbac_allows_every_call_the_operator_makes_and_no_more_scope() -> anyhow
         let cluster_wide = rendered.iter().any(|d| d["kind"] == "ClusterRole");
         let main_rules = rules_of(if cluster_wide { "ClusterRole" } else { "Role" });
         let role_rules = rules_of("Role");
-        for call in &calls {
+        for call in calls {
             let ok = if call.resource == "leases" {
                 // Leader election: only in the release namespace, by a Role.
                 call.namespace.as_deref() == Some("moim-system") && allowed(&role_rules, call)
