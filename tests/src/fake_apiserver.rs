@@ -211,11 +211,12 @@ async fn handle(
             });
             let mut out = found.unwrap_or(body);
             // A new NodePort Service gets its port, as the API server allocates one.
-            if plural == "services" && out["spec"]["type"] == "NodePort" {
-                if let Some(ports) = out["spec"]["ports"].as_array_mut() {
-                    for (i, p) in ports.iter_mut().enumerate() {
-                        p["nodePort"] = json!(30_000 + i);
-                    }
+            if plural == "services"
+                && out["spec"]["type"] == "NodePort"
+                && let Some(ports) = out["spec"]["ports"].as_array_mut()
+            {
+                for (i, p) in ports.iter_mut().enumerate() {
+                    p["nodePort"] = json!(30_000 + i);
                 }
             }
             axum::Json(out).into_response()
