@@ -891,6 +891,30 @@ async fn an_ended_meeting_releases_its_nodes() {
     );
 }
 
+/// Waits for the media pod's server-side apply, answers it and its Event, and returns the
+/// pod's environment by name.
+async fn expect_pod_created(f: &mut Fixture) -> BTreeMap<String, Value> {
+    let call = f
+        .api
+        .expect(
+            "PATCH",
+            &format!("{POD_URI}?&force=true&fieldManager=moim-operator"),
+        )
+        .await;
+    let env = call.body["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .map(|e| (e["name"].as_str().expect("name").to_owned(), e.clone()))
+        .collect();
+    let pod = call.body.clone();
+    call.respond(201, &pod);
+    f.api
+        .expect_event("team", "Normal", "PodCreated", "seoul-1")
+        .await;
+    env
+}
+
 fn with_media_service(kind: moim_operator::pod::MediaService) -> Settings {
     Settings {
         pod: moim_operator::pod::PodSettings {
@@ -931,29 +955,12 @@ async fn a_node_port_service_is_made_first_and_the_pod_advertises_its_port() {
     let mut allocated = call.body.clone();
     allocated["spec"]["ports"][0]["nodePort"] = json!(31234);
     call.respond(200, &allocated);
-    let call = f
-        .api
-        .expect(
-            "PATCH",
-            &format!("{POD_URI}?&force=true&fieldManager=moim-operator"),
-        )
-        .await;
-    let env: BTreeMap<String, Value> = call.body["spec"]["containers"][0]["env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .map(|e| (e["name"].as_str().expect("name").to_owned(), e.clone()))
-        .collect();
+    let env = expect_pod_created(&mut f).await;
     assert_eq!(env["MOIM_PUBLIC_PORT"]["value"], "31234");
     assert_eq!(
         env["MOIM_PUBLIC_IP"]["valueFrom"]["fieldRef"]["fieldPath"],
         "status.hostIP"
     );
-    let pod = call.body.clone();
-    call.respond(201, &pod);
-    f.api
-        .expect_event("team", "Normal", "PodCreated", "seoul-1")
-        .await;
     let call = f.api.expect("PATCH", NODE_STATUS_URI).await;
     assert_eq!(call.body["status"]["phase"], "Starting");
     call.respond(200, &serde_json::to_value(&n).expect("json"));
@@ -993,26 +1000,9 @@ async fn a_load_balancer_without_an_address_holds_the_pod_back() {
     let mut ready = call.body.clone();
     ready["status"] = json!({"loadBalancer": {"ingress": [{"ip": "203.0.113.9"}]}});
     call.respond(200, &ready);
-    let call = f
-        .api
-        .expect(
-            "PATCH",
-            &format!("{POD_URI}?&force=true&fieldManager=moim-operator"),
-        )
-        .await;
-    let env: BTreeMap<String, Value> = call.body["spec"]["containers"][0]["env"]
-        .as_array()
-        .expect("env")
-        .iter()
-        .map(|e| (e["name"].as_str().expect("name").to_owned(), e.clone()))
-        .collect();
+    let env = expect_pod_created(&mut f).await;
     assert_eq!(env["MOIM_PUBLIC_IP"]["value"], "203.0.113.9");
     assert_eq!(env["MOIM_PUBLIC_PORT"]["value"], "7881");
-    let pod = call.body.clone();
-    call.respond(201, &pod);
-    f.api
-        .expect_event("team", "Normal", "PodCreated", "seoul-1")
-        .await;
     let call = f.api.expect("PATCH", NODE_STATUS_URI).await;
     call.respond(200, &serde_json::to_value(&n).expect("json"));
     task.await.expect("task").expect("reconcile");

@@ -28,6 +28,80 @@ fn output(log: &std::path::Path) -> String {
     s
 }
 
+/// `operator local` running in `dir`, with Meeting files in `dir/meetings`.
+struct Fabric {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    log: std::path::PathBuf,
+    listen: String,
+    port_base: u16,
+}
+
+impl Fabric {
+    fn start(name: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("moim-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("meetings"))?;
+        let log = dir.join("fabric.log");
+        let listen = format!("127.0.0.1:{}", moim_e2e::free_tcp_port());
+        // Below the ephemeral range, apart per test process and per fabric in it.
+        static STARTED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port_base = 20_000 + (std::process::id() % 500) as u16 * 40 + n * 20;
+        let child = Command::new(binary("operator")?)
+            .args(["local", "--meetings"])
+            .arg(dir.join("meetings"))
+            .args(["--listen", &listen, "--port-base", &port_base.to_string()])
+            .args(extra)
+            .arg("--media-node")
+            .arg(binary("media-node")?)
+            .stdout(Stdio::from(std::fs::File::create(&log)?))
+            .stderr(Stdio::from(std::fs::File::create(dir.join("fabric.err"))?))
+            .spawn()?;
+        Ok(Self {
+            child,
+            dir,
+            log,
+            listen,
+            port_base,
+        })
+    }
+
+    /// `kubectl apply`, the local way: a file in the folder; waits until it is placed.
+    async fn apply(&self, file: &str, yaml: &str, key: &str) -> anyhow::Result<String> {
+        std::fs::write(self.dir.join("meetings").join(file), yaml)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = output(&self.log);
+            if text.contains(&format!("meeting {key} on ")) {
+                return Ok(text);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "not placed:\n{text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Ctrl-C; returns whether it exited cleanly in time, and everything it printed.
+    fn interrupt(mut self) -> (bool, String) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let clean = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let text = output(&self.log);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        (clean, text)
+    }
+}
+
 /// Joins `meeting` through the fabric's join page, as a person would: pick the meeting and the
 /// region, type a name, press Join; the page sends the browser to that region's node.
 async fn join_through_page(page: &str, region: &str, name: &str) -> anyhow::Result<Browser> {
@@ -56,41 +130,20 @@ async fn join_through_page(page: &str, region: &str, name: &str) -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meeting_file_is_placed_and_two_regions_meet_across_the_cascade() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
-    let dir = std::env::temp_dir().join(format!("moim-fabric-{}", std::process::id()));
-    let meetings = dir.join("meetings");
-    std::fs::create_dir_all(&meetings)?;
-    let log = dir.join("fabric.log");
-    let listen = format!("127.0.0.1:{}", moim_e2e::free_tcp_port());
-    let port_base = 20_000 + (std::process::id() % 4_000) as u16 * 10;
-    let mut fabric = Command::new(binary("operator")?)
-        .args(["local", "--meetings"])
-        .arg(&meetings)
-        .args(["--listen", &listen, "--port-base", &port_base.to_string()])
-        .arg("--media-node")
-        .arg(binary("media-node")?)
-        .stdout(Stdio::from(std::fs::File::create(&log)?))
-        .stderr(Stdio::from(std::fs::File::create(dir.join("fabric.err"))?))
-        .spawn()?;
+    let fabric = Fabric::start("fabric", &[])?;
     let result = async {
-        // `kubectl apply`, the local way: a file in the folder.
-        std::fs::write(meetings.join("sync.yaml"), MEETING)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !output(&log).contains("meeting default/sync on ") {
-            anyhow::ensure!(Instant::now() < deadline, "not placed:\n{}", output(&log));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let placed = output(&log);
+        let placed = fabric.apply("sync.yaml", MEETING, "default/sync").await?;
         assert!(
             placed.contains("seoul-1 (seoul)") && placed.contains("frankfurt-1 (frankfurt)"),
             "{placed}"
         );
-        let page = format!("http://{listen}/");
+        let page = format!("http://{}/", fabric.listen);
         let ana = join_through_page(&page, "seoul", "ana").await?;
         let bo = join_through_page(&page, "frankfurt", "bo").await?;
         // Each landed on its own region's node.
         let port = "return location.port;";
-        assert_eq!(ana.js(port).await?, port_base.to_string());
-        assert_eq!(bo.js(port).await?, (port_base + 10).to_string());
+        assert_eq!(ana.js(port).await?, fabric.port_base.to_string());
+        assert_eq!(bo.js(port).await?, (fabric.port_base + 10).to_string());
         wait_decoding(&ana, "moim.sub", 1, Duration::from_secs(40)).await?;
         wait_decoding(&bo, "moim.sub", 1, Duration::from_secs(40)).await?;
         ana.close().await;
@@ -99,30 +152,12 @@ async fn a_meeting_file_is_placed_and_two_regions_meet_across_the_cascade() -> a
     }
     .await;
     // Ctrl-C: every media node stops, then the fabric.
-    let _ = Command::new("kill")
-        .args(["-INT", &fabric.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let exited = loop {
-        if let Ok(Some(status)) = fabric.try_wait() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = fabric.kill();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let text = output(&log);
+    let (clean, text) = fabric.interrupt();
     result.map_err(|e| e.context(format!("fabric output:\n{text}")))?;
-    assert!(
-        exited.is_some_and(|s| s.success()),
-        "the fabric exits on Ctrl-C:\n{text}"
-    );
+    assert!(clean, "the fabric exits on Ctrl-C:\n{text}");
     for node in ["seoul-1", "frankfurt-1", "virginia-1"] {
         assert!(text.contains(&format!("node {node} stopped")), "{text}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
@@ -186,36 +221,27 @@ const VIA_TURN: &str = "
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_that_can_only_use_turn_gets_media_through_coturn() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
-    let dir = std::env::temp_dir().join(format!("moim-turn-{}", std::process::id()));
-    let meetings = dir.join("meetings");
-    std::fs::create_dir_all(&meetings)?;
-    std::fs::write(meetings.join("sync.yaml"), MEETING)?;
     let secret = "turn-shared-secret";
-    let turn = Coturn::start(&dir, secret)?;
-    let log = dir.join("fabric.log");
-    let listen = format!("127.0.0.1:{}", moim_e2e::free_tcp_port());
-    let port_base = 24_000 + (std::process::id() % 1_000) as u16 * 10;
-    let mut fabric = Command::new(binary("operator")?)
-        .args(["local", "--meetings"])
-        .arg(&meetings)
-        .args(["--listen", &listen, "--port-base", &port_base.to_string()])
-        .args(["--regions", "seoul,frankfurt", "--api-key", "key"])
-        .args([
+    let turn_dir = std::env::temp_dir().join(format!("moim-turn-{}", std::process::id()));
+    std::fs::create_dir_all(&turn_dir)?;
+    let turn = Coturn::start(&turn_dir, secret)?;
+    let turn_url = format!("turn:127.0.0.1:{}?transport=udp", turn.port);
+    let fabric = Fabric::start(
+        "turn",
+        &[
+            "--regions",
+            "seoul,frankfurt",
+            "--api-key",
+            "key",
             "--turn-url",
-            &format!("turn:127.0.0.1:{}?transport=udp", turn.port),
-        ])
-        .args(["--turn-secret", secret])
-        .arg("--media-node")
-        .arg(binary("media-node")?)
-        .stdout(Stdio::from(std::fs::File::create(&log)?))
-        .stderr(Stdio::null())
-        .spawn()?;
+            &turn_url,
+            "--turn-secret",
+            secret,
+        ],
+    )?;
+    let listen = fabric.listen.clone();
     let result = async {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !output(&log).contains("meeting default/sync on ") {
-            anyhow::ensure!(Instant::now() < deadline, "not placed:\n{}", output(&log));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        fabric.apply("sync.yaml", MEETING, "default/sync").await?;
         let http = reqwest::Client::new();
         let join = |identity: &'static str, region: &'static str| {
             let (http, listen) = (http.clone(), listen.clone());
@@ -262,19 +288,11 @@ async fn a_participant_that_can_only_use_turn_gets_media_through_coturn() -> any
         anyhow::Ok(())
     }
     .await;
-    let _ = Command::new("kill")
-        .args(["-INT", &fabric.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !matches!(fabric.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = fabric.kill();
-    let turn_log = std::fs::read_to_string(dir.join("turn.log")).unwrap_or_default();
+    let (_, text) = fabric.interrupt();
+    let turn_log = std::fs::read_to_string(turn_dir.join("turn.log")).unwrap_or_default();
     result.map_err(|e| {
         e.context(format!(
-            "fabric output:\n{}\ncoturn log (tail):\n{}",
-            output(&log),
+            "fabric output:\n{text}\ncoturn log (tail):\n{}",
             turn_log
                 .lines()
                 .rev()
@@ -283,7 +301,8 @@ async fn a_participant_that_can_only_use_turn_gets_media_through_coturn() -> any
                 .join("\n")
         ))
     })?;
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(turn);
+    let _ = std::fs::remove_dir_all(&turn_dir);
     Ok(())
 }
 
