@@ -17,7 +17,7 @@
 
 use crate::api::{self, ApiState};
 use crate::context::{Clock, system_clock};
-use crate::crd::{MediaNode, MediaNodePhase, Meeting, NodeLoad};
+use crate::crd::{MediaNode, MediaNodePhase, Meeting};
 use crate::ledger::Ledger;
 use crate::meeting::{ScheduleState, enact, plan_meeting, release, running_status, schedule_state};
 use crate::metrics::Metrics;
@@ -407,15 +407,8 @@ impl Fabric {
                         } else {
                             MediaNodePhase::Ready
                         });
-                        status.load = Some(NodeLoad {
-                            participants: u32::try_from(report.participants).unwrap_or(u32::MAX),
-                            published_tracks: u32::try_from(report.published_tracks)
-                                .unwrap_or(u32::MAX),
-                            forwarded_streams: u32::try_from(report.forwarded_streams)
-                                .unwrap_or(u32::MAX),
-                            egress_bps: report.egress_bps,
-                            cpu_cores: Some(format!("{:.2}", report.cpu_cores)),
-                        });
+                        status.load = Some(crate::medianode::load_of(&report));
+                        status.meetings = crate::medianode::meetings_of(&report);
                         status.last_report = Some(Time(now));
                     }
                     Err(_) => {

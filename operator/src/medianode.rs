@@ -240,7 +240,8 @@ async fn apply(node: &MediaNode, ctx: &Context) -> Result<Action> {
     Ok(Action::requeue(ctx.settings.node_poll))
 }
 
-fn load_of(r: &NodeStatus) -> NodeLoad {
+/// A node's load as its MediaNode status shows it, from its `/status`.
+pub(crate) fn load_of(r: &NodeStatus) -> NodeLoad {
     NodeLoad {
         participants: u32::try_from(r.participants).unwrap_or(u32::MAX),
         published_tracks: u32::try_from(r.published_tracks).unwrap_or(u32::MAX),
@@ -252,7 +253,7 @@ fn load_of(r: &NodeStatus) -> NodeLoad {
 
 /// Meetings the node hosts (`namespace/name` → participants), from its rooms: every assigned
 /// room, and every room named like a Meeting's (`namespace.name`) with people in it.
-fn meetings_of(r: &NodeStatus) -> BTreeMap<String, u32> {
+pub(crate) fn meetings_of(r: &NodeStatus) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
     let as_meeting = |room: &str| room.split_once('.').map(|(ns, n)| format!("{ns}/{n}"));
     for room in r.assignments.keys() {
