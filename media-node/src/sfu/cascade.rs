@@ -851,13 +851,13 @@ impl Engine {
             if ring.len() >= RECENT_PACKETS {
                 ring.pop_front();
             }
-            ring.push_back((seq, raw));
+            ring.push_back((seq, raw.clone()));
         }
         let payload_len = packet.payload.len() as u64;
         self.metrics.relay_packets_in.inc();
         self.metrics.bytes_in.inc_by(payload_len);
         self.rate_window.bytes_in += payload_len;
-        self.deliver(key, usize::from(d.layer), &packet, now);
+        self.deliver(key, usize::from(d.layer), &packet, Some(&raw), now);
         if late {
             self.replay_after_late_start(key, d.layer, seq, now);
         }
@@ -1225,7 +1225,15 @@ impl Engine {
     }
 
     /// Sends a packet of a local track to the links subscribed to its layer.
-    pub(super) fn relay_forward(&mut self, key: TrackKey, layer: u8, packet: &rtc::rtp::Packet) {
+    /// `raw` is the packet as it arrived over a link, when it did (a hub passes it on as is
+    /// rather than marshalling it again).
+    pub(super) fn relay_forward(
+        &mut self,
+        key: TrackKey,
+        layer: u8,
+        packet: &rtc::rtp::Packet,
+        raw: Option<&Bytes>,
+    ) {
         let Some(t) = self.tracks.get(&key) else {
             return;
         };
@@ -1244,13 +1252,17 @@ impl Engine {
         if targets.is_empty() {
             return;
         }
-        let Ok(rtp) = packet.marshal() else {
-            return;
+        let rtp = match raw {
+            Some(raw) => raw.clone(),
+            None => match packet.marshal() {
+                Ok(rtp) => rtp.freeze(),
+                Err(_) => return,
+            },
         };
         let datagram = MediaDatagram {
             track: handle,
             layer,
-            rtp: rtp.freeze(),
+            rtp,
         }
         .encode();
         let history = self.relay_history.entry((key, layer)).or_default();

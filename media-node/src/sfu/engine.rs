@@ -1822,12 +1822,20 @@ impl Engine {
                 }
             }
         };
-        self.deliver(key, layer, &packet, now);
+        self.deliver(key, layer, &packet, None, now);
     }
 
     /// Forwards a packet of `key`'s `layer` (from its publisher or a relay link) to its
     /// subscribers here and to relay links that take that layer.
-    fn deliver(&mut self, key: TrackKey, layer: usize, packet: &rtc::rtp::Packet, now: Instant) {
+    /// `raw` is the packet's bytes when it came over a relay link as is.
+    fn deliver(
+        &mut self,
+        key: TrackKey,
+        layer: usize,
+        packet: &rtc::rtp::Packet,
+        raw: Option<&bytes::Bytes>,
+        now: Instant,
+    ) {
         let Some(t) = self.tracks.get_mut(&key) else {
             return;
         };
@@ -1860,7 +1868,7 @@ impl Engine {
         if let Some(t) = self.tracks.get_mut(&key) {
             t.downs = downs;
         }
-        self.relay_forward(key, layer as u8, packet);
+        self.relay_forward(key, layer as u8, packet, raw);
     }
 
     fn forward_to(
