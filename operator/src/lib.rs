@@ -2,6 +2,7 @@
 //! where meetings run, the reconcilers that apply those decisions, and the join API.
 
 pub mod api;
+pub mod autoscale;
 pub mod conditions;
 pub mod context;
 pub mod crd;
