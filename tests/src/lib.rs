@@ -4,6 +4,7 @@
 //! Nothing here fakes media: browsers use Chromium's fake camera and microphone, which produce
 //! real encoded video and audio over real ICE, DTLS and SRTP.
 
+pub mod autoscale_bench;
 pub mod cascade_bench;
 pub mod fake_apiserver;
 pub mod impair;

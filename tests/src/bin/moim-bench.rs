@@ -32,6 +32,9 @@ enum Bench {
     /// Two linked media-nodes: latency added per relay hop, relay packets per core-second,
     /// and the link's wire overhead over the media it carries.
     Cascade(moim_e2e::cascade_bench::CascadeArgs),
+    /// The autoscaler: a traffic curve (steady, surge, webinar, follow-the-sun) replayed
+    /// through the real scaling and placement decisions on a simulated fleet.
+    Autoscale(moim_e2e::autoscale_bench::AutoscaleArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,6 +76,13 @@ async fn main() -> anyhow::Result<()> {
         Bench::Sfu(args) => sfu(args).await,
         Bench::Cascade(args) => {
             let out = moim_e2e::cascade_bench::run(&args).await?;
+            if args.json {
+                println!("{out}");
+            }
+            Ok(())
+        }
+        Bench::Autoscale(args) => {
+            let out = moim_e2e::autoscale_bench::run(&args)?;
             if args.json {
                 println!("{out}");
             }
