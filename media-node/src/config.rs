@@ -27,6 +27,26 @@ pub struct Cli {
 pub enum Command {
     /// Print a join token for a room.
     Token(TokenArgs),
+    /// Ask the node serving on this machine to drain for good, and (with `--wait`) wait until
+    /// its last participant has left: the media pod's preStop hook.
+    Drain(DrainArgs),
+}
+
+/// Options of `media-node drain`.
+#[derive(Debug, Clone, Args)]
+pub struct DrainArgs {
+    /// The node's HTTP address (an unspecified address means this machine's loopback).
+    #[arg(long, env = "MOIM_HTTP", default_value = "127.0.0.1:7880")]
+    pub http: SocketAddr,
+    /// The node's admin token.
+    #[arg(long, env = "MOIM_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Wait until no participant is left.
+    #[arg(long)]
+    pub wait: bool,
+    /// Give up waiting after this long (Kubernetes ends the hook at the grace period anyway).
+    #[arg(long, default_value = "2h", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Options for serving.

@@ -113,8 +113,24 @@ pub enum Command {
         /// Done.
         reply: Reply<()>,
     },
-    /// Start draining.
+    /// Start draining (the operator asked; it may take the node back).
     Drain,
+    /// Start draining for good (SIGTERM).
+    Terminate,
+    /// Take new rooms again after [`Command::Drain`].
+    Undrain {
+        /// Refused once terminating.
+        reply: Reply<()>,
+    },
+    /// Send a room's participants to another node.
+    MoveRoom {
+        /// Room.
+        room: String,
+        /// Signalling URL they reconnect to.
+        url: String,
+        /// Participants told.
+        reply: oneshot::Sender<usize>,
+    },
     /// The operator assigns a room (see [`Engine::assign`]).
     Assign {
         /// Room.
@@ -301,12 +317,10 @@ async fn run(
         while let Some(s) = engine.poll_closed() {
             outboxes.remove(&s);
         }
-        if engine.is_draining() {
-            draining.send_if_modified(|d| !std::mem::replace(d, true));
-            if engine.session_count() == 0 {
-                drained.send_if_modified(|d| !std::mem::replace(d, true));
-            }
-        }
+        let now_draining = engine.is_draining();
+        draining.send_if_modified(|d| std::mem::replace(d, now_draining) != now_draining);
+        let now_drained = now_draining && engine.session_count() == 0;
+        drained.send_if_modified(|d| std::mem::replace(d, now_drained) != now_drained);
     }
 }
 
@@ -376,6 +390,13 @@ fn handle(
             let _ = reply.send(engine.delete_resource(&resource, now));
         }
         Command::Drain => engine.drain(),
+        Command::Terminate => engine.terminate(),
+        Command::Undrain { reply } => {
+            let _ = reply.send(engine.undrain());
+        }
+        Command::MoveRoom { room, url, reply } => {
+            let _ = reply.send(engine.move_room(&room, &url));
+        }
         Command::Assign {
             room,
             assignment,

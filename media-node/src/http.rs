@@ -10,7 +10,7 @@ use crate::process::CpuMeter;
 use crate::relay::mesh::Relay;
 use axum::body::Bytes;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -72,8 +72,9 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
-        .route("/drain", post(drain))
+        .route("/drain", post(drain).delete(undrain))
         .route("/admin/rooms/{room}", put(assign_room).delete(release_room))
+        .route("/admin/rooms/{room}/move", post(move_room))
         .route("/ws", get(ws))
         .route("/dev/token", get(dev_token))
         .route("/whip/{room}", post(whip).options(preflight))
@@ -143,10 +144,65 @@ async fn status(State(s): State<AppState>, headers: HeaderMap) -> Result<Respons
     Ok(Json(st).into_response())
 }
 
-async fn drain(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, Error> {
+#[derive(serde::Deserialize)]
+struct DrainQuery {
+    /// For good, as SIGTERM (the preStop hook): `DELETE /drain` is refused afterwards.
+    #[serde(default, rename = "final")]
+    for_good: bool,
+}
+
+/// `POST /drain`: no new rooms. `?final=true` drains for good.
+async fn drain(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<DrainQuery>,
+) -> Result<Response, Error> {
     check_admin(&s, &headers)?;
-    s.engine.send(Command::Drain)?;
+    s.engine.send(if q.for_good {
+        Command::Terminate
+    } else {
+        Command::Drain
+    })?;
     Ok((StatusCode::ACCEPTED, "draining\n").into_response())
+}
+
+/// `DELETE /drain`: take new rooms again. 409 once the process is stopping (SIGTERM).
+async fn undrain(State(s): State<AppState>, headers: HeaderMap) -> Result<Response, Error> {
+    check_admin(&s, &headers)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.engine.send(Command::Undrain { reply: tx })?;
+    match rx.await.map_err(|_| Error::EngineUnavailable)? {
+        Ok(()) => Ok("serving\n".into_response()),
+        Err(_) => Ok((StatusCode::CONFLICT, "stopping: cannot be taken back\n").into_response()),
+    }
+}
+
+/// `POST /admin/rooms/{room}/move`: the room's share moved to another node; its participants
+/// are told to reconnect at the body's `url`. 200 with how many were told.
+async fn move_room(
+    State(s): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Error> {
+    check_admin(&s, &headers)?;
+    if room.is_empty() || room.len() > moim_wire::admin::MAX_ROOM_LEN {
+        return Err(Error::BadRequest("room name is empty or too long".into()));
+    }
+    let mv: moim_wire::admin::RoomMove =
+        serde_json::from_slice(&body).map_err(|e| Error::BadRequest(format!("room move: {e}")))?;
+    mv.validate().map_err(Error::BadRequest)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.engine.send(Command::MoveRoom {
+        room: room.clone(),
+        url: mv.url,
+        reply: tx,
+    })?;
+    let told = rx.await.map_err(|_| Error::EngineUnavailable)?;
+    if let Some(relay) = &s.relay {
+        relay.release(&room);
+    }
+    Ok(format!("{told} participants sent on\n").into_response())
 }
 
 /// `PUT /admin/rooms/{room}`: the operator's plan for one meeting on this node.

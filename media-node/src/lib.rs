@@ -6,6 +6,7 @@
 //! puts it all together.
 
 pub mod config;
+pub mod drain;
 pub mod driver;
 pub mod error;
 pub mod http;

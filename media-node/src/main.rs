@@ -1,4 +1,4 @@
-//! The `media-node` binary: serve, or mint a join token.
+//! The `media-node` binary: serve, mint a join token, or drain the node on this machine.
 
 use anyhow::{Context, bail};
 use clap::Parser;
@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", claims.sign(secret.as_bytes()));
             Ok(())
         }
+        Some(Command::Drain(d)) => media_node::drain::run(&d),
         None => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

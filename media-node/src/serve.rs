@@ -1,6 +1,6 @@
 //! Start-up and shutdown of a serving node: sockets, engine task, HTTP server, draining.
 //!
-//! SIGTERM (or `POST /drain`) starts draining: `/readyz` turns false, no new rooms start,
+//! SIGTERM (or `POST /drain`, which `DELETE /drain` undoes) starts draining: `/readyz` turns false, no new rooms start,
 //! current rooms continue; the process exits once the last session ends or at
 //! `--drain-timeout`. A second SIGTERM or Ctrl-C exits at once.
 
@@ -146,18 +146,48 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut draining = handle.draining.clone();
     let drain_timeout = args.drain_timeout;
     let shutdown = async move {
-        // Draining starts on SIGTERM/Ctrl-C or through `POST /drain`.
-        tokio::select! {
-            () = wait_for_term() => {
-                let _ = handle.send(Command::Drain);
+        // Draining starts on SIGTERM/Ctrl-C (for good) or through `POST /drain` (the operator
+        // may take the node back with `DELETE /drain`, and then it serves on).
+        let mut terminating = false;
+        loop {
+            if !terminating {
+                tokio::select! {
+                    () = wait_for_term() => {
+                        terminating = true;
+                        let _ = handle.send(Command::Terminate);
+                    }
+                    _ = draining.wait_for(|d| *d) => {}
+                }
             }
-            _ = draining.wait_for(|d| *d) => {}
-        }
-        tracing::info!(?drain_timeout, "draining: no new rooms; exiting when empty");
-        tokio::select! {
-            _ = drained.wait_for(|d| *d) => tracing::info!("drained: no sessions left"),
-            () = tokio::time::sleep(drain_timeout) => tracing::warn!("drain timeout reached; exiting with sessions left"),
-            () = wait_for_term() => tracing::warn!("second signal; exiting now"),
+            tracing::info!(
+                ?drain_timeout,
+                terminating,
+                "draining: no new rooms; exiting when empty"
+            );
+            let deadline = tokio::time::sleep(drain_timeout);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    _ = drained.wait_for(|d| *d) => {
+                        tracing::info!("drained: no sessions left");
+                        return;
+                    }
+                    () = &mut deadline => {
+                        tracing::warn!("drain timeout reached; exiting with sessions left");
+                        return;
+                    }
+                    () = wait_for_term() => {
+                        if terminating {
+                            tracing::warn!("second signal; exiting now");
+                            return;
+                        }
+                        terminating = true;
+                        let _ = handle.send(Command::Terminate);
+                    }
+                    _ = draining.wait_for(|d| !*d), if !terminating => break,
+                }
+            }
+            tracing::info!("serving again");
         }
     };
     tokio::select! {

@@ -21,6 +21,10 @@ const moim = (window.moim = {
   sub: null,
   chat: null,
   localStream: null,
+  // Where the client is connected after a move (null: the node that served this page), and
+  // how many times its meeting moved it.
+  node: null,
+  moves: 0,
   // Milliseconds since page load at each step of joining (first time each happens), for
   // troubleshooting slow joins: token, ws_open, joined, offer, answer_sent, media_connected, track.
   marks: {},
@@ -130,7 +134,8 @@ async function onMessage(msg) {
       setStatus(`in ${msg.room} as ${msg.participant_id}`);
       $('cam').disabled = !msg.can_publish; $('screen').disabled = !msg.can_publish;
       $('leave').disabled = false; $('chattext').disabled = false; $('chatsend').disabled = false;
-      if (params.get('publish') !== '0' && msg.can_publish && params.has('autojoin')) publishCamera();
+      if (msg.can_publish && (moim.republish || (params.get('publish') !== '0' && params.has('autojoin')))) publishCamera();
+      moim.republish = false;
       break;
     case 'subscribe_offer': {
       mark('offer');
@@ -168,6 +173,7 @@ async function onMessage(msg) {
       break;
     case 'draining':
       setStatus('this server is draining' + (msg.url ? '; moving…' : ''));
+      if (msg.url) moveTo(msg.url).catch((e) => { moim.errors.push({ code: 'move', message: String(e) }); setStatus(String(e)); });
       break;
     case 'error':
       moim.errors.push(msg);
@@ -237,14 +243,41 @@ async function devToken(room, identity, name) {
 
 async function join(room, name) {
   const identity = name.toLowerCase().replace(/[^a-z0-9]+/g, '-') + '-' + Math.random().toString(36).slice(2, 7);
-  const token = params.get('token') || (await devToken(room, identity, name));
+  moim.token = params.get('token') || (await devToken(room, identity, name));
   mark('token');
-  const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
+  connect(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
+  $('join').disabled = true;
+}
+
+// The meeting's share on this node moved to another node (it drains for scale-in): leave here
+// and join there with the same token (every node of a deployment checks the same tokens),
+// publishing again what was published.
+async function moveTo(url) {
+  const target = new URL('/ws', url);
+  target.protocol = target.protocol === 'https:' ? 'wss:' : 'ws:';
+  moim.moves = (moim.moves || 0) + 1;
+  moim.node = url;
+  moim.republish = !!moim.localStream;
+  const old = moim.ws;
+  moim.ws = null;
+  if (old) { old.onclose = null; if (old.readyState === WebSocket.OPEN) old.send(JSON.stringify({ type: 'leave' })); old.close(); }
+  [moim.pub, moim.sub].forEach((pc) => pc && pc.close());
+  moim.pub = null; moim.sub = null; moim.chat = null;
+  moim.localStream && moim.localStream.getTracks().forEach((t) => t.stop());
+  moim.localStream = null;
+  declared.length = 0;
+  moim.participants.clear(); moim.tracks.clear();
+  $('grid').innerHTML = '';
+  connect(target.href);
+}
+
+function connect(wsUrl) {
+  const token = moim.token;
+  const ws = new WebSocket(wsUrl);
   moim.ws = ws;
   ws.onopen = () => { mark('ws_open'); ws.send(JSON.stringify({ type: 'join', token })); };
   ws.onmessage = (ev) => onMessage(JSON.parse(ev.data)).catch((e) => { moim.errors.push({ code: 'client', message: String(e) }); setStatus(String(e)); });
   ws.onclose = (ev) => setStatus(`disconnected (${ev.code} ${ev.reason || ''})`);
-  $('join').disabled = true;
 }
 
 function leave() {

@@ -228,3 +228,138 @@ async fn operator_assignments_cap_rooms_and_show_in_status() -> anyhow::Result<(
     drop(a);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_drain_the_operator_asked_for_can_be_undone_but_not_a_final_one() -> anyhow::Result<()> {
+    let mut node = Node::start(&["--connect-timeout", "60s"]).await?;
+    let http = reqwest::Client::new();
+    let mut a = SignalClient::connect(&node).await?;
+    a.join(&dev_token("ongoing", "ana")).await?;
+    a.recv_type("joined", Duration::from_secs(5)).await?;
+    let ready = || async {
+        reqwest::get(node.url("/readyz"))
+            .await
+            .map(|r| r.status().as_u16())
+    };
+
+    assert_eq!(
+        http.post(node.url("/drain"))
+            .send()
+            .await?
+            .status()
+            .as_u16(),
+        202
+    );
+    a.recv_type("draining", Duration::from_secs(5)).await?;
+    assert_eq!(ready().await?, 503);
+    // Taken back: ready again, new rooms accepted, and it does not exit when empty.
+    let r = http.delete(node.url("/drain")).send().await?;
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await?);
+    assert_eq!(ready().await?, 200);
+    let mut b = SignalClient::connect(&node).await?;
+    b.join(&dev_token("new-room", "bo")).await?;
+    b.recv_type("joined", Duration::from_secs(5)).await?;
+    drop(a);
+    drop(b);
+    assert!(
+        !node.wait_exit(Duration::from_secs(2)),
+        "a node taken back keeps serving"
+    );
+
+    // A final drain (the preStop hook's) cannot be undone, and an idle node exits.
+    let r = http.post(node.url("/drain?final=true")).send().await?;
+    assert_eq!(r.status().as_u16(), 202);
+    let r = http.delete(node.url("/drain")).send().await;
+    if let Ok(r) = r {
+        assert_eq!(r.status().as_u16(), 409);
+    }
+    assert!(
+        node.wait_exit(Duration::from_secs(10)),
+        "an empty node exits after a final drain"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_moved_room_sends_its_participants_to_the_new_node() -> anyhow::Result<()> {
+    let node = Node::start(&["--admin-token", "s3cret"]).await?;
+    let http = reqwest::Client::new();
+    let mut a = SignalClient::connect(&node).await?;
+    a.join(&dev_token("team.standup", "ana")).await?;
+    a.recv_type("joined", Duration::from_secs(5)).await?;
+    let mut other = SignalClient::connect(&node).await?;
+    other.join(&dev_token("team.other", "bo")).await?;
+    other.recv_type("joined", Duration::from_secs(5)).await?;
+    let mv = |body: serde_json::Value| {
+        http.post(node.url("/admin/rooms/team.standup/move"))
+            .bearer_auth("s3cret")
+            .json(&body)
+            .send()
+    };
+    // Refused: no token, a URL a browser must not be sent to, garbage.
+    let r = http
+        .post(node.url("/admin/rooms/team.standup/move"))
+        .json(&serde_json::json!({"url": "https://seoul-2.example"}))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    for bad in [
+        serde_json::json!({"url": "javascript:alert(1)"}),
+        serde_json::json!({"url": "https://a.example/\nx"}),
+        serde_json::json!({"url": format!("https://{}", "a".repeat(3000))}),
+        serde_json::json!({"where": "nowhere"}),
+    ] {
+        let r = mv(bad.clone()).await?;
+        assert_eq!(r.status().as_u16(), 400, "{bad}");
+    }
+    let r = mv(serde_json::json!({"url": "https://seoul-2.example"})).await?;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.text().await?.trim(), "1 participants sent on");
+    let d = a.recv_type("draining", Duration::from_secs(5)).await?;
+    assert_eq!(d["url"], "https://seoul-2.example");
+    // Only that room's people are moved.
+    assert!(
+        other
+            .recv_type("draining", Duration::from_millis(500))
+            .await
+            .is_err()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_pre_stop_hook_drains_for_good_and_waits_for_the_last_participant() -> anyhow::Result<()>
+{
+    let mut node = Node::start(&["--admin-token", "s3cret", "--connect-timeout", "60s"]).await?;
+    let mut a = SignalClient::connect(&node).await?;
+    a.join(&dev_token("ongoing", "ana")).await?;
+    a.recv_type("joined", Duration::from_secs(5)).await?;
+    let mut hook = tokio::process::Command::new(moim_e2e::binary("media-node")?)
+        .args([
+            "drain",
+            "--wait",
+            "--http",
+            node.url("").trim_start_matches("http://"),
+        ])
+        .env("MOIM_ADMIN_TOKEN", "s3cret")
+        .spawn()?;
+    a.recv_type("draining", Duration::from_secs(5)).await?;
+    // The hook waits while someone is still there.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), hook.wait())
+            .await
+            .is_err(),
+        "the hook returned with a participant left"
+    );
+    drop(a);
+    let status = tokio::time::timeout(Duration::from_secs(15), hook.wait()).await??;
+    assert!(status.success(), "{status}");
+    assert!(node.wait_exit(Duration::from_secs(10)));
+    // A wrong token is a failure the kubelet logs, not a silent success.
+    let out = tokio::process::Command::new(moim_e2e::binary("media-node")?)
+        .args(["drain", "--http", "127.0.0.1:1"])
+        .output()
+        .await?;
+    assert!(!out.status.success());
+    Ok(())
+}

@@ -19,6 +19,38 @@ pub fn room_of(namespace: &str, name: &str) -> String {
     format!("{namespace}.{name}")
 }
 
+/// Longest reconnect URL a node passes on to its participants, in bytes.
+pub const MAX_MOVE_URL_LEN: usize = 2048;
+
+/// `POST /admin/rooms/{room}/move`: the room's share moved to another node; the node tells
+/// every participant in the room to reconnect at `url` and lets the room go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomMove {
+    /// Signalling URL of the node the participants reconnect to (`http(s)://host:port`).
+    pub url: String,
+}
+
+impl RoomMove {
+    /// Checks the URL is one a browser may be sent to.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.url.len() > MAX_MOVE_URL_LEN {
+            return Err(format!("url is longer than {MAX_MOVE_URL_LEN} bytes"));
+        }
+        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
+            return Err("url must start with http:// or https://".into());
+        }
+        if self
+            .url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err("url holds whitespace or control characters".into());
+        }
+        Ok(())
+    }
+}
+
 /// A node's share of one meeting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -14,6 +14,9 @@ pub struct NodeStatus {
     pub ready: bool,
     /// Draining: current rooms continue, no new rooms start.
     pub draining: bool,
+    /// Stopping (SIGTERM): draining for good; `DELETE /drain` is refused.
+    #[serde(default)]
+    pub terminating: bool,
     /// Rooms with at least one participant.
     pub rooms: u64,
     /// Connected participants (WebSocket, WHIP and WHEP sessions).

@@ -312,6 +312,8 @@ pub struct Engine {
     closed: VecDeque<SessionId>,
     next_housekeeping: Option<Instant>,
     draining: bool,
+    /// SIGTERM: draining for good.
+    terminating: bool,
     rate_window: RateWindow,
     /// Rooms the operator placed here (bounded by how many meetings it places on one node).
     assignments: HashMap<String, RoomAssignment>,
@@ -442,6 +444,7 @@ impl Engine {
             closed: VecDeque::new(),
             next_housekeeping: None,
             draining: false,
+            terminating: false,
             rate_window: RateWindow::default(),
             assignments: HashMap::new(),
             links: HashMap::new(),
@@ -1121,6 +1124,48 @@ impl Engine {
         self.remove_session(session, now);
     }
 
+    /// Stops taking new rooms for good (SIGTERM): [`Engine::undrain`] is refused from now on.
+    pub fn terminate(&mut self) {
+        self.terminating = true;
+        self.drain();
+    }
+
+    /// Takes new rooms again after a drain the operator asked for. Refused once the process is
+    /// stopping.
+    pub fn undrain(&mut self) -> Result<(), Error> {
+        if self.terminating {
+            return Err(Error::Draining);
+        }
+        if self.draining {
+            self.draining = false;
+            self.metrics.draining.set(0);
+            tracing::info!("taken back into service: new rooms are accepted again");
+        }
+        Ok(())
+    }
+
+    /// The room's share moved to another node: every participant in `room` is told to
+    /// reconnect at `url`, and the room's assignment is let go. Returns how many were told.
+    pub fn move_room(&mut self, room: &str, url: &str) -> usize {
+        self.assignments.remove(room);
+        let sessions: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.kind == SessionKind::WebSocket && s.room == room)
+            .map(|(id, _)| *id)
+            .collect();
+        for s in &sessions {
+            self.signal(
+                *s,
+                ServerMessage::Draining {
+                    url: Some(url.to_owned()),
+                },
+            );
+        }
+        tracing::info!(%room, %url, told = sessions.len(), "room moved: participants sent on");
+        sessions.len()
+    }
+
     /// Stops taking new rooms; existing rooms continue.
     pub fn drain(&mut self) {
         self.draining = true;
@@ -1153,6 +1198,7 @@ impl Engine {
             region: self.cfg.region.clone(),
             ready: !self.draining,
             draining: self.draining,
+            terminating: self.terminating,
             rooms: self.rooms.len() as u64,
             participants: self.sessions.len() as u64,
             published_tracks: self.tracks.len() as u64,
