@@ -1,7 +1,8 @@
 //! What every reconcile shares: the API client, the watch caches, the reservation ledger, the
 //! node admin client, the clock, metrics and settings.
 
-use crate::crd::MediaNode;
+use crate::autoscale::PoolMemory;
+use crate::crd::{MediaNode, Meeting};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::nodeapi::NodeAdmin;
@@ -39,6 +40,8 @@ pub struct Settings {
     pub node_poll: Duration,
     /// How often a Meeting is looked at again with no change (participant counts).
     pub meeting_resync: Duration,
+    /// How often each MediaPool's autoscaler looks at its pool.
+    pub pool_interval: Duration,
     /// Media pods.
     pub pod: PodSettings,
 }
@@ -50,6 +53,7 @@ impl Default for Settings {
             prepare_ahead: SignedDuration::from_mins(10),
             node_poll: Duration::from_secs(10),
             meeting_resync: Duration::from_secs(30),
+            pool_interval: Duration::from_secs(15),
             pod: PodSettings::default(),
         }
     }
@@ -73,6 +77,11 @@ pub struct Context {
     pub clock: Clock,
     /// Timings and pod shape.
     pub settings: Settings,
+    /// The Meeting watch cache, once the meeting controller runs (pools read scheduled
+    /// meetings from it).
+    pub meetings: std::sync::OnceLock<Store<Meeting>>,
+    /// What each pool's autoscaler remembers between looks (`namespace/name`).
+    pub pools: Mutex<HashMap<String, PoolMemory>>,
     /// Consecutive failures per object, for error backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -97,6 +106,8 @@ impl Context {
             metrics,
             clock,
             settings,
+            meetings: std::sync::OnceLock::new(),
+            pools: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
     }

@@ -324,6 +324,11 @@ pub struct MediaNodeSpec {
     /// Ask the node to drain: it takes no new meetings, and is removed once empty.
     #[serde(default)]
     pub drain: bool,
+    /// Move the meetings still on it to other nodes of its region now: placement takes their
+    /// shares elsewhere and the node tells each participant where to reconnect. Set by the
+    /// pool's autoscaler at the drain deadline; only meaningful with `drain`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evacuate: bool,
 }
 
 impl MediaNode {
@@ -338,6 +343,7 @@ impl MediaNode {
                 pool: None,
                 capacity,
                 drain: false,
+                evacuate: false,
             },
         );
         n.metadata.namespace = Some(namespace.to_owned());
@@ -418,11 +424,196 @@ pub struct NodeLoad {
     pub cpu_cores: Option<String>,
 }
 
+/// Label on MediaNodes a MediaPool made, holding the pool's name.
+pub const POOL_LABEL: &str = "media.moim.dev/pool";
+/// Annotation on a MediaNode its pool drains: when the drain began (RFC 3339); the drain
+/// deadline counts from it.
+pub const DRAIN_STARTED: &str = "media.moim.dev/drain-started";
+
+/// The media nodes of one region, scaled on media load.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "media.moim.dev",
+    version = "v1alpha1",
+    kind = "MediaPool",
+    namespaced,
+    status = "MediaPoolStatus",
+    shortname = "mp",
+    category = "moim",
+    cel,
+    doc = "An autoscaled pool of moim media nodes in one region.",
+    printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyNodes"),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredNodes"
+    ),
+    printcolumn(
+        name = "Draining",
+        type_ = "integer",
+        json_path = ".status.drainingNodes"
+    ),
+    printcolumn(name = "Demand", type_ = "integer", json_path = ".status.demand"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.minNodes <= self.maxNodes").message("minNodes is more than maxNodes")
+)]
+pub struct MediaPoolSpec {
+    /// Region (`topology.kubernetes.io/region`) its nodes are pinned to. Immutable.
+    #[x_kube(
+        validation = Rule::new("size(self) >= 1 && size(self) <= 63").message("region must be 1 to 63 characters"),
+        validation = Rule::new("self == oldSelf").message("region cannot change; create a new MediaPool")
+    )]
+    pub region: String,
+    /// Zone its nodes must sit in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Fewest nodes, whatever the load.
+    #[serde(default = "one")]
+    pub min_nodes: u32,
+    /// Most nodes, whatever the load.
+    #[serde(default = "ten")]
+    #[x_kube(validation = Rule::new("self >= 1").message("maxNodes must be at least 1"))]
+    pub max_nodes: u32,
+    /// What one node carries; the pool needs enough nodes for whichever runs out first.
+    #[serde(default)]
+    pub node_capacity: PoolNodeCapacity,
+    /// Spare capacity kept ready for the next joins.
+    #[serde(default)]
+    pub headroom: Headroom,
+    /// The pool shrinks only to the most nodes it wanted over this long.
+    #[serde(default = "ten_minutes")]
+    pub scale_down_delay_seconds: u32,
+    /// Participants still on a draining node after this long are moved to other nodes.
+    #[serde(default = "an_hour")]
+    #[x_kube(validation = Rule::new("self >= 60").message("drainDeadlineSeconds must be at least 60"))]
+    pub drain_deadline_seconds: u32,
+    /// How long a new node may take to be ready (scheduling, image pull, start); the forecast
+    /// looks this far ahead. Raise it when every node needs a new machine.
+    #[serde(default = "a_minute")]
+    pub node_startup_seconds: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+fn ten() -> u32 {
+    10
+}
+fn ten_minutes() -> u32 {
+    600
+}
+fn an_hour() -> u32 {
+    3600
+}
+fn a_minute() -> u32 {
+    60
+}
+
+/// What one node of a pool carries.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolNodeCapacity {
+    /// Participants (also each MediaNode's `capacity`, which placement honours).
+    #[serde(default = "default_capacity")]
+    #[x_kube(validation = Rule::new("self >= 1").message("participants must be at least 1"))]
+    pub participants: u32,
+    /// Published tracks; unset is not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_tracks: Option<u32>,
+    /// Egress, megabits per second; unset is not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_mbps: Option<u32>,
+}
+
+impl Default for PoolNodeCapacity {
+    fn default() -> Self {
+        Self {
+            participants: default_capacity(),
+            published_tracks: None,
+            egress_mbps: None,
+        }
+    }
+}
+
+/// Spare capacity kept ready: the larger of a number of participants and a share of demand.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Headroom {
+    /// Participants.
+    #[serde(default = "hundred")]
+    pub participants: u32,
+    /// Percent of current demand.
+    #[serde(default = "ten")]
+    #[x_kube(validation = Rule::new("self <= 400").message("headroom.percent is at most 400"))]
+    pub percent: u32,
+}
+
+fn hundred() -> u32 {
+    100
+}
+
+impl Default for Headroom {
+    fn default() -> Self {
+        Self {
+            participants: hundred(),
+            percent: ten(),
+        }
+    }
+}
+
+/// What the autoscaler last made of a pool.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaPoolStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes ready and not draining.
+    #[serde(default)]
+    pub ready_nodes: u32,
+    /// Nodes starting.
+    #[serde(default)]
+    pub starting_nodes: u32,
+    /// Nodes draining.
+    #[serde(default)]
+    pub draining_nodes: u32,
+    /// Nodes the pool wants (not draining).
+    #[serde(default)]
+    pub desired_nodes: u32,
+    /// Participants now (reserved or connected, whichever is more, on every node).
+    #[serde(default)]
+    pub demand: u32,
+    /// Participants to have room for by the time a new node would be ready.
+    #[serde(default)]
+    pub target: u32,
+    /// Participants per minute the demand is growing by (a decimal string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub growth_per_minute: Option<String>,
+    /// Participants of scheduled meetings about to be placed.
+    #[serde(default)]
+    pub upcoming: u32,
+    /// When the pool last created, drained or deleted a node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// `Ready` (enough ready capacity), `AtMaximum`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
 /// Every CRD, as YAML documents in a stable order (the content of `crds/`).
 pub fn crds_yaml() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
     use kube::CustomResourceExt;
     Ok(vec![
         ("meetings.yaml", serde_yaml::to_string(&Meeting::crd())?),
         ("medianodes.yaml", serde_yaml::to_string(&MediaNode::crd())?),
+        ("mediapools.yaml", serde_yaml::to_string(&MediaPool::crd())?),
     ])
 }

@@ -108,7 +108,9 @@ impl Ledger {
                     .unwrap_or(0);
                 Some(NodeView {
                     reserved_by_others: self.reserved_on(&name).saturating_sub(held),
+                    // An evacuating node keeps nothing: placement moves its shares.
                     ready: fresh
+                        && !n.spec.evacuate
                         && matches!(
                             phase,
                             Some(MediaNodePhase::Ready | MediaNodePhase::Draining)

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod nodeapi;
 pub mod placement;
 pub mod pod;
+pub mod pool;
 pub mod run;
 pub mod secret;
 pub mod turn;

@@ -180,6 +180,25 @@ async fn apply(node: &MediaNode, ctx: &Context) -> Result<Action> {
                         }
                     }
                 }
+                if !node.spec.drain && report.draining && !report.terminating {
+                    // Taken back by its pool: the node resumes. A node whose pod is stopping
+                    // (SIGTERM) reports `terminating` and is left alone; it would refuse.
+                    match ctx.node_admin.undrain(&base).await {
+                        Ok(()) => {
+                            ctx.publish(
+                                &node.object_ref(&()),
+                                EventType::Normal,
+                                "Undrained",
+                                "taken back into service: the node takes meetings again".into(),
+                            )
+                            .await;
+                        }
+                        Err(e) => {
+                            ctx.metrics.node_api_error("undrain");
+                            warn!(node = %name, error = %e, "undrain refused; the node stays draining");
+                        }
+                    }
+                }
                 let draining = report.draining || node.spec.drain;
                 status.phase = Some(if draining {
                     MediaNodePhase::Draining

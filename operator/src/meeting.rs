@@ -263,14 +263,54 @@ pub async fn enact(
     let errors = push(admin, metrics, m, &room, plan, nodes).await;
     if let Some(prev) = previous {
         let kept = plan.nodes();
-        let left: Vec<&str> = prev
-            .nodes()
-            .into_iter()
-            .filter(|n| !kept.contains(n))
-            .collect();
+        let (mut left, mut moved) = (Vec::new(), Vec::new());
+        for a in prev
+            .assignments
+            .iter()
+            .filter(|a| !kept.contains(a.node.as_str()))
+        {
+            // People on an evacuated node are sent to the node that took its region's share.
+            let evacuated = find(nodes, &a.node).is_some_and(|n| n.spec.evacuate);
+            let to = plan
+                .assignments
+                .iter()
+                .filter(|b| b.region == a.region)
+                .find_map(|b| {
+                    find(nodes, &b.node)?
+                        .status
+                        .as_ref()?
+                        .signalling_url
+                        .clone()
+                });
+            match (evacuated, to) {
+                (true, Some(url)) => moved.push((a.node.as_str(), url)),
+                _ => left.push(a.node.as_str()),
+            }
+        }
+        for (node, url) in moved {
+            let Some(base) = find(nodes, node).and_then(|n| n.status.as_ref()?.admin_url.clone())
+            else {
+                continue;
+            };
+            match admin.move_room(&base, &room, &url).await {
+                Ok(()) => info!(%room, from = %node, to = %url, "participants moved"),
+                Err(e) => {
+                    metrics.node_api_error("move");
+                    warn!(%room, node = %node, error = %e, "move failed; releasing the room instead");
+                    left.push(node);
+                }
+            }
+        }
         release(admin, metrics, nodes, &room, left.into_iter()).await;
     }
     errors
+}
+
+fn find<'a>(nodes: &'a [Arc<MediaNode>], name: &str) -> Option<&'a MediaNode> {
+    nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(name))
+        .map(AsRef::as_ref)
 }
 
 /// Sends each node of `plan` its share. Returns `(node, error)` for nodes that did not take it.

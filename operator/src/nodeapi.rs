@@ -1,5 +1,5 @@
-//! The operator's client for a media node's admin API: `/status`, `/drain`, and the room
-//! assignments of `PUT`/`DELETE /admin/rooms/{room}`.
+//! The operator's client for a media node's admin API: `/status`, `/drain` (and back), and the
+//! room assignments of `PUT`/`DELETE /admin/rooms/{room}` and `POST /admin/rooms/{room}/move`.
 //!
 //! A trait, so reconcilers can be tested with a recording fake and the local fabric can talk to
 //! child processes the same way. Every call carries the admin bearer token, re-read from its
@@ -29,6 +29,15 @@ pub trait NodeAdmin: Send + Sync + 'static {
     fn release<'a>(&'a self, base: &'a str, room: &'a str) -> BoxFuture<'a, NodeApiResult<()>>;
     /// `POST /drain`.
     fn drain<'a>(&'a self, base: &'a str) -> BoxFuture<'a, NodeApiResult<()>>;
+    /// `DELETE /drain`: take the node back into service (refused once its pod is stopping).
+    fn undrain<'a>(&'a self, base: &'a str) -> BoxFuture<'a, NodeApiResult<()>>;
+    /// `POST /admin/rooms/{room}/move`: send the room's participants to `url`.
+    fn move_room<'a>(
+        &'a self,
+        base: &'a str,
+        room: &'a str,
+        url: &'a str,
+    ) -> BoxFuture<'a, NodeApiResult<()>>;
 }
 
 /// The admin API over HTTP.
@@ -116,6 +125,31 @@ impl NodeAdmin for HttpNodeAdmin {
     fn drain<'a>(&'a self, base: &'a str) -> BoxFuture<'a, NodeApiResult<()>> {
         Box::pin(async move {
             self.send(self.http.post(format!("{base}/drain")))
+                .await
+                .map(drop)
+        })
+    }
+
+    fn undrain<'a>(&'a self, base: &'a str) -> BoxFuture<'a, NodeApiResult<()>> {
+        Box::pin(async move {
+            self.send(self.http.delete(format!("{base}/drain")))
+                .await
+                .map(drop)
+        })
+    }
+
+    fn move_room<'a>(
+        &'a self,
+        base: &'a str,
+        room: &'a str,
+        url: &'a str,
+    ) -> BoxFuture<'a, NodeApiResult<()>> {
+        Box::pin(async move {
+            let target = format!("{base}/admin/rooms/{}/move", path_segment(room));
+            let body = moim_wire::admin::RoomMove {
+                url: url.to_owned(),
+            };
+            self.send(self.http.post(target).json(&body))
                 .await
                 .map(drop)
         })

@@ -7,15 +7,18 @@
 
 use crate::crd::MediaNode;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort,
-    ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
+    Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use std::collections::BTreeMap;
+
+/// Where the media-node image holds its binary (see `media-node/Dockerfile`).
+pub const MEDIA_NODE_BINARY: &str = "/usr/local/bin/media-node";
 
 /// Label every media pod carries with its MediaNode's name.
 pub const NODE_LABEL: &str = "media.moim.dev/node";
@@ -392,6 +395,21 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings, public: Option<&PublicAddres
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
+        // Before SIGTERM: drain for good and wait until the last participant has left (an
+        // eviction or a rollout then ends no meeting within the grace period).
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(
+                        [MEDIA_NODE_BINARY, "drain", "--wait"]
+                            .map(str::to_owned)
+                            .to_vec(),
+                    ),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         ..Container::default()
     };
     Some(Pod {

@@ -1,16 +1,17 @@
-//! Wiring of the running operator: watch caches, the two controllers, leader election, and the
-//! HTTP server. Everything here is I/O; the decisions live in `placement`, `join`, `leader`.
+//! Wiring of the running operator: watch caches, the three controllers (MediaNode, Meeting,
+//! MediaPool), leader election, and the HTTP server. Everything here is I/O; the decisions live
+//! in `placement`, `autoscale`, `join`, `leader`.
 
 use crate::api::ApiState;
 use crate::context::{Context, Settings, system_clock};
-use crate::crd::{MediaNode, Meeting};
+use crate::crd::{MediaNode, MediaPool, Meeting};
 use crate::error::{Error, Result};
 use crate::leader::LeaderElector;
 use crate::ledger::plan_from_status;
 use crate::metrics::Metrics;
 use crate::nodeapi::HttpNodeAdmin;
 use crate::secret::SecretSource;
-use crate::{medianode, meeting};
+use crate::{medianode, meeting, pool};
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -107,6 +108,18 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             },
         );
     let meetings = meeting_controller.store();
+    // Pools read scheduled meetings; the store is there before any pool reconciles.
+    let _ = ctx.meetings.set(meetings.clone());
+    let pools_api: Api<MediaPool> = match &opts.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let nodes_for_pools: Api<MediaNode> = match &opts.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let pool_controller = Controller::new(pools_api, watcher::Config::default())
+        .owns(nodes_for_pools, watcher::Config::default());
 
     let (ready_tx, ready_rx) = watch::channel(false);
     let api_state = Arc::new(ApiState {
@@ -165,6 +178,10 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .shutdown_on_signal()
         .run(meeting::reconcile, meeting::error_policy, ctx.clone())
         .for_each(|_| futures_util::future::ready(()));
+    let pool_run = pool_controller
+        .shutdown_on_signal()
+        .run(pool::reconcile, pool::error_policy, ctx.clone())
+        .for_each(|_| futures_util::future::ready(()));
     let ready_when_synced = async {
         let _ = meetings.wait_until_ready().await;
         let _ = nodes.wait_until_ready().await;
@@ -179,7 +196,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     };
     tokio::select! {
-        _ = futures_util::future::join(node_run, meeting_run) => info!("controllers stopped"),
+        _ = futures_util::future::join3(node_run, meeting_run, pool_run) => info!("controllers stopped"),
         _ = ready_when_synced => {}
         _ = lost => {
             metrics.leader.set(0);

@@ -4,8 +4,8 @@
 
 use kube::CustomResourceExt;
 use moim_operator::crd::{
-    ExpectedParticipants, MediaNode, MediaNodeSpec, MediaPolicy, Meeting, MeetingMode, MeetingSpec,
-    Schedule,
+    ExpectedParticipants, Headroom, MediaNode, MediaNodeSpec, MediaPolicy, MediaPool,
+    MediaPoolSpec, Meeting, MeetingMode, MeetingSpec, PoolNodeCapacity, Schedule,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -24,7 +24,7 @@ fn crds_folder_matches_the_types() {
 
 #[test]
 fn crds_have_status_subresource_short_names_and_columns() {
-    for crd in [Meeting::crd(), MediaNode::crd()] {
+    for crd in [Meeting::crd(), MediaNode::crd(), MediaPool::crd()] {
         let v = &crd.spec.versions[0];
         assert_eq!(crd.spec.group, "media.moim.dev");
         assert_eq!(v.name, "v1alpha1");
@@ -159,6 +159,7 @@ fn immutable_fields_stay_immutable() {
                 pool: None,
                 capacity: 500,
                 drain: false,
+                evacuate: false,
             },
         )
     };
@@ -220,4 +221,57 @@ fn example_meetings_are_valid() {
         seen += 1;
     }
     assert!(seen >= 2);
+}
+
+fn pool(spec: MediaPoolSpec) -> MediaPool {
+    MediaPool::new("seoul", spec)
+}
+
+fn good_pool() -> MediaPoolSpec {
+    serde_json::from_value(serde_json::json!({"region": "seoul"})).expect("defaults")
+}
+
+#[test]
+fn media_pool_defaults_and_rules() {
+    let p = good_pool();
+    assert_eq!((p.min_nodes, p.max_nodes), (1, 10));
+    assert_eq!(p.node_capacity, PoolNodeCapacity::default());
+    assert_eq!(p.headroom, Headroom::default());
+    assert_eq!(
+        (
+            p.scale_down_delay_seconds,
+            p.drain_deadline_seconds,
+            p.node_startup_seconds
+        ),
+        (600, 3600, 60)
+    );
+    pool(p.clone()).validate_cel().expect("defaults are valid");
+
+    let refused = |spec: MediaPoolSpec, msg: &str| {
+        let err = pool(spec).validate_cel().expect_err(msg);
+        assert!(err.to_string().contains(msg), "{err}");
+    };
+    let mut s = p.clone();
+    s.min_nodes = 5;
+    s.max_nodes = 2;
+    refused(s, "minNodes is more than maxNodes");
+    let mut s = p.clone();
+    s.max_nodes = 0;
+    s.min_nodes = 0;
+    refused(s, "maxNodes must be at least 1");
+    let mut s = p.clone();
+    s.headroom.percent = 1000;
+    refused(s, "headroom.percent is at most 400");
+    let mut s = p.clone();
+    s.drain_deadline_seconds = 5;
+    refused(s, "drainDeadlineSeconds must be at least 60");
+    let mut s = p.clone();
+    s.node_capacity.participants = 0;
+    refused(s, "participants must be at least 1");
+    let mut moved = p.clone();
+    moved.region = "tokyo".into();
+    let err = pool(moved)
+        .validate_cel_update(&pool(p))
+        .expect_err("region change refused");
+    assert!(err.to_string().contains("region cannot change"), "{err}");
 }

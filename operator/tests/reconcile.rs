@@ -90,6 +90,19 @@ impl NodeAdmin for FakeNodes {
     fn drain<'a>(&'a self, base: &'a str) -> BoxFuture<'a, NodeApiResult<()>> {
         Box::pin(async move { self.answer(base, format!("POST {base}/drain")) })
     }
+    fn undrain<'a>(&'a self, base: &'a str) -> BoxFuture<'a, NodeApiResult<()>> {
+        Box::pin(async move { self.answer(base, format!("DELETE {base}/drain")) })
+    }
+    fn move_room<'a>(
+        &'a self,
+        base: &'a str,
+        room: &'a str,
+        url: &'a str,
+    ) -> BoxFuture<'a, NodeApiResult<()>> {
+        Box::pin(
+            async move { self.answer(base, format!("POST {base}/admin/rooms/{room}/move {url}")) },
+        )
+    }
 }
 
 // ----- the mocked API server ----------------------------------------------------------------
@@ -1006,4 +1019,221 @@ async fn a_load_balancer_without_an_address_holds_the_pod_back() {
     let call = f.api.expect("PATCH", NODE_STATUS_URI).await;
     call.respond(200, &serde_json::to_value(&n).expect("json"));
     task.await.expect("task").expect("reconcile");
+}
+
+// ----- MediaPool: the autoscaler's writes -----------------------------------------------
+
+fn seoul_pool(min: u32) -> MediaPool {
+    let mut p = MediaPool::new(
+        "seoul",
+        serde_json::from_value(json!({"region": "seoul", "minNodes": min, "maxNodes": 5}))
+            .expect("spec"),
+    );
+    p.metadata.namespace = Some("team".into());
+    p.metadata.uid = Some("uid-pool".into());
+    p.metadata.generation = Some(3);
+    p
+}
+
+fn pool_member(name: &str, participants: u32, drain_started: Option<&str>) -> MediaNode {
+    let mut n = media_node(name, "seoul", 500, MediaNodePhase::Ready);
+    n.spec.pool = Some("seoul".into());
+    if let Some(t) = drain_started {
+        n.spec.drain = true;
+        n.metadata.annotations = Some(BTreeMap::from([(DRAIN_STARTED.into(), t.into())]));
+        n.status.as_mut().expect("status").phase = Some(MediaNodePhase::Draining);
+    }
+    n.status.as_mut().expect("status").load = Some(NodeLoad {
+        participants,
+        ..NodeLoad::default()
+    });
+    n
+}
+
+const POOL_STATUS_URI: &str = "/apis/media.moim.dev/v1alpha1/namespaces/team/mediapools/seoul/status?&force=true&fieldManager=moim-operator";
+
+#[tokio::test]
+async fn a_pool_below_its_minimum_creates_media_nodes_it_owns() {
+    let mut f = fixture();
+    let task = tokio::spawn(moim_operator::pool::reconcile(
+        Arc::new(seoul_pool(2)),
+        f.ctx.clone(),
+    ));
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let call = f.api.next().await;
+        assert_eq!(call.method, "PATCH");
+        let prefix = "/apis/media.moim.dev/v1alpha1/namespaces/team/medianodes/seoul-";
+        assert!(call.uri.starts_with(prefix), "{}", call.uri);
+        assert!(
+            call.uri
+                .ends_with("?&force=true&fieldManager=moim-operator"),
+            "{}",
+            call.uri
+        );
+        let b = call.body.clone();
+        assert_eq!(b["spec"]["region"], "seoul", "{b}");
+        assert_eq!(b["spec"]["pool"], "seoul", "{b}");
+        assert_eq!(b["spec"]["capacity"], 500, "{b}");
+        assert_eq!(b["spec"]["drain"], false, "{b}");
+        assert_eq!(b["metadata"]["labels"][POOL_LABEL], "seoul", "{b}");
+        let owner = &b["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (
+                owner["kind"].as_str(),
+                owner["name"].as_str(),
+                owner["uid"].as_str()
+            ),
+            (Some("MediaPool"), Some("seoul"), Some("uid-pool")),
+            "{b}"
+        );
+        assert_eq!(owner["controller"], true);
+        names.push(
+            b["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        call.respond(201, &b);
+    }
+    assert_ne!(names[0], names[1], "each node gets its own name");
+    let note = f
+        .api
+        .expect_event("team", "Normal", "ScaledOut", "seoul")
+        .await;
+    assert!(note.starts_with("2 new nodes"), "{note}");
+    let call = f.api.expect("PATCH", POOL_STATUS_URI).await;
+    let st = call.body["status"].clone();
+    let stored = serde_json::to_value(seoul_pool(2)).expect("json");
+    assert_eq!(
+        (&st["desiredNodes"], &st["startingNodes"], &st["readyNodes"]),
+        (&json!(2), &json!(2), &json!(0)),
+        "{st}"
+    );
+    assert_eq!(st["observedGeneration"], 3);
+    let ready = st["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&json!("False"), &json!("ScalingOut"))
+    );
+    call.respond(200, &stored);
+    let action = task.await.expect("join").expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+}
+
+#[tokio::test]
+async fn a_drained_empty_node_is_deleted_and_a_loaded_one_evacuated_at_its_deadline() {
+    let mut f = fixture();
+    f.add_node(pool_member("seoul-a", 100, None));
+    // Drained an hour and a half ago, still hosting five: past the one-hour deadline.
+    f.add_node(pool_member("seoul-b", 5, Some("2026-11-21T08:30:00Z")));
+    // Drained ten minutes ago and empty.
+    f.add_node(pool_member("seoul-c", 0, Some("2026-11-21T09:50:00Z")));
+    // Not the pool's: never touched.
+    f.add_node(media_node("other", "seoul", 500, MediaNodePhase::Ready));
+    let task = tokio::spawn(moim_operator::pool::reconcile(
+        Arc::new(seoul_pool(1)),
+        f.ctx.clone(),
+    ));
+    let call = f
+        .api
+        .expect(
+            "PATCH",
+            "/apis/media.moim.dev/v1alpha1/namespaces/team/medianodes/seoul-b?&force=true&fieldManager=moim-operator",
+        )
+        .await;
+    let b = call.body.clone();
+    assert_eq!(
+        (&b["spec"]["drain"], &b["spec"]["evacuate"]),
+        (&json!(true), &json!(true)),
+        "{b}"
+    );
+    // The drain keeps its original start.
+    assert_eq!(
+        b["metadata"]["annotations"][DRAIN_STARTED], "2026-11-21T08:30:00Z",
+        "{b}"
+    );
+    call.respond(200, &b);
+    let note = f
+        .api
+        .expect_event("team", "Normal", "Migrating", "seoul")
+        .await;
+    assert!(note.contains("seoul-b"), "{note}");
+    f.api
+        .expect(
+            "DELETE",
+            "/apis/media.moim.dev/v1alpha1/namespaces/team/medianodes/seoul-c?",
+        )
+        .await
+        .respond(
+            200,
+            &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+        );
+    let note = f
+        .api
+        .expect_event("team", "Normal", "ScaledIn", "seoul")
+        .await;
+    assert!(note.contains("seoul-c"), "{note}");
+    let call = f.api.expect("PATCH", POOL_STATUS_URI).await;
+    assert_eq!(call.body["status"]["drainingNodes"], 2, "{}", call.body);
+    assert_eq!(call.body["status"]["readyNodes"], 1, "{}", call.body);
+    call.respond(200, &serde_json::to_value(seoul_pool(1)).expect("json"));
+    task.await.expect("join").expect("reconcile");
+    assert!(f.api.is_idle());
+}
+
+#[tokio::test]
+async fn an_evacuated_node_sends_its_participants_to_the_node_that_takes_its_share() {
+    let mut f = fixture();
+    let mut old = media_node("seoul-old", "seoul", 500, MediaNodePhase::Draining);
+    old.spec.drain = true;
+    old.spec.evacuate = true;
+    f.add_node(old);
+    f.add_node(media_node("seoul-new", "seoul", 500, MediaNodePhase::Ready));
+    let mut m = standup(&[("seoul", 20)], 1);
+    m.status = Some(MeetingStatus {
+        phase: Some(MeetingPhase::Running),
+        nodes: vec![MeetingNode {
+            region: "seoul".into(),
+            node: "seoul-old".into(),
+            participants: 20,
+        }],
+        ..MeetingStatus::default()
+    });
+    let stored = serde_json::to_value(&m).expect("json");
+    let task = reconcile_meeting(&f, m);
+    // Answer whatever the reconcile writes (its status and Events are covered elsewhere).
+    while !task.is_finished() {
+        if let Ok(call) = tokio::time::timeout(Duration::from_millis(200), f.api.next()).await {
+            let body = if call.uri.contains("/events") {
+                call.body.clone()
+            } else {
+                stored.clone()
+            };
+            call.respond(200, &body);
+        }
+    }
+    task.await.expect("join").expect("reconcile");
+    let calls = f.nodes.calls();
+    assert!(
+        calls.contains(&"PUT http://seoul-new:7880/admin/rooms/team.standup".to_owned()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(
+            &"POST http://seoul-old:7880/admin/rooms/team.standup/move https://seoul-new.media.example"
+                .to_owned()
+        ),
+        "{calls:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| c.starts_with("DELETE http://seoul-old")),
+        "moved, not released: {calls:?}"
+    );
 }

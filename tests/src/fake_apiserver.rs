@@ -360,6 +360,14 @@ pub fn small_cluster() -> FakeApiServer {
                 "spec": {"region": "seoul", "capacity": 100},
             })],
         )
+        .with_objects(
+            "mediapools",
+            vec![json!({
+                "apiVersion": "media.moim.dev/v1alpha1", "kind": "MediaPool",
+                "metadata": {"name": "seoul", "namespace": "team", "uid": "u3", "generation": 1, "resourceVersion": "1"},
+                "spec": {"region": "seoul", "minNodes": 1, "maxNodes": 3},
+            })],
+        )
 }
 
 /// Whether `calls` hold every kind of call a reconcile of [`small_cluster`] makes.
@@ -374,5 +382,7 @@ pub fn saw_full_reconcile(calls: &[ApiCall]) -> bool {
         && has("get", "pods")
         && has("patch", "pods")
         && has("patch", "medianodes/status")
+        && has("create", "medianodes")
+        && has("patch", "mediapools/status")
         && has("create", "events")
 }

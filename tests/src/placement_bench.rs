@@ -185,6 +185,17 @@ impl NodeAdmin for AcceptingNodes {
     fn drain<'a>(&'a self, _: &'a str) -> futures_util::future::BoxFuture<'a, NodeApiResult<()>> {
         Box::pin(async { Ok(()) })
     }
+    fn undrain<'a>(&'a self, _: &'a str) -> futures_util::future::BoxFuture<'a, NodeApiResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn move_room<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, NodeApiResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// An API server that answers every request at once: writes echo a stored-looking Meeting

@@ -1,5 +1,5 @@
 //! The Helm chart: it lints, renders for every supported set-up, the rendered manifests pass
-//! Kubernetes' own schemas strictly, its CRDs are `crds/`, its MediaNodes pass the CRD's
+//! Kubernetes' own schemas strictly, its CRDs are `crds/`, its MediaPools pass the CRD's
 //! rules, and its RBAC allows every call the real operator makes (recorded from the operator
 //! binary running against a stand-in API server, not from a hand-kept list).
 
@@ -102,13 +102,15 @@ fn the_chart_lints_and_renders_valid_manifests_for_every_setup() {
         );
         let _ = std::fs::remove_file(&file);
         // Our own resources: Kubernetes' schemas do not know them; the CRD's rules do.
-        for d in docs(&rendered)
+        let pools: Vec<Value> = docs(&rendered)
             .into_iter()
-            .filter(|d| d["kind"] == "MediaNode")
-        {
-            let node: moim_operator::crd::MediaNode =
-                serde_json::from_value(d.clone()).expect("a MediaNode");
-            node.validate_cel()
+            .filter(|d| d["kind"] == "MediaPool")
+            .collect();
+        assert!(!pools.is_empty(), "{setup:?}: no MediaPool");
+        for d in pools {
+            let pool: moim_operator::crd::MediaPool =
+                serde_json::from_value(d.clone()).expect("a MediaPool");
+            pool.validate_cel()
                 .unwrap_or_else(|e| panic!("{setup:?}: {d}: {e}"));
         }
         // The operator pod meets Pod Security "restricted".
@@ -130,7 +132,7 @@ fn the_chart_lints_and_renders_valid_manifests_for_every_setup() {
 
 #[test]
 fn the_chart_ships_exactly_the_generated_crds() {
-    for file in ["meetings.yaml", "medianodes.yaml"] {
+    for file in ["meetings.yaml", "medianodes.yaml", "mediapools.yaml"] {
         let ours =
             std::fs::read_to_string(workspace_root().join("crds").join(file)).expect("crds/");
         let chart = std::fs::read_to_string(chart().join("crds").join(file)).expect("chart crds/");

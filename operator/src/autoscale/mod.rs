@@ -122,6 +122,9 @@ pub enum NodeState {
     Ready,
     /// Stopped reporting after it was ready (crashed, its host gone).
     Lost,
+    /// Its pod is shutting down on its own (SIGTERM, an eviction): it hosts people until they
+    /// leave, but it is no capacity and not the autoscaler's to take back or migrate.
+    Terminating,
 }
 
 /// Load of a node, as it reports it.
@@ -373,7 +376,9 @@ pub fn decide(policy: &PoolPolicy, snap: &PoolSnapshot, memory: &mut PoolMemory)
         ..ScaleDecision::default()
     };
 
-    let active: Vec<&PoolNode> = live().filter(|n| !n.draining).collect();
+    let active: Vec<&PoolNode> = live()
+        .filter(|n| !n.draining && n.state != NodeState::Terminating)
+        .collect();
     let active_count = active.len() as u32;
     if desired > active_count {
         // Out: warm draining nodes first (most loaded first: they have the most to keep).
@@ -408,7 +413,11 @@ pub fn decide(policy: &PoolPolicy, snap: &PoolSnapshot, memory: &mut PoolMemory)
     }
 
     let deadline = policy.drain_deadline.as_millis() as i64;
-    for n in snap.nodes.iter().filter(|n| n.draining) {
+    for n in snap
+        .nodes
+        .iter()
+        .filter(|n| n.draining || n.state == NodeState::Terminating)
+    {
         if decision.undrain.contains(&n.name) {
             continue;
         }
@@ -416,9 +425,9 @@ pub fn decide(policy: &PoolPolicy, snap: &PoolSnapshot, memory: &mut PoolMemory)
         if n.state == NodeState::Lost || empty {
             // Empty, or gone while draining: nothing on it to wait for.
             decision.delete.push(n.name.clone());
-        } else if n
-            .drain_started
-            .is_some_and(|t| now.saturating_sub(ms(t)) >= deadline)
+        } else if n.state == NodeState::Ready
+            && n.drain_started
+                .is_some_and(|t| now.saturating_sub(ms(t)) >= deadline)
         {
             decision.migrate.push(n.name.clone());
         }

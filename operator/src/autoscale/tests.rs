@@ -523,3 +523,25 @@ fn long_meetings_on_a_draining_node_move_at_the_deadline_and_none_is_cut() {
     assert!(o.migrations > 0, "{}", summary(&o));
     assert_nobody_turned_away(&o);
 }
+
+#[test]
+fn a_terminating_node_is_neither_capacity_nor_taken_back() {
+    let mut leaving = node("leaving", NodeState::Terminating, 300);
+    leaving.draining = true;
+    let snap = snapshot(7200, vec![node("a", NodeState::Ready, 100), leaving]);
+    let d = decide(&policy(), &snap, &mut PoolMemory::default());
+    // 400 + 100 fits one node, but `leaving` is no capacity: nothing to undrain, no migration.
+    assert!(
+        d.undrain.is_empty() && d.migrate.is_empty() && d.delete.is_empty(),
+        "{d:?}"
+    );
+    assert_eq!(d.create, 0);
+    let mut gone = node("leaving", NodeState::Terminating, 0);
+    gone.draining = true;
+    let d = decide(
+        &policy(),
+        &snapshot(0, vec![node("a", NodeState::Ready, 100), gone]),
+        &mut PoolMemory::default(),
+    );
+    assert_eq!(d.delete, vec!["leaving".to_string()]);
+}
