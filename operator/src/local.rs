@@ -14,10 +14,20 @@
 //! are the operator's own), and writes the Meeting's status with [`running_status`]. It prints
 //! what it does: nodes starting and stopping, where each meeting runs and its relay links.
 //! Ctrl-C stops every child: SIGTERM (they drain), then a kill after a few seconds.
+//!
+//! With `--autoscale` each region behaves as a MediaPool: the real autoscaler
+//! ([`autoscale::decide`], fed by [`crate::pool::snapshot_of`]) starts new children ahead of
+//! demand, drains idle ones over the admin API (they exit once empty), takes draining ones
+//! back, and at the drain deadline marks a node evacuated so the next placement moves its
+//! rooms and the node sends its participants to the new one.
 
 use crate::api::{self, ApiState};
+use crate::autoscale::{self, PoolMemory};
 use crate::context::{Clock, system_clock};
-use crate::crd::{MediaNode, MediaNodePhase, Meeting};
+use crate::crd::{
+    DRAIN_STARTED, Headroom, MediaNode, MediaNodePhase, MediaPool, MediaPoolSpec, Meeting,
+    PoolNodeCapacity,
+};
 use crate::ledger::Ledger;
 use crate::meeting::{ScheduleState, enact, plan_meeting, release, running_status, schedule_state};
 use crate::metrics::Metrics;
@@ -93,6 +103,25 @@ pub struct LocalArgs {
     /// The secret shared with the TURN server (its `static-auth-secret`).
     #[arg(long, env = "MOIM_LOCAL_TURN_SECRET", hide_env_values = true)]
     pub turn_secret: Option<String>,
+    /// Autoscale each region like a MediaPool: `--nodes-per-region` is the minimum, new
+    /// media-node processes start ahead of demand, idle ones drain and exit.
+    #[arg(long)]
+    pub autoscale: bool,
+    /// Most media nodes per region (with `--autoscale`).
+    #[arg(long, default_value_t = 4)]
+    pub max_nodes_per_region: u16,
+    /// Spare participants kept ready per region (with `--autoscale`).
+    #[arg(long, default_value_t = 10)]
+    pub headroom: u32,
+    /// Spare capacity as a share of demand, percent (with `--autoscale`).
+    #[arg(long, default_value_t = 10)]
+    pub headroom_percent: u32,
+    /// A region shrinks only to the most nodes it wanted over this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub scale_down_delay: u32,
+    /// Seconds after which participants still on a draining node move to another node.
+    #[arg(long, default_value_t = 120)]
+    pub drain_deadline: u32,
 }
 
 /// One media node child.
@@ -102,6 +131,70 @@ struct LocalNode {
     http: SocketAddr,
     relay: SocketAddr,
     child: Option<Child>,
+    created: k8s_openapi::jiff::Timestamp,
+}
+
+/// Starts media-node children: what a MediaNode's pod is in a cluster.
+struct Spawner {
+    binary: PathBuf,
+    token_secret: String,
+    admin_token: String,
+    node_log: String,
+    port_base: u16,
+    /// Index of the next node (its ports are `port_base + 10 * index`).
+    next: u16,
+    /// Node numbers used per region (names are never reused).
+    numbers: BTreeMap<String, u16>,
+    /// `--drain-timeout` of each child.
+    drain_timeout: String,
+}
+
+impl Spawner {
+    fn spawn(
+        &mut self,
+        region: &str,
+        now: k8s_openapi::jiff::Timestamp,
+    ) -> anyhow::Result<LocalNode> {
+        let port = self
+            .port_base
+            .checked_add(self.next.saturating_mul(10))
+            .filter(|p| p.checked_add(2).is_some())
+            .context("--port-base too high for this many nodes")?;
+        self.next += 1;
+        let n = self.numbers.entry(region.to_owned()).or_default();
+        *n += 1;
+        let mut node = LocalNode {
+            name: format!("{region}-{n}"),
+            region: region.to_owned(),
+            http: SocketAddr::from(([127, 0, 0, 1], port)),
+            relay: SocketAddr::from(([127, 0, 0, 1], port + 2)),
+            child: None,
+            created: now,
+        };
+        let udp = SocketAddr::from(([127, 0, 0, 1], port + 1));
+        let child = Command::new(&self.binary)
+            .args(["--dev", "--node-id", &node.name, "--region", &node.region])
+            .args(["--http", &node.http.to_string(), "--udp", &udp.to_string()])
+            .args(["--relay-listen", &node.relay.to_string()])
+            .args([
+                "--drain-timeout",
+                &self.drain_timeout,
+                "--log",
+                &self.node_log,
+            ])
+            .env("MOIM_TOKEN_SECRET", &self.token_secret)
+            .env("MOIM_ADMIN_TOKEN", &self.admin_token)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (give --media-node)", self.binary.display()))?;
+        println!(
+            "node {} ({}) starting: http://{} (media udp {udp}, relay quic {})",
+            node.name, node.region, node.http, node.relay
+        );
+        node.child = Some(child);
+        Ok(node)
+    }
 }
 
 impl LocalNode {
@@ -190,6 +283,22 @@ pub fn read_meetings(dir: &Path) -> (Vec<(PathBuf, Meeting)>, Vec<String>) {
     (out, problems)
 }
 
+fn plural(what: &str, n: usize) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(";{what} {n}")
+    }
+}
+
+fn listed(what: &str, names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(";{what} {}", names.join(", "))
+    }
+}
+
 fn key_of(m: &Meeting) -> String {
     format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any())
 }
@@ -211,6 +320,37 @@ struct Fabric {
     ticks: u32,
     /// What was last printed per meeting, so only changes are printed.
     shown: BTreeMap<String, String>,
+    /// With `--autoscale`: each region's pool and what its autoscaler remembers.
+    pools: BTreeMap<String, (MediaPool, PoolMemory)>,
+    spawner: Spawner,
+}
+
+/// The MediaPool a region of the fabric behaves as.
+fn local_pool(region: &str, args: &LocalArgs) -> MediaPool {
+    let mut p = MediaPool::new(
+        region,
+        MediaPoolSpec {
+            region: region.to_owned(),
+            zone: None,
+            min_nodes: u32::from(args.nodes_per_region),
+            max_nodes: u32::from(args.max_nodes_per_region.max(args.nodes_per_region)),
+            node_capacity: PoolNodeCapacity {
+                participants: args.capacity,
+                published_tracks: None,
+                egress_mbps: None,
+            },
+            headroom: Headroom {
+                participants: args.headroom,
+                percent: args.headroom_percent,
+            },
+            scale_down_delay_seconds: args.scale_down_delay,
+            drain_deadline_seconds: args.drain_deadline,
+            // A local process is serving within a second or two.
+            node_startup_seconds: 3,
+        },
+    );
+    p.metadata.namespace = Some(NODE_NAMESPACE.to_owned());
+    p
 }
 
 /// Runs the fabric until Ctrl-C or SIGTERM.
@@ -220,43 +360,28 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
     let api_key = args.api_key.clone().unwrap_or_else(|| random_hex(16));
     let binary = media_node_binary(args.media_node.as_deref());
     anyhow::ensure!(!args.regions.is_empty(), "--regions names no region");
+    let mut spawner = Spawner {
+        binary,
+        token_secret: token_secret.clone(),
+        admin_token: admin_token.clone(),
+        node_log: args.node_log.clone(),
+        port_base: args.port_base,
+        next: 0,
+        numbers: BTreeMap::new(),
+        // Without autoscaling a drain is only Ctrl-C; with it, a drained node must outlive
+        // the drain deadline (its participants are moved then, never cut).
+        drain_timeout: if args.autoscale {
+            format!("{}s", u64::from(args.drain_deadline) + 60)
+        } else {
+            "3s".into()
+        },
+    };
     let mut nodes = Vec::new();
-    let mut i: u16 = 0;
+    let started = k8s_openapi::jiff::Timestamp::now();
     for region in &args.regions {
-        for n in 1..=args.nodes_per_region {
-            let port = args
-                .port_base
-                .checked_add(i.saturating_mul(10))
-                .filter(|p| p.checked_add(2).is_some())
-                .context("--port-base too high for this many nodes")?;
-            nodes.push(LocalNode {
-                name: format!("{region}-{n}"),
-                region: region.clone(),
-                http: SocketAddr::from(([127, 0, 0, 1], port)),
-                relay: SocketAddr::from(([127, 0, 0, 1], port + 2)),
-                child: None,
-            });
-            i += 1;
+        for _ in 0..args.nodes_per_region {
+            nodes.push(spawner.spawn(region, started)?);
         }
-    }
-    for node in &mut nodes {
-        let udp = SocketAddr::from(([127, 0, 0, 1], node.http.port() + 1));
-        let child = Command::new(&binary)
-            .args(["--dev", "--node-id", &node.name, "--region", &node.region])
-            .args(["--http", &node.http.to_string(), "--udp", &udp.to_string()])
-            .args(["--relay-listen", &node.relay.to_string()])
-            .args(["--drain-timeout", "3s", "--log", &args.node_log])
-            .env("MOIM_TOKEN_SECRET", &token_secret)
-            .env("MOIM_ADMIN_TOKEN", &admin_token)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {} (give --media-node)", binary.display()))?;
-        println!(
-            "node {} ({}) starting: http://{} (media udp {udp}, relay quic {})",
-            node.name, node.region, node.http, node.relay
-        );
-        node.child = Some(child);
     }
 
     let turn = if args.turn_urls.is_empty() {
@@ -304,7 +429,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.listen))?;
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let admin = Arc::new(
-        HttpNodeAdmin::new(SecretSource::Value(admin_token))
+        HttpNodeAdmin::new(SecretSource::Value(admin_token.clone()))
             .map_err(|e| anyhow::anyhow!("node admin client: {e}"))?,
     );
     let mut fabric = Fabric {
@@ -321,6 +446,15 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         capacity: args.capacity,
         ticks: 0,
         shown: BTreeMap::new(),
+        pools: if args.autoscale {
+            args.regions
+                .iter()
+                .map(|r| (r.clone(), (local_pool(r, &args), PoolMemory::default())))
+                .collect()
+        } else {
+            BTreeMap::new()
+        },
+        spawner,
     };
     fabric.node_store.apply_watcher_event(&watcher::Event::Init);
     fabric
@@ -367,9 +501,141 @@ impl Fabric {
                 .as_ref()
                 .is_none_or(|s| s.phase.is_none() || s.phase == Some(MediaNodePhase::Starting))
         });
+        if !self.pools.is_empty() {
+            self.autoscale().await;
+        }
         if !starting || self.ticks > 10 {
             self.place_all().await;
         }
+    }
+
+    /// One autoscaler look at every region, applied to the children: new processes, drains
+    /// and take-backs over the admin API, evacuations (the next placement moves the rooms)
+    /// and removal of nodes that drained empty (they exit by themselves) or died.
+    async fn autoscale(&mut self) {
+        let now = (self.clock)();
+        let meetings: Vec<Meeting> = self.applied.values().map(|a| a.meeting.clone()).collect();
+        let regions: Vec<String> = self.pools.keys().cloned().collect();
+        for region in regions {
+            let decision = {
+                let Some((pool, memory)) = self.pools.get_mut(&region) else {
+                    continue;
+                };
+                let snap = crate::pool::snapshot_of(
+                    pool,
+                    self.node_objects.values(),
+                    meetings.iter(),
+                    &self.ledger,
+                    now,
+                    SignedDuration::from_secs(30),
+                    SignedDuration::from_mins(10),
+                );
+                let policy = crate::pool::policy_of(pool, TICK);
+                autoscale::decide(&policy, &snap, memory)
+            };
+            if decision.is_idle() {
+                continue;
+            }
+            let f = decision.forecast;
+            println!(
+                "pool {region}: demand {} participants (target {}), wants {} node{}{}{}{}{}{}",
+                f.demand,
+                f.target,
+                decision.desired,
+                if decision.desired == 1 { "" } else { "s" },
+                plural(" starting", decision.create as usize),
+                listed(" taking back", &decision.undrain),
+                listed(" draining", &decision.drain),
+                listed(" moving people off", &decision.migrate),
+                listed(" removing", &decision.delete),
+            );
+            for _ in 0..decision.create {
+                match self.spawner.spawn(&region, now) {
+                    Ok(n) => self.nodes.push(n),
+                    Err(e) => eprintln!("pool {region}: cannot start a node: {e:#}"),
+                }
+            }
+            for name in &decision.undrain {
+                self.set_drain(name, None, false);
+                if let Some(base) = self.base_of(name)
+                    && let Err(e) = self.admin.undrain(&base).await
+                {
+                    eprintln!("node {name}: not taken back: {e}");
+                }
+            }
+            for name in &decision.drain {
+                self.set_drain(name, Some(now), false);
+                if let Some(base) = self.base_of(name)
+                    && let Err(e) = self.admin.drain(&base).await
+                {
+                    eprintln!("node {name}: drain refused: {e}");
+                }
+            }
+            for name in &decision.migrate {
+                let started = self
+                    .node_objects
+                    .get(name)
+                    .and_then(|n| n.annotations().get(DRAIN_STARTED)?.parse().ok())
+                    .unwrap_or(now);
+                self.set_drain(name, Some(started), true);
+            }
+            for name in &decision.delete {
+                self.remove_node(name).await;
+            }
+        }
+    }
+
+    fn base_of(&self, name: &str) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(LocalNode::base)
+    }
+
+    /// Writes `drain` (since when) and `evacuate` into the node's MediaNode.
+    fn set_drain(
+        &mut self,
+        name: &str,
+        since: Option<k8s_openapi::jiff::Timestamp>,
+        evacuate: bool,
+    ) {
+        let Some(obj) = self.node_objects.get_mut(name) else {
+            return;
+        };
+        obj.spec.drain = since.is_some();
+        obj.spec.evacuate = evacuate && since.is_some();
+        let annotations = obj.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        match since {
+            Some(t) => annotations.insert(DRAIN_STARTED.to_owned(), t.to_string()),
+            None => annotations.remove(DRAIN_STARTED),
+        };
+        self.node_store
+            .apply_watcher_event(&watcher::Event::Apply(obj.clone()));
+    }
+
+    /// Deletes a node that drained empty or died: its process is stopped if it still runs.
+    async fn remove_node(&mut self, name: &str) {
+        if let Some(i) = self.nodes.iter().position(|n| n.name == name) {
+            let mut node = self.nodes.remove(i);
+            if let Some(mut child) = node.child.take() {
+                if let Some(pid) = child.id() {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-TERM", &pid.to_string()])
+                        .status();
+                }
+                if tokio::time::timeout(STOP_GRACE, child.wait())
+                    .await
+                    .is_err()
+                {
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        if let Some(obj) = self.node_objects.remove(name) {
+            self.node_store
+                .apply_watcher_event(&watcher::Event::Delete(obj));
+        }
+        println!("node {name} removed");
     }
 
     /// Reads each node's `/status` into its MediaNode; notices children that exited.
@@ -385,8 +651,15 @@ impl Fabric {
                 let n = &self.nodes[i];
                 (n.name.clone(), n.region.clone(), n.base(), n.relay)
             };
+            let created = self.nodes[i].created;
+            let pooled = self.pools.contains_key(&region);
             let mut obj = self.node_objects.get(&name).cloned().unwrap_or_else(|| {
-                MediaNode::in_region(&name, NODE_NAMESPACE, &region, self.capacity)
+                let mut n = MediaNode::in_region(&name, NODE_NAMESPACE, &region, self.capacity);
+                n.metadata.creation_timestamp = Some(Time(created));
+                if pooled {
+                    n.spec.pool = Some(region.clone());
+                }
+                n
             });
             let mut status = obj.status.clone().unwrap_or_default();
             let before = status.phase;

@@ -80,6 +80,19 @@ impl Fabric {
         }
     }
 
+    /// Waits until the fabric has printed `line`; returns everything it printed.
+    async fn wait_for_line(&self, line: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = output(&self.log);
+            if text.contains(line) {
+                return Ok(text);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "no {line:?} in:\n{text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Ctrl-C; returns whether it exited cleanly in time, and everything it printed.
     fn interrupt(mut self) -> (bool, String) {
         let _ = Command::new("kill")
@@ -105,6 +118,16 @@ impl Fabric {
 /// Joins `meeting` through the fabric's join page, as a person would: pick the meeting and the
 /// region, type a name, press Join; the page sends the browser to that region's node.
 async fn join_through_page(page: &str, region: &str, name: &str) -> anyhow::Result<Browser> {
+    join_meeting(page, None, region, name).await
+}
+
+/// [`join_through_page`], choosing `meeting` (`namespace/name`) when given.
+async fn join_meeting(
+    page: &str,
+    meeting: Option<&str>,
+    region: &str,
+    name: &str,
+) -> anyhow::Result<Browser> {
     let b = Browser::start().await?;
     b.goto(page).await?;
     b.wait_for(
@@ -112,6 +135,13 @@ async fn join_through_page(page: &str, region: &str, name: &str) -> anyhow::Resu
         Duration::from_secs(10),
     )
     .await?;
+    if let Some(m) = meeting {
+        let (ns, name) = m.split_once('/').unwrap_or(("default", m));
+        b.js(&format!(
+            "document.getElementById('meeting').value = JSON.stringify(['{ns}', '{name}']); return true;"
+        ))
+        .await?;
+    }
     b.js(&format!(
         "document.getElementById('region').value = '{region}';
          document.getElementById('name').value = '{name}';
@@ -315,4 +345,108 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+fn seoul_meeting(name: &str, participants: u32) -> String {
+    format!(
+        "apiVersion: media.moim.dev/v1alpha1\nkind: Meeting\nmetadata:\n  name: {name}\nspec:\n  \
+         title: {name}\n  participants:\n    perRegion: {{seoul: {participants}}}\n"
+    )
+}
+
+/// Autoscaling end to end with real processes and real browsers: a second meeting that does
+/// not fit starts a second media node, which takes it; two people meet on it; when the
+/// meetings shrink the pool scales in by draining that node, and at the drain deadline its
+/// participants are sent to the remaining node, where video flows again; the drained node
+/// exits once empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_starts_a_node_and_a_drained_node_hands_its_people_over() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let fabric = Fabric::start(
+        "autoscale",
+        &[
+            "--regions",
+            "seoul",
+            "--autoscale",
+            "--capacity",
+            "5",
+            "--max-nodes-per-region",
+            "2",
+            "--headroom",
+            "0",
+            "--headroom-percent",
+            "0",
+            "--scale-down-delay",
+            "5",
+            "--drain-deadline",
+            "10",
+        ],
+    )?;
+    let result = async {
+        // One node, and a meeting that fills it.
+        fabric
+            .apply("a.yaml", &seoul_meeting("a", 5), "default/a")
+            .await?;
+        assert!(
+            !output(&fabric.log).contains("seoul-2"),
+            "{}",
+            output(&fabric.log)
+        );
+        // A second meeting does not fit: a second node starts and takes it.
+        std::fs::write(fabric.dir.join("meetings/b.yaml"), seoul_meeting("b", 5))?;
+        fabric
+            .wait_for_line("node seoul-2 (seoul) starting", Duration::from_secs(20))
+            .await?;
+        fabric
+            .wait_for_line(
+                "meeting default/b on seoul-2 (seoul)",
+                Duration::from_secs(30),
+            )
+            .await?;
+
+        let page = format!("http://{}/", fabric.listen);
+        let ana = join_meeting(&page, Some("default/b"), "seoul", "ana").await?;
+        let bo = join_meeting(&page, Some("default/b"), "seoul", "bo").await?;
+        let second = (fabric.port_base + 10).to_string();
+        assert_eq!(ana.js("return location.port;").await?, second);
+        wait_decoding(&bo, "moim.sub", 1, Duration::from_secs(40)).await?;
+        wait_decoding(&ana, "moim.sub", 1, Duration::from_secs(40)).await?;
+
+        // Both meetings shrink to two: one node holds all. The newer of two equally loaded
+        // nodes drains; at the deadline its people are moved, never cut.
+        std::fs::write(fabric.dir.join("meetings/a.yaml"), seoul_meeting("a", 2))?;
+        std::fs::write(fabric.dir.join("meetings/b.yaml"), seoul_meeting("b", 2))?;
+        fabric
+            .wait_for_line("draining seoul-2", Duration::from_secs(30))
+            .await?;
+        fabric
+            .wait_for_line("moving people off seoul-2", Duration::from_secs(30))
+            .await?;
+        let first = format!("http://127.0.0.1:{}", fabric.port_base);
+        for b in [&ana, &bo] {
+            b.wait_for(
+                &format!("return moim.moves === 1 && moim.node === '{first}';"),
+                Duration::from_secs(20),
+            )
+            .await?;
+        }
+        // Video flows again on the node they were moved to.
+        wait_decoding(&bo, "moim.sub", 1, Duration::from_secs(40)).await?;
+        wait_decoding(&ana, "moim.sub", 1, Duration::from_secs(40)).await?;
+        let text = fabric
+            .wait_for_line("node seoul-2 removed", Duration::from_secs(30))
+            .await?;
+        assert!(
+            text.contains("meeting default/b on seoul-1 (seoul)"),
+            "{text}"
+        );
+        ana.close().await;
+        bo.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    let (clean, text) = fabric.interrupt();
+    result.map_err(|e| e.context(format!("fabric output:\n{text}")))?;
+    assert!(clean, "the fabric exits on Ctrl-C:\n{text}");
+    Ok(())
 }
