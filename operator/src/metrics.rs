@@ -1,7 +1,8 @@
 //! Prometheus metrics of the operator, served as text at `/metrics` beside the join API.
 //!
 //! Names start with `moim_operator_`, units are seconds, counters end in `_total`. Labels take
-//! values from small fixed sets (controller, phase, outcome): never a meeting or node name.
+//! values from small fixed sets (controller, phase, outcome, and the MediaPools the platform
+//! team configured): never a meeting or node name.
 //! Meetings and nodes by phase are counted from the watch caches at scrape time, so they are
 //! exact whatever the reconcilers are doing.
 
@@ -23,6 +24,9 @@ pub struct Metrics {
     nodes: IntGaugeVec,
     join_requests: IntCounterVec,
     node_api_errors: IntCounterVec,
+    pool_nodes: IntGaugeVec,
+    pool_participants: IntGaugeVec,
+    pool_actions: IntCounterVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: IntGauge,
 }
@@ -111,6 +115,30 @@ impl Metrics {
             &["call"],
         )
         .unwrap();
+        let pool_nodes = IntGaugeVec::new(
+            Opts::new(
+                "moim_operator_pool_nodes",
+                "MediaPool nodes by state (ready, starting, draining) and the desired count.",
+            ),
+            &["pool", "state"],
+        )
+        .unwrap();
+        let pool_participants = IntGaugeVec::new(
+            Opts::new(
+                "moim_operator_pool_participants",
+                "MediaPool demand now and the autoscaler's target (demand, growth, scheduled, headroom).",
+            ),
+            &["pool", "kind"],
+        )
+        .unwrap();
+        let pool_actions = IntCounterVec::new(
+            Opts::new(
+                "moim_operator_pool_scale_actions_total",
+                "Autoscaler actions on MediaNodes (create, undrain, drain, migrate, delete).",
+            ),
+            &["pool", "action"],
+        )
+        .unwrap();
         let leader = IntGauge::new(
             "moim_operator_leader",
             "1 while this replica holds the leader Lease and runs the controllers.",
@@ -131,6 +159,11 @@ impl Metrics {
         registry
             .register(Box::new(node_api_errors.clone()))
             .unwrap();
+        registry.register(Box::new(pool_nodes.clone())).unwrap();
+        registry
+            .register(Box::new(pool_participants.clone()))
+            .unwrap();
+        registry.register(Box::new(pool_actions.clone())).unwrap();
         registry.register(Box::new(leader.clone())).unwrap();
         Self {
             registry,
@@ -141,7 +174,48 @@ impl Metrics {
             nodes,
             join_requests,
             node_api_errors,
+            pool_nodes,
+            pool_participants,
+            pool_actions,
             leader,
+        }
+    }
+
+    /// Records one autoscaler look at `pool` (`namespace/name`; pools are few and set by the
+    /// platform team, so their names are bounded label values).
+    pub fn pool_looked(
+        &self,
+        pool: &str,
+        status: &crate::crd::MediaPoolStatus,
+        decision: &crate::autoscale::ScaleDecision,
+    ) {
+        for (state, n) in [
+            ("ready", status.ready_nodes),
+            ("starting", status.starting_nodes),
+            ("draining", status.draining_nodes),
+            ("desired", status.desired_nodes),
+        ] {
+            self.pool_nodes
+                .with_label_values(&[pool, state])
+                .set(i64::from(n));
+        }
+        for (kind, n) in [("demand", status.demand), ("target", status.target)] {
+            self.pool_participants
+                .with_label_values(&[pool, kind])
+                .set(i64::from(n));
+        }
+        for (action, n) in [
+            ("create", decision.create as usize),
+            ("undrain", decision.undrain.len()),
+            ("drain", decision.drain.len()),
+            ("migrate", decision.migrate.len()),
+            ("delete", decision.delete.len()),
+        ] {
+            if n > 0 {
+                self.pool_actions
+                    .with_label_values(&[pool, action])
+                    .inc_by(n as u64);
+            }
         }
     }
 

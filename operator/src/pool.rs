@@ -387,6 +387,7 @@ async fn apply(pool: &MediaPool, ctx: &Context) -> Result<Action> {
         },
         conditions: settle(wants, &old.conditions, generation, now),
     };
+    ctx.metrics.pool_looked(&pool_key, &status, &decision);
     if status != old {
         let pools: Api<MediaPool> = Api::namespaced(ctx.client.clone(), &ns);
         apply_status(&pools, &name, &status).await?;

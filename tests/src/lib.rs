@@ -604,3 +604,21 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// Runs `promtool check metrics` on `text`; returns its verdict.
+pub fn promtool(text: &str) -> anyhow::Result<(bool, String)> {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .map(|mut s| std::io::Write::write_all(&mut s, text.as_bytes()));
+    let out = child.wait_with_output()?;
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.success(), said))
+}

@@ -1,24 +1,9 @@
 //! The admin surface: Prometheus text that promtool accepts, `/status`, and draining.
 
-use moim_e2e::{Browser, Node, SignalClient, dev_token, sample, wait_decoding, wait_status};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use moim_e2e::{
+    Browser, Node, SignalClient, dev_token, promtool, sample, wait_decoding, wait_status,
+};
 use std::time::Duration;
-
-/// Runs `promtool check metrics` on `text`; returns its verdict.
-fn promtool(text: &str) -> anyhow::Result<(bool, String)> {
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    child.stdin.take().map(|mut s| s.write_all(text.as_bytes()));
-    let out = child.wait_with_output()?;
-    let said =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    Ok((out.status.success(), said))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_count_real_traffic() -> anyhow::Result<()> {

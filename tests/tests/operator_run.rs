@@ -40,6 +40,18 @@ async fn the_operator_binary_leads_reconciles_and_stops_cleanly() -> anyhow::Res
                 .contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Dmoim-operator")
     }));
 
+    // The pool's autoscaler looked: its figures are exported, and promtool accepts the text.
+    let metrics = reqwest::get(format!("{}/metrics", op.base))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains("moim_operator_pool_nodes{pool=\"team/seoul\",state=\"desired\"} 1"),
+        "{metrics}"
+    );
+    let (ok, said) = moim_e2e::promtool(&metrics)?;
+    assert!(ok, "promtool: {said}");
+
     let status = op.terminate().await?;
     assert!(status.success(), "operator exited with {status}");
     Ok(())
