@@ -108,9 +108,12 @@ pub fn pool_node(
         Some(_) => NodeState::Ready,
     };
     let load = status.and_then(|s| s.load.as_ref());
+    // A node whose pod is gone holds nobody (its rooms died with it and were placed again):
+    // it is treated as drained, so the pool deletes it and replaces it if needed.
+    let gone = phase == Some(MediaNodePhase::Gone);
     PoolNode {
         state,
-        draining: node.spec.drain || reports_draining,
+        draining: node.spec.drain || reports_draining || gone,
         drain_started: node
             .annotations()
             .get(DRAIN_STARTED)
@@ -428,5 +431,62 @@ async fn announce(pool: &MediaPool, ctx: &Context, d: &ScaleDecision) {
     for (reason, note) in notes {
         ctx.publish(&pool.object_ref(&()), EventType::Normal, reason, note)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::MediaNodeStatus;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("time")
+    }
+
+    fn node(phase: Option<MediaNodePhase>, report: &str, drain: bool) -> MediaNode {
+        let mut n = MediaNode::in_region("seoul-x", "team", "seoul", 500);
+        n.spec.pool = Some("seoul".into());
+        n.spec.drain = drain;
+        n.status = Some(MediaNodeStatus {
+            phase,
+            last_report: Some(Time(at(report))),
+            ..MediaNodeStatus::default()
+        });
+        n
+    }
+
+    #[test]
+    fn node_states_as_the_autoscaler_sees_them() {
+        let now = at("2026-11-21T10:00:00Z");
+        let fresh = "2026-11-21T09:59:55Z";
+        let stale = "2026-11-21T09:58:00Z";
+        let look = |n: MediaNode| {
+            let p = pool_node(&n, &Ledger::default(), now, SignedDuration::from_secs(30));
+            (p.state, p.draining)
+        };
+        assert_eq!(look(node(None, fresh, false)), (NodeState::Starting, false));
+        assert_eq!(
+            look(node(Some(MediaNodePhase::Ready), fresh, false)),
+            (NodeState::Ready, false)
+        );
+        assert_eq!(
+            look(node(Some(MediaNodePhase::Ready), stale, false)),
+            (NodeState::Lost, false)
+        );
+        // Asked to drain by its pool: can be taken back.
+        assert_eq!(
+            look(node(Some(MediaNodePhase::Draining), fresh, true)),
+            (NodeState::Ready, true)
+        );
+        // Draining on its own (SIGTERM): not the pool's to take back.
+        assert_eq!(
+            look(node(Some(MediaNodePhase::Draining), fresh, false)),
+            (NodeState::Terminating, true)
+        );
+        // Its pod is gone: deleted like a drained node.
+        assert_eq!(
+            look(node(Some(MediaNodePhase::Gone), stale, false)),
+            (NodeState::Lost, true)
+        );
     }
 }
