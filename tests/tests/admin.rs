@@ -221,8 +221,9 @@ async fn a_drain_the_operator_asked_for_can_be_undone_but_not_a_final_one() -> a
     let mut a = SignalClient::connect(&node).await?;
     a.join(&dev_token("ongoing", "ana")).await?;
     a.recv_type("joined", Duration::from_secs(5)).await?;
+    let readyz = node.url("/readyz");
     let ready = || async {
-        reqwest::get(node.url("/readyz"))
+        reqwest::get(readyz.as_str())
             .await
             .map(|r| r.status().as_u16())
     };
@@ -245,19 +246,20 @@ async fn a_drain_the_operator_asked_for_can_be_undone_but_not_a_final_one() -> a
     b.join(&dev_token("new-room", "bo")).await?;
     b.recv_type("joined", Duration::from_secs(5)).await?;
     drop(a);
-    drop(b);
     assert!(
         !node.wait_exit(Duration::from_secs(2)),
         "a node taken back keeps serving"
     );
 
-    // A final drain (the preStop hook's) cannot be undone, and an idle node exits.
+    // A final drain (the preStop hook's) cannot be undone (b keeps the node up meanwhile), and
+    // the node exits once empty.
     let r = http.post(node.url("/drain?final=true")).send().await?;
     assert_eq!(r.status().as_u16(), 202);
-    let r = http.delete(node.url("/drain")).send().await;
-    if let Ok(r) = r {
-        assert_eq!(r.status().as_u16(), 409);
-    }
+    b.recv_type("draining", Duration::from_secs(5)).await?;
+    let r = http.delete(node.url("/drain")).send().await?;
+    assert_eq!(r.status().as_u16(), 409);
+    assert_eq!(ready().await?, 503);
+    drop(b);
     assert!(
         node.wait_exit(Duration::from_secs(10)),
         "an empty node exits after a final drain"
