@@ -312,55 +312,29 @@ pub fn run(scenario: &Scenario, model: &FleetModel) -> Outcome {
         // Which nodes placement may use, and what every meeting reserves where.
         let mut reserved: BTreeMap<String, u32> = BTreeMap::new();
         for &i in &active {
-            if let Some(p) = &runs[i].plan {
-                for a in &p.assignments {
-                    *reserved.entry(a.node.clone()).or_default() += a.participants;
-                }
-            }
+            rebook(&mut reserved, None, runs[i].plan.as_ref());
         }
         let mut still = Vec::with_capacity(active.len());
         for &i in &active {
             let m = &scenario.meetings[i];
             let r = &mut runs[i];
             if t >= m.start + m.duration {
-                if let Some(p) = r.plan.take() {
-                    for a in &p.assignments {
-                        if let Some(v) = reserved.get_mut(&a.node) {
-                            *v -= a.participants;
-                        }
-                    }
-                }
+                rebook(&mut reserved, r.plan.take().as_ref(), None);
                 r.done = true;
                 continue;
             }
             if placed(&r.plan) < m.size {
                 // (Re)place: the reconciler keeps trying while a region is short.
-                let views = views_for(
+                let plan = place_meeting(
+                    i,
+                    m,
                     &nodes,
-                    &m.region,
                     &reserved,
                     r.plan.as_ref(),
                     None,
                     policy.capacity.participants,
                 );
-                let plan = placement::place(
-                    &Demand {
-                        meeting: i.to_string(),
-                        per_region: BTreeMap::from([(m.region.clone(), m.size)]),
-                    },
-                    &views,
-                    r.plan.as_ref(),
-                );
-                if let Some(old) = &r.plan {
-                    for a in &old.assignments {
-                        if let Some(v) = reserved.get_mut(&a.node) {
-                            *v -= a.participants;
-                        }
-                    }
-                }
-                for a in &plan.assignments {
-                    *reserved.entry(a.node.clone()).or_default() += a.participants;
-                }
+                rebook(&mut reserved, r.plan.as_ref(), Some(&plan));
                 r.plan = (!plan.assignments.is_empty()).then_some(plan);
             }
             // Joins so far.
@@ -444,6 +418,40 @@ pub fn run(scenario: &Scenario, model: &FleetModel) -> Outcome {
     out
 }
 
+/// Moves a meeting's reservations from its `old` plan to its `new` one.
+fn rebook(reserved: &mut BTreeMap<String, u32>, old: Option<&Plan>, new: Option<&Plan>) {
+    for a in old.iter().flat_map(|p| &p.assignments) {
+        if let Some(v) = reserved.get_mut(&a.node) {
+            *v = v.saturating_sub(a.participants);
+        }
+    }
+    for a in new.iter().flat_map(|p| &p.assignments) {
+        *reserved.entry(a.node.clone()).or_default() += a.participants;
+    }
+}
+
+/// Places meeting `i` (its whole size, in its region) as the reconciler does, from
+/// `previous`, with `leaving` a node its shares must move off.
+fn place_meeting(
+    i: usize,
+    m: &SimMeeting,
+    nodes: &[SimNode],
+    reserved: &BTreeMap<String, u32>,
+    previous: Option<&Plan>,
+    leaving: Option<&str>,
+    capacity: u32,
+) -> Plan {
+    let views = views_for(nodes, &m.region, reserved, previous, leaving, capacity);
+    placement::place(
+        &Demand {
+            meeting: i.to_string(),
+            per_region: BTreeMap::from([(m.region.clone(), m.size)]),
+        },
+        &views,
+        previous,
+    )
+}
+
 /// Placement's view of a region. `leaving` is a node whose shares must move.
 fn views_for(
     nodes: &[SimNode],
@@ -513,10 +521,8 @@ fn look(
         if m.scheduled {
             *scheduled_reserved.entry(m.region.as_str()).or_default() += placed(&r.plan);
         }
+        rebook(&mut reserved, None, r.plan.as_ref());
         if let Some(p) = &r.plan {
-            for a in &p.assignments {
-                *reserved.entry(a.node.clone()).or_default() += a.participants;
-            }
             for (n, c) in connected_on(p, r.joined) {
                 *connected.entry(n.to_owned()).or_default() += c;
             }
@@ -602,7 +608,6 @@ fn look(
             }
         }
         for name in &d.migrate {
-            let mut reserved_now = reserved.clone();
             for &i in active {
                 let m = &scenario.meetings[i];
                 let r = &mut runs[i];
@@ -610,33 +615,17 @@ fn look(
                 if !old.assignments.iter().any(|a| &a.node == name) {
                     continue;
                 }
-                let views = views_for(nodes, &m.region, &reserved_now, Some(&old), Some(name), cap);
-                let plan = placement::place(
-                    &Demand {
-                        meeting: i.to_string(),
-                        per_region: BTreeMap::from([(m.region.clone(), m.size)]),
-                    },
-                    &views,
-                    Some(&old),
-                );
+                let plan = place_meeting(i, m, nodes, &reserved, Some(&old), Some(name), cap);
                 // Moved only when the new nodes have room for everyone on the old one.
                 if !plan.shortfalls.is_empty() {
                     continue;
                 }
-                for a in &old.assignments {
-                    if let Some(v) = reserved_now.get_mut(&a.node) {
-                        *v -= a.participants;
-                    }
-                }
-                for a in &plan.assignments {
-                    *reserved_now.entry(a.node.clone()).or_default() += a.participants;
-                }
+                rebook(&mut reserved, Some(&old), Some(&plan));
                 r.plan = Some(plan);
                 if measuring {
                     out.migrations += 1;
                 }
             }
-            reserved = reserved_now;
         }
         for name in &d.delete {
             for &i in active {
