@@ -618,11 +618,7 @@ impl Fabric {
         if let Some(i) = self.nodes.iter().position(|n| n.name == name) {
             let mut node = self.nodes.remove(i);
             if let Some(mut child) = node.child.take() {
-                if let Some(pid) = child.id() {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-TERM", &pid.to_string()])
-                        .status();
-                }
+                terminate(&child);
                 if tokio::time::timeout(STOP_GRACE, child.wait())
                     .await
                     .is_err()
@@ -885,12 +881,8 @@ impl Fabric {
 
     /// SIGTERM to every child (they drain), then a kill for any still running.
     async fn stop(&mut self) {
-        for n in &self.nodes {
-            if let Some(pid) = n.child.as_ref().and_then(Child::id) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status();
-            }
+        for child in self.nodes.iter().filter_map(|n| n.child.as_ref()) {
+            terminate(child);
         }
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         for n in &mut self.nodes {
@@ -905,6 +897,15 @@ impl Fabric {
                 }
             }
         }
+    }
+}
+
+/// SIGTERM to a child: it drains, then exits.
+fn terminate(child: &Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
     }
 }
 

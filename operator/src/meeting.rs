@@ -325,10 +325,8 @@ async fn push(
     let mut errors = Vec::new();
     let key = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
     for a in &plan.assignments {
-        let node = nodes
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(a.node.as_str()));
-        let Some(base) = node.and_then(|n| n.status.as_ref()?.admin_url.clone()) else {
+        let Some(base) = find(nodes, &a.node).and_then(|n| n.status.as_ref()?.admin_url.clone())
+        else {
             errors.push((a.node.clone(), "has no admin address yet".to_owned()));
             continue;
         };
@@ -343,10 +341,8 @@ async fn push(
                 } else {
                     return None;
                 };
-                let address = nodes
-                    .iter()
-                    .find(|n| n.metadata.name.as_deref() == Some(peer.as_str()))
-                    .and_then(|n| n.status.as_ref()?.relay_address.clone());
+                let address =
+                    find(nodes, peer).and_then(|n| n.status.as_ref()?.relay_address.clone());
                 Some(RelayLink {
                     peer: peer.clone(),
                     address,
@@ -382,11 +378,10 @@ pub async fn release<'a>(
 ) -> usize {
     let mut done = 0;
     for name in which {
-        let base = nodes
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(name))
-            .and_then(|n| n.status.as_ref()?.admin_url.clone());
-        let Some(base) = base else { continue };
+        let Some(base) = find(nodes, name).and_then(|n| n.status.as_ref()?.admin_url.clone())
+        else {
+            continue;
+        };
         match admin.release(&base, room).await {
             Ok(()) => done += 1,
             Err(e) => {
@@ -470,11 +465,7 @@ pub fn running_status(
 ) -> MeetingStatus {
     let ns = m.namespace().unwrap_or_default();
     let key = format!("{ns}/{}", m.name_any());
-    let node = |name: &str| {
-        nodes
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(name))
-    };
+    let node = |name: &str| find(nodes, name);
     let mut participants_by_region: BTreeMap<String, u32> = BTreeMap::new();
     let mut participants = 0u32;
     for a in &plan.assignments {
