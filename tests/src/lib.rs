@@ -8,8 +8,10 @@ pub mod autoscale_bench;
 pub mod cascade_bench;
 pub mod fake_apiserver;
 pub mod impair;
+pub mod janus;
 pub mod loadgen;
 pub mod placement_bench;
+pub mod sfu_bench;
 
 use anyhow::{Context, bail};
 use fantoccini::{Client, ClientBuilder};

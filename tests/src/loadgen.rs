@@ -35,11 +35,15 @@ use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTra
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
+
+/// Where clients of a media-node bind.
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 /// The instant every send timestamp counts from.
 pub fn epoch() -> Instant {
@@ -102,8 +106,37 @@ pub struct Counters {
     pub expected: AtomicU64,
     /// Media bytes received, RTP headers included (subscriber).
     pub bytes: AtomicU64,
+    /// When the first video packet arrived, in microseconds since [`epoch`] (0: none yet; full
+    /// subscribers only).
+    pub first_video_us: AtomicU64,
     /// One-way latency samples in microseconds (full subscribers only).
     pub latency_us: Mutex<Vec<u32>>,
+}
+
+impl Counters {
+    /// Counts a media packet not seen before.
+    fn count_new(&self, bytes: u64) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Notes that a video packet arrived (the first one stays).
+    fn saw_video(&self) {
+        if self.first_video_us.load(Ordering::Relaxed) == 0 {
+            let now = micros_since_epoch(Instant::now()).max(1);
+            let _ =
+                self.first_video_us
+                    .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+
+    /// Time from `start` to the first video packet, if one has arrived.
+    pub fn time_to_video(&self, start: Instant) -> Option<Duration> {
+        let at = self.first_video_us.load(Ordering::Relaxed);
+        (at != 0).then(|| {
+            Duration::from_micros(at).saturating_sub(start.saturating_duration_since(epoch()))
+        })
+    }
 }
 
 /// A running client; stops when dropped.
@@ -189,18 +222,21 @@ fn new_peer_connection(now: Instant) -> anyhow::Result<RTCPeerConnection> {
         .build(now)?)
 }
 
-/// Offers `pc`'s local description to `url` (WHIP or WHEP) and applies the answer.
-async fn exchange(
-    http: &reqwest::Client,
-    pc: &mut RTCPeerConnection,
-    addr: SocketAddr,
-    url: &str,
-    token: &str,
-) -> anyhow::Result<String> {
+/// Sets `pc`'s offer as its local description with one host candidate on `addr`; returns it.
+fn local_offer(pc: &mut RTCPeerConnection, addr: SocketAddr) -> anyhow::Result<String> {
     let offer = pc.create_offer(None)?;
     pc.set_local_description(Instant::now(), offer)?;
     add_host_candidate(pc, addr)?;
-    let sdp = pc.local_description().context("no local description")?.sdp;
+    Ok(pc.local_description().context("no local description")?.sdp)
+}
+
+/// Posts an offer to `url` (WHIP or WHEP); returns the answer and the resource's Location.
+async fn post_offer(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    sdp: String,
+) -> anyhow::Result<(String, String)> {
     let resp = http
         .post(url)
         .bearer_auth(token)
@@ -219,8 +255,7 @@ async fn exchange(
     if !status.is_success() {
         bail!("{url}: {status}: {body}");
     }
-    pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(body)?)?;
-    location.context("no Location header")
+    Ok((body, location.context("no Location header")?))
 }
 
 fn absolute(base: &str, location: &str) -> String {
@@ -279,7 +314,27 @@ pub async fn publish(
     token: &str,
     layers: &[LayerSpec],
 ) -> anyhow::Result<Client> {
-    let sock = UdpSocket::bind("127.0.0.1:0").await?;
+    let url = format!("{}/whip/{room}", base.trim_end_matches('/'));
+    publish_with(LOOPBACK, layers, |offer| async move {
+        let (answer, location) = post_offer(http, &url, token, offer).await?;
+        Ok((answer, Some(absolute(base, &location))))
+    })
+    .await
+}
+
+/// Starts a publisher of synthetic simulcast video and audio on a socket bound to `ip`, whose
+/// offer `signal` takes to a server, returning the server's answer and, if it has one, the
+/// session's resource URL.
+pub async fn publish_with<F, Fut>(
+    ip: IpAddr,
+    layers: &[LayerSpec],
+    signal: F,
+) -> anyhow::Result<Client>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<(String, Option<String>)>>,
+{
+    let sock = UdpSocket::bind((ip, 0)).await?;
     let addr = sock.local_addr()?;
     let mut pc = new_peer_connection(Instant::now())?;
     let vp8 = RTCRtpCodec {
@@ -337,8 +392,9 @@ pub async fn publish(
             ..Default::default()
         }],
     ))?;
-    let url = format!("{}/whip/{room}", base.trim_end_matches('/'));
-    let location = exchange(http, &mut pc, addr, &url, token).await?;
+    let offer = local_offer(&mut pc, addr)?;
+    let (answer, resource) = signal(offer).await?;
+    pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer)?)?;
 
     let local = pc.local_description().context("local")?.sdp;
     let section_mids = mids(&local);
@@ -385,7 +441,7 @@ pub async fn publish(
         next_audio: now,
         frame: 0,
     }));
-    Ok(spawn(pc, sock, role, Some(absolute(base, &location))))
+    Ok(spawn(pc, sock, role, resource))
 }
 
 /// Starts a WHEP subscriber to `room`; `full` decrypts and measures latency (see the module
@@ -397,7 +453,7 @@ pub async fn subscribe(
     token: &str,
     full: bool,
 ) -> anyhow::Result<Client> {
-    let sock = UdpSocket::bind("127.0.0.1:0").await?;
+    let sock = UdpSocket::bind((LOOPBACK, 0)).await?;
     let addr = sock.local_addr()?;
     let mut pc = new_peer_connection(Instant::now())?;
     for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
@@ -411,13 +467,33 @@ pub async fn subscribe(
         )?;
     }
     let url = format!("{}/whep/{room}", base.trim_end_matches('/'));
-    let location = exchange(http, &mut pc, addr, &url, token).await?;
+    let offer = local_offer(&mut pc, addr)?;
+    let (answer, location) = post_offer(http, &url, token, offer).await?;
+    pc.set_remote_description(Instant::now(), RTCSessionDescription::answer(answer)?)?;
     Ok(spawn(
         pc,
         sock,
         Role::Subscriber { full },
         Some(absolute(base, &location)),
     ))
+}
+
+/// Starts a subscriber on a socket bound to `ip` that answers a server's offer (as Janus's
+/// VideoRoom makes one for each subscriber); returns it and the answer to send back.
+pub async fn subscribe_to_offer(
+    ip: IpAddr,
+    offer: String,
+    full: bool,
+) -> anyhow::Result<(Client, String)> {
+    let sock = UdpSocket::bind((ip, 0)).await?;
+    let addr = sock.local_addr()?;
+    let mut pc = new_peer_connection(Instant::now())?;
+    pc.set_remote_description(Instant::now(), RTCSessionDescription::offer(offer)?)?;
+    let answer = pc.create_answer(None)?;
+    pc.set_local_description(Instant::now(), answer)?;
+    add_host_candidate(&mut pc, addr)?;
+    let sdp = pc.local_description().context("no local description")?.sdp;
+    Ok((spawn(pc, sock, Role::Subscriber { full }, None), sdp))
 }
 
 fn spawn(pc: RTCPeerConnection, sock: UdpSocket, role: Role, resource: Option<String>) -> Client {
@@ -508,10 +584,10 @@ async fn run(
                         .record(pkt.header.sequence_number);
                     counters.expected.fetch_add(expected, Ordering::Relaxed);
                     if new {
-                        counters.received.fetch_add(1, Ordering::Relaxed);
-                        counters
-                            .bytes
-                            .fetch_add(pkt.payload.len() as u64 + 12, Ordering::Relaxed);
+                        counters.count_new(pkt.payload.len() as u64 + 12);
+                        if pkt.payload.first().is_some_and(|&b| b != AUDIO_MAGIC) {
+                            counters.saw_video();
+                        }
                         if let Some(sent) = read_timestamp(&pkt.payload) {
                             let us = micros_since_epoch(Instant::now()).saturating_sub(sent);
                             if let Ok(mut v) = counters.latency_us.lock() {
@@ -543,8 +619,7 @@ async fn run(
                         let (expected, new) = trackers.entry(ssrc).or_default().record(seq);
                         counters.expected.fetch_add(expected, Ordering::Relaxed);
                         if new {
-                            counters.received.fetch_add(1, Ordering::Relaxed);
-                            counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                            counters.count_new(n as u64);
                         }
                         continue;
                     }
