@@ -148,7 +148,10 @@ impl Janus {
             std::os::unix::fs::symlink(&from, dir.join(sub).join(lib))?;
         }
         let media_ip = media_ip()?;
-        std::fs::write(dir.join("janus.jcfg"), core_config(&dir, media_ip, event_loops))?;
+        std::fs::write(
+            dir.join("janus.jcfg"),
+            core_config(&dir, media_ip, event_loops),
+        )?;
         std::fs::write(dir.join("janus.transport.http.jcfg"), http_config(port))?;
         std::fs::write(dir.join("janus.plugin.videoroom.jcfg"), videoroom_config())?;
         let log = std::fs::File::create(dir.join("janus.log"))?;
@@ -381,7 +384,8 @@ impl Session {
         let offer = reply["jsep"]["sdp"]
             .as_str()
             .context("janus subscribe: no offer")?;
-        let (client, answer) = loadgen::subscribe_to_offer(self.media_ip, offer.to_owned(), full).await?;
+        let (client, answer) =
+            loadgen::subscribe_to_offer(self.media_ip, offer.to_owned(), full).await?;
         self.message(
             handle,
             json!({"request": "start", "room": ROOM}),

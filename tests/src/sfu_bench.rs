@@ -116,6 +116,18 @@ impl Server {
         }
     }
 
+    /// Ends the subscribers' sessions (WHEP `DELETE` on moim; Janus notices when ICE stops).
+    async fn leave(&self, subs: Vec<Client>) {
+        if let Server::Moim { http, .. } = self {
+            for s in &subs {
+                if let Some(url) = &s.resource {
+                    let _ = http.delete(url).send().await;
+                }
+            }
+        }
+        drop(subs);
+    }
+
     async fn subscribe(&self, i: usize, full: bool) -> anyhow::Result<Client> {
         match self {
             Server::Moim { node, http } => {
@@ -248,6 +260,25 @@ fn print_step(s: &Step) {
     );
 }
 
+/// Waits (at most 45 s) until the server uses under a tenth of a core: the subscribers that
+/// left may take until their ICE consent times out to be dropped.
+async fn wait_idle(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(45);
+    let pid = pid.to_string();
+    while Instant::now() < deadline {
+        let Some(a) = cpu_seconds_of(&pid) else {
+            return;
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Some(b) = cpu_seconds_of(&pid) else {
+            return;
+        };
+        if b - a < 0.1 {
+            return;
+        }
+    }
+}
+
 /// Steps `server` through the subscriber counts; then times subscriber joins on it idle.
 async fn load(server: &mut Server, args: &SfuArgs, cpus: usize) -> anyhow::Result<Report> {
     let pid = server.pid();
@@ -320,9 +351,8 @@ async fn load(server: &mut Server, args: &SfuArgs, cpus: usize) -> anyhow::Resul
     if send_errors > 0 {
         bail!("the load generator failed to send {send_errors} packets; figures are not valid");
     }
-    drop(subs);
-    // Let the server notice the subscribers are gone before timing joins on it.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.leave(subs).await;
+    wait_idle(pid).await;
     let mut subscriber_joins_ms = Vec::new();
     for i in 0..args.subscriber_joins {
         let start = Instant::now();
