@@ -1,7 +1,8 @@
 //! Janus, the peer `moim-bench sfu --vs janus` runs beside moim: Debian's `janus` with only its
 //! VideoRoom plugin and HTTP transport, started from its own configuration in a temporary
-//! folder, listening and gathering ICE candidates on loopback only, and driven through its
-//! HTTP API (a session, one plugin handle per publisher or subscriber, events by long poll).
+//! folder, its API on 127.0.0.1 and its ICE on one local address (see [`media_ip`]), and driven
+//! through its HTTP API (a session, one plugin handle per publisher or subscriber, events by
+//! long poll).
 
 use crate::loadgen::{self, Client, LayerSpec};
 use anyhow::{Context, bail};
@@ -239,23 +240,28 @@ fn janus_error(v: &Value) -> Option<String> {
         .map(|e| format!("{} ({})", e, data["error_code"]))
 }
 
+/// Posts a Janus request that creates something (a session, a handle); returns its id.
+async fn post_for_id(
+    http: &reqwest::Client,
+    url: &str,
+    mut body: Value,
+    what: &str,
+) -> anyhow::Result<u64> {
+    body["transaction"] = json!(what);
+    let v: Value = http.post(url).json(&body).send().await?.json().await?;
+    if let Some(e) = janus_error(&v) {
+        bail!("janus {what}: {e}");
+    }
+    v["data"]["id"]
+        .as_u64()
+        .with_context(|| format!("janus {what}: no id"))
+}
+
 impl Session {
     /// Creates a session on `janus` and starts its long poll.
     pub async fn create(janus: &Janus) -> anyhow::Result<Self> {
         let http = reqwest::Client::new();
-        let created: Value = http
-            .post(&janus.api)
-            .json(&json!({"janus": "create", "transaction": "create"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if let Some(e) = janus_error(&created) {
-            bail!("janus create: {e}");
-        }
-        let id = created["data"]["id"]
-            .as_u64()
-            .context("janus create: no id")?;
+        let id = post_for_id(&http, &janus.api, json!({"janus": "create"}), "create").await?;
         let url = format!("{}/{id}", janus.api);
         let pending: Pending = Arc::default();
         let poller = tokio::spawn(poll(http.clone(), url.clone(), pending.clone()));
@@ -275,22 +281,13 @@ impl Session {
 
     /// Attaches a VideoRoom handle.
     async fn attach(&self) -> anyhow::Result<u64> {
-        let v: Value = self
-            .http
-            .post(&self.url)
-            .json(&json!({
-                "janus": "attach",
-                "plugin": "janus.plugin.videoroom",
-                "transaction": self.transaction(),
-            }))
-            .send()
-            .await?
-            .json()
-            .await?;
-        if let Some(e) = janus_error(&v) {
-            bail!("janus attach: {e}");
-        }
-        v["data"]["id"].as_u64().context("janus attach: no id")
+        post_for_id(
+            &self.http,
+            &self.url,
+            json!({"janus": "attach", "plugin": "janus.plugin.videoroom"}),
+            "attach",
+        )
+        .await
     }
 
     /// Sends a plugin message on `handle`; returns the plugin's reply, waiting for the
@@ -339,8 +336,8 @@ impl Session {
     /// publisher and its feed id.
     pub async fn publish(&self, layers: &[LayerSpec]) -> anyhow::Result<(Client, u64)> {
         let handle = self.attach().await?;
-        let feed = Arc::new(Mutex::new(None));
-        let f = feed.clone();
+        let mut feed = None;
+        let slot = &mut feed;
         let client = loadgen::publish_with(self.media_ip, layers, |offer| async move {
             let reply = self
                 .message(
@@ -352,21 +349,14 @@ impl Session {
                                 "rid_order": "lmh"})),
                 )
                 .await?;
-            if let Ok(mut f) = f.lock() {
-                *f = reply["plugindata"]["data"]["id"].as_u64();
-            }
+            *slot = reply["plugindata"]["data"]["id"].as_u64();
             let answer = reply["jsep"]["sdp"]
                 .as_str()
                 .context("janus publish: no answer")?;
             Ok((answer.to_owned(), None))
         })
         .await?;
-        let feed = feed
-            .lock()
-            .ok()
-            .and_then(|f| *f)
-            .context("janus publish: no feed id")?;
-        Ok((client, feed))
+        Ok((client, feed.context("janus publish: no feed id")?))
     }
 
     /// Subscribes to `feed`'s audio and video (Janus forwards the top simulcast layer unless
