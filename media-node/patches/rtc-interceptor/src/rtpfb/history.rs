@@ -6,6 +6,7 @@
 
 use super::acknowledgement::{Acknowledgement, PacketReport};
 use rtcp::transport_feedbacks::cc_feedback_report::Ecn;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
@@ -36,6 +37,15 @@ impl Hasher for SequenceHasher {
 }
 
 type Index<K> = HashMap<K, u64, BuildHasherDefault<SequenceHasher>>;
+
+/// Removes `key` from `index` if it still names `id` (one lookup: this runs per packet).
+fn remove_if_names<K: std::hash::Hash + Eq>(index: &mut Index<K>, key: K, id: u64) {
+    if let Entry::Occupied(e) = index.entry(key)
+        && *e.get() == id
+    {
+        e.remove();
+    }
+}
 
 /// Records outgoing packets and matches incoming feedback against them.
 ///
@@ -138,13 +148,14 @@ impl History {
         // Only a TWCC packet has an entry under its transport-wide sequence number. A non-TWCC
         // packet carries whatever the caller passed — typically 0 — and removing that key would
         // evict whichever real TWCC packet holds it.
-        if packet.is_twcc && self.twcc_index.get(&packet.twcc_sequence_number) == Some(&id) {
-            self.twcc_index.remove(&packet.twcc_sequence_number);
+        if packet.is_twcc {
+            remove_if_names(&mut self.twcc_index, packet.twcc_sequence_number, id);
         }
-        let key = (packet.ssrc, packet.rtp_sequence_number);
-        if self.ssrc_sequence_index.get(&key) == Some(&id) {
-            self.ssrc_sequence_index.remove(&key);
-        }
+        remove_if_names(
+            &mut self.ssrc_sequence_index,
+            (packet.ssrc, packet.rtp_sequence_number),
+            id,
+        );
         Some(packet)
     }
 
