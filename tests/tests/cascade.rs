@@ -105,18 +105,30 @@ async fn pair_through(
 /// frame.
 async fn longest_freeze(viewer: &Browser, secs: u64) -> anyhow::Result<Duration> {
     viewer
-        .js("window.freeze = { worst: 0, last: performance.now(), frames: 0 }; \
+        .js("window.freeze = { worst: 0, last: performance.now(), frames: 0, trace: [] }; \
              window.freezeTimer = setInterval(async () => { \
-               const r = await moim.sub.getStats(); let f = 0; \
-               r.forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') f += s.framesDecoded || 0; }); \
+               const r = await moim.sub.getStats(); let f = 0; let v = null; \
+               r.forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') { f += s.framesDecoded || 0; v = s; } }); \
                const now = performance.now(); \
-               if (f > freeze.frames) { if (now - freeze.last > freeze.worst) { freeze.worst = now - freeze.last; freeze.at = new Date(Date.now() - freeze.worst).toISOString(); } freeze.frames = f; freeze.last = now; } \
+               if (v) freeze.trace.push([Math.round(now), v.packetsReceived, v.packetsLost, v.nackCount, v.pliCount, v.framesReceived, v.framesDecoded, v.framesDropped, v.keyFramesDecoded]); \
+               if (freeze.trace.length > 400) freeze.trace.shift(); \
+               if (f > freeze.frames) { if (now - freeze.last > freeze.worst) { freeze.worst = now - freeze.last; freeze.from = freeze.last; freeze.at = new Date(Date.now() - freeze.worst).toISOString(); } freeze.frames = f; freeze.last = now; } \
              }, 50); return true;")
         .await?;
     tokio::time::sleep(Duration::from_secs(secs)).await;
     eprintln!(
         "the longest freeze began at {:?}",
         viewer.js("return freeze.at || null;").await?
+    );
+    // The viewer's own view around the freeze: whether packets stopped coming or came and could
+    // not be decoded, and what it asked for meanwhile.
+    eprintln!(
+        "[ms, packetsReceived, packetsLost, nackCount, pliCount, framesReceived, framesDecoded, \
+         framesDropped, keyFramesDecoded] around it: {}",
+        viewer
+            .js("const a = freeze.from || 0, b = a + freeze.worst; \
+                 return JSON.stringify(freeze.trace.filter((x, i) => x[0] > a - 300 && x[0] < b + 300 && true));")
+            .await?
     );
     let worst_ms = viewer
         .js("clearInterval(freezeTimer); return Math.max(freeze.worst, performance.now() - freeze.last);")

@@ -846,6 +846,7 @@ impl Engine {
         };
         let seq = packet.header.sequence_number;
         let late = self.detect_link_loss(key, d.layer, seq, now);
+        tracing::trace!(layer = d.layer, seq, late, "relayed in");
         if let Some(r) = self.tracks.get_mut(&key).and_then(|t| t.relay.as_mut()) {
             let ring = r.recent.entry(d.layer).or_default();
             if ring.len() >= RECENT_PACKETS {
@@ -969,6 +970,7 @@ impl Engine {
             );
         }
         if given_up {
+            tracing::debug!(layer, "relayed packets given up; asking for a keyframe");
             self.relay_keyframe_request(key, layer, now);
         }
         late
