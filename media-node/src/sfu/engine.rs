@@ -18,6 +18,7 @@ use super::keyframe::VideoCodec;
 use super::layers::{LayerSelector, LinkState, layer_for_height};
 use super::speaker::{SpeakerDetector, parse_audio_level};
 use super::stun;
+use super::vp8::Vp8Munger;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use bytes::BytesMut;
@@ -260,6 +261,8 @@ struct DownTrack {
     sender: RTCRtpSenderId,
     ssrc: u32,
     forwarder: Forwarder,
+    /// Picture ID and TL0PICIDX continuity across layer switches (VP8 only).
+    vp8: Vp8Munger,
     selector: LayerSelector,
     /// Payload type and extension map on the subscriber's leg, resolved after negotiation.
     leg: Option<LegMapping>,
@@ -275,6 +278,8 @@ struct LegMapping {
     payload_type: u8,
     /// (publisher id, subscriber id) for extensions worth carrying over.
     ext_map: Vec<(u8, u8)>,
+    /// The track is VP8: descriptors are rewritten across layer switches.
+    vp8: bool,
 }
 
 struct Room {
@@ -1416,6 +1421,7 @@ impl Engine {
                 sender,
                 ssrc,
                 forwarder,
+                vp8: Vp8Munger::default(),
                 selector,
                 leg: None,
                 layer_switched_at: None,
@@ -1985,6 +1991,7 @@ impl Engine {
             down.leg = Some(LegMapping {
                 payload_type,
                 ext_map,
+                vp8: track.video_codec == VideoCodec::Vp8,
             });
         }
         let verdict = down.forwarder.on_packet(
@@ -2010,6 +2017,16 @@ impl Engine {
             tracing::debug!(down = down_key, layer, "switched");
         }
         let Some(leg) = down.leg.as_ref() else { return };
+        let payload = if leg.vp8 {
+            if switched {
+                down.vp8.begin(&packet.payload);
+            }
+            down.vp8
+                .rewrite(&packet.payload)
+                .unwrap_or_else(|| packet.payload.clone())
+        } else {
+            packet.payload.clone()
+        };
         let mut out = rtc::rtp::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
@@ -2025,7 +2042,7 @@ impl Engine {
                 extensions: Vec::new(),
                 extensions_padding: 0,
             },
-            payload: packet.payload.clone(),
+            payload,
         };
         for (from, to) in &leg.ext_map {
             if let Some(v) = packet.header.get_extension(*from) {
@@ -2033,6 +2050,16 @@ impl Engine {
             }
         }
         let len = out.payload.len() as u64;
+        tracing::trace!(
+            down = down_key,
+            layer,
+            in_seq = packet.header.sequence_number,
+            seq,
+            timestamp,
+            marker = packet.header.marker,
+            head = ?&packet.payload[..packet.payload.len().min(6)],
+            "forward"
+        );
         match sender.write_rtp(now, out) {
             Ok(()) => {
                 self.metrics.packets_out.inc();
@@ -2040,7 +2067,7 @@ impl Engine {
                 self.rate_window.bytes_out += len;
             }
             Err(e) => {
-                tracing::debug!(error = %e, "write_rtp refused");
+                tracing::debug!(error = %e, down = down_key, seq, switched, "write_rtp refused");
                 if switched {
                     down.forwarder.undo_switch();
                 }

@@ -4,7 +4,8 @@
 //! timer ticks, each with the current `Instant`, and hands back datagrams to send and
 //! signalling messages to deliver. The pieces it decides with are pure and small:
 //! [`forwarder`] (layer gating, sequence and timestamp rewriting), [`layers`] (which simulcast
-//! layer a subscriber gets), [`speaker`] (who is talking), [`keyframe`] (switch points).
+//! layer a subscriber gets), [`speaker`] (who is talking), [`keyframe`] (switch points),
+//! [`vp8`] (picture numbering kept continuous across switches).
 
 pub mod deliver;
 pub mod engine;
@@ -13,3 +14,4 @@ pub mod keyframe;
 pub mod layers;
 pub mod speaker;
 mod stun;
+pub mod vp8;
