@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub const COMMAND_QUEUE: usize = 4096;
 /// Signalling messages waiting for one WebSocket client, at most.
 pub const SESSION_OUTBOX: usize = 512;
-/// Datagrams read in one go before the engine's output is flushed.
+/// Datagrams read in one go before commands and timers get a turn.
 const RECV_BATCH: usize = 64;
 
 type Reply<T> = oneshot::Sender<Result<T>>;
@@ -261,9 +261,16 @@ async fn run(
                 match r {
                     Ok((n, from)) => {
                         engine.handle_datagram(Instant::now(), from, &buf[..n]);
+                        send_transmits(&mut engine, &socket).await;
                         for _ in 1..RECV_BATCH {
                             match socket.try_recv_from(&mut buf) {
-                                Ok((n, from)) => engine.handle_datagram(Instant::now(), from, &buf[..n]),
+                                Ok((n, from)) => {
+                                    engine.handle_datagram(Instant::now(), from, &buf[..n]);
+                                    // Each datagram's fan-out leaves before the next is read:
+                                    // no packet waits for the rest of the batch's work, and
+                                    // subscribers get short bursts, not one of the whole batch.
+                                    send_transmits(&mut engine, &socket).await;
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -289,15 +296,7 @@ async fn run(
         if engine.poll_timeout().is_some_and(|t| t <= Instant::now()) {
             engine.handle_timeout(Instant::now());
         }
-        while let Some(t) = engine.poll_transmit() {
-            match socket.try_send_to(&t.data, t.to) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let _ = socket.send_to(&t.data, t.to).await;
-                }
-                Err(e) => tracing::debug!(to = %t.to, error = %e, "udp send error"),
-            }
-        }
+        send_transmits(&mut engine, &socket).await;
         while let Some(out) = engine.poll_relay() {
             send_relay(&links, out);
         }
@@ -321,6 +320,19 @@ async fn run(
         draining.send_if_modified(|d| std::mem::replace(d, now_draining) != now_draining);
         let now_drained = now_draining && engine.session_count() == 0;
         drained.send_if_modified(|d| std::mem::replace(d, now_drained) != now_drained);
+    }
+}
+
+/// Sends every datagram the engine has queued.
+async fn send_transmits(engine: &mut Engine, socket: &UdpSocket) {
+    while let Some(t) = engine.poll_transmit() {
+        match socket.try_send_to(&t.data, t.to) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let _ = socket.send_to(&t.data, t.to).await;
+            }
+            Err(e) => tracing::debug!(to = %t.to, error = %e, "udp send error"),
+        }
     }
 }
 
