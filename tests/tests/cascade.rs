@@ -127,7 +127,7 @@ async fn longest_freeze(viewer: &Browser, secs: u64) -> anyhow::Result<Duration>
          framesDropped, keyFramesDecoded] around it: {}",
         viewer
             .js("const a = freeze.from || 0, b = a + freeze.worst; \
-                 return JSON.stringify(freeze.trace.filter((x, i) => x[0] > a - 300 && x[0] < b + 300 && true));")
+                 return JSON.stringify(freeze.trace.filter(x => x[0] > a - 300 && x[0] < b + 300));")
             .await?
     );
     let worst_ms = viewer
