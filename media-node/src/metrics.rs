@@ -31,6 +31,8 @@ pub struct Metrics {
     pub bytes_out: IntCounter,
     /// NACKs received from subscribers.
     pub nacks: IntCounter,
+    /// Packets resent to subscribers that NACKed them.
+    pub retransmits: IntCounter,
     /// Keyframe requests (PLI) sent to publishers.
     pub plis: IntCounter,
     /// Simulcast layer switches.
@@ -156,6 +158,10 @@ impl Metrics {
             nacks: counter!(
                 "moim_nacks_received_total",
                 "NACK feedback packets received from subscribers."
+            ),
+            retransmits: counter!(
+                "moim_retransmits_total",
+                "RTP packets resent to subscribers that reported them lost (NACK), as RTX when negotiated."
             ),
             plis: counter!(
                 "moim_plis_sent_total",

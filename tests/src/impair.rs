@@ -101,6 +101,13 @@ pub struct UdpNat {
 impl UdpNat {
     /// Starts the mapping on a free loopback port.
     pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_lossy(target, 0.0).await
+    }
+
+    /// Starts the mapping, dropping each (S)RTP or RTCP datagram from `target` back to a
+    /// client with probability `loss`; ICE and DTLS pass untouched, so connections come up the
+    /// same way every run.
+    pub async fn start_lossy(target: SocketAddr, loss: f64) -> anyhow::Result<Self> {
         let outside = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let listen = outside.local_addr()?;
         let task = tokio::spawn(async move {
@@ -123,6 +130,11 @@ impl UdpNat {
                         tokio::spawn(async move {
                             let mut b = vec![0u8; 2048];
                             while let Ok((n, _)) = back.recv_from(&mut b).await {
+                                // RFC 7983: a first byte of 128-191 is RTP or RTCP.
+                                let media = (128..=191).contains(&b[0]);
+                                if media && loss > 0.0 && rand::rng().random::<f64>() < loss {
+                                    continue;
+                                }
                                 let _ = out.send_to(&b[..n], client).await;
                             }
                         });

@@ -16,6 +16,7 @@ use super::deliver::DeliverRtcp;
 use super::forwarder::{Forwarder, Verdict};
 use super::keyframe::VideoCodec;
 use super::layers::{LayerSelector, LinkState, layer_for_height};
+use super::send::{Extensions, RtpOut, SenderStats, Sent, SentRing};
 use super::speaker::{SpeakerDetector, parse_audio_level};
 use super::stun;
 use super::vp8::Vp8Munger;
@@ -30,8 +31,8 @@ use moim_wire::signal::{
 };
 use moim_wire::status::NodeStatus;
 use rtc::interceptor::{
-    CongestionControlBuilder, Gcc, NackGeneratorBuilder, NackResponderBuilder,
-    ReceiverReportBuilder, Registry, SenderReportBuilder, Slot, TwccSenderBuilder,
+    CongestionControlBuilder, ExternalSend, ExternalSends, Gcc, NackGeneratorBuilder,
+    ReceiverReportBuilder, Registry, Slot,
 };
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::{
@@ -75,6 +76,12 @@ const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(12);
 const ICE_FAILED_AFTER: Duration = Duration::from_secs(18);
 /// Housekeeping period: layer decisions, speaker reports, rate meters, timeouts.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
+/// Period of RTCP sender reports per down-track (RFC 3550 allows 5 s; browsers send one a
+/// second, and audio/video sync waits for the first).
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Send records waiting for a subscriber's congestion controller, at most. It takes them on each
+/// feedback (every 50-100 ms from a browser); a leg whose feedback stops records no more.
+const MAX_PENDING_CC_SENDS: usize = 4096;
 /// Smallest gap between two keyframe requests for one publisher stream.
 const PLI_MIN_GAP: Duration = Duration::from_millis(500);
 /// Bound on datagrams waiting to be sent; beyond it the oldest are dropped (UDP semantics).
@@ -181,6 +188,11 @@ struct Peer {
     gcc_bps: Arc<AtomicU64>,
     /// Keyframe requests from the far end (see [`DeliverRtcp`]).
     keyframe_requests: super::deliver::KeyframeRequests,
+    /// Next transport-wide sequence number (subscribe legs: media goes out past `rtc`'s
+    /// interceptors, see [`super::send`]).
+    twcc_seq: u16,
+    /// Where sends are recorded for the congestion controller (subscribe legs).
+    cc_sends: Option<ExternalSends>,
 }
 
 impl Peer {
@@ -271,6 +283,20 @@ struct DownTrack {
     /// sent on it: a keyframe sent to a browser that does not know the stream yet is lost,
     /// and the subscriber would wait for the next one.
     negotiated: bool,
+    /// What was sent, to answer NACKs from (video only; made when the leg is resolved).
+    sent: Option<SentRing>,
+    /// Sender report counters.
+    stats: SenderStats,
+    /// Next sequence number on the RTX stream.
+    rtx_seq: u16,
+}
+
+/// A peer connection and the handles the engine keeps into its interceptors.
+struct NewPeerConnection {
+    pc: RTCPeerConnection,
+    gcc_bps: Arc<AtomicU64>,
+    keyframe_requests: super::deliver::KeyframeRequests,
+    cc_sends: Option<ExternalSends>,
 }
 
 #[derive(Clone)]
@@ -280,6 +306,12 @@ struct LegMapping {
     ext_map: Vec<(u8, u8)>,
     /// The track is VP8: descriptors are rewritten across layer switches.
     vp8: bool,
+    /// The transport-wide sequence number's extension id, when negotiated.
+    twcc_ext: Option<u8>,
+    /// RTX payload type and SSRC, when negotiated: NACKed packets are resent on it.
+    rtx: Option<(u8, u32)>,
+    /// RTP clock rate, for sender reports.
+    clock_rate: u32,
 }
 
 struct Room {
@@ -311,6 +343,7 @@ pub struct Engine {
     dirty: VecDeque<PeerId>,
     dirty_set: HashSet<PeerId>,
     scratch_events: Vec<RTCPeerConnectionEvent>,
+    scratch_peers: Vec<PeerId>,
     scratch_reads: Vec<RTCMessage>,
     transmits: VecDeque<Transmit>,
     signals: VecDeque<(SessionId, ServerMessage)>,
@@ -363,6 +396,106 @@ const FORWARDED_EXTENSIONS: &[&str] = &[
     rtc::sdp::extmap::ABS_SEND_TIME_URI,
     rtc::sdp::extmap::VIDEO_ORIENTATION_URI,
 ];
+
+/// The payload type, extension ids and RTX stream `track` has on a subscriber's leg, once
+/// negotiated.
+fn resolve_leg(
+    peer: &mut Peer,
+    sender: RTCRtpSenderId,
+    track: &PublishedTrack,
+) -> Option<LegMapping> {
+    let codec = track.codec.as_ref()?;
+    let mut rtp_sender = peer.pc.rtp_sender(sender)?;
+    let params = rtp_sender.get_parameters();
+    let codecs = &params.rtp_parameters.codecs;
+    let chosen = codecs
+        .iter()
+        .find(|c| {
+            c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
+                && c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line
+        })
+        .or_else(|| {
+            codecs
+                .iter()
+                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type))
+        })?;
+    let payload_type = chosen.payload_type;
+    let ext_id = |uri: &str| {
+        params
+            .rtp_parameters
+            .header_extensions
+            .iter()
+            .find(|h| h.uri == uri)
+            .and_then(|h| u8::try_from(h.id).ok())
+    };
+    let ext_map = track
+        .ext_uris
+        .iter()
+        .filter(|(_, uri)| FORWARDED_EXTENSIONS.contains(&uri.as_str()))
+        .filter_map(|(id, uri)| Some((*id, ext_id(uri)?)))
+        .collect();
+    let apt = format!("apt={payload_type}");
+    let rtx_pt = codecs
+        .iter()
+        .find(|c| {
+            c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx")
+                && c.rtp_codec
+                    .sdp_fmtp_line
+                    .split(';')
+                    .any(|f| f.trim() == apt)
+        })
+        .map(|c| c.payload_type);
+    let rtx_ssrc = params
+        .encodings
+        .first()
+        .and_then(|e| e.rtp_coding_parameters.rtx.as_ref())
+        .map(|r| r.ssrc);
+    Some(LegMapping {
+        payload_type,
+        ext_map,
+        vp8: track.video_codec == VideoCodec::Vp8,
+        twcc_ext: ext_id(rtc::sdp::extmap::TRANSPORT_CC_URI),
+        rtx: rtx_pt.zip(rtx_ssrc),
+        clock_rate: chosen.rtp_codec.clock_rate,
+    })
+}
+
+/// Protects `out` with the peer's SRTP context and queues it for the socket, numbered for
+/// transport-wide congestion control when the leg negotiated it (see [`super::send`]).
+fn send_rtp(
+    peer: &mut Peer,
+    transmits: &mut VecDeque<Transmit>,
+    out: &RtpOut<'_>,
+    exts: &Extensions,
+    twcc_ext: Option<u8>,
+    now: Instant,
+) -> std::result::Result<(), rtc::shared::error::Error> {
+    let Some((addr, srtp)) = peer.pc.rtp_send_path() else {
+        return Err(rtc::shared::error::Error::Other(
+            "no selected pair or SRTP keys yet".to_owned(),
+        ));
+    };
+    let twcc = twcc_ext.map(|id| (id, peer.twcc_seq));
+    let plain = super::send::marshal(out, exts, twcc);
+    let protected = srtp.encrypt_rtp(&plain)?;
+    if let Some((_, seq)) = twcc {
+        peer.twcc_seq = seq.wrapping_add(1);
+        if let Some(sends) = &peer.cc_sends {
+            let mut sends = sends.lock().unwrap_or_else(|e| e.into_inner());
+            if sends.len() < MAX_PENDING_CC_SENDS {
+                sends.push(ExternalSend {
+                    ssrc: out.ssrc,
+                    sequence_number: out.sequence_number,
+                    twcc_sequence_number: seq,
+                    size: plain.len(),
+                    departure: now,
+                });
+            }
+        }
+    }
+    push_transmit(transmits, addr, protected);
+    Ok(())
+}
 
 /// Adds the one host candidate at `addr` to `pc`'s local description (no trickle: the
 /// candidate goes out in the SDP). Used for the node's own legs and by test clients.
@@ -443,6 +576,7 @@ impl Engine {
             dirty: VecDeque::new(),
             dirty_set: HashSet::new(),
             scratch_events: Vec::new(),
+            scratch_peers: Vec::new(),
             scratch_reads: Vec::new(),
             transmits: VecDeque::new(),
             signals: VecDeque::new(),
@@ -467,25 +601,24 @@ impl Engine {
 
     /// A peer connection for one direction. Every interceptor costs two moves of each packet
     /// through its queue, so each role gets only the ones it uses: a publish leg receives
-    /// (NACK generator, TWCC feedback, receiver reports), a subscribe leg sends (NACK
-    /// responder, GCC over TWCC, sender reports). Both negotiate the same feedback.
+    /// (NACK generator, TWCC feedback, receiver reports). A subscribe leg's media goes out
+    /// past the chain ([`super::send`]): the engine answers NACKs, numbers packets for TWCC and
+    /// sends sender reports itself, and only GCC stays, reading the feedback and the sends the
+    /// engine records for it. Both negotiate the same feedback.
     fn new_peer_connection(
         &self,
         role: Role,
         ufrag: &str,
         pwd: &str,
         now: Instant,
-    ) -> Result<(
-        RTCPeerConnection,
-        Arc<AtomicU64>,
-        super::deliver::KeyframeRequests,
-    )> {
+    ) -> Result<NewPeerConnection> {
         let mut media = MediaEngine::default();
         media.register_default_codecs().map_err(Error::rtc)?;
         let deliver = DeliverRtcp::default();
         let estimate = deliver.estimate();
         let keyframes = deliver.keyframes();
         let registry = Registry::new().with(Slot::from(14_000), deliver);
+        let cc_sends = ExternalSends::default();
         for parameter in ["", "pli"] {
             media.register_feedback(
                 RTCPFeedback {
@@ -502,8 +635,7 @@ impl Engine {
                 .map_err(Error::rtc)?
                 .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
                 .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
-            // Answer subscribers' NACKs (as RTX when negotiated) from a bounded per-stream
-            // buffer, and estimate their path with send-side GCC (browsers that negotiate
+            // Estimate the subscriber's path with send-side GCC (browsers that negotiate
             // transport-cc send no REMB). No pacer: publishers already paced what we forward,
             // and a pacer would add queueing delay.
             Role::Subscribe => {
@@ -511,24 +643,16 @@ impl Engine {
                 // receives no RTP to report arrivals of.
                 let _ = configure_twcc_receiver_only(Registry::new(), &mut media)
                     .map_err(Error::rtc)?;
-                registry
-                    .with(
-                        Slot::NackResponder,
-                        NackResponderBuilder::new()
-                            .with_size(NACK_BUFFER_PACKETS)
-                            .build(),
-                    )
-                    .with(
-                        Slot::CongestionControl,
-                        CongestionControlBuilder::new(Gcc::new(
-                            GCC_INITIAL_BPS,
-                            GCC_MIN_BPS,
-                            GCC_MAX_BPS,
-                        ))
-                        .build(),
-                    )
-                    .with(Slot::TwccSender, TwccSenderBuilder::new().build())
-                    .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                registry.with(
+                    Slot::CongestionControl,
+                    CongestionControlBuilder::new(Gcc::new(
+                        GCC_INITIAL_BPS,
+                        GCC_MIN_BPS,
+                        GCC_MAX_BPS,
+                    ))
+                    .with_external_sends(cc_sends.clone())
+                    .build(),
+                )
             }
         };
         media
@@ -555,13 +679,23 @@ impl Engine {
             .with_interceptor_registry(registry)
             .build(now)
             .map_err(Error::rtc)?;
-        Ok((pc, estimate, keyframes))
+        Ok(NewPeerConnection {
+            pc,
+            gcc_bps: estimate,
+            keyframe_requests: keyframes,
+            cc_sends: (role == Role::Subscribe).then_some(cc_sends),
+        })
     }
 
     fn create_peer(&mut self, session: SessionId, role: Role, now: Instant) -> Result<PeerId> {
         let ufrag = random_hex(8);
         let pwd = random_hex(16);
-        let (pc, gcc_bps, keyframe_requests) = self.new_peer_connection(role, &ufrag, &pwd, now)?;
+        let NewPeerConnection {
+            pc,
+            gcc_bps,
+            keyframe_requests,
+            cc_sends,
+        } = self.new_peer_connection(role, &ufrag, &pwd, now)?;
         let id = self.next_id();
         self.by_ufrag.insert(ufrag.clone(), id);
         self.peers.insert(
@@ -583,6 +717,8 @@ impl Engine {
                 remb_bps: None,
                 gcc_bps,
                 keyframe_requests,
+                twcc_seq: 0,
+                cc_sends,
             },
         );
         Ok(id)
@@ -1425,6 +1561,9 @@ impl Engine {
                 selector,
                 leg: None,
                 layer_switched_at: None,
+                sent: None,
+                stats: SenderStats::default(),
+                rtx_seq: rand::random(),
                 // WHEP answers carry the down-tracks at once; WebSocket subscribers accept
                 // them with their next answer.
                 negotiated: s_kind != SessionKind::WebSocket,
@@ -1807,7 +1946,7 @@ impl Engine {
     fn on_message(&mut self, peer_id: PeerId, msg: RTCMessage, now: Instant) {
         match msg {
             RTCMessage::RtpPacket(track_id, packet) => self.on_rtp(peer_id, &track_id, packet, now),
-            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(peer_id, packets),
+            RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(peer_id, packets, now),
             RTCMessage::DataChannelMessage(_, m) => {
                 let Some(session) = self.peers.get(&peer_id).map(|p| p.session) else {
                     return;
@@ -1943,56 +2082,23 @@ impl Engine {
         // The leg is resolved before the forwarder sees the packet: a keyframe that cannot be
         // sent yet (the subscriber's renegotiation is still under way) must not count as the
         // switch point, or the subscriber would wait for the next keyframe.
-        let Some(mut sender) = peer.pc.rtp_sender(down.sender) else {
-            return;
-        };
         if down.leg.is_none() {
-            let params = sender.get_parameters();
             // Resolved once per negotiation, not per packet.
             let Some(track) = self.tracks.get(&down.track) else {
                 return;
             };
-            let Some(codec) = track.codec.as_ref() else {
-                return;
-            };
-            let ext_uris = &track.ext_uris;
-            let payload_type = params
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| {
-                    c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
-                        && c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line
-                })
-                .or_else(|| {
-                    params
-                        .rtp_parameters
-                        .codecs
-                        .iter()
-                        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type))
-                })
-                .map(|c| c.payload_type);
-            let Some(payload_type) = payload_type else {
+            let Some(leg) = resolve_leg(peer, down.sender, track) else {
                 // Not negotiated (yet): nothing can be sent on this leg.
                 return;
             };
-            let ext_map = ext_uris
-                .iter()
-                .filter(|(_, uri)| FORWARDED_EXTENSIONS.contains(&uri.as_str()))
-                .filter_map(|(id, uri)| {
-                    params
-                        .rtp_parameters
-                        .header_extensions
-                        .iter()
-                        .find(|h| &h.uri == uri)
-                        .map(|h| (*id, h.id as u8))
-                })
-                .collect();
-            down.leg = Some(LegMapping {
-                payload_type,
-                ext_map,
-                vp8: track.video_codec == VideoCodec::Vp8,
-            });
+            if track.kind == RtpCodecKind::Video && down.sent.is_none() {
+                down.sent = Some(SentRing::new(NACK_BUFFER_PACKETS));
+            }
+            down.leg = Some(leg);
+        }
+        // Likewise before ICE has a pair and DTLS has keys.
+        if peer.pc.rtp_send_path().is_none() {
+            return;
         }
         let verdict = down.forwarder.on_packet(
             layer,
@@ -2027,29 +2133,21 @@ impl Engine {
         } else {
             packet.payload.clone()
         };
-        let mut out = rtc::rtp::Packet {
-            header: rtc::rtp::header::Header {
-                version: 2,
-                padding: false,
-                extension: false,
-                marker: packet.header.marker,
-                payload_type: leg.payload_type,
-                sequence_number: seq,
-                timestamp,
-                ssrc: down.ssrc,
-                csrc: Vec::new(),
-                extension_profile: 0,
-                extensions: Vec::new(),
-                extensions_padding: 0,
-            },
-            payload,
-        };
+        let mut exts = Extensions::default();
         for (from, to) in &leg.ext_map {
             if let Some(v) = packet.header.get_extension(*from) {
-                let _ = out.header.set_extension(*to, v);
+                exts.push(*to, v);
             }
         }
-        let len = out.payload.len() as u64;
+        let out = RtpOut {
+            payload_type: leg.payload_type,
+            marker: packet.header.marker,
+            sequence_number: seq,
+            timestamp,
+            ssrc: down.ssrc,
+            payload_prefix: &[],
+            payload: &payload,
+        };
         tracing::trace!(
             down = down_key,
             layer,
@@ -2060,23 +2158,27 @@ impl Engine {
             head = ?&packet.payload[..packet.payload.len().min(6)],
             "forward"
         );
-        match sender.write_rtp(now, out) {
-            Ok(()) => {
-                self.metrics.packets_out.inc();
-                self.metrics.bytes_out.inc_by(len);
-                self.rate_window.bytes_out += len;
+        if let Err(e) = send_rtp(peer, &mut self.transmits, &out, &exts, leg.twcc_ext, now) {
+            tracing::debug!(error = %e, down = down_key, seq, switched, "send refused");
+            if switched {
+                down.forwarder.undo_switch();
             }
-            Err(e) => {
-                tracing::debug!(error = %e, down = down_key, seq, switched, "write_rtp refused");
-                if switched {
-                    down.forwarder.undo_switch();
-                }
-                return;
-            }
+            return;
         }
-        let (peer_id, session) = (down.peer, down.session);
-        self.mark_dirty(peer_id);
-        if let Some(s) = self.sessions.get_mut(&session)
+        let len = payload.len() as u64;
+        self.metrics.packets_out.inc();
+        self.metrics.bytes_out.inc_by(len);
+        self.rate_window.bytes_out += len;
+        down.stats.on_sent(timestamp, payload.len(), now);
+        if let Some(ring) = down.sent.as_mut() {
+            ring.record(Sent {
+                sequence_number: seq,
+                timestamp,
+                marker: packet.header.marker,
+                payload,
+            });
+        }
+        if let Some(s) = self.sessions.get_mut(&down.session)
             && !s.first_media_sent
         {
             s.first_media_sent = true;
@@ -2086,12 +2188,114 @@ impl Engine {
         }
     }
 
-    fn on_rtcp(&mut self, peer_id: PeerId, packets: Vec<Box<dyn rtc::rtcp::Packet>>) {
+    /// Resends what a subscriber NACKed, from what its down-track still holds: on the RTX
+    /// stream when the leg negotiated one (RFC 4588), else as the same packet again.
+    fn answer_nack(&mut self, peer_id: PeerId, nack: &TransportLayerNack, now: Instant) {
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let Some(down) = peer
+            .downs_by_ssrc
+            .get(&nack.media_ssrc)
+            .and_then(|d| self.downs.get_mut(d))
+        else {
+            return;
+        };
+        let DownTrack {
+            leg: Some(leg),
+            sent: Some(ring),
+            rtx_seq,
+            ssrc,
+            ..
+        } = down
+        else {
+            return;
+        };
+        for seq in nack.nacks.iter().flat_map(|pair| pair.into_iter()) {
+            let Some(sent) = ring.get(seq) else {
+                continue;
+            };
+            let osn = seq.to_be_bytes();
+            let out = match leg.rtx {
+                Some((payload_type, rtx_ssrc)) => {
+                    let s = *rtx_seq;
+                    *rtx_seq = s.wrapping_add(1);
+                    RtpOut {
+                        payload_type,
+                        marker: sent.marker,
+                        sequence_number: s,
+                        timestamp: sent.timestamp,
+                        ssrc: rtx_ssrc,
+                        payload_prefix: &osn,
+                        payload: &sent.payload,
+                    }
+                }
+                None => RtpOut {
+                    payload_type: leg.payload_type,
+                    marker: sent.marker,
+                    sequence_number: seq,
+                    timestamp: sent.timestamp,
+                    ssrc: *ssrc,
+                    payload_prefix: &[],
+                    payload: &sent.payload,
+                },
+            };
+            let exts = Extensions::default();
+            match send_rtp(peer, &mut self.transmits, &out, &exts, leg.twcc_ext, now) {
+                Ok(()) => self.metrics.retransmits.inc(),
+                Err(e) => {
+                    tracing::debug!(error = %e, seq, "retransmission refused");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// RTCP sender reports for every down-track due one (RFC 3550 §6.4.1): what was sent and
+    /// which RTP time matches which wall-clock time, for the subscriber's audio/video sync.
+    fn send_sender_reports(&mut self, now: Instant) {
+        let wall = SystemTime::now();
+        let mut touched = std::mem::take(&mut self.scratch_peers);
+        for down in self.downs.values_mut() {
+            if down
+                .stats
+                .last_report
+                .is_some_and(|t| now.saturating_duration_since(t) < SENDER_REPORT_INTERVAL)
+            {
+                continue;
+            }
+            let Some(leg) = down.leg.as_ref() else {
+                continue;
+            };
+            let Some(report) = down.stats.report(down.ssrc, leg.clock_rate, now, wall) else {
+                continue;
+            };
+            let Some(mut sender) = self
+                .peers
+                .get_mut(&down.peer)
+                .and_then(|p| p.pc.rtp_sender(down.sender))
+            else {
+                continue;
+            };
+            down.stats.last_report = Some(now);
+            match sender.write_rtcp(now, vec![Box::new(report)]) {
+                Ok(()) => touched.push(down.peer),
+                Err(e) => tracing::debug!(error = %e, "sender report refused"),
+            }
+        }
+        for p in touched.drain(..) {
+            self.mark_dirty(p);
+        }
+        self.scratch_peers = touched;
+    }
+
+    fn on_rtcp(&mut self, peer_id: PeerId, packets: Vec<Box<dyn rtc::rtcp::Packet>>, now: Instant) {
         for p in packets {
             let any = p.as_any();
             // PLI and FIR are taken before the library routes RTCP (see [`DeliverRtcp`]).
-            if any.downcast_ref::<TransportLayerNack>().is_some() {
+            if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                 self.metrics.nacks.inc();
+                self.answer_nack(peer_id, nack, now);
             } else if let Some(rr) = any.downcast_ref::<ReceiverReport>() {
                 if let Some(peer) = self.peers.get_mut(&peer_id) {
                     for r in &rr.reports {
@@ -2225,6 +2429,7 @@ impl Engine {
     }
 
     fn housekeeping(&mut self, now: Instant) {
+        self.send_sender_reports(now);
         // Rates, once a second.
         let since = *self.rate_window.since.get_or_insert(now);
         let elapsed = now.saturating_duration_since(since);

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod forwarder;
 pub mod keyframe;
 pub mod layers;
+pub mod send;
 pub mod speaker;
 mod stun;
 pub mod vp8;
