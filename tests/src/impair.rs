@@ -99,12 +99,7 @@ pub struct UdpNat {
 }
 
 impl UdpNat {
-    /// Starts the mapping on a free loopback port.
-    pub async fn start(target: SocketAddr) -> anyhow::Result<Self> {
-        Self::start_lossy(target, 0.0).await
-    }
-
-    /// Starts the mapping, dropping each (S)RTP or RTCP datagram from `target` back to a
+    /// Starts the mapping on a free loopback port, dropping each (S)RTP or RTCP datagram from `target` back to a
     /// client with probability `loss`; ICE and DTLS pass untouched, so connections come up the
     /// same way every run.
     pub async fn start_lossy(target: SocketAddr, loss: f64) -> anyhow::Result<Self> {
