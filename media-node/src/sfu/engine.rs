@@ -2097,10 +2097,6 @@ impl Engine {
             }
             down.leg = Some(leg);
         }
-        // Likewise before ICE has a pair and DTLS has keys.
-        if peer.pc.rtp_send_path().is_none() {
-            return;
-        }
         let verdict = down.forwarder.on_packet(
             layer,
             packet.header.sequence_number,
