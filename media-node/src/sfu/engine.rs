@@ -454,8 +454,8 @@ fn resolve_leg(
         payload_type,
         ext_map,
         vp8: track.video_codec == VideoCodec::Vp8,
-        // Written in the one-byte form, which holds ids 1-14.
-        twcc_ext: ext_id(rtc::sdp::extmap::TRANSPORT_CC_URI).filter(|id| (1..=14).contains(id)),
+        twcc_ext: ext_id(rtc::sdp::extmap::TRANSPORT_CC_URI)
+            .filter(|id| super::send::one_byte_id(*id)),
         rtx: rtx_pt.zip(rtx_ssrc),
         clock_rate: chosen.rtp_codec.clock_rate,
     })

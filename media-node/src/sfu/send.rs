@@ -17,8 +17,6 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Fixed RTP header: version, flags, sequence number, timestamp, SSRC (RFC 3550 §5.1).
 const FIXED_HEADER: usize = 12;
-/// Room left after the packet for the SRTP tag (16 bytes for AES-GCM, 10 for HMAC-SHA1-80).
-const TAG_ROOM: usize = 16;
 /// The one-byte header extension profile (RFC 8285 §4.2).
 const ONE_BYTE_PROFILE: u16 = 0xBEDE;
 
@@ -40,6 +38,11 @@ pub struct RtpOut<'a> {
     pub payload: &'a [u8],
 }
 
+/// Whether an extension id can be written in the one-byte form (RFC 8285 §4.2: ids 1-14).
+pub fn one_byte_id(id: u8) -> bool {
+    (1..=14).contains(&id)
+}
+
 /// Header extensions for one packet: at most this many (the forwarded ones and TWCC).
 pub const MAX_EXTENSIONS: usize = 4;
 
@@ -54,7 +57,7 @@ impl Extensions {
     /// Adds one; ignored when it cannot be written in the one-byte form (id 1-14, 1-16 bytes)
     /// or when full.
     pub fn push(&mut self, id: u8, value: Bytes) {
-        if self.len < MAX_EXTENSIONS && (1..=14).contains(&id) && (1..=16).contains(&value.len()) {
+        if self.len < MAX_EXTENSIONS && one_byte_id(id) && (1..=16).contains(&value.len()) {
             self.items[self.len] = (id, value);
             self.len += 1;
         }
@@ -65,8 +68,8 @@ impl Extensions {
     }
 }
 
-/// Writes `p` (RFC 3550 header, RFC 8285 one-byte extensions, then the payload) into a buffer
-/// with room for the SRTP tag. `twcc` is the transport-wide sequence number and its id.
+/// Writes `p` (RFC 3550 header, RFC 8285 one-byte extensions, then the payload). `twcc` is the
+/// transport-wide sequence number and its id (the caller checks [`one_byte_id`]).
 pub fn marshal(p: &RtpOut<'_>, exts: &Extensions, twcc: Option<(u8, u16)>) -> BytesMut {
     let twcc_len = if twcc.is_some() { 3 } else { 0 };
     let ext_bytes: usize = exts
@@ -79,7 +82,7 @@ pub fn marshal(p: &RtpOut<'_>, exts: &Extensions, twcc: Option<(u8, u16)>) -> By
     let body = p.payload_prefix.len() + p.payload.len();
     let has_ext = ext_bytes > 0;
     let header = FIXED_HEADER + if has_ext { 4 + ext_words * 4 } else { 0 };
-    let mut buf = BytesMut::with_capacity(header + body + TAG_ROOM);
+    let mut buf = BytesMut::with_capacity(header + body);
     buf.put_u8(0x80 | if has_ext { 0x10 } else { 0 });
     buf.put_u8((u8::from(p.marker) << 7) | (p.payload_type & 0x7f));
     buf.put_u16(p.sequence_number);
