@@ -9,6 +9,7 @@ pub mod cascade_bench;
 pub mod fake_apiserver;
 pub mod impair;
 pub mod janus;
+pub mod k8s;
 pub mod loadgen;
 pub mod placement_bench;
 pub mod sfu_bench;
