@@ -9,6 +9,7 @@
 // duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -329,6 +330,14 @@ pub struct MediaNodeSpec {
     /// pool's autoscaler at the drain deadline; only meaningful with `drain`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub evacuate: bool,
+    /// CPU and memory of the media pod (its pool's; unset: the operator's default, 2 CPUs and
+    /// 2 GiB as both request and limit, which makes the pod Guaranteed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+    /// PriorityClass of the media pod (its pool's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
 }
 
 impl MediaNode {
@@ -344,6 +353,8 @@ impl MediaNode {
                 capacity,
                 drain: false,
                 evacuate: false,
+                resources: None,
+                priority_class_name: None,
             },
         );
         n.metadata.namespace = Some(namespace.to_owned());
@@ -499,6 +510,16 @@ pub struct MediaPoolSpec {
     /// looks this far ahead. Raise it when every node needs a new machine.
     #[serde(default = "a_minute")]
     pub node_startup_seconds: u32,
+    /// CPU and memory of each media pod. Requests equal to limits make the pods Guaranteed:
+    /// the last a node evicts under pressure, and with the CPU manager's static policy given
+    /// whole cores. Unset: 2 CPUs and 2 GiB, both request and limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
+    pub resources: Option<ResourceRequirements>,
+    /// PriorityClass of the media pods (so the scheduler preempts batch work for them rather
+    /// than leave a meeting without a node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
 }
 
 fn one() -> u32 {
@@ -616,4 +637,21 @@ pub fn crds_yaml() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
         ("medianodes.yaml", serde_yaml::to_string(&MediaNode::crd())?),
         ("mediapools.yaml", serde_yaml::to_string(&MediaPool::crd())?),
     ])
+}
+
+/// The schema of a pod's `resources` as moim takes it: `requests` and `limits` of quantities
+/// (`2`, `500m`, `2Gi`), without the long upstream descriptions.
+fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let quantities = serde_json::json!({
+        "type": "object",
+        "additionalProperties": {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": true,
+        },
+    });
+    schemars::json_schema!({
+        "type": "object",
+        "description": "CPU and memory: `requests` and `limits`, as in a pod's container.",
+        "properties": {"requests": quantities, "limits": quantities},
+    })
 }

@@ -347,6 +347,8 @@ fn local_pool(region: &str, args: &LocalArgs) -> MediaPool {
             drain_deadline_seconds: args.drain_deadline,
             // A local process is serving within a second or two.
             node_startup_seconds: 3,
+            resources: None,
+            priority_class_name: None,
         },
     );
     p.metadata.namespace = Some(NODE_NAMESPACE.to_owned());

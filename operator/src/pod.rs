@@ -10,8 +10,10 @@ use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction,
     Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe,
     ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Service, ServicePort, ServiceSpec, TopologySpreadConstraint, Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -40,7 +42,9 @@ pub struct PodSettings {
     pub termination_grace_seconds: i64,
     /// Secret holding `token-secret` (join tokens) and `admin-token` (admin API).
     pub secret_name: String,
-    /// Resources of the media container.
+    /// Resources of the media container when its MediaNode names none: by default 2 CPUs and
+    /// 2 GiB as both request and limit (QoS Guaranteed; a pod without requests would be
+    /// BestEffort, the first evicted under node pressure, with no CPU it can count on).
     pub resources: Option<ResourceRequirements>,
     /// URL browsers join at; `{podIP}`, `{node}`, `{region}` and `{port}` are filled in.
     pub signalling_url_template: String,
@@ -186,12 +190,25 @@ impl Default for PodSettings {
             host_port: false,
             termination_grace_seconds: 7200,
             secret_name: "moim-node-secrets".into(),
-            resources: None,
+            resources: Some(guaranteed("2", "2Gi")),
             signalling_url_template: "http://{podIP}:{port}".into(),
             relay_port: 7882,
             relay_secret: None,
             service: None,
         }
+    }
+}
+
+/// Requests equal to limits: the pod's QoS class is Guaranteed.
+pub fn guaranteed(cpu: &str, memory: &str) -> ResourceRequirements {
+    let both = BTreeMap::from([
+        ("cpu".to_owned(), Quantity(cpu.to_owned())),
+        ("memory".to_owned(), Quantity(memory.to_owned())),
+    ]);
+    ResourceRequirements {
+        requests: Some(both.clone()),
+        limits: Some(both),
+        ..ResourceRequirements::default()
     }
 }
 
@@ -384,7 +401,7 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings, public: Option<&PublicAddres
         ports: Some(ports),
         readiness_probe: Some(probe("/readyz", 5)),
         liveness_probe: Some(probe("/healthz", 10)),
-        resources: s.resources.clone(),
+        resources: node.spec.resources.clone().or_else(|| s.resources.clone()),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -444,6 +461,26 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings, public: Option<&PublicAddres
                 ..PodSecurityContext::default()
             }),
             volumes: Some(volumes),
+            priority_class_name: node.spec.priority_class_name.clone(),
+            // A pool's nodes spread over hosts and zones, so that losing one machine or one
+            // zone costs the region as few nodes as it can (soft: a small region still runs).
+            topology_spread_constraints: node.spec.pool.as_ref().map(|pool| {
+                ["kubernetes.io/hostname", "topology.kubernetes.io/zone"]
+                    .map(|key| TopologySpreadConstraint {
+                        max_skew: 1,
+                        topology_key: key.to_owned(),
+                        when_unsatisfiable: "ScheduleAnyway".to_owned(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                "media.moim.dev/pool".to_owned(),
+                                pool.clone(),
+                            )])),
+                            ..LabelSelector::default()
+                        }),
+                        ..TopologySpreadConstraint::default()
+                    })
+                    .to_vec()
+            }),
             ..PodSpec::default()
         }),
         status: None,

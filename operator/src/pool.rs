@@ -204,6 +204,8 @@ pub fn node_object(
             capacity: pool.spec.node_capacity.participants,
             drain: drain.is_some(),
             evacuate: evacuate && drain.is_some(),
+            resources: pool.spec.resources.clone(),
+            priority_class_name: pool.spec.priority_class_name.clone(),
         },
     );
     node.metadata.namespace = pool.namespace();

@@ -160,6 +160,8 @@ fn immutable_fields_stay_immutable() {
                 capacity: 500,
                 drain: false,
                 evacuate: false,
+                resources: None,
+                priority_class_name: None,
             },
         )
     };

@@ -6,7 +6,6 @@
 
 pub mod autoscale_bench;
 pub mod cascade_bench;
-pub mod fake_apiserver;
 pub mod impair;
 pub mod janus;
 pub mod k8s;

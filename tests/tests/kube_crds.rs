@@ -5,9 +5,9 @@
 //! the newest Kubernetes and against the oldest one moim supports (1.34, the same binaries
 //! with `--emulated-version`).
 
+use kube::CustomResourceExt;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ApiResource;
-use kube::CustomResourceExt;
 use moim_e2e::k8s::{ControlPlane, ControlPlaneOptions};
 use moim_e2e::workspace_root;
 use moim_operator::crd::{MediaNode, MediaPool, Meeting};
@@ -28,7 +28,10 @@ async fn install_crds(cp: &ControlPlane) -> anyhow::Result<()> {
         "-f",
         &workspace_root().join("crds").to_string_lossy(),
     ])?;
-    assert!(out.contains("meetings.media.moim.dev serverside-applied"), "{out}");
+    assert!(
+        out.contains("meetings.media.moim.dev serverside-applied"),
+        "{out}"
+    );
     cp.kubectl(&[
         "wait",
         "--for=condition=Established",
@@ -100,11 +103,21 @@ fn bad_creates() -> Vec<(&'static str, Value)> {
             "a region expects more participants than maxParticipants",
             with(m.clone(), &["maxParticipants"], json!(5)),
         ),
-        ("title must be 1 to 200 characters", with(m.clone(), &["title"], json!(""))),
-        ("maxParticipants must be at least 1", with(m.clone(), &["maxParticipants"], json!(0))),
+        (
+            "title must be 1 to 200 characters",
+            with(m.clone(), &["title"], json!("")),
+        ),
+        (
+            "maxParticipants must be at least 1",
+            with(m.clone(), &["maxParticipants"], json!(0)),
+        ),
         (
             "give either perRegion, or total with regions",
-            with(m.clone(), &["participants"], json!({"perRegion": {"seoul": 1}, "total": 3, "regions": ["seoul"]})),
+            with(
+                m.clone(),
+                &["participants"],
+                json!({"perRegion": {"seoul": 1}, "total": 3, "regions": ["seoul"]}),
+            ),
         ),
         (
             "total and regions go together",
@@ -116,15 +129,27 @@ fn bad_creates() -> Vec<(&'static str, Value)> {
         ),
         (
             "total must be at least 1",
-            with(m.clone(), &["participants"], json!({"total": 0, "regions": ["seoul"]})),
+            with(
+                m.clone(),
+                &["participants"],
+                json!({"total": 0, "regions": ["seoul"]}),
+            ),
         ),
         (
             "regions needs at least one region",
-            with(m.clone(), &["participants"], json!({"total": 3, "regions": []})),
+            with(
+                m.clone(),
+                &["participants"],
+                json!({"total": 3, "regions": []}),
+            ),
         ),
         (
             "schedule.start must be before schedule.end",
-            with(m.clone(), &["schedule"], json!({"start": "2026-12-01T11:00:00Z", "end": "2026-12-01T10:00:00Z"})),
+            with(
+                m.clone(),
+                &["schedule"],
+                json!({"start": "2026-12-01T11:00:00Z", "end": "2026-12-01T10:00:00Z"}),
+            ),
         ),
         (
             "maxBitrateKbps below 100 cannot carry video",
@@ -136,17 +161,38 @@ fn bad_creates() -> Vec<(&'static str, Value)> {
 fn bad_pools() -> Vec<(&'static str, Value)> {
     let p = json!({"region": "seoul", "minNodes": 1, "maxNodes": 3});
     vec![
-        ("minNodes is more than maxNodes", with(p.clone(), &["minNodes"], json!(5))),
-        ("region must be 1 to 63 characters", with(p.clone(), &["region"], json!(""))),
-        ("maxNodes must be at least 1", json!({"region": "seoul", "minNodes": 0, "maxNodes": 0})),
-        ("drainDeadlineSeconds must be at least 60", with(p.clone(), &["drainDeadlineSeconds"], json!(10))),
-        ("participants must be at least 1", with(p.clone(), &["nodeCapacity"], json!({"participants": 0}))),
-        ("headroom.percent is at most 400", with(p, &["headroom"], json!({"participants": 1, "percent": 500}))),
+        (
+            "minNodes is more than maxNodes",
+            with(p.clone(), &["minNodes"], json!(5)),
+        ),
+        (
+            "region must be 1 to 63 characters",
+            with(p.clone(), &["region"], json!("")),
+        ),
+        (
+            "maxNodes must be at least 1",
+            json!({"region": "seoul", "minNodes": 0, "maxNodes": 0}),
+        ),
+        (
+            "drainDeadlineSeconds must be at least 60",
+            with(p.clone(), &["drainDeadlineSeconds"], json!(10)),
+        ),
+        (
+            "participants must be at least 1",
+            with(p.clone(), &["nodeCapacity"], json!({"participants": 0})),
+        ),
+        (
+            "headroom.percent is at most 400",
+            with(p, &["headroom"], json!({"participants": 1, "percent": 500})),
+        ),
     ]
 }
 
 fn bad_nodes() -> Vec<(&'static str, Value)> {
-    vec![("capacity must be at least 1", json!({"region": "seoul", "capacity": 0}))]
+    vec![(
+        "capacity must be at least 1",
+        json!({"region": "seoul", "capacity": 0}),
+    )]
 }
 
 /// Creates `obj` and returns the API server's refusal message (panics if it was accepted).
@@ -175,17 +221,26 @@ async fn cel_rules_are_enforced(cp: &ControlPlane) -> anyhow::Result<()> {
     let mut covered = BTreeSet::new();
     for (msg, spec) in bad_creates() {
         let said = refusal(&meetings, meeting("bad", spec)).await;
-        assert!(said.contains(msg), "wanted {msg:?}, the API server said {said:?}");
+        assert!(
+            said.contains(msg),
+            "wanted {msg:?}, the API server said {said:?}"
+        );
         covered.insert(msg.to_owned());
     }
     for (msg, spec) in bad_pools() {
         let said = refusal(&pools, pool(spec)).await;
-        assert!(said.contains(msg), "wanted {msg:?}, the API server said {said:?}");
+        assert!(
+            said.contains(msg),
+            "wanted {msg:?}, the API server said {said:?}"
+        );
         covered.insert(msg.to_owned());
     }
     for (msg, spec) in bad_nodes() {
         let said = refusal(&nodes, node(spec)).await;
-        assert!(said.contains(msg), "wanted {msg:?}, the API server said {said:?}");
+        assert!(
+            said.contains(msg),
+            "wanted {msg:?}, the API server said {said:?}"
+        );
         covered.insert(msg.to_owned());
     }
 
@@ -214,7 +269,10 @@ async fn cel_rules_are_enforced(cp: &ControlPlane) -> anyhow::Result<()> {
             "region cannot change; create a new MediaNode",
         ),
     ] {
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         api.patch(&name, &ssa, &Patch::Apply(&obj)).await?;
         let mut current = api.get(&name).await?;
         current.data["spec"][field] = value;
@@ -235,7 +293,10 @@ async fn cel_rules_are_enforced(cp: &ControlPlane) -> anyhow::Result<()> {
         rule_messages(&serde_json::to_value(&crd)?, &mut all);
     }
     let missing: Vec<&String> = all.difference(&covered).collect();
-    assert!(missing.is_empty(), "CEL rules with no case here: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "CEL rules with no case here: {missing:?}"
+    );
     Ok(())
 }
 
@@ -303,7 +364,12 @@ async fn crds_and_cel_rules_on_the_oldest_supported_kubernetes() -> anyhow::Resu
 #[test]
 fn missing_binaries_name_the_build_script() {
     let out = std::process::Command::new(std::env::current_exe().expect("exe"))
-        .args(["--exact", "missing_binaries_child", "--nocapture", "--ignored"])
+        .args([
+            "--exact",
+            "missing_binaries_child",
+            "--nocapture",
+            "--ignored",
+        ])
         .env("MOIM_K8S_BIN", "/nonexistent")
         .output()
         .expect("run child");

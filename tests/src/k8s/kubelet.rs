@@ -40,11 +40,11 @@ use super::net::{NetHost, PodNetwork};
 use super::{ControlPlane, client_from};
 use anyhow::{Context as _, bail};
 use futures_util::StreamExt;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     Binding, ConfigMap, Container, EnvVar, Node, ObjectReference, Pod, Probe, Secret,
     ServiceAccount, Volume,
 };
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -274,7 +274,11 @@ impl Drop for Kubelet {
         let nodes = std::mem::take(&mut *lock(&self.agent.nodes));
         // Namespaces go once their processes have (a moment for the kernel to reap them).
         std::thread::sleep(Duration::from_millis(100));
-        for pod_dir in std::fs::read_dir(&self.agent.dir).into_iter().flatten().flatten() {
+        for pod_dir in std::fs::read_dir(&self.agent.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             if let Ok(ns) = std::fs::read_to_string(pod_dir.path().join("netns")) {
                 let _ = super::net::ip(&["netns", "del", ns.trim()]);
             }
@@ -347,13 +351,7 @@ impl Agent {
                 &Patch::Merge(json!({"spec": {"taints": null}})),
             )
             .await?;
-        lock(&self.nodes).insert(
-            n.name.clone(),
-            NodeState {
-                host,
-                lost: false,
-            },
-        );
+        lock(&self.nodes).insert(n.name.clone(), NodeState { host, lost: false });
         Ok(())
     }
 
@@ -437,7 +435,8 @@ impl Agent {
             return;
         }
         let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        if matches!(phase, Some("Succeeded" | "Failed")) && pod.metadata.deletion_timestamp.is_none()
+        if matches!(phase, Some("Succeeded" | "Failed"))
+            && pod.metadata.deletion_timestamp.is_none()
         {
             return;
         }
@@ -481,21 +480,18 @@ impl Agent {
             match why {
                 Some(r) => *reasons.entry(r).or_default() += 1,
                 None => {
-                    let owner = owner_uid(pod);
-                    let same = on_node(&name)
-                        .iter()
-                        .filter(|p| owner.is_some() && owner_uid(p) == owner)
-                        .count();
-                    if best.as_ref().is_none_or(|(b, bn)| same < *b || (same == *b && name < *bn)) {
+                    let same = spread_score(pod, spec, n, &list.items, &on_node);
+                    if best
+                        .as_ref()
+                        .is_none_or(|(b, bn)| same < *b || (same == *b && name < *bn))
+                    {
                         best = Some((same, name));
                     }
                 }
             }
         }
-        let pods: Api<Pod> = Api::namespaced(
-            self.client.clone(),
-            &pod.namespace().unwrap_or_default(),
-        );
+        let pods: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let Some((_, node)) = best else {
             let detail = reasons
                 .iter()
@@ -511,10 +507,18 @@ impl Agent {
                 .status
                 .as_ref()
                 .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.message.as_deref() == Some(message.as_str())));
+                .is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c.type_ == "PodScheduled" && c.message.as_deref() == Some(message.as_str())
+                    })
+                });
             if !already {
-                pods.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&status))
-                    .await?;
+                pods.patch_status(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&status),
+                )
+                .await?;
             }
             bail!("{message}");
         };
@@ -540,10 +544,8 @@ impl Agent {
 
     /// Deletes a pod for good (what the kubelet does once its containers have stopped).
     async fn final_delete(&self, pod: &Pod) -> anyhow::Result<()> {
-        let pods: Api<Pod> = Api::namespaced(
-            self.client.clone(),
-            &pod.namespace().unwrap_or_default(),
-        );
+        let pods: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         let dp = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
@@ -576,7 +578,10 @@ impl Agent {
             Err(e) => {
                 tracing::warn!(pod = %k, error = %e, "pod cannot start");
                 let _ = self
-                    .write_status(&pod, &waiting_status(&pod, "CreateContainerConfigError", &e.to_string()))
+                    .write_status(
+                        &pod,
+                        &waiting_status(&pod, "CreateContainerConfigError", &e.to_string()),
+                    )
                     .await;
                 // Kept until deleted; a deletion finishes it.
                 let _ = stop.wait_for(|s| *s).await;
@@ -603,16 +608,22 @@ impl Agent {
     }
 
     async fn write_status(&self, pod: &Pod, status: &Value) -> anyhow::Result<()> {
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or_default();
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .unwrap_or_default();
         if self.node_lost(node) {
             return Ok(());
         }
-        let pods: Api<Pod> = Api::namespaced(
-            self.client.clone(),
-            &pod.namespace().unwrap_or_default(),
-        );
+        let pods: Api<Pod> =
+            Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
         match pods
-            .patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(status))
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(status),
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -630,17 +641,54 @@ fn unscheduled(p: &Pod) -> bool {
         )
 }
 
-fn owner_uid(p: &Pod) -> Option<String> {
-    p.metadata
-        .owner_references
-        .as_ref()?
+/// How crowded `n` is for `pod`: with `topologySpreadConstraints`, the pods each constraint
+/// selects in `n`'s domain of its topology key (the scheduler's PodTopologySpread score);
+/// without, the pods on `n`. Lower is better.
+fn spread_score<'a>(
+    pod: &Pod,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    n: &Node,
+    nodes: &[Node],
+    on_node: &dyn Fn(&str) -> Vec<&'a Pod>,
+) -> usize {
+    let Some(constraints) = spec
+        .topology_spread_constraints
+        .as_ref()
+        .filter(|c| !c.is_empty())
+    else {
+        return on_node(&n.name_any()).len();
+    };
+    let ns = pod.namespace();
+    constraints
         .iter()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.clone())
+        .map(|c| {
+            let Some(domain) = n.labels().get(&c.topology_key) else {
+                return 0;
+            };
+            let wanted = c
+                .label_selector
+                .as_ref()
+                .and_then(|s| s.match_labels.clone())
+                .unwrap_or_default();
+            nodes
+                .iter()
+                .filter(|m| m.labels().get(&c.topology_key) == Some(domain))
+                .flat_map(|m| on_node(&m.name_any()))
+                .filter(|p| {
+                    p.namespace() == ns && wanted.iter().all(|(k, v)| p.labels().get(k) == Some(v))
+                })
+                .count()
+        })
+        .sum()
 }
 
 /// Why `pod` does not fit on node `n` that already runs `others`; `None` when it fits.
-fn fits(pod: &Pod, spec: &k8s_openapi::api::core::v1::PodSpec, n: &Node, others: &[&Pod]) -> Option<String> {
+fn fits(
+    pod: &Pod,
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+    n: &Node,
+    others: &[&Pod],
+) -> Option<String> {
     let labels = n.labels();
     if let Some(sel) = &spec.node_selector
         && sel.iter().any(|(k, v)| labels.get(k) != Some(v))
@@ -651,7 +699,10 @@ fn fits(pod: &Pod, spec: &k8s_openapi::api::core::v1::PodSpec, n: &Node, others:
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
     {
         let term_ok = |t: &k8s_openapi::api::core::v1::NodeSelectorTerm| {
             t.match_expressions.iter().flatten().all(|e| {
@@ -671,15 +722,26 @@ fn fits(pod: &Pod, spec: &k8s_openapi::api::core::v1::PodSpec, n: &Node, others:
         }
     }
     let tolerations = spec.tolerations.clone().unwrap_or_default();
-    for t in n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default() {
+    for t in n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+    {
         if t.effect == "PreferNoSchedule" {
             continue;
         }
         let tolerated = tolerations.iter().any(|tol| {
-            let key_ok = tol.key.as_deref().is_none_or(|k| k.is_empty() || k == t.key);
+            let key_ok = tol
+                .key
+                .as_deref()
+                .is_none_or(|k| k.is_empty() || k == t.key);
             let op = tol.operator.as_deref().unwrap_or("Equal");
             let val_ok = op == "Exists" || tol.value.as_deref() == t.value.as_deref();
-            let eff_ok = tol.effect.as_deref().is_none_or(|e| e.is_empty() || e == t.effect);
+            let eff_ok = tol
+                .effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == t.effect);
             key_ok && val_ok && eff_ok
         });
         if !tolerated {
@@ -695,7 +757,10 @@ fn fits(pod: &Pod, spec: &k8s_openapi::api::core::v1::PodSpec, n: &Node, others:
         .as_ref()
         .and_then(|s| s.allocatable.clone())
         .unwrap_or_default();
-    for (res, reason) in [("cpu", "Insufficient cpu"), ("memory", "Insufficient memory")] {
+    for (res, reason) in [
+        ("cpu", "Insufficient cpu"),
+        ("memory", "Insufficient memory"),
+    ] {
         let cap = alloc.get(res).map_or(0.0, quantity);
         let want = requests(pod, res) + others.iter().map(|p| requests(p, res)).sum::<f64>();
         if want > cap {
@@ -803,10 +868,12 @@ fn waiting_status(pod: &Pod, reason: &str, message: &str) -> Value {
         .spec
         .iter()
         .flat_map(|s| s.containers.iter())
-        .map(|c| json!({
-            "name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0,
-            "started": false, "state": {"waiting": {"reason": reason, "message": message}},
-        }))
+        .map(|c| {
+            json!({
+                "name": c.name, "image": c.image, "imageID": "", "ready": false, "restartCount": 0,
+                "started": false, "state": {"waiting": {"reason": reason, "message": message}},
+            })
+        })
         .collect();
     json!({"status": {"phase": "Pending", "containerStatuses": containers}})
 }
@@ -864,7 +931,9 @@ impl PodRun {
         let node = spec.node_name.clone().unwrap_or_default();
         let (node_host, node_lost) = {
             let nodes = lock(&agent.nodes);
-            let n = nodes.get(&node).context("not one of this kubelet's nodes")?;
+            let n = nodes
+                .get(&node)
+                .context("not one of this kubelet's nodes")?;
             (n.host.clone(), n.lost)
         };
         if node_lost {
@@ -921,9 +990,18 @@ impl PodRun {
                     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
                 ),
                 ("HOSTNAME".to_owned(), pod.name_any()),
-                ("KUBERNETES_SERVICE_HOST".to_owned(), agent.api.ip().to_string()),
-                ("KUBERNETES_SERVICE_PORT".to_owned(), agent.api.port().to_string()),
-                ("KUBERNETES_SERVICE_PORT_HTTPS".to_owned(), agent.api.port().to_string()),
+                (
+                    "KUBERNETES_SERVICE_HOST".to_owned(),
+                    agent.api.ip().to_string(),
+                ),
+                (
+                    "KUBERNETES_SERVICE_PORT".to_owned(),
+                    agent.api.port().to_string(),
+                ),
+                (
+                    "KUBERNETES_SERVICE_PORT_HTTPS".to_owned(),
+                    agent.api.port().to_string(),
+                ),
                 ("KUBERNETES_PORT".to_owned(), format!("tcp://{}", agent.api)),
             ];
             for from in c.env_from.iter().flatten() {
@@ -1028,7 +1106,11 @@ impl PodRun {
             s += &format!("--reuid={u} --regid={g} --clear-groups ");
         }
         s += "-- ";
-        s += &argv.iter().map(|a| sh_quote(a)).collect::<Vec<_>>().join(" ");
+        s += &argv
+            .iter()
+            .map(|a| sh_quote(a))
+            .collect::<Vec<_>>()
+            .join(" ");
         s.push('\n');
         s
     }
@@ -1095,19 +1177,37 @@ impl PodRun {
             // Exits.
             let policy = self.restart_policy().to_owned();
             for c in &mut self.containers {
-                let Some(child) = c.child.as_mut() else { continue };
+                let Some(child) = c.child.as_mut() else {
+                    continue;
+                };
                 if let Ok(Some(st)) = child.try_wait() {
                     let code = st.code().unwrap_or(128 + st.signal_number());
                     c.child = None;
                     c.started = None;
                     c.ready = false;
-                    c.last_exit = Some((code, if code == 0 { "Completed".into() } else { "Error".into() }));
+                    c.last_exit = Some((
+                        code,
+                        if code == 0 {
+                            "Completed".into()
+                        } else {
+                            "Error".into()
+                        },
+                    ));
                     let again = policy == "Always" || (policy == "OnFailure" && code != 0);
                     if again {
                         c.restarts += 1;
-                        let backoff = Duration::from_secs(10u64 << c.restarts.saturating_sub(1).min(5)).min(Duration::from_secs(300));
+                        let backoff =
+                            Duration::from_secs(10u64 << c.restarts.saturating_sub(1).min(5))
+                                .min(Duration::from_secs(300));
                         // The first restart is quick: tests kill a process and expect it back.
-                        c.next_start = Some(Instant::now() + if c.restarts == 1 { Duration::from_secs(1) } else { backoff });
+                        c.next_start = Some(
+                            Instant::now()
+                                + if c.restarts == 1 {
+                                    Duration::from_secs(1)
+                                } else {
+                                    backoff
+                                },
+                        );
                     }
                 }
             }
@@ -1137,7 +1237,10 @@ impl PodRun {
             if status != last_status && agent.write_status(&self.pod, &status).await.is_ok() {
                 last_status = status;
             }
-            let all_done = self.containers.iter().all(|c| c.child.is_none() && c.next_start.is_none());
+            let all_done = self
+                .containers
+                .iter()
+                .all(|c| c.child.is_none() && c.next_start.is_none());
             if all_done {
                 // Terminated for good: the pod stays until it is deleted.
                 let _ = stop.wait_for(|s| *s).await;
@@ -1153,20 +1256,29 @@ impl PodRun {
     /// Runs probe `p` of container `i` when due (every second, after `initialDelaySeconds`);
     /// `Some(result)` once its thresholds decide.
     async fn probe(&mut self, agent: &Agent, i: usize, p: &Probe, readiness: bool) -> Option<bool> {
-        let secs = |v: Option<i32>, d: i32| Duration::from_secs(u64::try_from(v.unwrap_or(d)).unwrap_or(0));
+        let secs = |v: Option<i32>, d: i32| {
+            Duration::from_secs(u64::try_from(v.unwrap_or(d)).unwrap_or(0))
+        };
         let c = &self.containers[i];
         let since = c.started?;
         if since.elapsed() < secs(p.initial_delay_seconds, 0) {
             return None;
         }
         let counter = if readiness { &c.readiness } else { &c.liveness };
-        if counter.last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if counter
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return None;
         }
         let timeout = secs(p.timeout_seconds, 1).max(Duration::from_secs(1));
         let ok = self.run_probe(agent, i, p, timeout).await;
         let c = &mut self.containers[i];
-        let counter = if readiness { &mut c.readiness } else { &mut c.liveness };
+        let counter = if readiness {
+            &mut c.readiness
+        } else {
+            &mut c.liveness
+        };
         counter.last = Some(Instant::now());
         if ok {
             counter.successes += 1;
@@ -1194,7 +1306,9 @@ impl PodRun {
             }
         };
         if let Some(h) = &p.http_get {
-            let Some(port) = port_of(&h.port) else { return false };
+            let Some(port) = port_of(&h.port) else {
+                return false;
+            };
             let host = h.host.clone().unwrap_or_else(|| self.pod_ip.to_string());
             let url = format!(
                 "{}://{host}:{port}{}",
@@ -1207,9 +1321,15 @@ impl PodRun {
             );
         }
         if let Some(t) = &p.tcp_socket {
-            let Some(port) = port_of(&t.port) else { return false };
+            let Some(port) = port_of(&t.port) else {
+                return false;
+            };
             return matches!(
-                tokio::time::timeout(timeout, tokio::net::TcpStream::connect((IpAddr::V4(self.pod_ip), port))).await,
+                tokio::time::timeout(
+                    timeout,
+                    tokio::net::TcpStream::connect((IpAddr::V4(self.pod_ip), port))
+                )
+                .await,
                 Ok(Ok(_))
             );
         }
@@ -1226,13 +1346,26 @@ impl PodRun {
     /// Runs `argv` in container `i`'s namespaces as its user; whether it exited 0.
     async fn exec(&self, i: usize, argv: &[String]) -> anyhow::Result<bool> {
         let c = &self.containers[i];
-        let pid = c.child.as_ref().and_then(Child::id).context("container not running")?;
+        let pid = c
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .context("container not running")?;
         let mut cmd = Command::new("nsenter");
         cmd.args(["-t", &pid.to_string(), "-n", "-m", "--"]);
         if let Some((u, g)) = self.run_as.filter(|(u, _)| *u != 0) {
-            cmd.args(["setpriv", &format!("--reuid={u}"), &format!("--regid={g}"), "--clear-groups", "--"]);
+            cmd.args([
+                "setpriv",
+                &format!("--reuid={u}"),
+                &format!("--regid={g}"),
+                "--clear-groups",
+                "--",
+            ]);
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&c.log)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&c.log)?;
         let st = cmd
             .args(argv)
             .env_clear()
@@ -1249,9 +1382,16 @@ impl PodRun {
     fn status(&self) -> Value {
         let running = self.containers.iter().any(|c| c.child.is_some());
         let all_ready = !self.containers.is_empty() && self.containers.iter().all(|c| c.ready);
-        let done = self.containers.iter().all(|c| c.child.is_none() && c.next_start.is_none());
+        let done = self
+            .containers
+            .iter()
+            .all(|c| c.child.is_none() && c.next_start.is_none());
         let phase = if done {
-            if self.containers.iter().all(|c| c.last_exit.as_ref().is_some_and(|(code, _)| *code == 0)) {
+            if self
+                .containers
+                .iter()
+                .all(|c| c.last_exit.as_ref().is_some_and(|(code, _)| *code == 0))
+            {
                 "Succeeded"
             } else {
                 "Failed"
@@ -1309,11 +1449,18 @@ impl PodRun {
             .pod
             .metadata
             .deletion_grace_period_seconds
-            .or(self.pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+            .or(self
+                .pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds))
             .unwrap_or(30)
             .max(0);
         // The object as it is now: the deletion's grace period may be shorter than the spec's.
-        let pods: Api<Pod> = Api::namespaced(agent.client.clone(), &self.pod.namespace().unwrap_or_default());
+        let pods: Api<Pod> = Api::namespaced(
+            agent.client.clone(),
+            &self.pod.namespace().unwrap_or_default(),
+        );
         let grace = match pods.get_opt(&self.pod.name_any()).await {
             Ok(Some(p)) => p.metadata.deletion_grace_period_seconds.unwrap_or(grace),
             _ => grace,
@@ -1376,7 +1523,13 @@ impl SignalNumber for std::process::ExitStatus {
 }
 
 /// Writes volume `v` of `pod` into `dir`.
-async fn write_volume(client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Path) -> anyhow::Result<()> {
+async fn write_volume(
+    client: &Client,
+    pod: &Pod,
+    ns: &str,
+    v: &Volume,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let put = |name: &str, bytes: &[u8], mode: Option<i32>| -> anyhow::Result<()> {
         let p = dir.join(name);
         if let Some(parent) = p.parent() {
@@ -1384,18 +1537,26 @@ async fn write_volume(client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Pa
         }
         std::fs::write(&p, bytes)?;
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(u32::try_from(mode.unwrap_or(0o644)).unwrap_or(0o644)))?;
+        std::fs::set_permissions(
+            &p,
+            std::fs::Permissions::from_mode(u32::try_from(mode.unwrap_or(0o644)).unwrap_or(0o644)),
+        )?;
         Ok(())
     };
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-        let secret = api.get(&name).await.with_context(|| format!("secret {name}"))?;
+        let secret = api
+            .get(&name)
+            .await
+            .with_context(|| format!("secret {name}"))?;
         let data = secret.data.unwrap_or_default();
         match &s.items {
             Some(items) => {
                 for it in items {
-                    let b = data.get(&it.key).with_context(|| format!("secret {name} has no key {}", it.key))?;
+                    let b = data
+                        .get(&it.key)
+                        .with_context(|| format!("secret {name} has no key {}", it.key))?;
                     put(&it.path, &b.0, it.mode.or(s.default_mode))?;
                 }
             }
@@ -1407,17 +1568,32 @@ async fn write_volume(client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Pa
         }
     } else if let Some(c) = &v.config_map {
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        let cm = api.get(&c.name).await.with_context(|| format!("configmap {}", c.name))?;
+        let cm = api
+            .get(&c.name)
+            .await
+            .with_context(|| format!("configmap {}", c.name))?;
         for (k, val) in cm.data.unwrap_or_default() {
-            if c.items.as_ref().is_none_or(|items| items.iter().any(|i| i.key == k)) {
-                let path = c.items.iter().flatten().find(|i| i.key == k).map_or(k.clone(), |i| i.path.clone());
+            if c.items
+                .as_ref()
+                .is_none_or(|items| items.iter().any(|i| i.key == k))
+            {
+                let path = c
+                    .items
+                    .iter()
+                    .flatten()
+                    .find(|i| i.key == k)
+                    .map_or(k.clone(), |i| i.path.clone());
                 put(&path, val.as_bytes(), c.default_mode)?;
             }
         }
     } else if let Some(p) = &v.projected {
         for src in p.sources.iter().flatten() {
             if let Some(t) = &src.service_account_token {
-                let sa = pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_else(|| "default".into());
+                let sa = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_else(|| "default".into());
                 let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
                 let req = TokenRequest {
                     spec: TokenRequestSpec {
@@ -1441,7 +1617,10 @@ async fn write_volume(client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Pa
             }
             if let Some(c) = &src.config_map {
                 let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-                let cm = api.get(&c.name).await.with_context(|| format!("configmap {}", c.name))?;
+                let cm = api
+                    .get(&c.name)
+                    .await
+                    .with_context(|| format!("configmap {}", c.name))?;
                 let data = cm.data.unwrap_or_default();
                 for it in c.items.iter().flatten() {
                     if let Some(val) = data.get(&it.key) {
@@ -1452,7 +1631,11 @@ async fn write_volume(client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Pa
             if let Some(d) = &src.downward_api {
                 for it in d.items.iter().flatten() {
                     if let Some(f) = &it.field_ref {
-                        put(&it.path, field(pod, &f.field_path, None, None).as_bytes(), it.mode.or(p.default_mode))?;
+                        put(
+                            &it.path,
+                            field(pod, &f.field_path, None, None).as_bytes(),
+                            it.mode.or(p.default_mode),
+                        )?;
                     }
                 }
             }
@@ -1460,7 +1643,12 @@ async fn write_volume(client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Pa
                 let api: Api<Secret> = Api::namespaced(client.clone(), ns);
                 let data = api.get(&s.name).await?.data.unwrap_or_default();
                 for (k, b) in &data {
-                    let path = s.items.iter().flatten().find(|i| &i.key == k).map(|i| i.path.clone());
+                    let path = s
+                        .items
+                        .iter()
+                        .flatten()
+                        .find(|i| &i.key == k)
+                        .map(|i| i.path.clone());
                     if s.items.is_none() || path.is_some() {
                         put(&path.unwrap_or_else(|| k.clone()), &b.0, p.default_mode)?;
                     }
@@ -1470,33 +1658,58 @@ async fn write_volume(client: &Client, pod: &Pod, ns: &str, v: &Volume, dir: &Pa
     } else if let Some(d) = &v.downward_api {
         for it in d.items.iter().flatten() {
             if let Some(f) = &it.field_ref {
-                put(&it.path, field(pod, &f.field_path, None, None).as_bytes(), it.mode.or(d.default_mode))?;
+                put(
+                    &it.path,
+                    field(pod, &f.field_path, None, None).as_bytes(),
+                    it.mode.or(d.default_mode),
+                )?;
             }
         }
     } else if v.empty_dir.is_some() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))?;
     } else {
-        bail!("volume {}: the test kubelet supports Secret, ConfigMap, projected, downwardAPI and emptyDir volumes", v.name);
+        bail!(
+            "volume {}: the test kubelet supports Secret, ConfigMap, projected, downwardAPI and emptyDir volumes",
+            v.name
+        );
     }
     Ok(())
 }
 
 /// A downward-API field of `pod`.
 fn field(pod: &Pod, path: &str, host_ip: Option<Ipv4Addr>, pod_ip: Option<Ipv4Addr>) -> String {
-    let label = |m: &Option<BTreeMap<String, String>>, k: &str| m.as_ref().and_then(|m| m.get(k).cloned()).unwrap_or_default();
+    let label = |m: &Option<BTreeMap<String, String>>, k: &str| {
+        m.as_ref()
+            .and_then(|m| m.get(k).cloned())
+            .unwrap_or_default()
+    };
     match path {
         "metadata.name" => pod.name_any(),
         "metadata.namespace" => pod.namespace().unwrap_or_default(),
         "metadata.uid" => pod.uid().unwrap_or_default(),
-        "spec.nodeName" => pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        "spec.serviceAccountName" => pod.spec.as_ref().and_then(|s| s.service_account_name.clone()).unwrap_or_default(),
+        "spec.nodeName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default(),
+        "spec.serviceAccountName" => pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
         "status.hostIP" | "status.hostIPs" => host_ip.map(|i| i.to_string()).unwrap_or_default(),
         "status.podIP" | "status.podIPs" => pod_ip.map(|i| i.to_string()).unwrap_or_default(),
         p => {
-            if let Some(k) = p.strip_prefix("metadata.labels['").and_then(|r| r.strip_suffix("']")) {
+            if let Some(k) = p
+                .strip_prefix("metadata.labels['")
+                .and_then(|r| r.strip_suffix("']"))
+            {
                 label(&pod.metadata.labels, k)
-            } else if let Some(k) = p.strip_prefix("metadata.annotations['").and_then(|r| r.strip_suffix("']")) {
+            } else if let Some(k) = p
+                .strip_prefix("metadata.annotations['")
+                .and_then(|r| r.strip_suffix("']"))
+            {
                 label(&pod.metadata.annotations, k)
             } else {
                 String::new()
@@ -1553,12 +1766,32 @@ async fn env_value(
             .iter()
             .flat_map(|s| s.containers.iter())
             .find(|c| r.container_name.as_deref().is_none_or(|n| n == c.name));
-        let (kind, res) = r.resource.split_once('.').unwrap_or(("limits", r.resource.as_str()));
+        let (kind, res) = r
+            .resource
+            .split_once('.')
+            .unwrap_or(("limits", r.resource.as_str()));
         let q = c.and_then(|c| c.resources.as_ref()).and_then(|rr| {
-            if kind == "limits" { rr.limits.as_ref() } else { rr.requests.as_ref() }?.get(res).cloned()
+            if kind == "limits" {
+                rr.limits.as_ref()
+            } else {
+                rr.requests.as_ref()
+            }?
+            .get(res)
+            .cloned()
         });
-        let v = q.map_or(if res == "cpu" { 8.0 } else { 32.0 * 1024f64.powi(3) }, |q| quantity(&q));
-        let div = r.divisor.as_ref().map_or(1.0, quantity).max(f64::MIN_POSITIVE);
+        let v = q.map_or(
+            if res == "cpu" {
+                8.0
+            } else {
+                32.0 * 1024f64.powi(3)
+            },
+            |q| quantity(&q),
+        );
+        let div = r
+            .divisor
+            .as_ref()
+            .map_or(1.0, quantity)
+            .max(f64::MIN_POSITIVE);
         return Ok(format!("{}", (v / div).ceil() as i64));
     }
     Ok(String::new())

@@ -18,8 +18,10 @@
 //! `cargo run -p moim-e2e --bin moim-k8s` starts one for a contributor and prints its
 //! kubeconfig.
 
+pub mod helm;
 pub mod kubelet;
 pub mod net;
+pub mod operator;
 mod pki;
 
 use anyhow::{Context as _, bail};
@@ -52,6 +54,57 @@ const CONTROLLERS: &[&str] = &[
     "pod-garbage-collector-controller",
     "disruption-controller",
 ];
+
+/// Audit every request at `Metadata` level (who, what, the response code): once when done,
+/// and for watches also when they start.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+";
+
+/// One request, as the API server's audit log records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// Who (`system:serviceaccount:moim-system:moim-operator`).
+    pub user: String,
+    /// The RBAC verb (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`).
+    pub verb: String,
+    /// API group (`""` for the core group).
+    pub group: String,
+    /// Resource, with `/subresource` (`meetings/status`).
+    pub resource: String,
+    /// Namespace, when namespaced.
+    pub namespace: Option<String>,
+    /// Object name, when there is one.
+    pub name: Option<String>,
+    /// The response code (403 when RBAC refused it).
+    pub code: u16,
+    /// The request URI.
+    pub uri: String,
+}
+
+impl AuditEvent {
+    fn parse(line: &str) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        let o = &v["objectRef"];
+        let mut resource = o["resource"].as_str().unwrap_or_default().to_owned();
+        if let Some(sub) = o["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        Some(Self {
+            user: v["user"]["username"].as_str()?.to_owned(),
+            verb: v["verb"].as_str()?.to_owned(),
+            group: o["apiGroup"].as_str().unwrap_or_default().to_owned(),
+            resource,
+            namespace: o["namespace"].as_str().map(str::to_owned),
+            name: o["name"].as_str().map(str::to_owned),
+            code: u16::try_from(v["responseStatus"]["code"].as_u64().unwrap_or(0)).unwrap_or(0),
+            uri: v["requestURI"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+}
 
 /// How long the control plane may take to answer `/readyz` (a cold, busy machine is slow).
 const START_TIMEOUT: Duration = Duration::from_secs(180);
@@ -102,7 +155,9 @@ impl GroupChild {
     /// thread that started it even when this process is killed without unwinding.
     fn spawn(name: &str, program: &Path, args: Vec<String>, log: PathBuf) -> anyhow::Result<Self> {
         let mut cmd = Command::new("setpriv");
-        cmd.args(["--pdeathsig", "KILL", "--"]).arg(program).args(args);
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .arg(program)
+            .args(args);
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
         use std::os::unix::process::CommandExt;
@@ -237,6 +292,8 @@ impl ControlPlane {
         let address = SocketAddr::new(opts.address, port);
         let server = format!("https://{address}");
         let issuer = "https://kubernetes.default.svc.cluster.local";
+        let audit_policy = dir.join("audit-policy.yaml");
+        std::fs::write(&audit_policy, AUDIT_POLICY)?;
         let mut args = vec![
             format!("--etcd-servers={etcd_url}"),
             format!("--bind-address={}", opts.address),
@@ -247,7 +304,10 @@ impl ControlPlane {
             format!("--tls-private-key-file={}", pki.serving_key.display()),
             format!("--client-ca-file={}", pki.ca_file.display()),
             format!("--service-account-key-file={}", pki.sa_pub.display()),
-            format!("--service-account-signing-key-file={}", pki.sa_key.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ),
             format!("--service-account-issuer={issuer}"),
             "--authorization-mode=Node,RBAC".to_owned(),
             "--service-cluster-ip-range=10.96.0.0/16".to_owned(),
@@ -255,6 +315,10 @@ impl ControlPlane {
             // Nothing routes the `kubernetes` Service here (no kube-proxy); pods are given the
             // API server's real address instead. A loopback address may not be an endpoint.
             "--endpoint-reconciler-type=none".to_owned(),
+            // Every request's outcome, so tests can see what the authorizer refused.
+            format!("--audit-policy-file={}", audit_policy.display()),
+            format!("--audit-log-path={}", dir.join("audit.log").display()),
+            "--audit-log-maxsize=0".to_owned(),
             "--v=1".to_owned(),
         ];
         if let Some(v) = &opts.emulated_version {
@@ -298,7 +362,10 @@ impl ControlPlane {
                 format!("--kubeconfig={}", kubeconfig.display()),
                 "--leader-elect=false".to_owned(),
                 "--secure-port=0".to_owned(),
-                format!("--service-account-private-key-file={}", pki.sa_key.display()),
+                format!(
+                    "--service-account-private-key-file={}",
+                    pki.sa_key.display()
+                ),
                 format!("--root-ca-file={}", pki.ca_file.display()),
                 format!("--cluster-signing-cert-file={}", pki.ca_file.display()),
                 format!("--cluster-signing-key-file={}", pki.ca_key_file.display()),
@@ -403,6 +470,23 @@ impl ControlPlane {
     /// Runs `kubectl` with the admin kubeconfig; returns stdout, or an error with stderr.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         kubectl_with(&self.kubeconfig, args)
+    }
+
+    /// Every request the API server has finished so far (its audit log).
+    pub fn audit(&self) -> Vec<AuditEvent> {
+        std::fs::read_to_string(self.dir.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(AuditEvent::parse)
+            .collect()
+    }
+
+    /// Requests of `user` that the API server refused with 403 Forbidden.
+    pub fn forbidden(&self, user: &str) -> Vec<AuditEvent> {
+        self.audit()
+            .into_iter()
+            .filter(|e| e.user == user && e.code == 403)
+            .collect()
     }
 
     /// The last lines of a component's log (`etcd`, `kube-apiserver`,

@@ -103,7 +103,10 @@ impl PodNetwork {
             ip(&["link", "set", &net.bridge, "up"])?;
             return Ok(net);
         }
-        bail!("all {MAX_NETWORKS} pod networks are in use (see {})", dir.display())
+        bail!(
+            "all {MAX_NETWORKS} pod networks are in use (see {})",
+            dir.display()
+        )
     }
 
     fn bridge_exists(index: u8) -> bool {
@@ -159,7 +162,15 @@ impl PodNetwork {
                 "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns,
             ])?;
             ip(&["link", "set", &veth, "master", &self.bridge, "up"])?;
-            ip(&["-n", &netns, "addr", "add", &format!("{addr}/16"), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                &netns,
+                "addr",
+                "add",
+                &format!("{addr}/16"),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", &netns, "link", "set", "eth0", "up"])?;
             ip(&["-n", &netns, "link", "set", "lo", "up"])?;
             ip(&[

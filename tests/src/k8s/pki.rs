@@ -75,7 +75,9 @@ impl Pki {
         let serving_cert = serving.signed_by(&serving_key, &issuer)?;
 
         let mut admin = CertificateParams::new(Vec::<String>::new())?;
-        admin.distinguished_name.push(DnType::CommonName, "moim-admin");
+        admin
+            .distinguished_name
+            .push(DnType::CommonName, "moim-admin");
         admin
             .distinguished_name
             .push(DnType::OrganizationName, "system:masters");
