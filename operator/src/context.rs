@@ -8,6 +8,7 @@ use crate::metrics::Metrics;
 use crate::nodeapi::NodeAdmin;
 use crate::pod::PodSettings;
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -173,4 +174,51 @@ where
     )
     .await
     .map(drop)
+}
+
+/// Reports a refused call on the object it was for: the `Ready` condition turns False with
+/// reason `Forbidden` and the API server's message (what was refused, and who asked), other
+/// conditions kept, the rest of the status untouched (a merge patch of `status.conditions`).
+/// Best effort: when writing the status is refused too, the log line is all there is.
+pub async fn report_forbidden<K>(
+    api: &Api<K>,
+    name: &str,
+    conditions: &[Condition],
+    generation: i64,
+    refused: &str,
+    now: Timestamp,
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    tracing::error!(
+        kind = %K::kind(&()),
+        %name,
+        refused,
+        "the API server refused a call: give the operator's ServiceAccount the right (charts/moim/templates/rbac.yaml) or lift the policy that forbids it"
+    );
+    let mut out: Vec<Condition> = conditions
+        .iter()
+        .filter(|c| c.type_ != "Ready")
+        .cloned()
+        .collect();
+    out.extend(crate::conditions::settle(
+        vec![crate::conditions::Want::no(
+            "Ready",
+            "Forbidden",
+            format!("the API server refused a call of the operator: {refused}"),
+        )],
+        conditions,
+        generation,
+        now,
+    ));
+    if out.as_slice() == conditions {
+        return;
+    }
+    let patch = serde_json::json!({"status": {"conditions": out}});
+    if let Err(e) = api
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        tracing::warn!(%name, error = %e, "could not report the refusal on the object either");
+    }
 }

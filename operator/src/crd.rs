@@ -632,11 +632,35 @@ pub struct MediaPoolStatus {
 /// Every CRD, as YAML documents in a stable order (the content of `crds/`).
 pub fn crds_yaml() -> Result<Vec<(&'static str, String)>, serde_yaml::Error> {
     use kube::CustomResourceExt;
+    let yaml = |crd| -> Result<String, serde_yaml::Error> {
+        let mut v =
+            serde_json::to_value(crd).map_err(<serde_yaml::Error as serde::ser::Error>::custom)?;
+        openapi_formats(&mut v);
+        serde_yaml::to_string(&v)
+    };
     Ok(vec![
-        ("meetings.yaml", serde_yaml::to_string(&Meeting::crd())?),
-        ("medianodes.yaml", serde_yaml::to_string(&MediaNode::crd())?),
-        ("mediapools.yaml", serde_yaml::to_string(&MediaPool::crd())?),
+        ("meetings.yaml", yaml(Meeting::crd())?),
+        ("medianodes.yaml", yaml(MediaNode::crd())?),
+        ("mediapools.yaml", yaml(MediaPool::crd())?),
     ])
+}
+
+/// schemars names Rust's unsigned integers with formats OpenAPI does not know (`uint32`),
+/// which kubectl warns about on every apply ("unrecognized format"). An unsigned integer is an
+/// `int64` with `minimum: 0` (schemars writes the minimum already).
+fn openapi_formats(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(f) = m.get("format").and_then(|f| f.as_str())
+                && matches!(f, "uint" | "uint8" | "uint16" | "uint32" | "uint64")
+            {
+                m.insert("format".into(), "int64".into());
+            }
+            m.values_mut().for_each(openapi_formats);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(openapi_formats),
+        _ => {}
+    }
 }
 
 /// The schema of a pod's `resources` as moim takes it: `requests` and `limits` of quantities

@@ -32,6 +32,28 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The API server's message when it refused a call with 403 Forbidden (RBAC, or an
+    /// admission plugin such as Pod Security): retrying will not help until someone changes
+    /// the cluster, so it is reported on the object.
+    pub fn forbidden(&self) -> Option<&str> {
+        use kube::runtime::finalizer::Error as F;
+        fn api(e: &kube::Error) -> Option<&str> {
+            match e {
+                kube::Error::Api(s) if s.code == 403 => Some(s.message.as_str()),
+                _ => None,
+            }
+        }
+        match self {
+            Self::Kube(e) => api(e),
+            Self::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.forbidden(),
+                F::AddFinalizer(e) | F::RemoveFinalizer(e) => api(e),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// A short label for the errors metric (bounded set of values).
     pub fn metric_label(&self) -> &'static str {
         match self {

@@ -131,6 +131,26 @@ impl LeaderElector {
         Ok(false)
     }
 
+    /// Gives the Lease up when this replica holds it (on a clean shutdown), so that another
+    /// replica takes over at its next round instead of waiting for the Lease to expire.
+    pub async fn release(&self) -> kube::Result<()> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.me.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await?;
+        info!(lease = %self.name, "leader lease released");
+        Ok(())
+    }
+
     /// Runs the election for ever, renewing every third of the Lease's duration, and tells
     /// `leading` whether this replica leads. Losing the Lease after holding it ends the loop
     /// (the caller exits, so a former leader never keeps reconciling).

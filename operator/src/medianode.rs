@@ -31,6 +31,26 @@ pub const CONTROLLER: &str = "medianode";
 pub async fn reconcile(node: Arc<MediaNode>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let result = apply(&node, &ctx).await;
+    if let Err(e) = &result
+        && let Some(refused) = e.forbidden()
+        && let Some(ns) = node.namespace()
+    {
+        let api: Api<MediaNode> = Api::namespaced(ctx.client.clone(), &ns);
+        let conditions = node
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or(&[]);
+        crate::context::report_forbidden(
+            &api,
+            &node.name_any(),
+            conditions,
+            node.metadata.generation.unwrap_or(0),
+            refused,
+            (ctx.clock)(),
+        )
+        .await;
+    }
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     if result.is_ok() {
         ctx.succeeded(&key(&node));

@@ -42,7 +42,7 @@ pub async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Actio
         .ok_or(Error::MissingField("namespace"))?;
     let key = format!("{ns}/{}", meeting.name_any());
     let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, meeting, |event| async {
+    let result = finalizer(&api, FINALIZER, meeting.clone(), |event| async {
         match event {
             Event::Apply(m) => apply(&m, &api, &ctx).await,
             Event::Cleanup(m) => cleanup(&m, &ctx).await,
@@ -50,6 +50,20 @@ pub async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Actio
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    if let Err(e) = &result
+        && let Some(refused) = e.forbidden()
+    {
+        let conditions = previous_conditions(&meeting);
+        crate::context::report_forbidden(
+            &api,
+            &meeting.name_any(),
+            conditions,
+            generation(&meeting),
+            refused,
+            (ctx.clock)(),
+        )
+        .await;
+    }
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     if result.is_ok() {
         ctx.succeeded(&key);

@@ -39,6 +39,26 @@ pub const CONTROLLER: &str = "mediapool";
 pub async fn reconcile(pool: Arc<MediaPool>, ctx: Arc<Context>) -> Result<Action> {
     let started = Instant::now();
     let result = apply(&pool, &ctx).await;
+    if let Err(e) = &result
+        && let Some(refused) = e.forbidden()
+        && let Some(ns) = pool.namespace()
+    {
+        let api: Api<MediaPool> = Api::namespaced(ctx.client.clone(), &ns);
+        let conditions = pool
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or(&[]);
+        crate::context::report_forbidden(
+            &api,
+            &pool.name_any(),
+            conditions,
+            pool.metadata.generation.unwrap_or(0),
+            refused,
+            (ctx.clock)(),
+        )
+        .await;
+    }
     ctx.metrics.reconciled(CONTROLLER, started.elapsed());
     if result.is_ok() {
         ctx.succeeded(&key(&pool));

@@ -1,6 +1,12 @@
 //! Wiring of the running operator: watch caches, the three controllers (MediaNode, Meeting,
 //! MediaPool), leader election, and the HTTP server. Everything here is I/O; the decisions live
 //! in `placement`, `autoscale`, `join`, `leader`.
+//!
+//! Every replica serves the join API from its own watch caches of Meetings and MediaNodes (a
+//! join only reads them), and is ready once they have synced; only the replica holding the
+//! Lease reconciles. So a rolling update of a single replica completes (the new pod is ready
+//! before the old one has let the Lease go), and with two replicas joins never wait for a
+//! fail-over. A replica that stops cleanly gives the Lease up at once.
 
 use crate::api::ApiState;
 use crate::context::{Context, Settings, system_clock};
@@ -19,7 +25,7 @@ use kube::api::{Api, ListParams};
 use kube::runtime::controller::Controller;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, ResourceExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,6 +76,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 Api::all(client.clone()),
             ),
         };
+    let nodes_for_api = nodes_api.clone();
     let node_controller = Controller::new(nodes_api.clone(), watcher::Config::default()).owns(
         pods_api,
         watcher::Config::default().labels("app.kubernetes.io/managed-by=moim-operator"),
@@ -121,10 +128,38 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let pool_controller = Controller::new(pools_api, watcher::Config::default())
         .owns(nodes_for_pools, watcher::Config::default());
 
+    // The join API's own caches, filled whether or not this replica leads.
+    let (api_meetings, meetings_writer) = reflector::store::<Meeting>();
+    let (api_nodes, nodes_writer) = reflector::store::<MediaNode>();
+    tokio::spawn(
+        reflector(
+            meetings_writer,
+            watcher(meetings_api.clone(), watcher::Config::default()),
+        )
+        .default_backoff()
+        .for_each(|_| futures_util::future::ready(())),
+    );
+    tokio::spawn(
+        reflector(
+            nodes_writer,
+            watcher(nodes_for_api, watcher::Config::default()),
+        )
+        .default_backoff()
+        .for_each(|_| futures_util::future::ready(())),
+    );
     let (ready_tx, ready_rx) = watch::channel(false);
+    {
+        let (m, n) = (api_meetings.clone(), api_nodes.clone());
+        tokio::spawn(async move {
+            let _ = m.wait_until_ready().await;
+            let _ = n.wait_until_ready().await;
+            info!("caches synced: serving joins");
+            let _ = ready_tx.send(true);
+        });
+    }
     let api_state = Arc::new(ApiState {
-        meetings: meetings.clone(),
-        nodes: nodes.clone(),
+        meetings: api_meetings,
+        nodes: api_nodes,
         metrics: metrics.clone(),
         api_keys: opts.api_keys.clone(),
         token_secret: opts.token_secret.clone(),
@@ -145,18 +180,31 @@ pub async fn run(opts: RunOptions) -> Result<()> {
 
     // Leader election: wait for the Lease; losing it later ends the process.
     let (leading_tx, mut leading_rx) = watch::channel(opts.lease.is_none());
-    if let Some((name, ns)) = &opts.lease {
-        let elector = LeaderElector::new(
+    let elector = |name: &str, ns: &str| {
+        LeaderElector::new(
             Api::<Lease>::namespaced(client.clone(), ns),
             name,
             &opts.identity,
             Duration::from_secs(15),
-        );
-        tokio::spawn(elector.run(leading_tx, clock.clone()));
+        )
+    };
+    if let Some((name, ns)) = &opts.lease {
+        tokio::spawn(elector(name, ns).run(leading_tx, clock.clone()));
         info!(lease = %name, "waiting to lead");
-        while !*leading_rx.borrow_and_update() {
-            if leading_rx.changed().await.is_err() {
+        tokio::select! {
+            led = async {
+                while !*leading_rx.borrow_and_update() {
+                    if leading_rx.changed().await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            } => if !led {
                 return Err(Error::Config("leader election stopped".into()));
+            },
+            _ = stop_signal() => {
+                info!("stopped before leading");
+                return Ok(());
             }
         }
     }
@@ -182,12 +230,6 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .shutdown_on_signal()
         .run(pool::reconcile, pool::error_policy, ctx.clone())
         .for_each(|_| futures_util::future::ready(()));
-    let ready_when_synced = async {
-        let _ = meetings.wait_until_ready().await;
-        let _ = nodes.wait_until_ready().await;
-        let _ = ready_tx.send(true);
-        futures_util::future::pending::<()>().await
-    };
     let lost = async {
         while *leading_rx.borrow_and_update() {
             if leading_rx.changed().await.is_err() {
@@ -197,11 +239,30 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     tokio::select! {
         _ = futures_util::future::join3(node_run, meeting_run, pool_run) => info!("controllers stopped"),
-        _ = ready_when_synced => {}
         _ = lost => {
             metrics.leader.set(0);
             return Err(Error::Config("lost the leader lease".into()));
         }
     }
+    metrics.leader.set(0);
+    if let Some((name, ns)) = &opts.lease
+        && let Err(e) = elector(name, ns).release().await
+    {
+        tracing::warn!(error = %e, "could not release the leader lease; it expires on its own");
+    }
     Ok(())
+}
+
+/// SIGTERM or Ctrl-C.
+async fn stop_signal() {
+    #[cfg(unix)]
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        return;
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -304,7 +304,7 @@ async fn every_refusal_is_a_clear_error() {
         .await
         .expect("send");
     assert_eq!(r.status().as_u16(), 413);
-    // A replica that does not lead serves no joins and says so on /readyz.
+    // A replica whose caches have not synced serves no joins and says so on /readyz.
     ready.send(false).expect("send");
     let (got, answer) = join(&base, Some("new-key"), ok_body).await;
     assert_eq!((got, answer["error"].as_str()), (503, Some("unavailable")));

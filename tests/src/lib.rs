@@ -237,6 +237,22 @@ fn chromium_path() -> String {
 impl Browser {
     /// Starts ChromeDriver and a fresh Chromium profile.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(&[]).await
+    }
+
+    /// [`Browser::start`] for pages at `origins` other than localhost: Chromium gives the
+    /// camera only to secure contexts, so these plain-HTTP origins are treated as secure (what
+    /// a real deployment gets from TLS in front of the nodes).
+    pub async fn start_for(origins: &[String]) -> anyhow::Result<Self> {
+        Self::start_with(&[format!(
+            "--unsafely-treat-insecure-origin-as-secure={}",
+            origins.join(",")
+        )])
+        .await
+    }
+
+    /// [`Browser::start`] with extra Chromium arguments.
+    pub async fn start_with(extra: &[String]) -> anyhow::Result<Self> {
         // reqwest and fantoccini both use rustls; pick its crypto provider once.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_tcp_port();
@@ -270,6 +286,7 @@ impl Browser {
             "--auto-select-desktop-capture-source=Entire screen".into(),
             format!("--user-data-dir={}", profile.display()),
         ];
+        let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),

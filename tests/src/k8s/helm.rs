@@ -187,7 +187,7 @@ pub fn apply(cp: &super::ControlPlane, objects: &[&Value]) -> anyhow::Result<()>
         .join(format!("apply-{}.yaml", crate::free_tcp_port()));
     let text: Vec<String> = objects
         .iter()
-        .map(|o| serde_yaml::to_string(o))
+        .map(serde_yaml::to_string)
         .collect::<Result<_, _>>()?;
     std::fs::write(&file, text.join("---\n"))?;
     cp.kubectl(&["apply", "--server-side", "-f", &file.to_string_lossy()])?;
@@ -208,7 +208,7 @@ pub fn saw_full_reconcile(events: &[super::AuditEvent], user: &str) -> bool {
             .iter()
             .any(|e| e.user == user && e.verb == "patch" && e.resource == resource && e.code == 201)
     };
-    has("create", "leases")
+    has("update", "leases")
         && has("patch", "meetings")
         && has("get", "pods")
         && created("pods")

@@ -1167,11 +1167,11 @@ impl PodRun {
             }
             let now = Instant::now();
             for i in 0..self.containers.len() {
-                if self.containers[i].next_start.is_some_and(|t| t <= now) {
-                    if let Err(e) = self.start(agent, i) {
-                        tracing::warn!(pod = %key(&self.pod), error = %e, "container did not start");
-                        self.containers[i].last_exit = Some((128, e.to_string()));
-                    }
+                if self.containers[i].next_start.is_some_and(|t| t <= now)
+                    && let Err(e) = self.start(agent, i)
+                {
+                    tracing::warn!(pod = %key(&self.pod), error = %e, "container did not start");
+                    self.containers[i].last_exit = Some((128, e.to_string()));
                 }
             }
             // Exits.

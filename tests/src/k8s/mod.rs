@@ -83,6 +83,10 @@ pub struct AuditEvent {
     pub code: u16,
     /// The request URI.
     pub uri: String,
+    /// The pod a bound service-account token was issued for (which replica called).
+    pub pod: Option<String>,
+    /// When the API server finished it (RFC 3339, microseconds).
+    pub time: String,
 }
 
 impl AuditEvent {
@@ -102,6 +106,10 @@ impl AuditEvent {
             name: o["name"].as_str().map(str::to_owned),
             code: u16::try_from(v["responseStatus"]["code"].as_u64().unwrap_or(0)).unwrap_or(0),
             uri: v["requestURI"].as_str().unwrap_or_default().to_owned(),
+            pod: v["user"]["extra"]["authentication.kubernetes.io/pod-name"][0]
+                .as_str()
+                .map(str::to_owned),
+            time: v["stageTimestamp"].as_str().unwrap_or_default().to_owned(),
         })
     }
 }
@@ -332,7 +340,7 @@ impl ControlPlane {
         )?;
 
         let kubeconfig = dir.join("admin.kubeconfig");
-        std::fs::write(
+        write_private(
             &kubeconfig,
             kubeconfig_yaml(
                 &server,
@@ -460,7 +468,7 @@ impl ControlPlane {
         let path = self
             .dir
             .join(format!("{namespace}-{service_account}.kubeconfig"));
-        std::fs::write(
+        write_private(
             &path,
             kubeconfig_yaml(&self.server, &self.ca_pem, User::Token(&token)),
         )?;
@@ -512,6 +520,14 @@ impl Drop for ControlPlane {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Writes a credential file readable by its owner only (kubectl and helm warn otherwise).
+fn write_private(path: &Path, text: String) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(())
 }
 
 /// Runs `kubectl --kubeconfig KUBECONFIG args…`.
