@@ -178,13 +178,16 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         }
     });
 
-    // Leader election: wait for the Lease; losing it later ends the process.
+    // Leader election: wait for the Lease; losing it later ends the process. The identity is
+    // the pod's name and a random suffix, as client-go's: a container restarted in the same
+    // pod (after a crash, within the Lease's duration) must not take itself for the holder.
     let (leading_tx, mut leading_rx) = watch::channel(opts.lease.is_none());
+    let me = format!("{}_{:08x}", opts.identity, rand::random::<u32>());
     let elector = |name: &str, ns: &str| {
         LeaderElector::new(
             Api::<Lease>::namespaced(client.clone(), ns),
             name,
-            &opts.identity,
+            &me,
             Duration::from_secs(15),
         )
     };

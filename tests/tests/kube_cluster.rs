@@ -503,3 +503,306 @@ async fn helm_install_a_meeting_across_two_regions_upgrade_and_uninstall() -> an
     ])?;
     Ok(())
 }
+
+/// Regions of the meeting's nodes, and the meeting's `status.observedGeneration`.
+fn placed(st: &Value) -> (Vec<String>, i64) {
+    let mut regions: Vec<String> = st["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n["region"].as_str().map(str::to_owned))
+        .collect();
+    regions.sort();
+    (regions, st["observedGeneration"].as_i64().unwrap_or(0))
+}
+
+/// The Lease holder: the pod name part of its identity (`<pod>_<random>`) and the whole.
+fn lease_holder(m: &Moim) -> anyhow::Result<Option<(String, String)>> {
+    let id = m.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        "moim-system",
+        "moim-operator",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])?;
+    Ok((!id.is_empty()).then(|| {
+        let pod = id
+            .rsplit_once('_')
+            .map_or(id.as_str(), |(p, _)| p)
+            .to_owned();
+        (pod, id.clone())
+    }))
+}
+
+const WRITES: [&str; 4] = ["create", "update", "patch", "delete"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_change_edits_conflicts_leader_handover_pod_loss_and_too_few_rights()
+-> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let m = Moim::install("operator: {replicas: 2}\n").await?;
+    m.apply(MEETING)?;
+    m.wait_running(Duration::from_secs(60)).await?;
+
+    // An edit of the running Meeting reaches the operator through its watch and is re-placed.
+    let edited = Instant::now();
+    m.kubectl(&[
+        "patch",
+        "meeting",
+        "-n",
+        "team",
+        "standup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"participants":{"perRegion":{"seoul":3,"frankfurt":null}}}}"#,
+    ])?;
+    m.wait(
+        "the edit re-placed on seoul alone",
+        Duration::from_secs(30),
+        || Ok((placed(&m.meeting()?["status"]) == (vec!["seoul".to_owned()], 2)).then_some(())),
+    )
+    .await?;
+    println!("edit to re-placed: {:.1} s", edited.elapsed().as_secs_f64());
+    m.kubectl(&[
+        "patch",
+        "meeting",
+        "-n",
+        "team",
+        "standup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"participants":{"perRegion":{"seoul":3,"frankfurt":2}}}}"#,
+    ])?;
+    m.wait_running(Duration::from_secs(30)).await?;
+
+    // Another field manager writes a field the operator owns: the operator takes it back (its
+    // applies force ownership of the status it computes) and keeps reconciling edits.
+    m.kubectl(&[
+        "patch",
+        "meeting",
+        "-n",
+        "team",
+        "standup",
+        "--subresource=status",
+        "--type=merge",
+        "--field-manager=intruder",
+        "-p",
+        r#"{"status":{"phase":"Failed","regionSummary":"nowhere"}}"#,
+    ])?;
+    m.wait(
+        "the operator's status back",
+        Duration::from_secs(40),
+        || {
+            let st = m.meeting()?["status"].clone();
+            Ok(
+                (st["phase"] == "Running" && st["regionSummary"] == "frankfurt:1,seoul:1")
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    m.kubectl(&[
+        "patch",
+        "meeting",
+        "-n",
+        "team",
+        "standup",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"title":"Standup, renamed"}}"#,
+    ])?;
+    m.wait("the next edit observed", Duration::from_secs(30), || {
+        Ok((placed(&m.meeting()?["status"]).1 == 4).then_some(()))
+    })
+    .await?;
+
+    // Two replicas: both serve joins, one holds the Lease. SIGKILL the holder: the Lease moves
+    // within its duration (15 s), and only the holder of the moment writes.
+    let (leader, leader_id) = m
+        .wait("a Lease holder", Duration::from_secs(30), || {
+            lease_holder(&m)
+        })
+        .await?;
+    let nodes_before = m.kubectl(&["get", "medianodes", "-n", "moim-system", "-o", "name"])?;
+    let placed_before = placed(&m.meeting()?["status"]);
+    let pid = m
+        .cluster
+        .kubelet
+        .pid("moim-system", &leader)
+        .ok_or_else(|| anyhow::anyhow!("no process for {leader}"))?;
+    let killed_at = k8s_openapi::jiff::Timestamp::now();
+    let killed = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    let (new_leader, _) = m
+        .wait("another Lease holder", Duration::from_secs(40), || {
+            Ok(lease_holder(&m)?.filter(|(_, id)| *id != leader_id))
+        })
+        .await?;
+    let handover = killed.elapsed();
+    println!(
+        "leader {leader} SIGKILLed; {new_leader} holds the Lease after {:.1} s",
+        handover.as_secs_f64()
+    );
+    assert!(handover <= Duration::from_secs(21), "{handover:?}");
+    let took_over = k8s_openapi::jiff::Timestamp::now();
+    // The new leader reconciles: a node's status report is written again.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let writes: Vec<_> = m
+        .cluster
+        .control_plane
+        .audit()
+        .into_iter()
+        .filter(|e| {
+            e.user == OPERATOR_USER
+                && WRITES.contains(&e.verb.as_str())
+                && e.resource != "leases"
+                && e.resource != "events"
+        })
+        .collect();
+    let at = |e: &moim_e2e::k8s::AuditEvent| e.time.parse::<k8s_openapi::jiff::Timestamp>().ok();
+    let before: Vec<_> = writes
+        .iter()
+        .filter(|e| at(e).is_some_and(|t| t < killed_at))
+        .collect();
+    let after: Vec<_> = writes
+        .iter()
+        .filter(|e| at(e).is_some_and(|t| t > took_over))
+        .collect();
+    assert!(!before.is_empty() && !after.is_empty(), "{writes:#?}");
+    assert!(
+        before
+            .iter()
+            .all(|e| e.pod.as_deref() == Some(leader.as_str())),
+        "writes before the kill by another replica than {leader}: {before:#?}"
+    );
+    assert!(
+        after
+            .iter()
+            .all(|e| e.pod.as_deref() == Some(new_leader.as_str())),
+        "writes after the hand-over by another replica than {new_leader}: {after:#?}"
+    );
+    // Nothing placed twice: the same MediaNodes, the same placement.
+    assert_eq!(
+        m.kubectl(&["get", "medianodes", "-n", "moim-system", "-o", "name"])?,
+        nodes_before
+    );
+    assert_eq!(placed(&m.meeting()?["status"]), placed_before);
+
+    // `kubectl delete pod` of a media pod: its MediaNode is Gone, the pool replaces it, and
+    // the meeting is placed on the new node.
+    let st = m.meeting()?["status"].clone();
+    let old_frankfurt = st["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["region"] == "frankfurt")
+        .and_then(|n| n["node"].as_str().map(str::to_owned))
+        .ok_or_else(|| anyhow::anyhow!("no frankfurt node in {st}"))?;
+    let deleted = Instant::now();
+    m.kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        "moim-system",
+        &old_frankfurt,
+        "--wait=false",
+    ])?;
+    let new_frankfurt = m
+        .wait(
+            "the meeting on a new frankfurt node",
+            Duration::from_secs(90),
+            || {
+                let st = m.meeting()?["status"].clone();
+                let node = st["nodes"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|n| n["region"] == "frankfurt")
+                    .and_then(|n| n["node"].as_str().map(str::to_owned));
+                Ok(node.filter(|n| *n != old_frankfurt && st["phase"] == "Running"))
+            },
+        )
+        .await?;
+    println!(
+        "media pod {old_frankfurt} deleted; the meeting runs on {new_frankfurt} after {:.1} s",
+        deleted.elapsed().as_secs_f64()
+    );
+    let forbidden = m.forbidden();
+    assert!(
+        forbidden.is_empty(),
+        "RBAC refused the operator: {forbidden:#?}"
+    );
+
+    // Too few rights: without pods create/patch, a new MediaNode's pod cannot be made. The
+    // operator says so on the MediaNode and keeps running (no crash loop); given the right
+    // back, it makes the pod.
+    let restarts = |m: &Moim| -> anyhow::Result<i64> {
+        let pods = m.json(&[
+            "get",
+            "pods",
+            "-n",
+            "moim-system",
+            "-l",
+            "app.kubernetes.io/component=operator",
+        ])?;
+        Ok(pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                p["status"]["containerStatuses"][0]["restartCount"]
+                    .as_i64()
+                    .unwrap_or(0)
+            })
+            .sum())
+    };
+    let restarts_before = restarts(&m)?;
+    let role = m.json(&["get", "clusterrole", "moim-operator"])?;
+    let mut narrowed = role.clone();
+    if let Some(rules) = narrowed["rules"].as_array_mut() {
+        rules.retain(|r| r["resources"] != serde_json::json!(["pods"]));
+    }
+    narrowed["metadata"] = serde_json::json!({"name": "moim-operator"});
+    m.apply(&serde_json::to_string(&narrowed)?)?;
+    m.apply(
+        "apiVersion: media.moim.dev/v1alpha1\nkind: MediaNode\nmetadata: {name: extra, namespace: moim-system}\nspec: {region: seoul, capacity: 5}\n",
+    )?;
+    let message = m
+        .wait(
+            "the refusal on the MediaNode",
+            Duration::from_secs(40),
+            || {
+                let n = m.json(&["get", "medianode", "-n", "moim-system", "extra"])?;
+                Ok(n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "Ready" && c["reason"] == "Forbidden")
+                    .and_then(|c| c["message"].as_str().map(str::to_owned)))
+            },
+        )
+        .await?;
+    println!("MediaNode extra: Ready=False, Forbidden: {message}");
+    assert!(message.contains("pods"), "{message}");
+    assert!(!m.forbidden().is_empty());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(restarts(&m)?, restarts_before, "the operator crash-looped");
+    // The right back: the pod is made and the node turns Ready.
+    let mut restored = role.clone();
+    restored["metadata"] = serde_json::json!({"name": "moim-operator"});
+    m.apply(&serde_json::to_string(&restored)?)?;
+    m.wait(
+        "the MediaNode Ready once allowed",
+        Duration::from_secs(120),
+        || {
+            let n = m.json(&["get", "medianode", "-n", "moim-system", "extra"])?;
+            Ok((n["status"]["phase"] == "Ready").then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}

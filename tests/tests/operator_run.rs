@@ -89,7 +89,7 @@ async fn the_operator_binary_leads_reconciles_and_stops_cleanly() -> anyhow::Res
         "-o",
         "jsonpath={.spec.holderIdentity}",
     ])?;
-    assert_eq!(holder, "operator-test-0");
+    assert!(holder.starts_with("operator-test-0_"), "{holder}");
 
     // The pool's autoscaler looked: its figures are exported, and promtool accepts the text.
     let metrics = reqwest::get(format!("{}/metrics", op.base))
