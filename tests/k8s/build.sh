@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the test control plane (etcd, kube-apiserver, kube-controller-manager) from the Go
+# Builds the test control plane (etcd, kube-apiserver, kube-controller-manager, and a kubectl of
+# the same version) from the Go
 # module proxy, at the versions pinned by tests/k8s/kube/go.mod and tests/k8s/etcd/go.mod,
 # into a cache outside the repository. A warm cache whose pins have not changed is reused at
 # once; otherwise Go's own build cache makes a rebuild incremental.
@@ -22,7 +23,8 @@ kube_version=$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$here/kube/go.mod")
 stamp=$(cat "$here/build.sh" "$here/kube/go.mod" "$here/kube/go.sum" "$here/etcd/go.mod" \
   "$here/etcd/go.sum" "$here/etcd/main.go" | sha256sum | cut -c1-16)
 if [ -f "$bin/.stamp" ] && [ "$(cat "$bin/.stamp")" = "$stamp" ] &&
-  [ -x "$bin/etcd" ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ]; then
+  [ -x "$bin/etcd" ] && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] &&
+  [ -x "$bin/kubectl" ]; then
   echo "$bin"
   exit 0
 fi
@@ -37,9 +39,10 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
   ldflags+=" -X $pkg.gitVersion=$kube_version -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-echo "building kube-apiserver and kube-controller-manager $kube_version into $bin" >&2
+echo "building kube-apiserver, kube-controller-manager and kubectl $kube_version into $bin" >&2
 (cd "$here/kube" && go build -trimpath -ldflags "-s -w $ldflags" -o "$bin/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager)
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kubectl)
 echo "building etcd into $bin" >&2
 (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$bin/etcd" .)
 echo "$stamp" > "$bin/.stamp"

@@ -360,6 +360,14 @@ async fn helm_install_a_meeting_across_two_regions_upgrade_and_uninstall() -> an
         )
         .await?;
     println!("$ kubectl get mtg,mn,mp -A\n{shown}");
+    println!(
+        "$ kubectl get mtg standup -n team -o jsonpath='{{.status.conditions}}'\n{}",
+        m.kubectl(&["get", "mtg", "standup", "-n", "team", "-o", "jsonpath={.status.conditions}"])?
+    );
+    println!(
+        "$ kubectl get pods -n moim-system -o wide\n{}",
+        m.kubectl(&["get", "pods", "-n", "moim-system", "-o", "wide"])?
+    );
     assert!(shown.contains("frankfurt:1,seoul:1"), "{shown}");
     a.close().await;
     b.close().await;

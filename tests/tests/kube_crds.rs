@@ -312,7 +312,7 @@ async fn examples_are_accepted(cp: &ControlPlane) -> anyhow::Result<()> {
     for f in files {
         // As a user runs it: kubectl's client-side validation reads the CRD's schema too, and
         // warns about anything it does not understand.
-        let out = std::process::Command::new("kubectl")
+        let out = std::process::Command::new(moim_e2e::k8s::kubectl_binary())
             .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
             .args(["apply", "-n", "examples", "-f"])
             .arg(&f)

@@ -272,17 +272,9 @@ impl Drop for Kubelet {
             kill_group(*pid, "KILL");
         }
         let nodes = std::mem::take(&mut *lock(&self.agent.nodes));
-        // Namespaces go once their processes have (a moment for the kernel to reap them).
+        // A moment for the kernel to reap them, then their machines go (the pod network
+        // removes the pods' namespaces when it is dropped).
         std::thread::sleep(Duration::from_millis(100));
-        for pod_dir in std::fs::read_dir(&self.agent.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            if let Ok(ns) = std::fs::read_to_string(pod_dir.path().join("netns")) {
-                let _ = super::net::ip(&["netns", "del", ns.trim()]);
-            }
-        }
         for n in nodes.values() {
             self.agent.network.remove_host(&n.host);
         }
@@ -970,7 +962,6 @@ impl PodRun {
             (None, node_host.netns.clone(), node_host.ip)
         } else {
             let h = agent.network.add_host(&pod.name_any())?;
-            std::fs::write(dir.join("netns"), &h.netns)?;
             (Some(h.clone()), h.netns, h.ip)
         };
         let psc = spec.security_context.clone().unwrap_or_default();

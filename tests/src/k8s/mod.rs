@@ -530,9 +530,20 @@ fn write_private(path: &Path, text: String) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `kubectl`: the one `tests/k8s/build.sh` builds with the control plane (same version, no
+/// skew warnings), else the one on the PATH.
+pub fn kubectl_binary() -> PathBuf {
+    let built = binaries_dir().join("kubectl");
+    if built.exists() {
+        built
+    } else {
+        "kubectl".into()
+    }
+}
+
 /// Runs `kubectl --kubeconfig KUBECONFIG args…`.
 pub fn kubectl_with(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("kubectl")
+    let out = Command::new(kubectl_binary())
         .arg(format!("--kubeconfig={}", kubeconfig.display()))
         .args(args)
         .stdin(Stdio::null())

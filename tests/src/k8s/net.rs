@@ -49,7 +49,8 @@ pub struct PodNetwork {
     index: u8,
     bridge: String,
     next_host: AtomicU32,
-    hosts: Mutex<Vec<String>>,
+    /// Namespaces and veths made, to remove on drop.
+    hosts: Mutex<Vec<(String, String)>>,
 }
 
 /// A network namespace on the pod network: a Node's host, or one pod.
@@ -59,6 +60,8 @@ pub struct NetHost {
     pub netns: String,
     /// Its address.
     pub ip: Ipv4Addr,
+    /// The root namespace's end of its veth pair.
+    veth: String,
 }
 
 impl PodNetwork {
@@ -123,6 +126,13 @@ impl PodNetwork {
                 {
                     let _ = ip(&["netns", "del", name]);
                 }
+            }
+        }
+        let veths = format!("mv{index}x");
+        for link in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+            let name = link.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&veths) {
+                let _ = ip(&["link", "del", &name]);
             }
         }
         if Self::bridge_exists(index) {
@@ -191,25 +201,34 @@ impl PodNetwork {
         self.hosts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(netns.clone());
-        Ok(NetHost { netns, ip: addr })
+            .push((netns.clone(), veth.clone()));
+        Ok(NetHost {
+            netns,
+            ip: addr,
+            veth,
+        })
     }
 
-    /// Removes a namespace (its veth goes with it). Its processes must have exited.
+    /// Removes a namespace and its veth pair. Its processes must have exited. The veth is
+    /// deleted from this side: a namespace outlives its processes while the kernel still
+    /// holds sockets of theirs (a TCP connection closing towards a peer that is gone), and its
+    /// veth with it.
     pub fn remove_host(&self, host: &NetHost) {
+        let _ = ip(&["link", "del", &host.veth]);
         let _ = ip(&["netns", "del", &host.netns]);
         self.hosts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|h| h != &host.netns);
+            .retain(|(n, _)| n != &host.netns);
     }
 }
 
 impl Drop for PodNetwork {
     fn drop(&mut self) {
         let hosts = std::mem::take(&mut *self.hosts.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in hosts {
-            let _ = ip(&["netns", "del", &h]);
+        for (netns, veth) in hosts {
+            let _ = ip(&["link", "del", &veth]);
+            let _ = ip(&["netns", "del", &netns]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
         let _ = std::fs::remove_file(claims_dir().join(self.index.to_string()));
