@@ -307,14 +307,24 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings, public: Option<&PublicAddres
             envs.push(env("MOIM_PUBLIC_IP", ip.clone()));
         }
     }
-    if s.host_network || s.host_port || public.is_some_and(|p| p.ip.is_none()) {
-        // ICE candidates carry the host's address.
+    // ICE candidates carry the address clients reach the node at: the host's (host network,
+    // host port, node port), the load balancer's (set above), or else the pod's own (a
+    // routable pod network). The node binds every address and needs to be told which.
+    let public_field = if s.host_network || s.host_port || public.is_some_and(|p| p.ip.is_none())
+    {
+        Some("status.hostIP")
+    } else if public.is_none() {
+        Some("status.podIP")
+    } else {
+        None
+    };
+    if let Some(field) = public_field {
         envs.push(EnvVar {
             name: "MOIM_PUBLIC_IP".to_owned(),
             value: None,
             value_from: Some(EnvVarSource {
                 field_ref: Some(ObjectFieldSelector {
-                    field_path: "status.hostIP".to_owned(),
+                    field_path: field.to_owned(),
                     api_version: None,
                 }),
                 ..EnvVarSource::default()
@@ -554,6 +564,37 @@ mod tests {
             ..s.clone()
         };
         assert_eq!(host.relay_address(&pod).as_deref(), Some("192.0.2.7:7882"));
+    }
+
+    /// The field a pod's `MOIM_PUBLIC_IP` comes from, if any.
+    fn public_ip_field(pod: &Pod) -> Option<String> {
+        pod.spec.as_ref()?.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "MOIM_PUBLIC_IP")
+            .and_then(|e| Some(e.value_from.as_ref()?.field_ref.as_ref()?.field_path.clone()))
+    }
+
+    #[test]
+    fn every_exposure_tells_the_node_its_public_address() {
+        // Found on a real control plane: with the pod's own address (media.exposure podIP)
+        // the node bound 0.0.0.0 without knowing what to put in its ICE candidates, and
+        // exited at start.
+        let pod_ip = media_pod(&node(), &PodSettings::default(), None).expect("pod");
+        assert_eq!(public_ip_field(&pod_ip).as_deref(), Some("status.podIP"));
+        let host = PodSettings {
+            host_network: true,
+            ..PodSettings::default()
+        };
+        let pod = media_pod(&node(), &host, None).expect("pod");
+        assert_eq!(public_ip_field(&pod).as_deref(), Some("status.hostIP"));
+        let lb = PublicAddress {
+            ip: Some("203.0.113.9".into()),
+            port: 7881,
+        };
+        let pod = media_pod(&node(), &PodSettings::default(), Some(&lb)).expect("pod");
+        assert_eq!(public_ip_field(&pod), None);
     }
 
     #[test]

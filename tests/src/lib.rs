@@ -9,6 +9,7 @@ pub mod cascade_bench;
 pub mod impair;
 pub mod janus;
 pub mod k8s;
+pub mod kube_bench;
 pub mod loadgen;
 pub mod placement_bench;
 pub mod sfu_bench;

@@ -25,6 +25,9 @@ enum Bench {
     /// Two linked media-nodes: latency added per relay hop, relay packets per core-second,
     /// and the link's wire overhead over the media it carries.
     Cascade(moim_e2e::cascade_bench::CascadeArgs),
+    /// The operator on a real Kubernetes control plane: start-up, `kubectl apply` to Running,
+    /// reconciles per second and memory with many meetings on real media pods.
+    Kube(moim_e2e::kube_bench::KubeArgs),
     /// The autoscaler: a traffic curve (steady, surge, webinar, follow-the-sun) replayed
     /// through the real scaling and placement decisions on a simulated fleet.
     Autoscale(moim_e2e::autoscale_bench::AutoscaleArgs),
@@ -52,6 +55,24 @@ async fn main() -> anyhow::Result<()> {
         Bench::Autoscale(args) => {
             let out = moim_e2e::autoscale_bench::run(&args)?;
             if args.json {
+                println!("{out}");
+            }
+            Ok(())
+        }
+        Bench::Kube(args) => {
+            // Its own runtime with worker threads: the test kubelet's tasks run while the
+            // bench waits on helm and kubectl.
+            let json = args.json;
+            let out = std::thread::spawn(move || -> anyhow::Result<serde_json::Value> {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?
+                    .block_on(moim_e2e::kube_bench::run(&args))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the kube bench panicked"))??;
+            if json {
                 println!("{out}");
             }
             Ok(())
