@@ -307,3 +307,30 @@ pub(crate) fn meetings_of(r: &NodeStatus) -> BTreeMap<String, u32> {
     }
     out
 }
+
+/// A hash of what the meetings placed on `node` depend on: where it is, whether it takes
+/// meetings, its addresses, the meetings it reports and their participant counts. The meeting
+/// controller wakes a node's meetings only when this changes, not on every report (each
+/// carries a new `lastReport` time: with 50 nodes and 1,000 meetings that was 200 needless
+/// reconciles a second).
+pub fn placement_relevant(node: &MediaNode) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let s = &node.spec;
+    (&s.region, &s.zone, s.capacity, s.drain, s.evacuate).hash(&mut h);
+    node.metadata.deletion_timestamp.is_some().hash(&mut h);
+    if let Some(st) = &node.status {
+        (
+            st.phase.map(|p| p as u8),
+            &st.admin_url,
+            &st.signalling_url,
+            &st.relay_address,
+            &st.meetings,
+        )
+            .hash(&mut h);
+        for c in &st.conditions {
+            (&c.type_, &c.status).hash(&mut h);
+        }
+    }
+    h.finish()
+}

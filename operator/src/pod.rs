@@ -310,8 +310,7 @@ pub fn media_pod(node: &MediaNode, s: &PodSettings, public: Option<&PublicAddres
     // ICE candidates carry the address clients reach the node at: the host's (host network,
     // host port, node port), the load balancer's (set above), or else the pod's own (a
     // routable pod network). The node binds every address and needs to be told which.
-    let public_field = if s.host_network || s.host_port || public.is_some_and(|p| p.ip.is_none())
-    {
+    let public_field = if s.host_network || s.host_port || public.is_some_and(|p| p.ip.is_none()) {
         Some("status.hostIP")
     } else if public.is_none() {
         Some("status.podIP")
@@ -573,7 +572,16 @@ mod tests {
             .iter()
             .flatten()
             .find(|e| e.name == "MOIM_PUBLIC_IP")
-            .and_then(|e| Some(e.value_from.as_ref()?.field_ref.as_ref()?.field_path.clone()))
+            .and_then(|e| {
+                Some(
+                    e.value_from
+                        .as_ref()?
+                        .field_ref
+                        .as_ref()?
+                        .field_path
+                        .clone(),
+                )
+            })
     }
 
     #[test]

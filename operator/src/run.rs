@@ -98,12 +98,20 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     ));
     // A node's change (lost, drained, new load) wakes the meetings it hosts.
     let mapper_ctx = ctx.clone();
+    let seen_nodes = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
     let meeting_controller = Controller::new(meetings_api.clone(), watcher::Config::default())
         .watches(
             nodes_api,
             watcher::Config::default(),
             move |node: MediaNode| {
                 let name = node.name_any();
+                // Only a change that matters to placement wakes the node's meetings.
+                let hash = medianode::placement_relevant(&node);
+                let mut seen = seen_nodes.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.insert(name.clone(), hash) == Some(hash) {
+                    return Vec::new();
+                }
+                drop(seen);
                 let ledger = mapper_ctx.ledger();
                 ledger
                     .meetings_on(&name)

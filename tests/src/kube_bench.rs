@@ -70,10 +70,14 @@ fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
 
 /// The operator's reconcile count for `controller`, from its metrics.
 async fn reconciles(http: &reqwest::Client, base: &str, controller: &str) -> anyhow::Result<f64> {
-    let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
-    let key = format!(
-        "moim_operator_reconcile_duration_seconds_count{{controller=\"{controller}\"}}"
-    );
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let key =
+        format!("moim_operator_reconcile_duration_seconds_count{{controller=\"{controller}\"}}");
     Ok(crate::sample(&text, &key).unwrap_or(0.0))
 }
 
@@ -101,8 +105,10 @@ pub async fn run(args: &KubeArgs) -> anyhow::Result<Value> {
         .await?;
         startups.push(cp.startup.as_secs_f64() * 1000.0);
     }
-    let startup_p50 = percentile(startups.clone(), 50.0);
-    println!("control plane start-up (etcd + kube-apiserver to /readyz): p50 {startup_p50:.0} ms over {startups:.0?}");
+    let startup_p50 = percentile(startups.clone(), 0.5);
+    println!(
+        "control plane start-up (etcd + kube-apiserver to /readyz): p50 {startup_p50:.0} ms over {startups:.0?}"
+    );
 
     // A cluster: enough Nodes for the media pods (8 CPUs each, pods of 0.1 CPU).
     let per_region = args.nodes.div_ceil(2);
@@ -165,7 +171,10 @@ pub async fn run(args: &KubeArgs) -> anyhow::Result<Value> {
         if ready >= args.nodes as usize {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "only {ready} media nodes became Ready");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {ready} media nodes became Ready"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     println!(
@@ -209,10 +218,13 @@ pub async fn run(args: &KubeArgs) -> anyhow::Result<Value> {
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let (apply_p50, apply_p99) = (
-        percentile(latencies.clone(), 50.0),
-        percentile(latencies.clone(), 99.0),
+        percentile(latencies.clone(), 0.5),
+        percentile(latencies.clone(), 0.99),
     );
-    println!("apply to Running (two regions, relay link): p50 {apply_p50:.0} ms, p99 {apply_p99:.0} ms over {} meetings", latencies.len());
+    println!(
+        "apply to Running (two regions, relay link): p50 {apply_p50:.0} ms, p99 {apply_p99:.0} ms over {} meetings",
+        latencies.len()
+    );
 
     // Many meetings at once.
     let before = reconciles(&http, &op_base, "meeting").await?;

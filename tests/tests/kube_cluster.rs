@@ -362,7 +362,15 @@ async fn helm_install_a_meeting_across_two_regions_upgrade_and_uninstall() -> an
     println!("$ kubectl get mtg,mn,mp -A\n{shown}");
     println!(
         "$ kubectl get mtg standup -n team -o jsonpath='{{.status.conditions}}'\n{}",
-        m.kubectl(&["get", "mtg", "standup", "-n", "team", "-o", "jsonpath={.status.conditions}"])?
+        m.kubectl(&[
+            "get",
+            "mtg",
+            "standup",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.status.conditions}"
+        ])?
     );
     println!(
         "$ kubectl get pods -n moim-system -o wide\n{}",

@@ -129,7 +129,11 @@ impl PodNetwork {
             }
         }
         let veths = format!("mv{index}x");
-        for link in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
+        for link in std::fs::read_dir("/sys/class/net")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = link.file_name().to_string_lossy().into_owned();
             if name.starts_with(&veths) {
                 let _ = ip(&["link", "del", &name]);
