@@ -542,7 +542,12 @@ impl ControlledSelector for Agent {
                     // previously sent by this pair produced a successful response and
                     // generated a valid pair (Section 7.2.5.3.2).  The agent sets the
                     // nominated flag value of the valid pair to true.
-                    if self.get_selected_pair().is_none() {
+                    //
+                    // moim patch: follow a later nomination of another pair too. Browsers
+                    // re-nominate when they move to a better local candidate (another
+                    // interface); keeping the first pair sent media to a path the browser had
+                    // left, and the pair's consent then ran out (disconnected, then failed).
+                    if self.get_selected_pair() != Some(pair_index) {
                         self.set_selected_pair(Some(now), Some(pair_index));
                     }
                     self.send_binding_success(now, m, local_index, remote_index);
