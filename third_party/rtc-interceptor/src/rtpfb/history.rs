@@ -1,9 +1,51 @@
 //! What was sent, joined with what the receiver said about it.
+//!
+//! Patched for moim (see PATCHED.md): records sit in a ring ordered by id instead of a hash map,
+//! so recording a packet is a push, pruning walks only the old end, and the two feedback
+//! indexes use a multiplicative hash instead of SipHash. The behaviour is unchanged.
 
 use super::acknowledgement::{Acknowledgement, PacketReport};
 use rtcp::transport_feedbacks::cc_feedback_report::Ecn;
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
+
+/// A hasher for the small integer keys of the feedback indexes (Fibonacci hashing): the keys
+/// are sequence numbers chosen by this endpoint, not by an attacker.
+#[derive(Default)]
+struct SequenceHasher(u64);
+
+impl Hasher for SequenceHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Index<K> = HashMap<K, u64, BuildHasherDefault<SequenceHasher>>;
+
+/// Removes `key` from `index` if it still names `id` (one lookup: this runs per packet).
+fn remove_if_names<K: std::hash::Hash + Eq>(index: &mut Index<K>, key: K, id: u64) {
+    if let Entry::Occupied(e) = index.entry(key)
+        && *e.get() == id
+    {
+        e.remove();
+    }
+}
 
 /// Records outgoing packets and matches incoming feedback against them.
 ///
@@ -14,9 +56,17 @@ use std::time::{Duration, Instant};
 pub struct History {
     /// Monotonic id, so reports come out in send order however sequence numbers wrap.
     next_id: u64,
-    packets: HashMap<u64, PacketReport>,
-    twcc_index: HashMap<u16, u64>,
-    ssrc_sequence_index: HashMap<(u32, u16), u64>,
+    /// Records by id: `packets[i]` has id `base + i`; a reported or pruned one is `None`. The
+    /// front is always `Some` (empty slots there are popped).
+    packets: VecDeque<Option<PacketReport>>,
+    /// The id of `packets[0]`.
+    base: u64,
+    /// Records still held.
+    held: usize,
+    /// Ids below this were already looked at by a prune (departures only grow).
+    pruned_to: u64,
+    twcc_index: Index<u16>,
+    ssrc_sequence_index: Index<(u32, u16)>,
     /// Highest id acknowledged so far.
     highest_acknowledged: Option<u64>,
     /// Lowest id not yet reported to the consumer.
@@ -31,12 +81,12 @@ impl History {
 
     /// How many packets are being tracked.
     pub fn len(&self) -> usize {
-        self.packets.len()
+        self.held
     }
 
     /// Whether nothing is being tracked.
     pub fn is_empty(&self) -> bool {
-        self.packets.is_empty()
+        self.held == 0
     }
 
     /// Record a packet as it leaves.
@@ -64,23 +114,60 @@ impl History {
         self.ssrc_sequence_index
             .insert((ssrc, rtp_sequence_number), id);
 
-        self.packets.insert(
+        if self.packets.is_empty() {
+            self.base = id;
+        }
+        self.packets.push_back(Some(PacketReport {
+            ssrc,
             id,
-            PacketReport {
-                ssrc,
-                id,
-                rtp_sequence_number,
-                is_twcc,
-                twcc_sequence_number,
-                size,
-                arrived: false,
-                departure,
-                arrival: None,
-                ecn: Ecn::NotEct,
-            },
-        );
+            rtp_sequence_number,
+            is_twcc,
+            twcc_sequence_number,
+            size,
+            arrived: false,
+            departure,
+            arrival: None,
+            ecn: Ecn::NotEct,
+        }));
+        self.held += 1;
 
         id
+    }
+
+    fn slot(&mut self, id: u64) -> Option<&mut PacketReport> {
+        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        self.packets.get_mut(i)?.as_mut()
+    }
+
+    /// Takes the record `id` out, with its index entries (only those still pointing at it: a
+    /// wrapped sequence number may name a newer packet by now).
+    fn remove(&mut self, id: u64) -> Option<PacketReport> {
+        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        let packet = self.packets.get_mut(i)?.take()?;
+        self.held -= 1;
+        // Only a TWCC packet has an entry under its transport-wide sequence number. A non-TWCC
+        // packet carries whatever the caller passed — typically 0 — and removing that key would
+        // evict whichever real TWCC packet holds it.
+        if packet.is_twcc {
+            remove_if_names(&mut self.twcc_index, packet.twcc_sequence_number, id);
+        }
+        remove_if_names(
+            &mut self.ssrc_sequence_index,
+            (packet.ssrc, packet.rtp_sequence_number),
+            id,
+        );
+        Some(packet)
+    }
+
+    /// Pops the empty slots at the old end.
+    fn compact(&mut self) {
+        while matches!(self.packets.front(), Some(None)) {
+            self.packets.pop_front();
+            self.base += 1;
+        }
+        if self.packets.is_empty() {
+            self.base = self.next_id;
+        }
     }
 
     /// Apply TWCC feedback, returning the round trip time it implies.
@@ -115,13 +202,14 @@ impl History {
         id: u64,
         acknowledgement: Acknowledgement,
     ) -> Option<Duration> {
-        let packet = self.packets.get_mut(&id)?;
+        let packet = self.slot(id)?;
 
         packet.arrived = acknowledgement.arrived;
         packet.arrival = acknowledgement.arrival;
         packet.ecn = acknowledgement.ecn;
+        let (arrived, departure) = (packet.arrived, packet.departure);
 
-        if packet.arrived {
+        if arrived {
             self.highest_acknowledged = Some(match self.highest_acknowledged {
                 Some(highest) => highest.max(id),
                 None => id,
@@ -130,7 +218,7 @@ impl History {
 
         // Round trip: this feedback arrived now, and the packet left then. Both instants are on
         // this endpoint's clock, so unlike the arrival times this is a real duration.
-        Some(received_at.saturating_duration_since(packet.departure))
+        Some(received_at.saturating_duration_since(departure))
     }
 
     /// Take everything up to the highest *arrived* packet since the last call, in send order.
@@ -147,16 +235,12 @@ impl History {
         }
 
         let mut reports = Vec::new();
-        for id in self.next_to_report..=highest {
-            if let Some(packet) = self.packets.remove(&id) {
-                if packet.is_twcc {
-                    self.twcc_index.remove(&packet.twcc_sequence_number);
-                }
-                self.ssrc_sequence_index
-                    .remove(&(packet.ssrc, packet.rtp_sequence_number));
+        for id in self.next_to_report.max(self.base)..=highest {
+            if let Some(packet) = self.remove(id) {
                 reports.push(packet);
             }
         }
+        self.compact();
         self.next_to_report = highest + 1;
 
         reports
@@ -167,25 +251,22 @@ impl History {
     /// Without this the history grows without bound on a lossy path: an unacknowledged packet is
     /// never reported and never removed, so nothing else would ever release it.
     pub fn prune_before(&mut self, cutoff: Instant) {
-        let stale: Vec<u64> = self
-            .packets
-            .iter()
-            .filter(|(_, packet)| packet.departure < cutoff && !packet.arrived)
-            .map(|(&id, _)| id)
-            .collect();
-
-        for id in stale {
-            if let Some(packet) = self.packets.remove(&id) {
-                // Only a TWCC packet has an entry under its transport-wide sequence number. A
-                // non-TWCC packet carries whatever the caller passed — typically 0 — and removing
-                // that key would evict whichever real TWCC packet holds it.
-                if packet.is_twcc {
-                    self.twcc_index.remove(&packet.twcc_sequence_number);
+        // Departures only grow with the id, so the stale records are a prefix: walk it from
+        // where the last prune stopped, and stop at the first packet sent at or after `cutoff`.
+        let mut id = self.pruned_to.max(self.base);
+        while id < self.next_id {
+            let i = (id - self.base) as usize;
+            match self.packets.get(i) {
+                Some(Some(packet)) if packet.departure >= cutoff => break,
+                Some(Some(packet)) if !packet.arrived => {
+                    self.remove(id);
                 }
-                self.ssrc_sequence_index
-                    .remove(&(packet.ssrc, packet.rtp_sequence_number));
+                _ => {}
             }
+            id += 1;
         }
+        self.pruned_to = id;
+        self.compact();
     }
 }
 
@@ -449,5 +530,31 @@ mod tests {
             history.on_twcc_feedback(now, Acknowledgement::received(0, None, Ecn::NotEct)),
             "and the pruned one is no longer matchable"
         );
+    }
+
+    /// moim's patch: a long unacknowledged run (a receiver that sends no feedback) is held only
+    /// for the horizon, and feedback still finds the packets that are held.
+    #[test]
+    fn a_long_run_without_feedback_stays_bounded_and_findable() {
+        let start = Instant::now();
+        let mut history = History::new();
+        for i in 0..200_000u64 {
+            let now = start + Duration::from_millis(i);
+            history.add_outgoing(7, i as u16, true, i as u16, 1200, now);
+            if i % 50 == 0 {
+                history.prune_before(now - Duration::from_millis(500));
+            }
+        }
+        assert!(history.len() <= 551, "held {}", history.len());
+        let last = start + Duration::from_millis(199_999);
+        let rtt = history.on_twcc_feedback(
+            last + Duration::from_millis(20),
+            Acknowledgement::received(199_999u64 as u16, Some(Duration::from_millis(1)), Ecn::NotEct),
+        );
+        assert_eq!(Some(Duration::from_millis(20)), rtt);
+        let reports = history.take_reports();
+        assert_eq!(199_999, reports.last().map(|r| r.id).unwrap_or_default());
+        assert!(reports[..reports.len() - 1].iter().all(|r| !r.arrived));
+        assert!(history.is_empty());
     }
 }
