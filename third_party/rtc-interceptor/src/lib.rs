@@ -241,7 +241,7 @@ pub(crate) mod twcc;
 
 pub use cc::estimator::{BandwidthEstimator, ConstantBitrate, EstimatorStats};
 pub use cc::interceptor::{
-    CongestionControlBuilder, CongestionControlInterceptor,
+    CongestionControlBuilder, CongestionControlInterceptor, ExternalSend, ExternalSends,
     DEFAULT_PRUNE_HORIZON as CONGESTION_CONTROL_DEFAULT_PRUNE_HORIZON,
 };
 pub use flexfec::bit_array::BitArray;

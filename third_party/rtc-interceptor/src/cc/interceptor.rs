@@ -11,6 +11,7 @@ use sansio::Protocol;
 use shared::error::Error;
 use shared::marshal::{MarshalSize, Unmarshal};
 use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long an unacknowledged packet is kept before it is written off.
@@ -25,6 +26,26 @@ pub const DEFAULT_PRUNE_HORIZON: Duration = Duration::from_secs(2);
 struct LocalStream {
     hdr_ext_id: u8,
 }
+
+/// A packet the application sent itself, past the interceptor chain (added for moim).
+#[derive(Debug, Clone, Copy)]
+pub struct ExternalSend {
+    /// Its SSRC.
+    pub ssrc: u32,
+    /// Its RTP sequence number.
+    pub sequence_number: u16,
+    /// The transport-wide sequence number it carries.
+    pub twcc_sequence_number: u16,
+    /// Its size on the wire before SRTP, header included.
+    pub size: usize,
+    /// When it left.
+    pub departure: Instant,
+}
+
+/// Where the application records what it sent past the chain; the interceptor takes the records
+/// into its history before it reads any feedback and on every timeout, so feedback about them
+/// finds them. One short, uncontended lock per record.
+pub type ExternalSends = Arc<Mutex<Vec<ExternalSend>>>;
 
 /// Builder for [`CongestionControlInterceptor`].
 ///
@@ -41,6 +62,7 @@ struct LocalStream {
 pub struct CongestionControlBuilder<E: BandwidthEstimator> {
     estimator: E,
     prune_horizon: Duration,
+    external: Option<ExternalSends>,
 }
 
 impl<E: BandwidthEstimator> CongestionControlBuilder<E> {
@@ -49,7 +71,14 @@ impl<E: BandwidthEstimator> CongestionControlBuilder<E> {
         Self {
             estimator,
             prune_horizon: DEFAULT_PRUNE_HORIZON,
+            external: None,
         }
+    }
+
+    /// Also count what the application records in `sends`: packets it sent past the chain.
+    pub fn with_external_sends(mut self, sends: ExternalSends) -> Self {
+        self.external = Some(sends);
+        self
     }
 
     /// How long an unacknowledged packet is kept before it is written off.
@@ -68,6 +97,8 @@ impl<E: BandwidthEstimator> CongestionControlBuilder<E> {
             streams: HashMap::new(),
             read_queue: VecDeque::new(),
             write_queue: VecDeque::new(),
+            external: self.external,
+            external_scratch: Vec::new(),
         }
     }
 }
@@ -105,9 +136,37 @@ pub struct CongestionControlInterceptor<E: BandwidthEstimator> {
     last_target: f64,
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
+    external: Option<ExternalSends>,
+    /// Swapped with the shared list, so taking the records holds the lock for a swap only.
+    external_scratch: Vec<ExternalSend>,
 }
 
 impl<E: BandwidthEstimator> CongestionControlInterceptor<E> {
+    /// Moves the application's own send records into the history.
+    fn take_external(&mut self) {
+        let Some(shared) = &self.external else {
+            return;
+        };
+        {
+            // A poisoned lock only means a writer panicked mid-push; the records are plain data.
+            let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+            if guard.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *guard, &mut self.external_scratch);
+        }
+        for s in self.external_scratch.drain(..) {
+            self.history.add_outgoing(
+                s.ssrc,
+                s.sequence_number,
+                true,
+                s.twcc_sequence_number,
+                s.size,
+                s.departure,
+            );
+        }
+    }
+
     /// The estimator, for reading its stats.
     pub fn estimator(&self) -> &E {
         &self.estimator
@@ -171,6 +230,7 @@ impl<E: BandwidthEstimator> Protocol<TaggedPacket, TaggedPacket, ()>
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.take_external();
         let mut reported = false;
         if let Packet::Rtcp(ref rtcp_packets) = msg.message.packet {
             // `for` over a borrow of `msg` while `self` is borrowed mutably: collect first.
@@ -231,6 +291,7 @@ impl<E: BandwidthEstimator> Protocol<TaggedPacket, TaggedPacket, ()>
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), Self::Error> {
+        self.take_external();
         self.history
             .prune_before(now.checked_sub(self.prune_horizon).unwrap_or(now));
         self.estimator.handle_timeout(now);
