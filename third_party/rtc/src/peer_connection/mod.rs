@@ -250,6 +250,7 @@ pub mod message;
 pub mod sdp;
 pub mod state;
 pub mod transport;
+mod send_path;
 
 use crate::data_channel::init::RTCDataChannelInit;
 use crate::data_channel::parameters::DataChannelParameters;
