@@ -1,4 +1,0 @@
-//! RTP stream statistics accumulators for inbound and outbound streams.
-
-pub mod inbound;
-pub mod outbound;
