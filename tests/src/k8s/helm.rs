@@ -157,6 +157,7 @@ pub async fn control_plane_with_chart_rbac(
                         | "ClusterRoleBinding"
                         | "Role"
                         | "RoleBinding"
+                        | "Lease"
                 )
             )
         })
