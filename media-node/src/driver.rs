@@ -452,9 +452,9 @@ impl std::fmt::Debug for LinkIo {
     }
 }
 
-/// Registers a link, keeping one link per pair of nodes: when both dialled each other, the
-/// link dialled by the node with the smaller id stays (both sides decide the same); a newer
-/// link from the same side replaces the older.
+/// Registers a link with the engine, which decides whether it stays (one link per pair of
+/// nodes, see [`crate::sfu::engine::cascade::which_link_stays`]) and closes the one that does
+/// not through its relay output.
 fn relay_up(
     engine: &mut Engine,
     links: &mut HashMap<LinkId, LinkIo>,
@@ -462,34 +462,9 @@ fn relay_up(
     hello: PeerHello,
     io: LinkIo,
 ) {
-    let me = engine.node_id().to_owned();
-    if hello.node_id == me {
-        io.conn.close(2u32.into(), b"peer has this node's id");
-        tracing::warn!(peer = %hello.node_id, "relay peer has this node's id; give every node its own --node-id");
-        return;
-    }
-    let dialer = |io: &LinkIo| {
-        if io.dialled {
-            me.clone()
-        } else {
-            io.peer.clone()
-        }
-    };
-    let canonical = |io: &LinkIo| dialer(io) == std::cmp::min(me.clone(), io.peer.clone());
-    if let Some((&old, old_io)) = links.iter().find(|(_, l)| l.peer == hello.node_id) {
-        if canonical(old_io) && !canonical(&io) {
-            io.conn.close(3u32.into(), b"duplicate link");
-            return;
-        }
-        // The new link is the canonical one, or it comes from the same side as the old one:
-        // a node dials again only once its link died, so the old one is stale (this side has
-        // not noticed yet) and gives way.
-        old_io.conn.close(3u32.into(), b"replaced by a newer link");
-        links.remove(&old);
-        engine.relay_down(old, Instant::now());
-    }
+    let dialled = io.dialled;
     links.insert(link, io);
-    engine.relay_up(link, hello.node_id, hello.region);
+    engine.relay_up(link, hello.node_id, hello.region, dialled, Instant::now());
 }
 
 fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut) {

@@ -74,8 +74,12 @@ pub struct LinkState {
     pub node_id: String,
     /// Its region.
     pub region: String,
-    /// Rooms the far node has participants in.
+    /// This node dialled the link.
+    dialled: bool,
+    /// Rooms the far node wants (it told us `Interest { on: true }`).
     interests: HashSet<String>,
+    /// Rooms this node told the far node it wants.
+    told: HashSet<String>,
     /// Its track handles to the tracks made of them here.
     by_handle: HashMap<u32, TrackKey>,
     /// Round-trip time as QUIC measures it (paces NACK retries).
@@ -136,6 +140,31 @@ const MAX_TRACKS_PER_LINK: usize = 4096;
 pub const MAX_HOPS: u8 = 4;
 /// Keyframe requests for one layer travel upstream at most this often.
 const KEYFRAME_GAP: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Which of two links between the same two nodes stays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkChoice {
+    /// The link already up.
+    Old,
+    /// The one that just came up.
+    New,
+}
+
+/// Of two links between this node (`me`) and `peer`, the one that stays: the link dialled by
+/// the node with the smaller id (both sides decide the same, so they keep the same link);
+/// between two links dialled from the same side, the newer one (a node dials again only once
+/// its link died, so the old one is stale and this side has not noticed yet).
+pub fn which_link_stays(me: &str, peer: &str, old_dialled: bool, new_dialled: bool) -> LinkChoice {
+    let dialler = |dialled: bool| if dialled { me } else { peer };
+    let canonical = me.min(peer);
+    let old_canonical = dialler(old_dialled) == canonical;
+    let new_canonical = dialler(new_dialled) == canonical;
+    if old_canonical && !new_canonical {
+        LinkChoice::Old
+    } else {
+        LinkChoice::New
+    }
+}
 
 /// Bits per second per layer as the layer choice should see them: measured here, or what the
 /// origin reports for layers not flowing here.
@@ -262,6 +291,55 @@ impl Engine {
         self.is_tree(room) && self.links_for(room).len() >= 2
     }
 
+    /// Whether this node wants `room`'s media from `from` (`None`: from anywhere): it has
+    /// participants in it (or expects a viewer), or, in a tree, another of the room's links
+    /// wants it. As multicast routing joins a group: interest travels along the tree from
+    /// where someone is, through any number of hubs with nobody in the room (whether or not
+    /// the room is open at them), and a link is never asked for the room on its own behalf.
+    fn wanted_here(&self, room: &str, from: Option<LinkId>) -> bool {
+        let local = self
+            .rooms
+            .get(room)
+            .is_some_and(|r| !r.sessions.is_empty() || r.keep_until.is_some());
+        local || (self.is_tree(room) && self.links_for(room).into_iter().any(|l| Some(l) != from))
+    }
+
+    /// Tells each link that carries `room` whether this node wants it from that link, when
+    /// that changed since it was last told.
+    pub(super) fn refresh_interest(&mut self, room: &str) {
+        let links: Vec<LinkId> = {
+            let mut v: Vec<LinkId> = self
+                .links
+                .keys()
+                .copied()
+                .filter(|l| self.carries(*l, room))
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        for link in links {
+            let want = self.wanted_here(room, Some(link));
+            let told = self.links.get(&link).is_some_and(|l| l.told.contains(room));
+            if want == told {
+                continue;
+            }
+            if let Some(l) = self.links.get_mut(&link) {
+                if want {
+                    l.told.insert(room.to_owned());
+                } else {
+                    l.told.remove(room);
+                }
+            }
+            self.send_to_link(
+                link,
+                Control::Interest {
+                    room: room.to_owned(),
+                    on: want,
+                },
+            );
+        }
+    }
+
     /// Closes `room` if nobody is in it here, no viewer is expected and no tree link wants it.
     pub(super) fn close_if_idle(&mut self, room: &str, now: Instant) {
         let idle = self
@@ -272,6 +350,8 @@ impl Engine {
             self.relay_room_closed(room, now);
             self.rooms.remove(room);
         }
+        // Who wants it may have changed (a participant or a link left, the room closed).
+        self.refresh_interest(room);
     }
 
     /// Whether `t` is announced to `link`: its own tracks to every link that carries
@@ -308,28 +388,66 @@ impl Engine {
         &self.cfg.node_id
     }
 
-    /// A link came up (after the hello exchange).
-    pub fn relay_up(&mut self, link: LinkId, node_id: String, region: String) {
+    /// A link came up (after the hello exchange); `dialled` when this node dialled it. One
+    /// link is kept per pair of nodes ([`which_link_stays`]); the other is closed (a
+    /// [`RelayOut::Close`]), as is a link to a peer with this node's own id.
+    pub fn relay_up(
+        &mut self,
+        link: LinkId,
+        node_id: String,
+        region: String,
+        dialled: bool,
+        now: Instant,
+    ) {
+        if node_id == self.cfg.node_id {
+            tracing::warn!(peer = %node_id, "relay peer has this node's id; give every node its own --node-id");
+            self.push_out(RelayOut::Close {
+                link,
+                reason: "peer has this node's id".into(),
+            });
+            return;
+        }
+        if let Some((&old, old_dialled)) = self
+            .links
+            .iter()
+            .find(|(_, l)| l.node_id == node_id)
+            .map(|(id, l)| (id, l.dialled))
+        {
+            match which_link_stays(&self.cfg.node_id, &node_id, old_dialled, dialled) {
+                LinkChoice::Old => {
+                    tracing::debug!(link, peer = %node_id, "duplicate relay link closed");
+                    self.push_out(RelayOut::Close {
+                        link,
+                        reason: "duplicate link".into(),
+                    });
+                    return;
+                }
+                LinkChoice::New => {
+                    self.push_out(RelayOut::Close {
+                        link: old,
+                        reason: "replaced by a newer link".into(),
+                    });
+                    self.relay_down(old, now);
+                }
+            }
+        }
         tracing::info!(link, peer = %node_id, %region, "relay link up");
         self.links.insert(
             link,
             LinkState {
                 node_id,
                 region,
+                dialled,
                 interests: HashSet::new(),
+                told: HashSet::new(),
                 by_handle: HashMap::new(),
                 rtt: DEFAULT_RTT,
             },
         );
-        let mut rooms: Vec<String> = self
-            .rooms
-            .keys()
-            .filter(|r| self.carries(link, r))
-            .cloned()
-            .collect();
+        let mut rooms: Vec<String> = self.rooms.keys().cloned().collect();
         rooms.sort();
         for room in rooms {
-            self.send_to_link(link, Control::Interest { room, on: true });
+            self.refresh_interest(&room);
         }
         self.metrics.relay_links.set(self.links.len() as i64);
     }
@@ -378,8 +496,11 @@ impl Engine {
         }
         self.drop_relay_subs(|l, _| l == link);
         self.metrics.relay_links.set(self.links.len() as i64);
-        // A hub held rooms open for that link.
-        let rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        // A hub held rooms open for that link, or passed its interest on.
+        let mut rooms: Vec<String> = self.rooms.keys().cloned().collect();
+        rooms.extend(self.links.values().flat_map(|l| l.told.iter().cloned()));
+        rooms.sort();
+        rooms.dedup();
         for room in rooms {
             self.close_if_idle(&room, now);
         }
@@ -430,8 +551,10 @@ impl Engine {
                         self.open_room(&room, None, now);
                     }
                     self.send_room_to(link, &room);
+                    self.refresh_interest(&room);
                 } else {
                     self.drop_relay_subs(|l, r| l == link && r == room);
+                    self.refresh_interest(&room);
                     self.close_if_idle(&room, now);
                 }
             }
@@ -1104,34 +1227,14 @@ impl Engine {
         self.relay_room_opened(room);
     }
 
-    /// Tells every link whether this node has participants in `room`.
-    fn interest_to_all(&mut self, room: &str, on: bool) {
-        let links: Vec<LinkId> = self
-            .links
-            .keys()
-            .copied()
-            .filter(|l| self.carries(*l, room))
-            .collect();
-        for link in links {
-            self.send_to_link(
-                link,
-                Control::Interest {
-                    room: room.to_owned(),
-                    on,
-                },
-            );
-        }
-    }
-
-    /// A room opened here: every link is asked for it.
+    /// A room opened here: the links that carry it are asked for it.
     pub(super) fn relay_room_opened(&mut self, room: &str) {
-        self.interest_to_all(room, true);
+        self.refresh_interest(room);
     }
 
     /// The room's last participant here left: links stop sending it, its relayed tracks and
     /// far participants go.
     pub(super) fn relay_room_closed(&mut self, room: &str, now: Instant) {
-        self.interest_to_all(room, false);
         let relayed: Vec<TrackKey> = self
             .tracks
             .iter()
@@ -1421,5 +1524,22 @@ fn feedback(kind: MediaKind) -> Vec<RTCPFeedback> {
             fb("nack", "pli"),
             fb("transport-cc", ""),
         ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_sides_keep_the_link_the_smaller_id_dialled() {
+        // a dialled b, and b dialled a: both keep a's.
+        assert_eq!(which_link_stays("a", "b", true, false), LinkChoice::Old);
+        assert_eq!(which_link_stays("a", "b", false, true), LinkChoice::New);
+        assert_eq!(which_link_stays("b", "a", false, true), LinkChoice::Old);
+        assert_eq!(which_link_stays("b", "a", true, false), LinkChoice::New);
+        // Redialled from the same side: the newer one (the old one is dead).
+        assert_eq!(which_link_stays("a", "b", true, true), LinkChoice::New);
+        assert_eq!(which_link_stays("a", "b", false, false), LinkChoice::New);
     }
 }

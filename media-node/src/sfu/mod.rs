@@ -15,4 +15,5 @@ pub mod layers;
 pub mod send;
 pub mod speaker;
 mod stun;
+pub mod testing;
 pub mod vp8;

@@ -1,0 +1,359 @@
+//! The cascade in fake time: several engines whose relay links the harness carries
+//! (`media_node::sfu::testing`), one behaviour per test. Each runs seconds of meeting in
+//! milliseconds; the real QUIC links and real browsers are tested in `tests/tests/cascade.rs`.
+
+use media_node::relay::proto::Control;
+use media_node::sfu::testing::{ClientIx, Hop, Net, NodeIx, is_relay_media};
+use moim_wire::signal::ServerMessage;
+use std::time::Duration;
+
+const ROOM: &str = "team.standup";
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+/// `nodes` linked as a mesh; a publisher of one video on the first.
+fn mesh(nodes: &[&str]) -> (Net, Vec<NodeIx>, ClientIx) {
+    let mut net = Net::new();
+    let ix: Vec<NodeIx> = nodes.iter().map(|n| net.node(n, n)).collect();
+    for i in 0..ix.len() {
+        for j in i + 1..ix.len() {
+            net.link(ix[i], ix[j]);
+        }
+    }
+    let publisher = net.join(ix[0], ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    net.run_with_video(secs(1.0), publisher, 7);
+    (net, ix, publisher)
+}
+
+fn got(c: &media_node::sfu::testing::Client, f: impl Fn(&ServerMessage) -> bool) -> bool {
+    c.signals.iter().any(f)
+}
+
+fn decoding(net: &Net, viewer: ClientIx) -> usize {
+    net.clients[viewer].received.len()
+}
+
+#[test]
+fn a_track_is_announced_to_a_node_with_interest_and_withdrawn_when_its_publisher_leaves() {
+    let (mut net, n, publisher) = mesh(&["seoul-1", "fra-1"]);
+    // Nobody on fra-1 yet: no interest, so seoul-1 announces nothing and sends no media.
+    assert!(
+        !net.relay_control
+            .iter()
+            .any(|(_, _, m)| matches!(m, Control::TrackAnnounce { .. })),
+        "announced before anyone on the far node wanted the room"
+    );
+    assert_eq!(net.relay_media.get(&(n[0], n[1])), None);
+
+    let viewer = net.join(n[1], ROOM, "bo");
+    net.run_with_video(secs(2.0), publisher, 7);
+    assert!(
+        net.relay_control
+            .iter()
+            .any(|(from, to, m)| (*from, *to) == (n[1], n[0])
+                && matches!(m, Control::Interest { room, on: true } if room == ROOM)),
+        "fra-1 tells seoul-1 it has the room"
+    );
+    assert!(net.relay_control.iter().any(|(from, _, m)| *from == n[0]
+        && matches!(m, Control::TrackAnnounce { origin, hops: 0, .. } if origin == "seoul-1")));
+    let v = &net.clients[viewer];
+    assert!(
+        got(v, |m| matches!(m, ServerMessage::TrackPublished { .. })
+            || matches!(m, ServerMessage::Joined { tracks, .. } if !tracks.is_empty())),
+        "the viewer learns of the track: {:?}",
+        v.signals
+    );
+    assert!(
+        decoding(&net, viewer) > 20,
+        "media reaches the viewer across the link"
+    );
+
+    net.leave(publisher);
+    net.run(secs(1.0));
+    assert!(net.relay_control.iter().any(|(from, _, m)| *from == n[0]
+        && matches!(m, Control::TrackWithdraw { room, .. } if room == ROOM)));
+    let v = &net.clients[viewer];
+    assert!(got(v, |m| matches!(
+        m,
+        ServerMessage::TrackUnpublished { .. }
+    )));
+    assert!(got(v, |m| matches!(
+        m,
+        ServerMessage::ParticipantLeft { .. }
+    )));
+}
+
+#[test]
+fn media_crosses_a_link_only_while_the_far_side_wants_the_room() {
+    let (mut net, n, publisher) = mesh(&["seoul-1", "fra-1"]);
+    let viewer = net.join(n[1], ROOM, "bo");
+    net.run_with_video(secs(2.0), publisher, 7);
+    let sent = net.relay_media.get(&(n[0], n[1])).copied().unwrap_or(0);
+    assert!(sent > 20, "media crosses while fra-1 has a viewer: {sent}");
+
+    net.leave(viewer);
+    net.run_with_video(secs(0.5), publisher, 7);
+    assert!(
+        net.relay_control
+            .iter()
+            .any(|(from, to, m)| (*from, *to) == (n[1], n[0])
+                && matches!(m, Control::Interest { room, on: false } if room == ROOM))
+    );
+    let after_leave = net.relay_media.get(&(n[0], n[1])).copied().unwrap_or(0);
+    net.run_with_video(secs(2.0), publisher, 7);
+    let later = net.relay_media.get(&(n[0], n[1])).copied().unwrap_or(0);
+    assert_eq!(
+        later, after_leave,
+        "media kept crossing after interest went off"
+    );
+}
+
+/// origin → hub → edge, as the operator plans a tree: the hub has nobody in the room and
+/// passes the track on, once per link.
+#[test]
+fn a_hub_with_nobody_in_the_room_passes_a_track_on() {
+    let mut net = Net::new();
+    let (origin, hub, edge) = (
+        net.node("seoul-1", "seoul"),
+        net.node("fra-1", "frankfurt"),
+        net.node("va-1", "virginia"),
+    );
+    net.link(origin, hub);
+    net.link(edge, hub);
+    net.assign(origin, ROOM, &[(hub, false)]);
+    net.assign(hub, ROOM, &[(origin, true), (edge, false)]);
+    net.assign(edge, ROOM, &[(hub, true)]);
+    let publisher = net.join(origin, ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    let viewer = net.join(edge, ROOM, "bo");
+    net.run_with_video(secs(3.0), publisher, 7);
+    assert_eq!(net.nodes[hub].engine.status().participants, 0);
+    assert!(
+        decoding(&net, viewer) > 20,
+        "media reaches the edge through the hub"
+    );
+    assert!(net.relay_control.iter().any(|(from, to, m)| (*from, *to) == (hub, edge)
+        && matches!(m, Control::TrackAnnounce { origin, hops: 1, .. } if origin == "seoul-1")));
+    // Each stream crosses each link once: as many datagrams into the edge as out of the origin.
+    let into_hub = net.relay_media.get(&(origin, hub)).copied().unwrap_or(0);
+    let into_edge = net.relay_media.get(&(hub, edge)).copied().unwrap_or(0);
+    assert!(
+        into_edge <= into_hub,
+        "{into_edge} out of the hub for {into_hub} in"
+    );
+    assert!(into_edge * 10 >= into_hub * 9, "{into_edge} of {into_hub}");
+}
+
+#[test]
+fn packets_lost_on_a_link_are_repaired_by_nack() {
+    let (mut net, n, publisher) = mesh(&["seoul-1", "fra-1"]);
+    let viewer = net.join(n[1], ROOM, "bo");
+    net.run_with_video(secs(1.0), publisher, 7);
+    // Lose every 5th media datagram from seoul-1 to fra-1 for two seconds.
+    let mut count = 0u32;
+    net.impair(move |hop, d| {
+        if hop == (Hop::Relay { from: 0, to: 1 }) && is_relay_media(d) {
+            count += 1;
+            return count.is_multiple_of(5);
+        }
+        false
+    });
+    net.run_with_video(secs(2.0), publisher, 7);
+    net.clear_impairment();
+    net.run_with_video(secs(1.0), publisher, 7);
+    assert!(
+        net.relay_feedback
+            .iter()
+            .any(|(from, to, m)| (*from, *to) == (n[1], n[0]) && matches!(m, Control::Nack { .. })),
+        "fra-1 asks seoul-1 for what it lost"
+    );
+    let ssrc = net.clients[viewer].streams()[0];
+    let mut seqs = net.clients[viewer].seqs(ssrc);
+    seqs.sort_unstable();
+    seqs.dedup();
+    let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
+    let missing: Vec<u16> = (first..=last)
+        .filter(|s| seqs.binary_search(s).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "still missing at the viewer: {missing:?}"
+    );
+}
+
+#[test]
+fn a_keyframe_request_travels_upstream_to_the_publisher() {
+    let (mut net, n, publisher) = mesh(&["seoul-1", "fra-1"]);
+    let viewer = net.join(n[1], ROOM, "bo");
+    net.run_with_video(secs(2.0), publisher, 7);
+    let before = net.clients[publisher].plis;
+    let requests_before = net.relay_feedback.len();
+    let ssrc = net.clients[viewer].streams()[0];
+    // Well past the keyframe throttle since the join's own request.
+    net.pli(viewer, ssrc);
+    net.run_with_video(secs(0.5), publisher, 7);
+    assert!(
+        net.relay_feedback[requests_before..]
+            .iter()
+            .any(|(from, to, m)| (*from, *to) == (n[1], n[0])
+                && matches!(m, Control::KeyframeRequest { .. })),
+        "the request crossed the link: {:?}",
+        &net.relay_feedback[requests_before..]
+    );
+    assert!(
+        net.clients[publisher].plis > before,
+        "the publisher was asked for a keyframe"
+    );
+}
+
+#[test]
+fn of_two_links_between_the_same_nodes_one_stays_the_same_on_both_sides() {
+    let mut net = Net::new();
+    let (a, b) = (net.node("a-1", "seoul"), net.node("b-1", "frankfurt"));
+    // a dials b, then b dials a (both listed each other with --peer).
+    net.link(a, b);
+    net.link(b, a);
+    net.run(secs(0.1));
+    assert_eq!(net.links_between(a, b), 1, "one link is closed");
+    assert_eq!(net.nodes[a].engine.relay_links(), 1);
+    assert_eq!(net.nodes[b].engine.relay_links(), 1);
+    // The one a-1 dialled stays (the smaller id): media still flows over it.
+    let publisher = net.join(a, ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    let viewer = net.join(b, ROOM, "bo");
+    net.run_with_video(secs(2.0), publisher, 7);
+    assert!(decoding(&net, viewer) > 20);
+}
+
+/// A plan with a cycle (a → b → c → a): each track reaches every node once, announcements
+/// stop at the node they came from, and nothing circulates.
+#[test]
+fn a_plan_with_a_cycle_does_not_loop() {
+    let mut net = Net::new();
+    let (a, b, c) = (
+        net.node("a-1", "seoul"),
+        net.node("b-1", "frankfurt"),
+        net.node("c-1", "virginia"),
+    );
+    net.link(a, b);
+    net.link(b, c);
+    net.link(c, a);
+    net.assign(a, ROOM, &[(b, false), (c, true)]);
+    net.assign(b, ROOM, &[(a, true), (c, false)]);
+    net.assign(c, ROOM, &[(b, true), (a, false)]);
+    let publisher = net.join(a, ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    let vb = net.join(b, ROOM, "bo");
+    let vc = net.join(c, ROOM, "cy");
+    net.run_with_video(secs(3.0), publisher, 7);
+    assert!(decoding(&net, vb) > 20 && decoding(&net, vc) > 20);
+    // Every node holds the track once: a-1 its own (what came back round the cycle was
+    // dropped), b-1 and c-1 one relayed copy each (not one per path).
+    for node in [a, b, c] {
+        assert_eq!(
+            net.nodes[node].engine.status().published_tracks,
+            1,
+            "node {node}"
+        );
+    }
+    for (_, _, m) in &net.relay_control {
+        if let Control::TrackAnnounce { hops, .. } = m {
+            assert!(*hops < 3, "an announcement went round: {m:?}");
+        }
+    }
+    // Each viewer gets one copy of the stream, not one per path.
+    for v in [vb, vc] {
+        assert_eq!(
+            net.clients[v].streams().len(),
+            1,
+            "{:?}",
+            net.clients[v].streams()
+        );
+    }
+    // Traffic stays bounded: no link carries more than the publisher sends.
+    let sent: usize = net.relay_media.values().sum();
+    let frames = net.clients[vb].received.len();
+    assert!(
+        sent <= frames * 3 + 50,
+        "{sent} datagrams for {frames} frames"
+    );
+}
+
+/// Announcements that have made the most hops allowed are dropped, whatever the plan says.
+#[test]
+fn announcements_stop_at_the_hop_limit() {
+    use media_node::sfu::engine::cascade::MAX_HOPS;
+    // A chain longer than the limit: n0 → n1 → … → n(MAX_HOPS + 1).
+    let mut net = Net::new();
+    let names: Vec<String> = (0..=usize::from(MAX_HOPS) + 1)
+        .map(|i| format!("n{i}"))
+        .collect();
+    let n: Vec<NodeIx> = names.iter().map(|x| net.node(x, x)).collect();
+    for w in n.windows(2) {
+        net.link(w[0], w[1]);
+    }
+    for (i, &node) in n.iter().enumerate() {
+        let mut peers = Vec::new();
+        if i > 0 {
+            peers.push((n[i - 1], true));
+        }
+        if i + 1 < n.len() {
+            peers.push((n[i + 1], false));
+        }
+        net.assign(node, ROOM, &peers);
+    }
+    let publisher = net.join(n[0], ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    let near = net.join(n[usize::from(MAX_HOPS)], ROOM, "near");
+    let far = net.join(n[usize::from(MAX_HOPS) + 1], ROOM, "far");
+    net.run_with_video(secs(3.0), publisher, 7);
+    assert!(
+        decoding(&net, near) > 20,
+        "within the limit the track arrives"
+    );
+    assert_eq!(decoding(&net, far), 0, "past the limit it does not");
+    assert!(
+        !net.relay_control
+            .iter()
+            .any(|(_, _, m)| matches!(m, Control::TrackAnnounce { hops, .. } if *hops > MAX_HOPS)),
+    );
+}
+
+/// Found by the hop-limit test: a hub opened a room only when two of its links wanted it, so
+/// two hubs with nobody in the room next to each other (a region's hub and the central one,
+/// when everyone is on other nodes) waited for each other and no media crossed. Interest now
+/// travels up the tree through any number of empty hubs.
+#[test]
+fn a_chain_of_hubs_with_nobody_in_the_room_carries_media() {
+    let mut net = Net::new();
+    let n: Vec<NodeIx> = ["fra-2", "fra-1", "seoul-1", "va-1"]
+        .iter()
+        .map(|x| net.node(x, x))
+        .collect();
+    for w in n.windows(2) {
+        net.link(w[0], w[1]);
+    }
+    net.assign(n[0], ROOM, &[(n[1], true)]);
+    net.assign(n[1], ROOM, &[(n[0], false), (n[2], true)]);
+    net.assign(n[2], ROOM, &[(n[1], false), (n[3], false)]);
+    net.assign(n[3], ROOM, &[(n[2], true)]);
+    let publisher = net.join(n[0], ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    let viewer = net.join(n[3], ROOM, "bo");
+    net.run_with_video(secs(3.0), publisher, 7);
+    assert_eq!(net.nodes[n[1]].engine.status().participants, 0);
+    assert_eq!(net.nodes[n[2]].engine.status().participants, 0);
+    assert!(decoding(&net, viewer) > 20, "media crosses two empty hubs");
+    // When the viewer leaves, interest falls back down the chain and the media stops.
+    net.leave(viewer);
+    net.run_with_video(secs(1.0), publisher, 7);
+    let before = net.relay_media.get(&(n[0], n[1])).copied().unwrap_or(0);
+    net.run_with_video(secs(2.0), publisher, 7);
+    assert_eq!(
+        net.relay_media.get(&(n[0], n[1])).copied().unwrap_or(0),
+        before
+    );
+}
