@@ -12,7 +12,6 @@
 //! and re-offers when they change). A WHIP session is a publish connection alone, a WHEP
 //! session a subscribe connection alone whose offer comes from the client.
 
-use super::deliver::DeliverRtcp;
 use super::forwarder::{Forwarder, Verdict};
 use super::keyframe::VideoCodec;
 use super::layers::{LayerSelector, LinkState, layer_for_height};
@@ -30,74 +29,47 @@ use moim_wire::signal::{
     TrackSource,
 };
 use moim_wire::status::NodeStatus;
-use rtc::interceptor::{
-    CongestionControlBuilder, ExternalSend, ExternalSends, Gcc, NackGeneratorBuilder,
-    ReceiverReportBuilder, Registry, Slot,
-};
 use rtc::media_stream::MediaStreamTrack;
-use rtc::peer_connection::configuration::interceptor_registry::{
-    configure_simulcast_extension_headers, configure_twcc_receiver_only,
-};
-use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
-use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
-use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters,
-    RTCRtpRtxParameters, RtpCodecKind,
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Identifies a session (a WebSocket participant, a WHIP publisher or a WHEP viewer).
-pub type SessionId = u64;
-type PeerId = u64;
-type TrackKey = u64;
-type DownKey = u64;
+pub use super::SessionId;
+use super::downtrack::DownTrack;
+use super::peer::{MAX_ADDRS_PER_PEER, Peer, Role, push_transmit, resolve_leg, send_rtp};
+pub use super::peer::{MAX_QUEUED_TRANSMITS, Transmit, add_host_candidate};
+use super::room::Room;
+use super::session::Session;
+pub use super::session::SessionKind;
+use super::uptrack::{Layer, UpTrack, layer_index, rates_seen};
+use super::{DownKey, PeerId, TrackKey};
 
-/// Silence after which a connection counts as disconnected.
-const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(12);
-/// Further silence after which it has failed and its session ends.
-const ICE_FAILED_AFTER: Duration = Duration::from_secs(18);
 /// Housekeeping period: layer decisions, speaker reports, rate meters, timeouts.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Period of RTCP sender reports per down-track (RFC 3550 allows 5 s; browsers send one a
 /// second, and audio/video sync waits for the first).
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Send records waiting for a subscriber's congestion controller, at most. It takes them on each
-/// feedback (every 50-100 ms from a browser); a leg whose feedback stops records no more.
-const MAX_PENDING_CC_SENDS: usize = 4096;
 /// Smallest gap between two keyframe requests for one publisher stream.
 const PLI_MIN_GAP: Duration = Duration::from_millis(500);
-/// Bound on datagrams waiting to be sent; beyond it the oldest are dropped (UDP semantics).
-pub const MAX_QUEUED_TRANSMITS: usize = 65_536;
 /// Bound on signalling messages waiting for the driver; beyond it the oldest are dropped.
 const MAX_QUEUED_SIGNALS: usize = 65_536;
-/// Addresses remembered per peer connection (ICE may move between candidate pairs).
-const MAX_ADDRS_PER_PEER: usize = 4;
 /// Retransmission buffer per outgoing video stream, in packets (a power of two).
 pub const NACK_BUFFER_PACKETS: u16 = 512;
-
-/// Send-side estimate a new subscriber connection starts from: enough for a 720p layer plus
-/// audio, so a subscriber on a good path sees full quality at once; congestion lowers it.
-const GCC_INITIAL_BPS: f64 = 2_500_000.0;
-const GCC_MIN_BPS: f64 = 100_000.0;
-const GCC_MAX_BPS: f64 = 50_000_000.0;
 
 /// Limits and addresses the engine works with.
 #[derive(Debug, Clone)]
@@ -118,259 +90,51 @@ pub struct EngineConfig {
     pub connect_timeout: Duration,
 }
 
-/// A datagram to send.
-#[derive(Debug)]
-pub struct Transmit {
-    /// Destination.
-    pub to: SocketAddr,
-    /// Payload.
-    pub data: BytesMut,
-}
-
-/// What kind of client a session is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionKind {
-    /// The web client over WebSocket signalling.
-    WebSocket,
-    /// A WHIP publisher.
-    Whip,
-    /// A WHEP viewer.
-    Whep,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Publish,
-    Subscribe,
-}
-
-struct Session {
-    kind: SessionKind,
-    resource: String,
-    room: String,
-    participant: ParticipantInfo,
-    can_publish: bool,
-    can_subscribe: bool,
-    publish_peer: Option<PeerId>,
-    subscribe_peer: Option<PeerId>,
-    /// A subscribe offer is out and unanswered.
-    offer_outstanding: bool,
-    /// The track set changed while an offer was out.
-    reoffer: bool,
-    /// Sources the client declared for its tracks, by client track id.
-    declared_sources: HashMap<String, TrackSource>,
-    /// Wanted rendered size per track id.
-    layer_wish: HashMap<String, (u32, u32)>,
-    joined_at: Instant,
-    first_media_sent: bool,
-}
-
-struct Peer {
-    pc: RTCPeerConnection,
-    session: SessionId,
-    role: Role,
-    ufrag: String,
-    addrs: Vec<SocketAddr>,
-    connected: bool,
-    created_at: Instant,
-    timeout: Option<Instant>,
-    /// Publisher side: client track id to published track.
-    inbound: HashMap<String, TrackKey>,
-    /// Subscriber side: outgoing SSRC (primary) to down-track.
-    downs_by_ssrc: HashMap<u32, DownKey>,
-    chat: Option<usize>,
-    chat_open: bool,
-    /// Loss the subscriber reports (EWMA of RTCP fraction lost).
-    loss: f32,
-    /// REMB estimate from the subscriber, bits per second.
-    remb_bps: Option<f64>,
-    /// Send-side GCC estimate from TWCC feedback (see [`DeliverRtcp`]).
-    gcc_bps: Arc<AtomicU64>,
-    /// Keyframe requests from the far end (see [`DeliverRtcp`]).
-    keyframe_requests: super::deliver::KeyframeRequests,
-    /// Next transport-wide sequence number (subscribe legs: media goes out past `rtc`'s
-    /// interceptors, see [`super::send`]).
-    twcc_seq: u16,
-    /// Where sends are recorded for the congestion controller (subscribe legs).
-    cc_sends: Option<ExternalSends>,
-}
-
-impl Peer {
-    /// What the path to this peer can carry: the lower of the REMB and GCC estimates.
-    fn available_bps(&self) -> Option<f64> {
-        let gcc = f64::from_bits(self.gcc_bps.load(Ordering::Relaxed));
-        let gcc = (gcc > 0.0).then_some(gcc);
-        match (self.remb_bps, gcc) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-struct Layer {
-    rid: String,
-    ssrc: Option<u32>,
-    bytes: u64,
-    bps: f64,
-    /// When its last packet arrived here.
-    last_at: Option<Instant>,
-}
-
-/// A layer being forwarded that has been silent this long, while a lower one still flows, has
-/// been dropped by its publisher (a browser sheds its top layers when short of CPU or
-/// bandwidth): subscribers step down at once rather than after the rate window (seconds).
-const LAYER_STALL: Duration = Duration::from_millis(400);
-
-/// The layer rates as the layer choice should see them at `now`: the forwarded layer `current`
-/// counts as not flowing when it has stalled while a lower layer kept flowing.
-fn rates_seen(t: &PublishedTrack, current: Option<u8>, now: Instant) -> Vec<f64> {
-    let mut bps = cascade::layer_rates(t);
-    let recent = |l: &Layer| {
-        l.last_at
-            .is_some_and(|at| now.saturating_duration_since(at) < LAYER_STALL)
-    };
-    if let Some(c) = current.map(usize::from)
-        && t.layers.get(c).is_some_and(|l| !recent(l))
-        && t.layers[..c.min(t.layers.len())].iter().any(recent)
-        && let Some(b) = bps.get_mut(c)
-    {
-        *b = 0.0;
-    }
-    bps
-}
-
-struct PublishedTrack {
-    id: String,
-    /// The publishing session; 0 for a track relayed from another node.
-    session: SessionId,
-    /// Room it is published in.
-    room: String,
-    /// Who publishes it (for relayed tracks, the far participant).
-    owner: ParticipantInfo,
-    /// The publisher's connection and receiver (local tracks only).
-    peer: PeerId,
-    receiver: Option<RTCRtpReceiverId>,
-    /// Set for a track that arrives over a relay link.
-    relay: Option<cascade::RelayedTrack>,
-    /// Relay links that take layers of this (local) track: (link, layer).
-    relay_subs: Vec<(cascade::LinkId, u8)>,
-    kind: RtpCodecKind,
-    source: TrackSource,
-    codec: Option<RTCRtpCodec>,
-    video_codec: VideoCodec,
-    layers: Vec<Layer>,
-    /// Header extension URIs by id on the publisher's leg.
-    ext_uris: HashMap<u8, String>,
-    audio_level_id: Option<u8>,
-    downs: Vec<DownKey>,
-    last_pli: HashMap<u32, Instant>,
-}
-
-struct DownTrack {
-    track: TrackKey,
-    session: SessionId,
-    peer: PeerId,
-    sender: RTCRtpSenderId,
-    ssrc: u32,
-    forwarder: Forwarder,
-    /// Picture ID and TL0PICIDX continuity across layer switches (VP8 only).
-    vp8: Vp8Munger,
-    selector: LayerSelector,
-    /// Payload type and extension map on the subscriber's leg, resolved after negotiation.
-    leg: Option<LegMapping>,
-    layer_switched_at: Option<Instant>,
-    /// The subscriber has accepted the offer carrying this down-track. Until then nothing is
-    /// sent on it: a keyframe sent to a browser that does not know the stream yet is lost,
-    /// and the subscriber would wait for the next one.
-    negotiated: bool,
-    /// What was sent, to answer NACKs from (video only; made when the leg is resolved).
-    sent: Option<SentRing>,
-    /// Sender report counters.
-    stats: SenderStats,
-    /// Next sequence number on the RTX stream.
-    rtx_seq: u16,
-}
-
-/// A peer connection and the handles the engine keeps into its interceptors.
-struct NewPeerConnection {
-    pc: RTCPeerConnection,
-    gcc_bps: Arc<AtomicU64>,
-    keyframe_requests: super::deliver::KeyframeRequests,
-    cc_sends: Option<ExternalSends>,
-}
-
-#[derive(Clone)]
-struct LegMapping {
-    payload_type: u8,
-    /// (publisher id, subscriber id) for extensions worth carrying over.
-    ext_map: Vec<(u8, u8)>,
-    /// The track is VP8: descriptors are rewritten across layer switches.
-    vp8: bool,
-    /// The transport-wide sequence number's extension id, when negotiated.
-    twcc_ext: Option<u8>,
-    /// RTX payload type and SSRC, when negotiated: NACKed packets are resent on it.
-    rtx: Option<(u8, u32)>,
-    /// RTP clock rate, for sender reports.
-    clock_rate: u32,
-}
-
-struct Room {
-    sessions: Vec<SessionId>,
-    /// A room opened for a viewer before anyone joined here (WHEP of a room whose
-    /// publisher is on another node) stays this long without participants.
-    keep_until: Option<Instant>,
-    /// Participants on other nodes, by the link they come over.
-    remote: Vec<(cascade::LinkId, ParticipantInfo)>,
-    tracks: Vec<TrackKey>,
-    speakers: SpeakerDetector,
-    next_participant: u64,
-}
-
 /// The media engine of one node.
 pub struct Engine {
-    cfg: EngineConfig,
-    metrics: Metrics,
-    sessions: HashMap<SessionId, Session>,
-    by_resource: HashMap<String, SessionId>,
-    peers: HashMap<PeerId, Peer>,
-    by_ufrag: HashMap<String, PeerId>,
-    by_addr: HashMap<SocketAddr, PeerId>,
-    rooms: HashMap<String, Room>,
-    tracks: HashMap<TrackKey, PublishedTrack>,
-    downs: HashMap<DownKey, DownTrack>,
-    next_id: u64,
-    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
-    dirty: VecDeque<PeerId>,
-    dirty_set: HashSet<PeerId>,
-    scratch_events: Vec<RTCPeerConnectionEvent>,
-    scratch_peers: Vec<PeerId>,
-    scratch_reads: Vec<RTCMessage>,
-    transmits: VecDeque<Transmit>,
-    signals: VecDeque<(SessionId, ServerMessage)>,
-    closed: VecDeque<SessionId>,
-    next_housekeeping: Option<Instant>,
-    draining: bool,
+    pub(super) cfg: EngineConfig,
+    pub(super) metrics: Metrics,
+    pub(super) sessions: HashMap<SessionId, Session>,
+    pub(super) by_resource: HashMap<String, SessionId>,
+    pub(super) peers: HashMap<PeerId, Peer>,
+    pub(super) by_ufrag: HashMap<String, PeerId>,
+    pub(super) by_addr: HashMap<SocketAddr, PeerId>,
+    pub(super) rooms: HashMap<String, Room>,
+    pub(super) tracks: HashMap<TrackKey, UpTrack>,
+    pub(super) downs: HashMap<DownKey, DownTrack>,
+    pub(super) next_id: u64,
+    pub(super) timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    pub(super) dirty: VecDeque<PeerId>,
+    pub(super) dirty_set: HashSet<PeerId>,
+    pub(super) scratch_events: Vec<RTCPeerConnectionEvent>,
+    pub(super) scratch_peers: Vec<PeerId>,
+    pub(super) scratch_reads: Vec<RTCMessage>,
+    pub(super) transmits: VecDeque<Transmit>,
+    pub(super) signals: VecDeque<(SessionId, ServerMessage)>,
+    pub(super) closed: VecDeque<SessionId>,
+    pub(super) next_housekeeping: Option<Instant>,
+    pub(super) draining: bool,
     /// SIGTERM: draining for good.
-    terminating: bool,
-    rate_window: RateWindow,
+    pub(super) terminating: bool,
+    pub(super) rate_window: RateWindow,
     /// Rooms the operator placed here (bounded by how many meetings it places on one node).
-    assignments: HashMap<String, RoomAssignment>,
+    pub(super) assignments: HashMap<String, RoomAssignment>,
     /// Relay links to other nodes.
-    links: HashMap<cascade::LinkId, cascade::LinkState>,
+    pub(super) links: HashMap<cascade::LinkId, cascade::LinkState>,
     /// Messages and media for relay links, drained by the driver (bounded, see
     /// [`cascade::RELAY_OUT_MAX`]).
-    relay_out: VecDeque<cascade::RelayOut>,
+    pub(super) relay_out: VecDeque<cascade::RelayOut>,
     /// Recent relayed datagrams of local tracks, per (track, layer), for link NACKs.
-    relay_history: HashMap<(TrackKey, u8), cascade::RelayHistory>,
+    pub(super) relay_history: HashMap<(TrackKey, u8), cascade::RelayHistory>,
 }
 
 #[derive(Default)]
-struct RateWindow {
-    since: Option<Instant>,
-    bytes_in: u64,
-    bytes_out: u64,
-    ingress_bps: f64,
-    egress_bps: f64,
+pub(super) struct RateWindow {
+    pub(super) since: Option<Instant>,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    pub(super) ingress_bps: f64,
+    pub(super) egress_bps: f64,
 }
 
 fn unix_ms() -> u64 {
@@ -386,149 +150,10 @@ fn random_hex(bytes: usize) -> String {
         .collect()
 }
 
-#[path = "cascade.rs"]
-pub mod cascade;
-
-/// Header extensions carried from publisher to subscriber (rewritten to the subscriber's ids).
-/// MID, RID and transport-wide sequence numbers belong to one leg and are never copied.
-const FORWARDED_EXTENSIONS: &[&str] = &[
-    rtc::sdp::extmap::AUDIO_LEVEL_URI,
-    rtc::sdp::extmap::ABS_SEND_TIME_URI,
-    rtc::sdp::extmap::VIDEO_ORIENTATION_URI,
-];
-
-/// The payload type, extension ids and RTX stream `track` has on a subscriber's leg, once
-/// negotiated.
-fn resolve_leg(
-    peer: &mut Peer,
-    sender: RTCRtpSenderId,
-    track: &PublishedTrack,
-) -> Option<LegMapping> {
-    let codec = track.codec.as_ref()?;
-    let mut rtp_sender = peer.pc.rtp_sender(sender)?;
-    let params = rtp_sender.get_parameters();
-    let codecs = &params.rtp_parameters.codecs;
-    let chosen = codecs
-        .iter()
-        .find(|c| {
-            c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
-                && c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line
-        })
-        .or_else(|| {
-            codecs
-                .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type))
-        })?;
-    let payload_type = chosen.payload_type;
-    let ext_id = |uri: &str| {
-        params
-            .rtp_parameters
-            .header_extensions
-            .iter()
-            .find(|h| h.uri == uri)
-            .and_then(|h| u8::try_from(h.id).ok())
-    };
-    let ext_map = track
-        .ext_uris
-        .iter()
-        .filter(|(_, uri)| FORWARDED_EXTENSIONS.contains(&uri.as_str()))
-        .filter_map(|(id, uri)| Some((*id, ext_id(uri)?)))
-        .collect();
-    let apt = format!("apt={payload_type}");
-    let rtx_pt = codecs
-        .iter()
-        .find(|c| {
-            c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx")
-                && c.rtp_codec
-                    .sdp_fmtp_line
-                    .split(';')
-                    .any(|f| f.trim() == apt)
-        })
-        .map(|c| c.payload_type);
-    let rtx_ssrc = params
-        .encodings
-        .first()
-        .and_then(|e| e.rtp_coding_parameters.rtx.as_ref())
-        .map(|r| r.ssrc);
-    Some(LegMapping {
-        payload_type,
-        ext_map,
-        vp8: track.video_codec == VideoCodec::Vp8,
-        twcc_ext: ext_id(rtc::sdp::extmap::TRANSPORT_CC_URI)
-            .filter(|id| super::send::one_byte_id(*id)),
-        rtx: rtx_pt.zip(rtx_ssrc),
-        clock_rate: chosen.rtp_codec.clock_rate,
-    })
-}
-
-/// Protects `out` with the peer's SRTP context and queues it for the socket, numbered for
-/// transport-wide congestion control when the leg negotiated it (see [`super::send`]).
-fn send_rtp(
-    peer: &mut Peer,
-    transmits: &mut VecDeque<Transmit>,
-    out: &RtpOut<'_>,
-    exts: &Extensions,
-    twcc_ext: Option<u8>,
-    now: Instant,
-) -> std::result::Result<(), rtc::shared::error::Error> {
-    let Some((addr, srtp)) = peer.pc.rtp_send_path() else {
-        return Err(rtc::shared::error::Error::Other(
-            "no selected pair or SRTP keys yet".to_owned(),
-        ));
-    };
-    let twcc = twcc_ext.map(|id| (id, peer.twcc_seq));
-    let plain = super::send::marshal(out, exts, twcc);
-    let protected = srtp.encrypt_rtp(&plain)?;
-    if let Some((_, seq)) = twcc {
-        peer.twcc_seq = seq.wrapping_add(1);
-        if let Some(sends) = &peer.cc_sends {
-            let mut sends = sends.lock().unwrap_or_else(|e| e.into_inner());
-            if sends.len() < MAX_PENDING_CC_SENDS {
-                sends.push(ExternalSend {
-                    ssrc: out.ssrc,
-                    sequence_number: out.sequence_number,
-                    twcc_sequence_number: seq,
-                    size: plain.len(),
-                    departure: now,
-                });
-            }
-        }
-    }
-    push_transmit(transmits, addr, protected);
-    Ok(())
-}
-
-/// Adds the one host candidate at `addr` to `pc`'s local description (no trickle: the
-/// candidate goes out in the SDP). Used for the node's own legs and by test clients.
-pub fn add_host_candidate(pc: &mut RTCPeerConnection, addr: SocketAddr) -> Result<()> {
-    let candidate = CandidateHostConfig {
-        base_config: CandidateConfig {
-            network: "udp".to_owned(),
-            address: addr.ip().to_string(),
-            port: addr.port(),
-            component: 1,
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-    .new_candidate_host()
-    .map_err(Error::rtc)?;
-    let init = RTCIceCandidate::from(&candidate)
-        .to_json()
-        .map_err(Error::rtc)?;
-    pc.add_local_candidate(init).map_err(Error::rtc)
-}
-
-/// Queues a datagram, dropping the oldest when the queue is full (the socket is far behind).
-fn push_transmit(transmits: &mut VecDeque<Transmit>, to: SocketAddr, data: BytesMut) {
-    if transmits.len() >= MAX_QUEUED_TRANSMITS {
-        transmits.pop_front();
-    }
-    transmits.push_back(Transmit { to, data });
-}
+pub use super::cascade;
 
 /// Codec mime types (`video/VP8`, `audio/opus`, ...) in an SDP's `a=rtpmap` lines.
-fn offered_codecs(sdp: &str) -> Vec<String> {
+pub fn offered_codecs(sdp: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut kind = "";
     for line in sdp.lines() {
@@ -547,15 +172,6 @@ fn offered_codecs(sdp: &str) -> Vec<String> {
         }
     }
     out
-}
-
-fn layer_index(rid: &str, order: usize) -> u8 {
-    match rid {
-        "q" | "l" | "low" | "0" => 0,
-        "h" | "m" | "mid" | "1" => 1,
-        "f" | "high" | "2" => 2,
-        _ => order.min(2) as u8,
-    }
 }
 
 impl Engine {
@@ -593,147 +209,36 @@ impl Engine {
         }
     }
 
-    fn next_id(&mut self) -> u64 {
+    pub(super) fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
     }
 
     // ----- peer connection set-up -------------------------------------------------------
 
-    /// A peer connection for one direction. Every interceptor costs two moves of each packet
-    /// through its queue, so each role gets only the ones it uses: a publish leg receives
-    /// (NACK generator, TWCC feedback, receiver reports). A subscribe leg's media goes out
-    /// past the chain ([`super::send`]): the engine answers NACKs, numbers packets for TWCC and
-    /// sends sender reports itself, and only GCC stays, reading the feedback and the sends the
-    /// engine records for it. Both negotiate the same feedback.
-    fn new_peer_connection(
-        &self,
+    pub(super) fn create_peer(
+        &mut self,
+        session: SessionId,
         role: Role,
-        ufrag: &str,
-        pwd: &str,
         now: Instant,
-    ) -> Result<NewPeerConnection> {
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().map_err(Error::rtc)?;
-        let deliver = DeliverRtcp::default();
-        let estimate = deliver.estimate();
-        let keyframes = deliver.keyframes();
-        let registry = Registry::new().with(Slot::from(14_000), deliver);
-        let cc_sends = ExternalSends::default();
-        for parameter in ["", "pli"] {
-            media.register_feedback(
-                RTCPFeedback {
-                    typ: "nack".to_owned(),
-                    parameter: parameter.to_owned(),
-                },
-                RtpCodecKind::Video,
-            );
-        }
-        configure_simulcast_extension_headers(&mut media).map_err(Error::rtc)?;
-        let registry = match role {
-            // Ask publishers for what the node lost; report arrivals for their estimator.
-            Role::Publish => configure_twcc_receiver_only(registry, &mut media)
-                .map_err(Error::rtc)?
-                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
-                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build()),
-            // Estimate the subscriber's path with send-side GCC (browsers that negotiate
-            // transport-cc send no REMB). No pacer: publishers already paced what we forward,
-            // and a pacer would add queueing delay.
-            Role::Subscribe => {
-                // Only for the media engine (transport-cc negotiated): a subscribe leg
-                // receives no RTP to report arrivals of.
-                let _ = configure_twcc_receiver_only(Registry::new(), &mut media)
-                    .map_err(Error::rtc)?;
-                registry.with(
-                    Slot::CongestionControl,
-                    CongestionControlBuilder::new(Gcc::new(
-                        GCC_INITIAL_BPS,
-                        GCC_MIN_BPS,
-                        GCC_MAX_BPS,
-                    ))
-                    .with_external_sends(cc_sends.clone())
-                    .build(),
-                )
-            }
-        };
-        media
-            .register_header_extension(
-                rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
-                    uri: rtc::sdp::extmap::AUDIO_LEVEL_URI.to_owned(),
-                },
-                RtpCodecKind::Audio,
-                None,
-            )
-            .map_err(Error::rtc)?;
-        let settings = SettingEngineBuilder::new()
-            .with_lite(true)
-            .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
-            .with_include_loopback_candidate(true)
-            // Browsers send consent checks every 4-6 s (RFC 7675); the library's 5 s default
-            // flaps on that jitter. Disconnected after 12 s of silence, failed (and the
-            // session dropped) after 30 s.
-            .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
-            .build();
-        let pc = RTCPeerConnectionBuilder::new()
-            .with_media_engine(media)
-            .with_setting_engine(settings)
-            .with_interceptor_registry(registry)
-            .build(now)
-            .map_err(Error::rtc)?;
-        Ok(NewPeerConnection {
-            pc,
-            gcc_bps: estimate,
-            keyframe_requests: keyframes,
-            cc_sends: (role == Role::Subscribe).then_some(cc_sends),
-        })
-    }
-
-    fn create_peer(&mut self, session: SessionId, role: Role, now: Instant) -> Result<PeerId> {
+    ) -> Result<PeerId> {
         let ufrag = random_hex(8);
-        let pwd = random_hex(16);
-        let NewPeerConnection {
-            pc,
-            gcc_bps,
-            keyframe_requests,
-            cc_sends,
-        } = self.new_peer_connection(role, &ufrag, &pwd, now)?;
+        let peer = Peer::new(session, role, ufrag.clone(), &random_hex(16), now)?;
         let id = self.next_id();
-        self.by_ufrag.insert(ufrag.clone(), id);
-        self.peers.insert(
-            id,
-            Peer {
-                pc,
-                session,
-                role,
-                ufrag,
-                addrs: Vec::new(),
-                connected: false,
-                created_at: now,
-                timeout: None,
-                inbound: HashMap::new(),
-                downs_by_ssrc: HashMap::new(),
-                chat: None,
-                chat_open: false,
-                loss: 0.0,
-                remb_bps: None,
-                gcc_bps,
-                keyframe_requests,
-                twcc_seq: 0,
-                cc_sends,
-            },
-        );
+        self.by_ufrag.insert(ufrag, id);
+        self.peers.insert(id, peer);
         Ok(id)
     }
 
     /// Applies a client's offer to `peer`; [`Engine::finish_answer`] then produces the answer.
-    fn answer_offer(&mut self, peer: PeerId, sdp: String, now: Instant) -> Result<()> {
+    pub(super) fn answer_offer(&mut self, peer: PeerId, sdp: String, now: Instant) -> Result<()> {
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| Error::Sdp(e.to_string()))?;
         let p = self.peers.get_mut(&peer).ok_or(Error::NotFound)?;
         p.pc.set_remote_description(now, offer)
             .map_err(|e| Error::Sdp(e.to_string()))
     }
 
-    fn finish_answer(&mut self, peer: PeerId, now: Instant) -> Result<String> {
+    pub(super) fn finish_answer(&mut self, peer: PeerId, now: Instant) -> Result<String> {
         let mut pc = self.peers.remove(&peer).ok_or(Error::NotFound)?;
         let result = (|| {
             add_host_candidate(&mut pc.pc, self.cfg.candidate_addr)?;
@@ -753,7 +258,12 @@ impl Engine {
 
     // ----- sessions -----------------------------------------------------------------------
 
-    fn admit(&mut self, claims: &JoinClaims, kind: SessionKind, now: Instant) -> Result<SessionId> {
+    pub(super) fn admit(
+        &mut self,
+        claims: &JoinClaims,
+        kind: SessionKind,
+        now: Instant,
+    ) -> Result<SessionId> {
         let room_exists = self.rooms.contains_key(&claims.room);
         if self.draining && !room_exists {
             self.metrics.reject("draining");
@@ -828,13 +338,13 @@ impl Engine {
         Ok(id)
     }
 
-    fn ensure_housekeeping(&mut self, now: Instant) {
+    pub(super) fn ensure_housekeeping(&mut self, now: Instant) {
         if self.next_housekeeping.is_none() {
             self.next_housekeeping = Some(now + HOUSEKEEPING);
         }
     }
 
-    fn room_tracks_info(&self, room: &str, except: SessionId) -> Vec<TrackInfo> {
+    pub(super) fn room_tracks_info(&self, room: &str, except: SessionId) -> Vec<TrackInfo> {
         self.rooms
             .get(room)
             .map(|r| {
@@ -848,7 +358,7 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    fn track_info(&self, t: &PublishedTrack) -> Option<TrackInfo> {
+    pub(super) fn track_info(&self, t: &UpTrack) -> Option<TrackInfo> {
         Some(TrackInfo {
             track_id: t.id.clone(),
             participant_id: t.owner.id.clone(),
@@ -863,14 +373,14 @@ impl Engine {
         })
     }
 
-    fn signal(&mut self, session: SessionId, msg: ServerMessage) {
+    pub(super) fn signal(&mut self, session: SessionId, msg: ServerMessage) {
         if self.signals.len() >= MAX_QUEUED_SIGNALS {
             self.signals.pop_front();
         }
         self.signals.push_back((session, msg));
     }
 
-    fn broadcast(&mut self, room: &str, except: SessionId, msg: &ServerMessage) {
+    pub(super) fn broadcast(&mut self, room: &str, except: SessionId, msg: &ServerMessage) {
         let targets: Vec<SessionId> = self
             .rooms
             .get(room)
@@ -1096,7 +606,7 @@ impl Engine {
     }
 
     /// Gives a chat message to every WebSocket participant of `room` on this node.
-    fn deliver_chat(&mut self, room: &str, frame: &ChatFrame, now: Instant) {
+    pub(super) fn deliver_chat(&mut self, room: &str, frame: &ChatFrame, now: Instant) {
         let targets: Vec<SessionId> = self
             .rooms
             .get(room)
@@ -1333,6 +843,18 @@ impl Engine {
         self.sessions.len()
     }
 
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// What `session`'s subscribe leg can carry, as the node estimates it (GCC from the
+    /// subscriber's TWCC feedback, or its REMB: the lower), bits per second.
+    pub fn send_estimate_bps(&self, session: SessionId) -> Option<f64> {
+        let peer = self.sessions.get(&session)?.subscribe_peer?;
+        self.peers.get(&peer)?.available_bps()
+    }
+
     /// The node's load, for `/status`.
     pub fn status(&self) -> NodeStatus {
         NodeStatus {
@@ -1388,7 +910,7 @@ impl Engine {
         self.assignments.remove(room).is_some()
     }
 
-    fn remove_session(&mut self, id: SessionId, now: Instant) {
+    pub(super) fn remove_session(&mut self, id: SessionId, now: Instant) {
         let Some(s) = self.sessions.remove(&id) else {
             return;
         };
@@ -1449,7 +971,7 @@ impl Engine {
         self.closed.push_back(id);
     }
 
-    fn remove_track(&mut self, key: TrackKey, now: Instant) {
+    pub(super) fn remove_track(&mut self, key: TrackKey, now: Instant) {
         let Some(t) = self.tracks.remove(&key) else {
             return;
         };
@@ -1489,7 +1011,7 @@ impl Engine {
     }
 
     /// Adds a down-track of `track` to `session`'s subscribe connection.
-    fn add_down_track(&mut self, track: TrackKey, session: SessionId) {
+    pub(super) fn add_down_track(&mut self, track: TrackKey, session: SessionId) {
         let Some(t) = self.tracks.get(&track) else {
             return;
         };
@@ -1577,7 +1099,7 @@ impl Engine {
     }
 
     /// Sends a (re-)offer on the subscribe connection, or queues one if an offer is out.
-    fn offer_subscriber(&mut self, session: SessionId, now: Instant) -> Result<()> {
+    pub(super) fn offer_subscriber(&mut self, session: SessionId, now: Instant) -> Result<()> {
         let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
         if s.kind != SessionKind::WebSocket {
             return Ok(());
@@ -1617,7 +1139,7 @@ impl Engine {
 
     // ----- the packet path -----------------------------------------------------------------
 
-    fn mark_dirty(&mut self, peer: PeerId) {
+    pub(super) fn mark_dirty(&mut self, peer: PeerId) {
         if self.dirty_set.insert(peer) {
             self.dirty.push_back(peer);
         }
@@ -1676,7 +1198,7 @@ impl Engine {
     }
 
     /// Drains every peer connection touched since the last call.
-    fn process(&mut self, now: Instant) {
+    pub(super) fn process(&mut self, now: Instant) {
         // Events and reads are collected first (the handlers need the whole engine), into
         // buffers kept between calls; the peer itself stays in its map.
         let mut events = std::mem::take(&mut self.scratch_events);
@@ -1717,7 +1239,12 @@ impl Engine {
         self.scratch_reads = reads;
     }
 
-    fn on_event(&mut self, peer_id: PeerId, event: RTCPeerConnectionEvent, now: Instant) {
+    pub(super) fn on_event(
+        &mut self,
+        peer_id: PeerId,
+        event: RTCPeerConnectionEvent,
+        now: Instant,
+    ) {
         match event {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 let Some(peer) = self.peers.get_mut(&peer_id) else {
@@ -1780,7 +1307,7 @@ impl Engine {
         }
     }
 
-    fn on_track_open(
+    pub(super) fn on_track_open(
         &mut self,
         peer_id: PeerId,
         track_id: String,
@@ -1888,7 +1415,7 @@ impl Engine {
         let public_id = format!("t{key}");
         self.tracks.insert(
             key,
-            PublishedTrack {
+            UpTrack {
                 id: public_id,
                 session,
                 room: room.clone(),
@@ -1944,7 +1471,7 @@ impl Engine {
         }
     }
 
-    fn on_message(&mut self, peer_id: PeerId, msg: RTCMessage, now: Instant) {
+    pub(super) fn on_message(&mut self, peer_id: PeerId, msg: RTCMessage, now: Instant) {
         match msg {
             RTCMessage::RtpPacket(track_id, packet) => self.on_rtp(peer_id, &track_id, packet, now),
             RTCMessage::RtcpPacket(_, packets) => self.on_rtcp(peer_id, packets, now),
@@ -1980,7 +1507,13 @@ impl Engine {
         }
     }
 
-    fn on_rtp(&mut self, peer_id: PeerId, track_id: &str, packet: rtc::rtp::Packet, now: Instant) {
+    pub(super) fn on_rtp(
+        &mut self,
+        peer_id: PeerId,
+        track_id: &str,
+        packet: rtc::rtp::Packet,
+        now: Instant,
+    ) {
         let Some(key) = self
             .peers
             .get(&peer_id)
@@ -2020,7 +1553,7 @@ impl Engine {
     /// Forwards a packet of `key`'s `layer` (from its publisher or a relay link) to its
     /// subscribers here and to relay links that take that layer.
     /// `raw` is the packet's bytes when it came over a relay link as is.
-    fn deliver(
+    pub(super) fn deliver(
         &mut self,
         key: TrackKey,
         layer: usize,
@@ -2063,7 +1596,7 @@ impl Engine {
         self.relay_forward(key, layer as u8, packet, raw);
     }
 
-    fn forward_to(
+    pub(super) fn forward_to(
         &mut self,
         down_key: DownKey,
         layer: u8,
@@ -2187,7 +1720,7 @@ impl Engine {
 
     /// Resends what a subscriber NACKed, from what its down-track still holds: on the RTX
     /// stream when the leg negotiated one (RFC 4588), else as the same packet again.
-    fn answer_nack(&mut self, peer_id: PeerId, nack: &TransportLayerNack, now: Instant) {
+    pub(super) fn answer_nack(&mut self, peer_id: PeerId, nack: &TransportLayerNack, now: Instant) {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
@@ -2250,7 +1783,7 @@ impl Engine {
 
     /// RTCP sender reports for every down-track due one (RFC 3550 §6.4.1): what was sent and
     /// which RTP time matches which wall-clock time, for the subscriber's audio/video sync.
-    fn send_sender_reports(&mut self, now: Instant) {
+    pub(super) fn send_sender_reports(&mut self, now: Instant) {
         let wall = SystemTime::now();
         let mut touched = std::mem::take(&mut self.scratch_peers);
         for down in self.downs.values_mut() {
@@ -2286,7 +1819,12 @@ impl Engine {
         self.scratch_peers = touched;
     }
 
-    fn on_rtcp(&mut self, peer_id: PeerId, packets: Vec<Box<dyn rtc::rtcp::Packet>>, now: Instant) {
+    pub(super) fn on_rtcp(
+        &mut self,
+        peer_id: PeerId,
+        packets: Vec<Box<dyn rtc::rtcp::Packet>>,
+        now: Instant,
+    ) {
         for p in packets {
             let any = p.as_any();
             // PLI and FIR are taken before the library routes RTCP (see [`DeliverRtcp`]).
@@ -2310,7 +1848,12 @@ impl Engine {
         }
     }
 
-    fn keyframe_request_from_subscriber(&mut self, peer_id: PeerId, ssrc: u32, now: Instant) {
+    pub(super) fn keyframe_request_from_subscriber(
+        &mut self,
+        peer_id: PeerId,
+        ssrc: u32,
+        now: Instant,
+    ) {
         if let Some(d) = self
             .peers
             .get(&peer_id)
@@ -2322,7 +1865,7 @@ impl Engine {
     }
 
     /// Asks the publisher for a keyframe of the layer `down` is on or switching to.
-    fn request_keyframe_for(&mut self, down: DownKey, now: Instant) {
+    pub(super) fn request_keyframe_for(&mut self, down: DownKey, now: Instant) {
         let Some(d) = self.downs.get(&down) else {
             return;
         };
@@ -2335,7 +1878,7 @@ impl Engine {
         self.send_pli(track, layer, now);
     }
 
-    fn send_pli(&mut self, track: TrackKey, layer: u8, now: Instant) {
+    pub(super) fn send_pli(&mut self, track: TrackKey, layer: u8, now: Instant) {
         let Some(t) = self.tracks.get_mut(&track) else {
             return;
         };
@@ -2425,7 +1968,7 @@ impl Engine {
         self.process(now);
     }
 
-    fn housekeeping(&mut self, now: Instant) {
+    pub(super) fn housekeeping(&mut self, now: Instant) {
         self.send_sender_reports(now);
         // Rates, once a second.
         let since = *self.rate_window.since.get_or_insert(now);
@@ -2568,463 +2111,5 @@ impl Engine {
     /// The IP the node advertises, for logs.
     pub fn candidate_ip(&self) -> IpAddr {
         self.cfg.candidate_addr.ip()
-    }
-}
-
-#[cfg(test)]
-mod fake_time_tests {
-    //! The whole engine against in-memory rtc client peers, in fake time: no sockets, no
-    //! sleeps. Datagrams move between the engine and the clients in a loop that advances a
-    //! fake clock by 5 ms per round.
-
-    use super::*;
-    use rtc::interceptor::Registry;
-    use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
-
-    const NODE: &str = "10.0.0.1:5000";
-
-    struct Client {
-        pc: RTCPeerConnection,
-        addr: SocketAddr,
-        connected: bool,
-        plis: usize,
-        received_seqs: Vec<u16>,
-    }
-
-    fn client(port: u16, t: Instant) -> Client {
-        let mut media = MediaEngine::default();
-        media.register_default_codecs().expect("codecs");
-        let registry = Registry::new().with(Slot::from(14_000), DeliverRtcp::default());
-        let registry = register_default_interceptors(registry, &mut media).expect("interceptors");
-        let pc = RTCPeerConnectionBuilder::new()
-            .with_media_engine(media)
-            .with_interceptor_registry(registry)
-            .build(t)
-            .expect("client pc");
-        let addr: SocketAddr = format!("10.0.0.2:{port}").parse().expect("addr");
-        Client {
-            pc,
-            addr,
-            connected: false,
-            plis: 0,
-            received_seqs: Vec::new(),
-        }
-    }
-
-    fn add_candidate(c: &mut Client) {
-        add_host_candidate(&mut c.pc, c.addr).expect("candidate");
-    }
-
-    fn engine() -> Engine {
-        let addr: SocketAddr = NODE.parse().expect("addr");
-        Engine::new(
-            EngineConfig {
-                local_addr: addr,
-                candidate_addr: addr,
-                max_room_participants: 10,
-                max_sessions: 10,
-                node_id: "n".into(),
-                region: "test".into(),
-                connect_timeout: Duration::from_secs(30),
-            },
-            Metrics::new(),
-        )
-    }
-
-    fn claims(identity: &str) -> JoinClaims {
-        JoinClaims {
-            identity: identity.into(),
-            room: "r".into(),
-            name: String::new(),
-            can_publish: true,
-            can_subscribe: true,
-            exp: u64::MAX / 2,
-            nbf: None,
-        }
-    }
-
-    /// One round: everything queued moves, timers run, the clock advances 5 ms.
-    /// `drop_to` decides whether to lose a datagram on its way to a client.
-    fn round(
-        e: &mut Engine,
-        clients: &mut [&mut Client],
-        t: &mut Instant,
-        drop_to: &mut dyn FnMut(SocketAddr, &[u8]) -> bool,
-    ) {
-        let node: SocketAddr = NODE.parse().expect("addr");
-        for c in clients.iter_mut() {
-            while let Some(m) = c.pc.poll_write() {
-                e.handle_datagram(*t, c.addr, &m.message);
-            }
-        }
-        e.handle_timeout(*t);
-        while let Some(tx) = e.poll_transmit() {
-            if drop_to(tx.to, &tx.data) {
-                continue;
-            }
-            if let Some(c) = clients.iter_mut().find(|c| c.addr == tx.to) {
-                let _ = c.pc.handle_read(TaggedBytesMut {
-                    now: *t,
-                    transport: TransportContext {
-                        local_addr: c.addr,
-                        peer_addr: node,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: tx.data,
-                });
-            }
-        }
-        for c in clients.iter_mut() {
-            if c.pc.poll_timeout().is_some_and(|d| d <= *t) {
-                let _ = c.pc.handle_timeout(*t);
-            }
-            while let Some(ev) = c.pc.poll_event() {
-                if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(
-                    RTCPeerConnectionState::Connected,
-                ) = ev
-                {
-                    c.connected = true;
-                }
-            }
-            while let Some(m) = c.pc.poll_read() {
-                match m.message {
-                    RTCMessage::RtcpPacket(_, packets) => {
-                        c.plis += packets
-                            .iter()
-                            .filter(|p| {
-                                p.as_any().downcast_ref::<PictureLossIndication>().is_some()
-                            })
-                            .count();
-                    }
-                    RTCMessage::RtpPacket(_, p) => c.received_seqs.push(p.header.sequence_number),
-                    _ => {}
-                }
-            }
-        }
-        *t += Duration::from_millis(5);
-    }
-
-    fn vp8(keyframe: bool) -> bytes::Bytes {
-        // S=1, partition 0; then a frame header whose P bit says key or inter frame.
-        bytes::Bytes::from(vec![
-            0x10,
-            if keyframe { 0x00 } else { 0x01 },
-            0x9d,
-            0x01,
-            0x2a,
-            0,
-            0,
-            0,
-            0,
-        ])
-    }
-
-    /// A publisher with one VP8 track and, once [`Fixture::subscribe`] runs, a viewer.
-    struct Fixture {
-        t: Instant,
-        e: Engine,
-        publisher: Client,
-        viewer: Client,
-        sender: RTCRtpSenderId,
-        ssrc: u32,
-        seq: u16,
-    }
-
-    impl Fixture {
-        /// The publisher joins, offers one VP8 track and connects.
-        fn publishing() -> Self {
-            let t = Instant::now();
-            let mut e = engine();
-            let mut publisher = client(6000, t);
-            let viewer = client(6001, t);
-            let (pub_session, _) = e.ws_join(&claims("pub"), t).expect("join");
-            let ssrc = 4242;
-            let codec = RTCRtpCodec {
-                mime_type: "video/VP8".into(),
-                clock_rate: 90_000,
-                ..Default::default()
-            };
-            let track = MediaStreamTrack::new(
-                "s".into(),
-                "cam".into(),
-                "cam".into(),
-                RtpCodecKind::Video,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec,
-                    ..Default::default()
-                }],
-            );
-            let sender = publisher.pc.add_track(track).expect("track");
-            let offer = publisher.pc.create_offer(None).expect("offer");
-            publisher.pc.set_local_description(t, offer).expect("local");
-            add_candidate(&mut publisher);
-            let sdp = publisher.pc.local_description().expect("sdp").sdp;
-            let answer = e.ws_publish(pub_session, sdp, vec![], t).expect("publish");
-            publisher
-                .pc
-                .set_remote_description(t, RTCSessionDescription::answer(answer).expect("answer"))
-                .expect("remote");
-            let mut f = Fixture {
-                t,
-                e,
-                publisher,
-                viewer,
-                sender,
-                ssrc,
-                seq: 100,
-            };
-            for i in 0..400 {
-                f.round(false, &mut |_, _| false);
-                if f.publisher.connected && i % 7 == 0 {
-                    let first = f.seq == 100;
-                    f.send(first);
-                }
-            }
-            assert!(f.publisher.connected, "publisher connects");
-            assert_eq!(f.e.status().published_tracks, 1, "the node sees the track");
-            f
-        }
-
-        /// The viewer joins and answers the node's subscribe offer, which it returns.
-        fn subscribe(&mut self) -> String {
-            let t = self.t;
-            let (viewer_session, _) = self.e.ws_join(&claims("viewer"), t).expect("join");
-            let offer = std::iter::from_fn(|| self.e.poll_signal())
-                .find_map(|(s, m)| match m {
-                    ServerMessage::SubscribeOffer { sdp } if s == viewer_session => Some(sdp),
-                    _ => None,
-                })
-                .expect("subscribe offer");
-            let viewer = &mut self.viewer;
-            viewer
-                .pc
-                .set_remote_description(
-                    t,
-                    RTCSessionDescription::offer(offer.clone()).expect("offer"),
-                )
-                .expect("remote");
-            add_candidate(viewer);
-            let answer = viewer.pc.create_answer(None).expect("answer");
-            viewer.pc.set_local_description(t, answer).expect("local");
-            let sdp = viewer.pc.local_description().expect("sdp").sdp;
-            self.e
-                .ws_subscribe_answer(viewer_session, sdp, t)
-                .expect("answer accepted");
-            offer
-        }
-
-        /// One VP8 frame in one packet from the publisher.
-        fn send(&mut self, key: bool) {
-            let mut s = self.publisher.pc.rtp_sender(self.sender).expect("sender");
-            let pkt = rtc::rtp::Packet {
-                header: rtc::rtp::header::Header {
-                    version: 2,
-                    payload_type: 96,
-                    sequence_number: self.seq,
-                    timestamp: u32::from(self.seq) * 3000,
-                    ssrc: self.ssrc,
-                    marker: true,
-                    ..Default::default()
-                },
-                payload: vp8(key),
-            };
-            self.seq = self.seq.wrapping_add(1);
-            let _ = s.write_rtp(self.t, pkt);
-        }
-
-        fn round(&mut self, with_viewer: bool, drop_to: &mut dyn FnMut(SocketAddr, &[u8]) -> bool) {
-            if with_viewer {
-                round(
-                    &mut self.e,
-                    &mut [&mut self.publisher, &mut self.viewer],
-                    &mut self.t,
-                    drop_to,
-                );
-            } else {
-                round(
-                    &mut self.e,
-                    &mut [&mut self.publisher],
-                    &mut self.t,
-                    drop_to,
-                );
-            }
-        }
-
-        /// The viewer asks for `seqs` (as the node numbered them) with a NACK of its own.
-        fn viewer_nacks(&mut self, media_ssrc: u32, seqs: &[u16]) {
-            let receiver = self.viewer.pc.get_receivers().next().expect("receiver");
-            let nack = TransportLayerNack {
-                sender_ssrc: 1,
-                media_ssrc,
-                nacks: seqs
-                    .iter()
-                    .map(|&packet_id| {
-                        rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair {
-                            packet_id,
-                            lost_packets: 0,
-                        }
-                    })
-                    .collect(),
-            };
-            let t = self.t;
-            let mut rx = self.viewer.pc.rtp_receiver(receiver).expect("receiver");
-            rx.write_rtcp(t, vec![Box::new(nack)])
-                .expect("nack written");
-        }
-    }
-
-    fn is_media_to(addr: SocketAddr, to: SocketAddr, d: &[u8]) -> bool {
-        // RTP over SRTP: version 2 and a payload type outside the RTCP range.
-        to == addr && d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
-    }
-
-    #[test]
-    fn keyframe_requested_on_join_and_nack_served_from_cache() {
-        let mut f = Fixture::publishing();
-        let plis_before = f.publisher.plis;
-        let offer = f.subscribe();
-        // rtc offers a track's transceiver only the track's codec: a subscriber that cannot
-        // take it rejects the m-line rather than choosing a codec the node never sends.
-        let codecs = offered_codecs(&offer);
-        assert!(
-            codecs
-                .iter()
-                .all(|c| c.eq_ignore_ascii_case("video/VP8") || c.eq_ignore_ascii_case("video/rtx")),
-            "the node offers only the publisher's codec: {codecs:?}"
-        );
-
-        // Lose the 10th media datagram on its way to the viewer.
-        let mut media_to_viewer = 0;
-        let viewer_addr = f.viewer.addr;
-        let mut lose_one = |to: SocketAddr, d: &[u8]| {
-            if is_media_to(viewer_addr, to, d) {
-                media_to_viewer += 1;
-                return media_to_viewer == 10;
-            }
-            false
-        };
-        for i in 0..600 {
-            f.round(true, &mut lose_one);
-            if i % 7 == 0 {
-                // A keyframe only when asked, as a real encoder does.
-                let key = f.publisher.plis > plis_before && i < 100;
-                f.send(key);
-            }
-        }
-        assert!(f.viewer.connected, "viewer connects");
-        assert!(
-            f.publisher.plis > plis_before,
-            "a keyframe is requested when the viewer connects"
-        );
-        assert!(
-            f.viewer.received_seqs.len() > 20,
-            "viewer receives media: {:?}",
-            f.viewer.received_seqs.len()
-        );
-        assert!(
-            f.e.metrics.nacks.get() >= 1,
-            "the viewer asks for the lost packet"
-        );
-        // Every sequence number from the first received to the last arrived: the lost one
-        // came back as a retransmission from the node's buffer.
-        let mut got = f.viewer.received_seqs.clone();
-        got.sort_unstable();
-        got.dedup();
-        let (first, last) = (got[0], got[got.len() - 1]);
-        let missing: Vec<u16> = (first..=last)
-            .filter(|s| got.binary_search(s).is_err())
-            .collect();
-        assert!(missing.is_empty(), "missing after NACK: {missing:?}");
-        // The viewer's TWCC feedback reached the node's GCC estimator.
-        let viewer_peer = f.e.downs.values().next().expect("down").peer;
-        let estimate = f64::from_bits(f.e.peers[&viewer_peer].gcc_bps.load(Ordering::Relaxed));
-        assert!(
-            estimate >= GCC_MIN_BPS,
-            "send-side estimate for the viewer: {estimate:?}"
-        );
-    }
-
-    #[test]
-    fn nack_cache_is_bounded() {
-        let mut f = Fixture::publishing();
-        f.subscribe();
-        let mut keep = |_: SocketAddr, _: &[u8]| false;
-        // Connect, then push well over the cache size through to the viewer, one packet a round
-        // (every one a keyframe so forwarding starts without waiting for a PLI).
-        for _ in 0..200 {
-            f.round(true, &mut keep);
-        }
-        assert!(f.viewer.connected, "viewer connects");
-        let total = usize::from(NACK_BUFFER_PACKETS) * 3;
-        for _ in 0..total {
-            f.send(true);
-            f.round(true, &mut keep);
-        }
-        let seqs = f.viewer.received_seqs.clone();
-        assert!(seqs.len() >= total - 10, "forwarded: {}", seqs.len());
-        let newest = *seqs.last().expect("received");
-        let recent = newest.wrapping_sub(NACK_BUFFER_PACKETS / 2);
-        let evicted = newest.wrapping_sub(NACK_BUFFER_PACKETS * 2);
-        let count = |seqs: &[u16], s: u16| seqs.iter().filter(|&&x| x == s).count();
-        assert_eq!(count(&seqs, recent), 1);
-        assert_eq!(count(&seqs, evicted), 1);
-
-        // The node answers a NACK for a recent packet from its cache, and has nothing for one
-        // older than the cache holds.
-        let media_ssrc = f.e.downs.values().next().expect("down").ssrc;
-        f.viewer_nacks(media_ssrc, &[recent, evicted]);
-        for _ in 0..20 {
-            f.round(true, &mut keep);
-        }
-        let seqs = &f.viewer.received_seqs;
-        assert_eq!(count(seqs, recent), 2, "recent packet retransmitted");
-        assert_eq!(count(seqs, evicted), 1, "evicted packet not retransmitted");
-    }
-
-    #[test]
-    fn whep_refuses_an_offer_without_the_publishers_codec() {
-        let mut f = Fixture::publishing();
-        // The publisher's track gets its codec with its first packets.
-        for _ in 0..50 {
-            f.send(true);
-            f.round(false, &mut |_, _| false);
-        }
-        let t = f.t;
-        let mut viewer = client(6002, t);
-        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
-            viewer
-                .pc
-                .add_transceiver_from_kind(
-                    kind,
-                    Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
-                        direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
-                        streams: vec![],
-                        send_encodings: vec![],
-                    }),
-                )
-                .expect("transceiver");
-        }
-        let offer = viewer.pc.create_offer(None).expect("offer");
-        viewer.pc.set_local_description(t, offer).expect("local");
-        let sdp = viewer.pc.local_description().expect("sdp").sdp;
-        assert!(offered_codecs(&sdp).iter().any(|c| c == "video/VP8"));
-        let without_vp8 = sdp.replace(" VP8/", " XVP8/");
-        let err =
-            f.e.whep(&claims("viewer"), without_vp8, t)
-                .expect_err("no VP8, no video");
-        assert!(
-            matches!(&err, Error::UnsupportedCodec(c) if c == "video/VP8"),
-            "{err}"
-        );
-        assert_eq!(err.http_status(), 406);
-        assert!(
-            f.e.whep(&claims("viewer"), sdp, t).is_ok(),
-            "with VP8 it plays"
-        );
     }
 }

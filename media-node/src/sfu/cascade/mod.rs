@@ -24,7 +24,9 @@
 //! [`Engine::poll_relay`]'s queue, bounded by [`RELAY_OUT_MAX`]; when it is full the oldest
 //! media is dropped first (media is perishable; control messages are the room's state).
 
-use super::{Engine, PublishedTrack, TrackKey};
+use super::TrackKey;
+use super::engine::Engine;
+use super::uptrack::UpTrack;
 use crate::relay::proto::{
     Control, Datagram, FEEDBACK_HANDLE, MediaDatagram, MediaKind, Participant,
 };
@@ -168,7 +170,7 @@ pub fn which_link_stays(me: &str, peer: &str, old_dialled: bool, new_dialled: bo
 
 /// Bits per second per layer as the layer choice should see them: measured here, or what the
 /// origin reports for layers not flowing here.
-pub(super) fn layer_rates(t: &PublishedTrack) -> Vec<f64> {
+pub(super) fn layer_rates(t: &UpTrack) -> Vec<f64> {
     t.layers
         .iter()
         .enumerate()
@@ -212,7 +214,7 @@ fn source_of(s: &str) -> TrackSource {
 }
 
 impl Engine {
-    fn push_out(&mut self, out: RelayOut) {
+    pub(super) fn push_out(&mut self, out: RelayOut) {
         if self.relay_out.len() >= RELAY_OUT_MAX {
             // Drop the oldest datagram; if there is none, the oldest message of all.
             if let Some(i) = self
@@ -231,14 +233,14 @@ impl Engine {
 
     /// Sends a NACK or keyframe request as a datagram (see [`Datagram`]: it must not wait
     /// behind the ordered control stream; its sender retries it).
-    fn send_feedback(&mut self, link: LinkId, msg: Control) {
+    pub(super) fn send_feedback(&mut self, link: LinkId, msg: Control) {
         match Datagram::feedback(&msg) {
             Some(datagram) => self.push_out(RelayOut::Media { link, datagram }),
             None => self.send_to_link(link, msg),
         }
     }
 
-    fn send_to_link(&mut self, link: LinkId, msg: Control) {
+    pub(super) fn send_to_link(&mut self, link: LinkId, msg: Control) {
         self.push_out(RelayOut::Control {
             link,
             msg: Box::new(msg),
@@ -246,14 +248,14 @@ impl Engine {
     }
 
     /// Whether `room` is cascaded as a tree here (the operator assigned it with relay links).
-    fn is_tree(&self, room: &str) -> bool {
+    pub(super) fn is_tree(&self, room: &str) -> bool {
         self.assignments
             .get(room)
             .is_some_and(|a| !a.links.is_empty())
     }
 
     /// Whether `link` carries `room`: any link in a mesh, only the assignment's links in a tree.
-    fn carries(&self, link: LinkId, room: &str) -> bool {
+    pub(super) fn carries(&self, link: LinkId, room: &str) -> bool {
         let Some(l) = self.links.get(&link) else {
             return false;
         };
@@ -264,7 +266,7 @@ impl Engine {
     }
 
     /// Links that carry `room` and want it.
-    fn links_for(&self, room: &str) -> Vec<LinkId> {
+    pub(super) fn links_for(&self, room: &str) -> Vec<LinkId> {
         let mut v: Vec<LinkId> = self
             .links
             .iter()
@@ -276,7 +278,7 @@ impl Engine {
     }
 
     /// Links that what came over `from` in `room` is passed on to (none in a mesh).
-    fn links_onward(&self, room: &str, from: LinkId) -> Vec<LinkId> {
+    pub(super) fn links_onward(&self, room: &str, from: LinkId) -> Vec<LinkId> {
         if !self.is_tree(room) {
             return Vec::new();
         }
@@ -296,7 +298,7 @@ impl Engine {
     /// wants it. As multicast routing joins a group: interest travels along the tree from
     /// where someone is, through any number of hubs with nobody in the room (whether or not
     /// the room is open at them), and a link is never asked for the room on its own behalf.
-    fn wanted_here(&self, room: &str, from: Option<LinkId>) -> bool {
+    pub(super) fn wanted_here(&self, room: &str, from: Option<LinkId>) -> bool {
         let local = self
             .rooms
             .get(room)
@@ -356,14 +358,14 @@ impl Engine {
 
     /// Whether `t` is announced to `link`: its own tracks to every link that carries
     /// the room, relayed ones onward in a tree only, and never back where they came from.
-    fn announced_to(&self, t: &PublishedTrack, link: LinkId) -> bool {
+    pub(super) fn announced_to(&self, t: &UpTrack, link: LinkId) -> bool {
         match &t.relay {
             None => true,
             Some(r) => r.link != link && self.is_tree(&t.room),
         }
     }
 
-    fn count_streams(&self, link: LinkId) {
+    pub(super) fn count_streams(&self, link: LinkId) {
         if let Some(l) = self.links.get(&link) {
             self.metrics
                 .relay
@@ -508,7 +510,7 @@ impl Engine {
 
     /// Removes links' subscriptions to tracks (`drop(link, room)` says which) and brings the
     /// relayed tracks' own subscriptions upstream in line.
-    fn drop_relay_subs(&mut self, drop: impl Fn(LinkId, &str) -> bool) {
+    pub(super) fn drop_relay_subs(&mut self, drop: impl Fn(LinkId, &str) -> bool) {
         let mut changed: Vec<TrackKey> = Vec::new();
         for (k, t) in self.tracks.iter_mut() {
             let before = t.relay_subs.len();
@@ -831,7 +833,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn add_relayed_track(
+    pub(super) fn add_relayed_track(
         &mut self,
         link: LinkId,
         handle: u32,
@@ -855,10 +857,10 @@ impl Engine {
             .iter()
             .find(|(_, u)| u.as_str() == rtc::sdp::extmap::AUDIO_LEVEL_URI)
             .map(|(id, _)| *id);
-        let video_codec = super::VideoCodec::from_mime(&codec.mime_type);
-        let mut layer_list: Vec<super::Layer> = layers
+        let video_codec = super::keyframe::VideoCodec::from_mime(&codec.mime_type);
+        let mut layer_list: Vec<super::uptrack::Layer> = layers
             .into_iter()
-            .map(|rid| super::Layer {
+            .map(|rid| super::uptrack::Layer {
                 rid,
                 ssrc: None,
                 bytes: 0,
@@ -867,7 +869,7 @@ impl Engine {
             })
             .collect();
         if layer_list.is_empty() {
-            layer_list.push(super::Layer {
+            layer_list.push(super::uptrack::Layer {
                 rid: String::new(),
                 ssrc: None,
                 bytes: 0,
@@ -882,7 +884,7 @@ impl Engine {
         };
         self.tracks.insert(
             key,
-            PublishedTrack {
+            UpTrack {
                 id: format!("t{key}"),
                 session: 0,
                 room: room.clone(),
@@ -931,7 +933,7 @@ impl Engine {
             .filter(|s| {
                 self.sessions
                     .get(s)
-                    .is_some_and(|s| s.kind == super::SessionKind::WebSocket)
+                    .is_some_and(|s| s.kind == super::session::SessionKind::WebSocket)
             })
             .collect();
         for s in subscribers {
@@ -992,7 +994,13 @@ impl Engine {
     /// (the subscriber was not on the layer yet). Without them the keyframe cannot be decoded
     /// and the picture freezes until the next one; so subscribers that started at `seq` just
     /// now get the packets after it that are still held.
-    fn replay_after_late_start(&mut self, key: TrackKey, layer: u8, seq: u16, now: Instant) {
+    pub(super) fn replay_after_late_start(
+        &mut self,
+        key: TrackKey,
+        layer: u8,
+        seq: u16,
+        now: Instant,
+    ) {
         let Some(t) = self.tracks.get(&key) else {
             return;
         };
@@ -1035,7 +1043,13 @@ impl Engine {
     /// packets still missing a little over a round trip later are asked for again, up to
     /// [`NACK_TRIES`] times (the origin keeps [`RELAY_HISTORY`] datagrams per layer).
     /// Returns whether the packet is late (older than one already seen).
-    fn detect_link_loss(&mut self, key: TrackKey, layer: u8, seq: u16, now: Instant) -> bool {
+    pub(super) fn detect_link_loss(
+        &mut self,
+        key: TrackKey,
+        layer: u8,
+        seq: u16,
+        now: Instant,
+    ) -> bool {
         let Some(r) = self.tracks.get_mut(&key).and_then(|t| t.relay.as_mut()) else {
             return false;
         };
@@ -1108,7 +1122,7 @@ impl Engine {
 
     /// Sends `link` what this node has of `room`: its participants and its own tracks, and in
     /// a tree also what came over its other links.
-    fn send_room_to(&mut self, link: LinkId, room: &str) {
+    pub(super) fn send_room_to(&mut self, link: LinkId, room: &str) {
         let Some(r) = self.rooms.get(room) else {
             return;
         };
@@ -1148,7 +1162,7 @@ impl Engine {
 
     /// The announcement of a track to `link`, if it is announced there (see
     /// [`Engine::announced_to`]).
-    fn announcement(&self, key: TrackKey, link: LinkId) -> Option<Control> {
+    pub(super) fn announcement(&self, key: TrackKey, link: LinkId) -> Option<Control> {
         let t = self.tracks.get(&key)?;
         if !self.announced_to(t, link) {
             return None;
@@ -1198,15 +1212,15 @@ impl Engine {
     }
 
     /// Opens `room` here with nobody in it, and asks the links that carry it for it.
-    fn open_room(&mut self, room: &str, keep_until: Option<Instant>, now: Instant) {
+    pub(super) fn open_room(&mut self, room: &str, keep_until: Option<Instant>, now: Instant) {
         self.rooms.insert(
             room.to_owned(),
-            super::Room {
+            super::room::Room {
                 sessions: Vec::new(),
                 keep_until,
                 remote: Vec::new(),
                 tracks: Vec::new(),
-                speakers: super::SpeakerDetector::default(),
+                speakers: super::speaker::SpeakerDetector::default(),
                 next_participant: 0,
             },
         );
@@ -1275,7 +1289,7 @@ impl Engine {
 
     /// A track was removed: withdraw it from the links it was announced to, and forget its
     /// handle on the link it came over (relayed).
-    pub(super) fn relay_track_removed(&mut self, key: TrackKey, t: &PublishedTrack) {
+    pub(super) fn relay_track_removed(&mut self, key: TrackKey, t: &UpTrack) {
         if let Some(r) = &t.relay
             && let Some(l) = self.links.get_mut(&r.link)
         {
@@ -1318,7 +1332,7 @@ impl Engine {
 
     /// What each layer of a simulcast track carries now (for a relayed track, what the layer
     /// choice here goes by: see [`layer_rates`]).
-    fn rates_of(&self, key: TrackKey) -> Option<Control> {
+    pub(super) fn rates_of(&self, key: TrackKey) -> Option<Control> {
         let t = self.tracks.get(&key)?;
         if t.layers.len() < 2 {
             return None;

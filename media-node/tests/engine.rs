@@ -1,0 +1,178 @@
+//! One node's engine in fake time, against in-memory rtc clients (`media_node::sfu::testing`):
+//! keyframe requests when a viewer joins, NACKs answered from the down-track's history, the
+//! history's bound, and WHEP refusing a codec the publisher does not send.
+
+use media_node::error::Error;
+use media_node::sfu::engine::NACK_BUFFER_PACKETS;
+use media_node::sfu::engine::offered_codecs;
+use media_node::sfu::peer::GCC_MIN_BPS;
+use media_node::sfu::testing::{Hop, Net, claims, client_pc};
+use moim_wire::signal::ServerMessage;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use std::time::Duration;
+
+const ROOM: &str = "r";
+
+/// Whether `d` is an SRTP media packet (RTP version 2, a payload type outside RTCP's range).
+fn is_media(d: &[u8]) -> bool {
+    d.len() > 12 && d[0] >> 6 == 2 && !(192..=223).contains(&d[1])
+}
+
+/// A node with a VP8 publisher that has connected and sent a few frames.
+fn publishing() -> (Net, usize) {
+    let mut net = Net::new();
+    let node = net.node("n", "test");
+    let publisher = net.join(node, ROOM, "pub");
+    net.publish_video(publisher, 4242);
+    net.run_with_video(Duration::from_secs(2), publisher, 7);
+    assert!(net.clients[publisher].connected.0, "publisher connects");
+    assert_eq!(
+        net.nodes[node].engine.status().published_tracks,
+        1,
+        "the node sees the track"
+    );
+    (net, publisher)
+}
+
+#[test]
+fn keyframe_requested_on_join_and_nack_served_from_cache() {
+    let (mut net, publisher) = publishing();
+    let plis_before = net.clients[publisher].plis;
+    let viewer = net.join(0, ROOM, "viewer");
+    let offer = net.clients[viewer]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::SubscribeOffer { sdp } => Some(sdp.clone()),
+            _ => None,
+        })
+        .expect("subscribe offer");
+    // rtc offers a track's transceiver only the track's codec: a subscriber that cannot take
+    // it rejects the m-line rather than choosing a codec the node never sends.
+    let codecs = offered_codecs(&offer);
+    assert!(
+        codecs
+            .iter()
+            .all(|c| c.eq_ignore_ascii_case("video/VP8") || c.eq_ignore_ascii_case("video/rtx")),
+        "the node offers only the publisher's codec: {codecs:?}"
+    );
+
+    // Lose the 10th media datagram on its way to the viewer.
+    let mut media_to_viewer = 0;
+    net.impair(move |hop, d| {
+        if hop == Hop::ToClient(viewer) && is_media(d) {
+            media_to_viewer += 1;
+            return media_to_viewer == 10;
+        }
+        false
+    });
+    net.run_with_video(Duration::from_secs(3), publisher, 7);
+    let v = &net.clients[viewer];
+    assert!(v.connected.1, "viewer connects");
+    assert!(
+        net.clients[publisher].plis > plis_before,
+        "a keyframe is requested when the viewer connects"
+    );
+    assert!(
+        v.received.len() > 20,
+        "viewer receives media: {}",
+        v.received.len()
+    );
+    let engine = &net.nodes[0].engine;
+    assert!(
+        engine.metrics().nacks.get() >= 1,
+        "the viewer asks for the lost packet"
+    );
+    // Every sequence number from the first received to the last arrived: the lost one came
+    // back as a retransmission from the node's buffer.
+    let mut got = v.seqs(v.streams()[0]);
+    got.sort_unstable();
+    got.dedup();
+    let (first, last) = (got[0], got[got.len() - 1]);
+    let missing: Vec<u16> = (first..=last)
+        .filter(|s| got.binary_search(s).is_err())
+        .collect();
+    assert!(missing.is_empty(), "missing after NACK: {missing:?}");
+    // The viewer's TWCC feedback reached the node's GCC estimator.
+    let estimate = engine
+        .send_estimate_bps(net.clients[viewer].session)
+        .unwrap_or(0.0);
+    assert!(
+        estimate >= GCC_MIN_BPS,
+        "send-side estimate for the viewer: {estimate:?}"
+    );
+}
+
+#[test]
+fn nack_cache_is_bounded() {
+    let (mut net, publisher) = publishing();
+    let viewer = net.join(0, ROOM, "viewer");
+    // Connect, then push well over the cache size through to the viewer, one packet a round
+    // (every one a keyframe so forwarding starts without waiting for a PLI).
+    net.run(Duration::from_secs(1));
+    assert!(net.clients[viewer].connected.1, "viewer connects");
+    let total = usize::from(NACK_BUFFER_PACKETS) * 3;
+    for _ in 0..total {
+        net.send_video(publisher, true);
+        net.step();
+    }
+    let ssrc = net.clients[viewer].streams()[0];
+    let seqs = net.clients[viewer].seqs(ssrc);
+    assert!(seqs.len() >= total - 10, "forwarded: {}", seqs.len());
+    let newest = *seqs.last().expect("received");
+    let recent = newest.wrapping_sub(NACK_BUFFER_PACKETS / 2);
+    let evicted = newest.wrapping_sub(NACK_BUFFER_PACKETS * 2);
+    let count = |seqs: &[u16], s: u16| seqs.iter().filter(|&&x| x == s).count();
+    assert_eq!(count(&seqs, recent), 1);
+    assert_eq!(count(&seqs, evicted), 1);
+
+    // The node answers a NACK for a recent packet from its cache, and has nothing for one
+    // older than the cache holds.
+    net.nack(viewer, ssrc, &[recent, evicted]);
+    net.run(Duration::from_millis(100));
+    let seqs = net.clients[viewer].seqs(ssrc);
+    assert_eq!(count(&seqs, recent), 2, "recent packet retransmitted");
+    assert_eq!(count(&seqs, evicted), 1, "evicted packet not retransmitted");
+}
+
+#[test]
+fn whep_refuses_an_offer_without_the_publishers_codec() {
+    let (mut net, publisher) = publishing();
+    // The publisher's track gets its codec with its first packets.
+    for _ in 0..50 {
+        net.send_video(publisher, true);
+        net.step();
+    }
+    let t = net.now;
+    let mut viewer = client_pc(t);
+    for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+        viewer
+            .add_transceiver_from_kind(
+                kind,
+                Some(rtc::rtp_transceiver::RTCRtpTransceiverInit {
+                    direction: rtc::rtp_transceiver::RTCRtpTransceiverDirection::Recvonly,
+                    streams: vec![],
+                    send_encodings: vec![],
+                }),
+            )
+            .expect("transceiver");
+    }
+    let offer = viewer.create_offer(None).expect("offer");
+    viewer.set_local_description(t, offer).expect("local");
+    let sdp = viewer.local_description().expect("sdp").sdp;
+    assert!(offered_codecs(&sdp).iter().any(|c| c == "video/VP8"));
+    let without_vp8 = sdp.replace(" VP8/", " XVP8/");
+    let engine = &mut net.nodes[0].engine;
+    let err = engine
+        .whep(&claims("viewer", ROOM), without_vp8, t)
+        .expect_err("no VP8, no video");
+    assert!(
+        matches!(&err, Error::UnsupportedCodec(c) if c == "video/VP8"),
+        "{err}"
+    );
+    assert_eq!(err.http_status(), 406);
+    assert!(
+        engine.whep(&claims("viewer", ROOM), sdp, t).is_ok(),
+        "with VP8 it plays"
+    );
+}
