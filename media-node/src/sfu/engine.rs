@@ -12,11 +12,11 @@
 //! and re-offers when they change). A WHIP session is a publish connection alone, a WHEP
 //! session a subscribe connection alone whose offer comes from the client.
 
-use super::forwarder::{Forwarder, Verdict};
+use super::forwarder::Forwarder;
 use super::keyframe::VideoCodec;
-use super::layers::{LayerSelector, LinkState, layer_for_height};
-use super::send::{Extensions, RtpOut, SenderStats, Sent, SentRing};
-use super::speaker::{SpeakerDetector, parse_audio_level};
+use super::layers::{LayerSelector, layer_for_height};
+use super::send::SenderStats;
+use super::speaker::parse_audio_level;
 use super::stun;
 use super::vp8::Vp8Munger;
 use crate::error::{Error, Result};
@@ -51,25 +51,19 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use super::SessionId;
 use super::downtrack::DownTrack;
-use super::peer::{MAX_ADDRS_PER_PEER, Peer, Role, push_transmit, resolve_leg, send_rtp};
+pub use super::downtrack::NACK_BUFFER_PACKETS;
+use super::peer::{MAX_ADDRS_PER_PEER, Peer, Role, push_transmit};
 pub use super::peer::{MAX_QUEUED_TRANSMITS, Transmit, add_host_candidate};
 use super::room::Room;
 use super::session::Session;
 pub use super::session::SessionKind;
-use super::uptrack::{Layer, UpTrack, layer_index, rates_seen};
+use super::uptrack::{Layer, UpTrack, layer_index};
 use super::{DownKey, PeerId, TrackKey};
 
 /// Housekeeping period: layer decisions, speaker reports, rate meters, timeouts.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
-/// Period of RTCP sender reports per down-track (RFC 3550 allows 5 s; browsers send one a
-/// second, and audio/video sync waits for the first).
-const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
-/// Smallest gap between two keyframe requests for one publisher stream.
-const PLI_MIN_GAP: Duration = Duration::from_millis(500);
 /// Bound on signalling messages waiting for the driver; beyond it the oldest are dropped.
 const MAX_QUEUED_SIGNALS: usize = 65_536;
-/// Retransmission buffer per outgoing video stream, in packets (a power of two).
-pub const NACK_BUFFER_PACKETS: u16 = 512;
 
 /// Limits and addresses the engine works with.
 #[derive(Debug, Clone)]
@@ -124,8 +118,6 @@ pub struct Engine {
     /// Messages and media for relay links, drained by the driver (bounded, see
     /// [`cascade::RELAY_OUT_MAX`]).
     pub(super) relay_out: VecDeque<cascade::RelayOut>,
-    /// Recent relayed datagrams of local tracks, per (track, layer), for link NACKs.
-    pub(super) relay_history: HashMap<(TrackKey, u8), cascade::RelayHistory>,
 }
 
 #[derive(Default)]
@@ -205,7 +197,6 @@ impl Engine {
             assignments: HashMap::new(),
             links: HashMap::new(),
             relay_out: VecDeque::new(),
-            relay_history: HashMap::new(),
         }
     }
 
@@ -284,20 +275,12 @@ impl Engine {
         let room = self
             .rooms
             .entry(claims.room.clone())
-            .or_insert_with(|| Room {
-                sessions: Vec::new(),
-                keep_until: None,
-                remote: Vec::new(),
-                tracks: Vec::new(),
-                speakers: SpeakerDetector::default(),
-                next_participant: 0,
-            });
+            .or_insert_with(|| Room::new(None));
         if room.sessions.len() >= max_room {
             self.metrics.reject("room_full");
             return Err(Error::RoomFull);
         }
-        room.next_participant += 1;
-        let participant_id = format!("p{}", room.next_participant);
+        let participant_id = room.next_participant_id();
         let resource = random_hex(16);
         room.sessions.push(id);
         self.by_resource.insert(resource.clone(), id);
@@ -1374,13 +1357,7 @@ impl Engine {
         let room = s.room.clone();
         let owner = s.participant.clone();
         let mut layers: Vec<Layer> = if rids.is_empty() {
-            vec![Layer {
-                rid: String::new(),
-                ssrc: Some(ssrc),
-                bytes: 0,
-                bps: 0.0,
-                last_at: None,
-            }]
+            vec![Layer::new(String::new(), Some(ssrc))]
         } else {
             let mut v: Vec<(u8, String)> = rids
                 .iter()
@@ -1389,13 +1366,7 @@ impl Engine {
                 .collect();
             v.sort();
             v.into_iter()
-                .map(|(_, rid)| Layer {
-                    rid,
-                    ssrc: None,
-                    bytes: 0,
-                    bps: 0.0,
-                    last_at: None,
-                })
+                .map(|(_, rid)| Layer::new(rid, None))
                 .collect()
         };
         if let Some(r) = rid
@@ -1432,7 +1403,7 @@ impl Engine {
                 ext_uris,
                 audio_level_id,
                 downs: Vec::new(),
-                last_pli: HashMap::new(),
+                keyframes: Default::default(),
             },
         );
         if let Some(p) = self.peers.get_mut(&peer_id) {
@@ -1607,107 +1578,29 @@ impl Engine {
         let Some(down) = self.downs.get_mut(&down_key) else {
             return;
         };
-        let Some(peer) = self.peers.get_mut(&down.peer) else {
-            return;
-        };
-        if !peer.connected || !down.negotiated {
-            return;
-        }
-        // The leg is resolved before the forwarder sees the packet: a keyframe that cannot be
-        // sent yet (the subscriber's renegotiation is still under way) must not count as the
-        // switch point, or the subscriber would wait for the next keyframe.
-        if down.leg.is_none() {
-            // Resolved once per negotiation, not per packet.
-            let Some(track) = self.tracks.get(&down.track) else {
-                return;
-            };
-            let Some(leg) = resolve_leg(peer, down.sender, track) else {
-                // Not negotiated (yet): nothing can be sent on this leg.
-                return;
-            };
-            if track.kind == RtpCodecKind::Video && down.sent.is_none() {
-                down.sent = Some(SentRing::new(NACK_BUFFER_PACKETS));
-            }
-            down.leg = Some(leg);
-        }
-        let verdict = down.forwarder.on_packet(
-            layer,
-            packet.header.sequence_number,
-            packet.header.timestamp,
-            keyframe,
-            now,
-        );
-        let Verdict::Forward {
-            seq,
-            timestamp,
-            switched,
-        } = verdict
+        let (Some(peer), Some(track)) =
+            (self.peers.get_mut(&down.peer), self.tracks.get(&down.track))
         else {
             return;
         };
-        if switched && down.layer_switched_at.is_some() {
+        let Some(sent) = down.forward(
+            peer,
+            track,
+            layer,
+            packet,
+            keyframe,
+            now,
+            &mut self.transmits,
+        ) else {
+            return;
+        };
+        if sent.counted_switch {
             self.metrics.layer_switches.inc();
         }
-        if switched {
-            down.layer_switched_at = Some(now);
-            tracing::debug!(down = down_key, layer, "switched");
-        }
-        let Some(leg) = down.leg.as_ref() else { return };
-        let payload = if leg.vp8 {
-            if switched {
-                down.vp8.begin(&packet.payload);
-            }
-            down.vp8
-                .rewrite(&packet.payload)
-                .unwrap_or_else(|| packet.payload.clone())
-        } else {
-            packet.payload.clone()
-        };
-        let mut exts = Extensions::default();
-        for (from, to) in &leg.ext_map {
-            if let Some(v) = packet.header.get_extension(*from) {
-                exts.push(*to, v);
-            }
-        }
-        let out = RtpOut {
-            payload_type: leg.payload_type,
-            marker: packet.header.marker,
-            sequence_number: seq,
-            timestamp,
-            ssrc: down.ssrc,
-            payload_prefix: &[],
-            payload: &payload,
-        };
-        tracing::trace!(
-            down = down_key,
-            layer,
-            in_seq = packet.header.sequence_number,
-            seq,
-            timestamp,
-            marker = packet.header.marker,
-            head = ?&packet.payload[..packet.payload.len().min(6)],
-            "forward"
-        );
-        if let Err(e) = send_rtp(peer, &mut self.transmits, &out, &exts, leg.twcc_ext, now) {
-            tracing::debug!(error = %e, down = down_key, seq, switched, "send refused");
-            if switched {
-                down.forwarder.undo_switch();
-            }
-            return;
-        }
-        let len = payload.len() as u64;
+        let len = sent.bytes as u64;
         self.metrics.packets_out.inc();
         self.metrics.bytes_out.inc_by(len);
         self.rate_window.bytes_out += len;
-        down.stats.on_sent(timestamp, payload.len(), now);
-        if let Some(ring) = down.sent.as_mut() {
-            ring.record(Sent {
-                sequence_number: seq,
-                timestamp,
-                marker: packet.header.marker,
-                payload,
-            });
-        }
         if let Some(s) = self.sessions.get_mut(&down.session)
             && !s.first_media_sent
         {
@@ -1718,8 +1611,7 @@ impl Engine {
         }
     }
 
-    /// Resends what a subscriber NACKed, from what its down-track still holds: on the RTX
-    /// stream when the leg negotiated one (RFC 4588), else as the same packet again.
+    /// Resends what a subscriber NACKed, from what its down-track still holds.
     pub(super) fn answer_nack(&mut self, peer_id: PeerId, nack: &TransportLayerNack, now: Instant) {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
@@ -1731,73 +1623,17 @@ impl Engine {
         else {
             return;
         };
-        let DownTrack {
-            leg: Some(leg),
-            sent: Some(ring),
-            rtx_seq,
-            ssrc,
-            ..
-        } = down
-        else {
-            return;
-        };
-        for seq in nack.nacks.iter().flat_map(|pair| pair.into_iter()) {
-            let Some(sent) = ring.get(seq) else {
-                continue;
-            };
-            let osn = seq.to_be_bytes();
-            let out = match leg.rtx {
-                Some((payload_type, rtx_ssrc)) => {
-                    let s = *rtx_seq;
-                    *rtx_seq = s.wrapping_add(1);
-                    RtpOut {
-                        payload_type,
-                        marker: sent.marker,
-                        sequence_number: s,
-                        timestamp: sent.timestamp,
-                        ssrc: rtx_ssrc,
-                        payload_prefix: &osn,
-                        payload: &sent.payload,
-                    }
-                }
-                None => RtpOut {
-                    payload_type: leg.payload_type,
-                    marker: sent.marker,
-                    sequence_number: seq,
-                    timestamp: sent.timestamp,
-                    ssrc: *ssrc,
-                    payload_prefix: &[],
-                    payload: &sent.payload,
-                },
-            };
-            let exts = Extensions::default();
-            match send_rtp(peer, &mut self.transmits, &out, &exts, leg.twcc_ext, now) {
-                Ok(()) => self.metrics.retransmits.inc(),
-                Err(e) => {
-                    tracing::debug!(error = %e, seq, "retransmission refused");
-                    return;
-                }
-            }
-        }
+        let seqs = nack.nacks.iter().flat_map(|pair| pair.into_iter());
+        let resent = down.answer_nack(peer, seqs, now, &mut self.transmits);
+        self.metrics.retransmits.inc_by(resent as u64);
     }
 
-    /// RTCP sender reports for every down-track due one (RFC 3550 §6.4.1): what was sent and
-    /// which RTP time matches which wall-clock time, for the subscriber's audio/video sync.
+    /// RTCP sender reports for every down-track due one (see [`DownTrack::sender_report`]).
     pub(super) fn send_sender_reports(&mut self, now: Instant) {
         let wall = SystemTime::now();
         let mut touched = std::mem::take(&mut self.scratch_peers);
         for down in self.downs.values_mut() {
-            if down
-                .stats
-                .last_report
-                .is_some_and(|t| now.saturating_duration_since(t) < SENDER_REPORT_INTERVAL)
-            {
-                continue;
-            }
-            let Some(leg) = down.leg.as_ref() else {
-                continue;
-            };
-            let Some(report) = down.stats.report(down.ssrc, leg.clock_rate, now, wall) else {
+            let Some(report) = down.sender_report(now, wall) else {
                 continue;
             };
             let Some(mut sender) = self
@@ -1807,7 +1643,6 @@ impl Engine {
             else {
                 continue;
             };
-            down.stats.last_report = Some(now);
             match sender.write_rtcp(now, vec![Box::new(report)]) {
                 Ok(()) => touched.push(down.peer),
                 Err(e) => tracing::debug!(error = %e, "sender report refused"),
@@ -1885,20 +1720,17 @@ impl Engine {
         if t.kind != RtpCodecKind::Video {
             return;
         }
+        // One throttle whether the request goes to the publisher here or upstream.
+        if !t.keyframes.allow(layer, now) {
+            return;
+        }
         if t.relay.is_some() {
-            self.relay_keyframe_request(track, layer, now);
+            self.relay_keyframe_request(track, layer);
             return;
         }
         let Some(ssrc) = t.layers.get(usize::from(layer)).and_then(|l| l.ssrc) else {
             return;
         };
-        if t.last_pli
-            .get(&ssrc)
-            .is_some_and(|at| now.saturating_duration_since(*at) < PLI_MIN_GAP)
-        {
-            return;
-        }
-        t.last_pli.insert(ssrc, now);
         let (peer_id, Some(receiver)) = (t.peer, t.receiver) else {
             return;
         };
@@ -1982,15 +1814,7 @@ impl Engine {
             w.bytes_out = 0;
             w.since = Some(now);
             for t in self.tracks.values_mut() {
-                for l in &mut t.layers {
-                    let bps = l.bytes as f64 * 8.0 / secs;
-                    l.bps = if l.bps == 0.0 {
-                        bps
-                    } else {
-                        l.bps * 0.5 + bps * 0.5
-                    };
-                    l.bytes = 0;
-                }
+                t.roll_rates(secs);
             }
         }
         // Rooms opened for a viewer that never came (a hub's rooms close when their links let go).
@@ -2024,54 +1848,9 @@ impl Engine {
             );
             self.remove_session(s, now);
         }
-        // Layer decisions and pending keyframes. A subscriber's estimate pays for its audio
-        // first; the rest is split evenly between the simulcast videos it receives.
-        let mut budget: HashMap<PeerId, (usize, f64)> = HashMap::new();
-        for d in self.downs.values() {
-            let Some(t) = self.tracks.get(&d.track) else {
-                continue;
-            };
-            let entry = budget.entry(d.peer).or_default();
-            if t.kind == RtpCodecKind::Video && t.layers.len() > 1 {
-                entry.0 += 1;
-            } else {
-                entry.1 += t.layers.first().map_or(0.0, |l| l.bps);
-            }
-        }
-        let keys: Vec<DownKey> = self.downs.keys().copied().collect();
-        for k in keys {
-            let Some(d) = self.downs.get_mut(&k) else {
-                continue;
-            };
-            let Some(t) = self.tracks.get(&d.track) else {
-                continue;
-            };
-            if t.kind == RtpCodecKind::Video && t.layers.len() > 1 {
-                let link = self
-                    .peers
-                    .get(&d.peer)
-                    .map(|p| LinkState {
-                        available_bps: p.available_bps().map(|b| {
-                            let (videos, other_bps) =
-                                budget.get(&d.peer).copied().unwrap_or_default();
-                            (b - other_bps).max(0.0) / videos.max(1) as f64
-                        }),
-                        loss: p.loss,
-                    })
-                    .unwrap_or_default();
-                let bps = rates_seen(t, d.forwarder.current_layer(), now);
-                let chosen = d.selector.decide(link, &bps, now);
-                if chosen != d.forwarder.target_layer() {
-                    d.forwarder.set_target(chosen);
-                }
-            }
-            // Only for connected subscribers: a keyframe sent before the connection is up is
-            // dropped, and asking early would hold back (PLI_MIN_GAP) the request that counts,
-            // made when the connection comes up.
-            let connected = self.peers.get(&d.peer).is_some_and(|p| p.connected);
-            if connected && d.forwarder.needs_keyframe() {
-                self.request_keyframe_for(k, now);
-            }
+        // Layer decisions, and keyframes for the switches they start.
+        for k in super::allocate::allocate(&mut self.downs, &self.tracks, &self.peers, now) {
+            self.request_keyframe_for(k, now);
         }
         // Active speakers.
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();

@@ -18,3 +18,23 @@ pub(super) struct Room {
     pub(super) speakers: SpeakerDetector,
     pub(super) next_participant: u64,
 }
+
+impl Room {
+    /// An empty room; `keep_until`: opened for a viewer expected by then.
+    pub(super) fn new(keep_until: Option<Instant>) -> Self {
+        Self {
+            sessions: Vec::new(),
+            keep_until,
+            remote: Vec::new(),
+            tracks: Vec::new(),
+            speakers: SpeakerDetector::default(),
+            next_participant: 0,
+        }
+    }
+
+    /// The id of the next participant to join here (`p1`, `p2`, …; never reused).
+    pub(super) fn next_participant_id(&mut self) -> String {
+        self.next_participant += 1;
+        format!("p{}", self.next_participant)
+    }
+}

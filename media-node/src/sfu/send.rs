@@ -120,16 +120,21 @@ pub struct Sent {
     pub payload: Bytes,
 }
 
-/// The last `N` packets sent on a down-track, by sequence number.
-pub struct SentRing {
-    slots: Vec<Option<Sent>>,
+/// The last `N` items of a stream of packets, by sequence number: what a down-track sent (to
+/// answer a subscriber's NACK) and what crossed a relay link (to answer the far node's).
+pub struct SeqRing<T> {
+    slots: Vec<Option<(u16, T)>>,
 }
 
-impl SentRing {
-    /// Holds the last `size` packets (at least one).
+/// What a down-track sent.
+pub type SentRing = SeqRing<Sent>;
+
+impl<T> SeqRing<T> {
+    /// Holds the last `size` items (at least one; a power of two keeps a wrap of the 16-bit
+    /// sequence numbers from aliasing).
     pub fn new(size: u16) -> Self {
         Self {
-            slots: vec![None; usize::from(size.max(1))],
+            slots: (0..size.max(1)).map(|_| None).collect(),
         }
     }
 
@@ -137,17 +142,18 @@ impl SentRing {
         usize::from(seq) % self.slots.len()
     }
 
-    /// Keeps `sent`, replacing what it wraps onto.
-    pub fn record(&mut self, sent: Sent) {
-        let i = self.slot(sent.sequence_number);
-        self.slots[i] = Some(sent);
+    /// Keeps `item` as `seq`, replacing what it wraps onto.
+    pub fn record(&mut self, seq: u16, item: T) {
+        let i = self.slot(seq);
+        self.slots[i] = Some((seq, item));
     }
 
-    /// The packet sent as `seq`, if it is still held.
-    pub fn get(&self, seq: u16) -> Option<&Sent> {
+    /// The item recorded as `seq`, if it is still held.
+    pub fn get(&self, seq: u16) -> Option<&T> {
         self.slots[self.slot(seq)]
             .as_ref()
-            .filter(|s| s.sequence_number == seq)
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, item)| item)
     }
 }
 
@@ -277,12 +283,15 @@ mod tests {
     fn ring_answers_only_for_packets_it_still_holds() {
         let mut ring = SentRing::new(4);
         for seq in [65534u16, 65535, 0, 1, 2] {
-            ring.record(Sent {
-                sequence_number: seq,
-                timestamp: u32::from(seq),
-                marker: false,
-                payload: Bytes::from_static(b"p"),
-            });
+            ring.record(
+                seq,
+                Sent {
+                    sequence_number: seq,
+                    timestamp: u32::from(seq),
+                    marker: false,
+                    payload: Bytes::from_static(b"p"),
+                },
+            );
         }
         assert!(ring.get(65534).is_none(), "overwritten by 2");
         assert_eq!(ring.get(65535).map(|s| s.timestamp), Some(65535));

@@ -3,13 +3,16 @@
 
 use super::cascade;
 use super::keyframe::VideoCodec;
+use super::send::SeqRing;
 use super::{DownKey, PeerId, SessionId};
+use bytes::Bytes;
 use moim_wire::signal::{ParticipantInfo, TrackSource};
 use rtc::rtp_transceiver::RTCRtpReceiverId;
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RtpCodecKind};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+/// One simulcast layer (or the only one) of an up-track.
 pub(super) struct Layer {
     pub(super) rid: String,
     pub(super) ssrc: Option<u32>,
@@ -17,6 +20,53 @@ pub(super) struct Layer {
     pub(super) bps: f64,
     /// When its last packet arrived here.
     pub(super) last_at: Option<Instant>,
+    /// What crossed relay links of this layer (a local track's), to answer link NACKs; made
+    /// when the layer is first relayed.
+    pub(super) relayed: Option<SeqRing<Bytes>>,
+}
+
+impl Layer {
+    /// A layer `rid` (empty: not simulcast), its SSRC when known.
+    pub(super) fn new(rid: String, ssrc: Option<u32>) -> Self {
+        Self {
+            rid,
+            ssrc,
+            bytes: 0,
+            bps: 0.0,
+            last_at: None,
+            relayed: None,
+        }
+    }
+}
+
+/// Datagrams kept per layer of a local track for link NACKs (about a second of the top layer;
+/// a power of two).
+pub const RELAY_HISTORY: u16 = 256;
+
+/// Smallest gap between two keyframe requests for one layer of a track, whether they go to
+/// its publisher (a PLI) or upstream over a relay link: each makes an encoder send a keyframe,
+/// several times the size of another frame.
+pub(super) const KEYFRAME_REQUEST_GAP: Duration = Duration::from_millis(500);
+
+/// When each layer of a track last had a keyframe asked for.
+#[derive(Debug, Default)]
+pub(super) struct KeyframeThrottle {
+    last: HashMap<u8, Instant>,
+}
+
+impl KeyframeThrottle {
+    /// Whether a keyframe of `layer` may be asked for at `now`; if so, it counts as asked.
+    pub(super) fn allow(&mut self, layer: u8, now: Instant) -> bool {
+        if self
+            .last
+            .get(&layer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < KEYFRAME_REQUEST_GAP)
+        {
+            return false;
+        }
+        self.last.insert(layer, now);
+        true
+    }
 }
 
 /// A layer being forwarded that has been silent this long, while a lower one still flows, has
@@ -42,6 +92,7 @@ pub(super) fn rates_seen(t: &UpTrack, current: Option<u8>, now: Instant) -> Vec<
     bps
 }
 
+/// A track published in a room: from a publisher here, or relayed from another node.
 pub(super) struct UpTrack {
     pub(super) id: String,
     /// The publishing session; 0 for a track relayed from another node.
@@ -66,9 +117,27 @@ pub(super) struct UpTrack {
     pub(super) ext_uris: HashMap<u8, String>,
     pub(super) audio_level_id: Option<u8>,
     pub(super) downs: Vec<DownKey>,
-    pub(super) last_pli: HashMap<u32, Instant>,
+    /// Keyframe requests for this track, to its publisher or upstream.
+    pub(super) keyframes: KeyframeThrottle,
 }
 
+impl UpTrack {
+    /// Turns the bytes counted per layer since the last call (`secs` ago) into each layer's
+    /// rate, smoothed over two windows.
+    pub(super) fn roll_rates(&mut self, secs: f64) {
+        for l in &mut self.layers {
+            let bps = l.bytes as f64 * 8.0 / secs;
+            l.bps = if l.bps == 0.0 {
+                bps
+            } else {
+                l.bps * 0.5 + bps * 0.5
+            };
+            l.bytes = 0;
+        }
+    }
+}
+
+/// The layer index of a simulcast `rid` (`q`/`h`/`f` and the usual aliases), else by order.
 pub(super) fn layer_index(rid: &str, order: usize) -> u8 {
     match rid {
         "q" | "l" | "low" | "0" => 0,

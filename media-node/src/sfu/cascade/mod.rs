@@ -26,7 +26,8 @@
 
 use super::TrackKey;
 use super::engine::Engine;
-use super::uptrack::UpTrack;
+use super::send::SeqRing;
+use super::uptrack::{RELAY_HISTORY, UpTrack};
 use crate::relay::proto::{
     Control, Datagram, FEEDBACK_HANDLE, MediaDatagram, MediaKind, Participant,
 };
@@ -100,7 +101,6 @@ pub struct RelayedTrack {
     subscribed: u64,
     /// What each layer carries at the origin, bits per second.
     remote_bps: Vec<f64>,
-    last_keyframe_request: HashMap<u8, Instant>,
     /// Loss repair per layer.
     loss: HashMap<u8, LayerLoss>,
     /// The latest packets per layer, as received (see [`Engine::replay_after_late_start`]).
@@ -118,14 +118,6 @@ struct LayerLoss {
     missing: std::collections::VecDeque<(u16, Instant, u8)>,
 }
 
-/// Recent datagrams of one layer of a local track, for retransmission over links.
-#[derive(Debug, Default)]
-pub struct RelayHistory {
-    packets: std::collections::VecDeque<(u16, Bytes)>,
-}
-
-/// Datagrams kept per layer of a local track for link NACKs (about a second of the top layer).
-pub const RELAY_HISTORY: usize = 256;
 /// Largest gap NACKed at once; beyond it the layer waits for a keyframe instead.
 const MAX_NACK_GAP: u16 = 64;
 /// Times one missing packet is asked for before it is given up (a retransmission can be lost
@@ -140,8 +132,6 @@ const DEFAULT_RTT: std::time::Duration = std::time::Duration::from_millis(100);
 const MAX_TRACKS_PER_LINK: usize = 4096;
 /// Most hops an announcement may have made; further ones are dropped (a loop in a plan).
 pub const MAX_HOPS: u8 = 4;
-/// Keyframe requests for one layer travel upstream at most this often.
-const KEYFRAME_GAP: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Which of two links between the same two nodes stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -684,14 +674,10 @@ impl Engine {
             Control::Nack { track, layer, seqs } => {
                 let key = TrackKey::from(track);
                 let resend: Vec<Bytes> = self
-                    .relay_history
-                    .get(&(key, layer))
-                    .map(|h| {
-                        seqs.iter()
-                            .filter_map(|s| h.packets.iter().find(|(q, _)| q == s))
-                            .map(|(_, d)| d.clone())
-                            .collect()
-                    })
+                    .tracks
+                    .get(&key)
+                    .and_then(|t| t.layers.get(usize::from(layer))?.relayed.as_ref())
+                    .map(|h| seqs.iter().filter_map(|s| h.get(*s).cloned()).collect())
                     .unwrap_or_default();
                 if resend.len() < seqs.len() {
                     // Something the far node lacks is gone here too (too old, or it never
@@ -860,22 +846,10 @@ impl Engine {
         let video_codec = super::keyframe::VideoCodec::from_mime(&codec.mime_type);
         let mut layer_list: Vec<super::uptrack::Layer> = layers
             .into_iter()
-            .map(|rid| super::uptrack::Layer {
-                rid,
-                ssrc: None,
-                bytes: 0,
-                bps: 0.0,
-                last_at: None,
-            })
+            .map(|rid| super::uptrack::Layer::new(rid, None))
             .collect();
         if layer_list.is_empty() {
-            layer_list.push(super::uptrack::Layer {
-                rid: String::new(),
-                ssrc: None,
-                bytes: 0,
-                bps: 0.0,
-                last_at: None,
-            });
+            layer_list.push(super::uptrack::Layer::new(String::new(), None));
         }
         let owner = ParticipantInfo {
             id: remote_id(peer, &participant.id),
@@ -898,7 +872,6 @@ impl Engine {
                     hops,
                     subscribed: 0,
                     remote_bps: Vec::new(),
-                    last_keyframe_request: HashMap::new(),
                     loss: HashMap::new(),
                     recent: HashMap::new(),
                 }),
@@ -911,7 +884,7 @@ impl Engine {
                 ext_uris: extensions.into_iter().collect(),
                 audio_level_id,
                 downs: Vec::new(),
-                last_pli: HashMap::new(),
+                keyframes: Default::default(),
             },
         );
         if let Some(l) = self.links.get_mut(&link) {
@@ -1108,7 +1081,7 @@ impl Engine {
         }
         if given_up {
             tracing::debug!(layer, "relayed packets given up; asking for a keyframe");
-            self.relay_keyframe_request(key, layer, now);
+            self.send_pli(key, layer, now);
         }
         late
     }
@@ -1213,17 +1186,8 @@ impl Engine {
 
     /// Opens `room` here with nobody in it, and asks the links that carry it for it.
     pub(super) fn open_room(&mut self, room: &str, keep_until: Option<Instant>, now: Instant) {
-        self.rooms.insert(
-            room.to_owned(),
-            super::room::Room {
-                sessions: Vec::new(),
-                keep_until,
-                remote: Vec::new(),
-                tracks: Vec::new(),
-                speakers: super::speaker::SpeakerDetector::default(),
-                next_participant: 0,
-            },
-        );
+        self.rooms
+            .insert(room.to_owned(), super::room::Room::new(keep_until));
         self.ensure_housekeeping(now);
         self.relay_room_opened(room);
     }
@@ -1295,7 +1259,6 @@ impl Engine {
         {
             l.by_handle.remove(&r.handle);
         }
-        self.relay_history.retain(|(k, _), _| *k != key);
         let Ok(handle) = u32::try_from(key) else {
             return;
         };
@@ -1384,13 +1347,15 @@ impl Engine {
             rtp,
         }
         .encode();
-        let history = self.relay_history.entry((key, layer)).or_default();
-        if history.packets.len() >= RELAY_HISTORY {
-            history.packets.pop_front();
+        if let Some(l) = self
+            .tracks
+            .get_mut(&key)
+            .and_then(|t| t.layers.get_mut(usize::from(layer)))
+        {
+            l.relayed
+                .get_or_insert_with(|| SeqRing::new(RELAY_HISTORY))
+                .record(packet.header.sequence_number, datagram.clone());
         }
-        history
-            .packets
-            .push_back((packet.header.sequence_number, datagram.clone()));
         let rtp_len = (datagram.len() - crate::relay::proto::DATAGRAM_HEADER) as u64;
         for link in targets {
             self.metrics.relay_packets_out.inc();
@@ -1403,17 +1368,12 @@ impl Engine {
     }
 
     /// Asks the far node for a keyframe of a relayed track's layer.
-    pub(super) fn relay_keyframe_request(&mut self, track: TrackKey, layer: u8, now: Instant) {
-        let Some(r) = self.tracks.get_mut(&track).and_then(|t| t.relay.as_mut()) else {
+    /// Asks the link `track` comes over for a keyframe of `layer` (throttled by the track's
+    /// [`super::uptrack::KeyframeThrottle`], as a request to a local publisher is).
+    pub(super) fn relay_keyframe_request(&mut self, track: TrackKey, layer: u8) {
+        let Some(r) = self.tracks.get(&track).and_then(|t| t.relay.as_ref()) else {
             return;
         };
-        if r.last_keyframe_request
-            .get(&layer)
-            .is_some_and(|at| now.saturating_duration_since(*at) < KEYFRAME_GAP)
-        {
-            return;
-        }
-        r.last_keyframe_request.insert(layer, now);
         let (link, handle) = (r.link, r.handle);
         tracing::debug!(link, handle, layer, "relay keyframe request");
         self.send_feedback(
