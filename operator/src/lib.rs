@@ -1,25 +1,24 @@
-//! moim's control plane: the `Meeting` and `MediaNode` resources, the pure cores that decide
-//! where meetings run, the reconcilers that apply those decisions, and the join API.
+//! moim's control plane: the `Meeting`, `MediaNode` and `MediaPool` resources, the pure cores
+//! that decide where meetings run and how many nodes a region needs ([`core`]), the
+//! reconcilers' decisions written once ([`control`]) and the two clusters they act on: a
+//! Kubernetes cluster ([`k8s`]: `operator run`) and the local fabric ([`local`]:
+//! `operator local`); the join API ([`api`], [`join`]) both serve.
 
 pub mod api;
-pub mod autoscale;
-pub mod conditions;
-pub mod context;
+pub mod control;
+pub mod core;
 pub mod crd;
 pub mod error;
 pub mod join;
-pub mod leader;
-pub mod ledger;
+pub mod k8s;
 pub mod local;
-pub mod medianode;
-pub mod meeting;
 pub mod metrics;
 pub mod nodeapi;
-pub mod placement;
-pub mod pod;
-pub mod pool;
-pub mod run;
 pub mod secret;
 pub mod turn;
+
+// Where these lived before the split, for users of the library.
+pub use crate::core::{autoscale, conditions, ledger, placement};
+pub use k8s::{context, leader, medianode, meeting, pod, pool, run};
 
 pub use error::{Error, Result};

@@ -1,79 +1,38 @@
-//! The MediaPool reconciler: the autoscaler's I/O. It reads the pool's MediaNodes, the
+//! The MediaPool reconciler's decisions, for the operator and the local fabric alike: the
+//! autoscaler's I/O. It reads the pool's MediaNodes, the
 //! reservations and the scheduled Meetings, asks [`crate::autoscale::decide`] what to do, and
 //! applies it: new MediaNodes (owned by the pool, so deleting the pool deletes them), `drain`
 //! and `evacuate` on existing ones, deletion of empty drained ones. Then the pool's status.
 //!
-//! Every write is a server-side apply of the whole MediaNode under the operator's field
-//! manager, so the pool owns every field it sets and clears the ones it stops setting (the
-//! drain-start annotation when a node is taken back).
+//! Every write is the whole MediaNode (a server-side apply under the operator's field manager
+//! in Kubernetes), so the pool owns every field it sets and clears the ones it stops setting
+//! (the drain-start annotation when a node is taken back).
 
+use super::{ControlCtx, Next};
 use crate::autoscale::{
     self, NodeCapacity, NodeState, NodeUsage, PoolNode, PoolPolicy, PoolSnapshot, ScaleDecision,
     Upcoming,
 };
 use crate::conditions::{Want, settle};
-use crate::context::{Context, FIELD_MANAGER, apply_status};
+use crate::control::meeting::{ScheduleState, schedule_state};
 use crate::crd::{
     DRAIN_STARTED, MediaNode, MediaNodePhase, MediaNodeSpec, MediaPool, MediaPoolStatus, Meeting,
     POOL_LABEL,
 };
 use crate::error::{Error, Result};
 use crate::ledger::Ledger;
-use crate::meeting::{ScheduleState, schedule_state};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use rand::Rng;
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
-use tracing::{info, warn};
+use tracing::info;
 
 /// Controller name, in metrics and logs.
 pub const CONTROLLER: &str = "mediapool";
 
-/// Reconciles one MediaPool.
-pub async fn reconcile(pool: Arc<MediaPool>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let result = apply(&pool, &ctx).await;
-    if let Err(e) = &result
-        && let Some(refused) = e.forbidden()
-        && let Some(ns) = pool.namespace()
-    {
-        let api: Api<MediaPool> = Api::namespaced(ctx.client.clone(), &ns);
-        let conditions = pool
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or(&[]);
-        crate::context::report_forbidden(
-            &api,
-            &pool.name_any(),
-            conditions,
-            pool.metadata.generation.unwrap_or(0),
-            refused,
-            (ctx.clock)(),
-        )
-        .await;
-    }
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    if result.is_ok() {
-        ctx.succeeded(&key(&pool));
-    }
-    result
-}
-
-/// What to do after a failed reconcile: back off per object.
-pub fn error_policy(pool: Arc<MediaPool>, error: &Error, ctx: Arc<Context>) -> Action {
-    warn!(pool = %key(&pool), %error, "reconcile failed");
-    ctx.metrics.reconcile_failed(CONTROLLER, error);
-    Action::requeue(ctx.backoff(&key(&pool)))
-}
-
-fn key(p: &MediaPool) -> String {
+/// `namespace/name` of a pool, its key in [`ControlCtx::pools`] and in metrics.
+pub fn key(p: &MediaPool) -> String {
     format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any())
 }
 
@@ -252,7 +211,7 @@ pub fn node_object(
 }
 
 /// A new node name: the pool's name and five random characters, as a ReplicaSet names pods.
-fn new_name(pool: &str) -> String {
+pub fn new_name(pool: &str) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::rng();
     let suffix: String = (0..5)
@@ -261,25 +220,26 @@ fn new_name(pool: &str) -> String {
     format!("{pool}-{suffix}")
 }
 
-async fn apply(pool: &MediaPool, ctx: &Context) -> Result<Action> {
-    let now = (ctx.clock)();
+/// Reconciles one MediaPool on `cx`: what the autoscaler decides is applied to the pool's
+/// MediaNodes, then the pool's status is written.
+pub async fn reconcile(pool: &MediaPool, cx: &ControlCtx<'_>) -> Result<Next> {
+    let now = cx.now;
     let ns = pool.namespace().ok_or(Error::MissingField("namespace"))?;
-    let name = pool.name_any();
     let pool_key = key(pool);
-    let policy = policy_of(pool, ctx.settings.pool_interval);
-    let nodes = ctx.nodes.state();
-    let meetings = ctx.meetings.get().map(|s| s.state()).unwrap_or_default();
+    let policy = policy_of(pool, cx.settings.pool_interval);
+    let nodes = &cx.nodes;
+    let meetings = &cx.meetings;
     let snap = snapshot_of(
         pool,
         nodes.iter().map(AsRef::as_ref),
         meetings.iter().map(AsRef::as_ref),
-        &ctx.ledger(),
+        &cx.ledger(),
         now,
-        ctx.settings.stale_after,
-        ctx.settings.prepare_ahead,
+        cx.settings.stale_after,
+        cx.settings.prepare_ahead,
     );
     let decision = {
-        let mut memories = ctx.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memories = cx.pools.lock().unwrap_or_else(|e| e.into_inner());
         autoscale::decide(
             &policy,
             &snap,
@@ -287,30 +247,26 @@ async fn apply(pool: &MediaPool, ctx: &Context) -> Result<Action> {
         )
     };
 
-    let api: Api<MediaNode> = Api::namespaced(ctx.client.clone(), &ns);
-    let ssa = PatchParams::apply(FIELD_MANAGER).force();
     let node_of = |n: &str| {
         nodes
             .iter()
             .find(|x| x.name_any() == n && is_member(pool, x))
     };
     for _ in 0..decision.create {
-        let node_name = new_name(&name);
+        let node_name = cx.cluster.new_node_name(pool);
         let obj = node_object(pool, &node_name, None, false);
-        api.patch(&node_name, &ssa, &Patch::Apply(&obj)).await?;
+        cx.cluster.apply_node(&obj).await?;
         info!(pool = %pool_key, node = %node_name, "media node created");
     }
     for n in &decision.undrain {
-        api.patch(n, &ssa, &Patch::Apply(&node_object(pool, n, None, false)))
+        cx.cluster
+            .apply_node(&node_object(pool, n, None, false))
             .await?;
     }
     for n in &decision.drain {
-        api.patch(
-            n,
-            &ssa,
-            &Patch::Apply(&node_object(pool, n, Some(now), false)),
-        )
-        .await?;
+        cx.cluster
+            .apply_node(&node_object(pool, n, Some(now), false))
+            .await?;
     }
     for n in &decision.migrate {
         let started = snap
@@ -320,29 +276,24 @@ async fn apply(pool: &MediaPool, ctx: &Context) -> Result<Action> {
             .and_then(|p| p.drain_started)
             .unwrap_or(now);
         if node_of(n).is_some_and(|x| !x.spec.evacuate) {
-            api.patch(
-                n,
-                &ssa,
-                &Patch::Apply(&node_object(pool, n, Some(started), true)),
-            )
-            .await?;
-            ctx.publish(
-                &pool.object_ref(&()),
-                EventType::Normal,
-                "Migrating",
-                format!("{n} reached its drain deadline; its meetings move to other nodes"),
-            )
-            .await;
+            cx.cluster
+                .apply_node(&node_object(pool, n, Some(started), true))
+                .await?;
+            cx.cluster
+                .event(
+                    pool.object_ref(&()),
+                    false,
+                    "Migrating",
+                    format!("{n} reached its drain deadline; its meetings move to other nodes"),
+                )
+                .await;
         }
     }
     for n in &decision.delete {
-        match api.delete(n, &DeleteParams::background()).await {
-            Ok(_) => info!(pool = %pool_key, node = %n, "media node deleted"),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
+        cx.cluster.delete_node(&ns, n).await?;
+        info!(pool = %pool_key, node = %n, "media node deleted");
     }
-    announce(pool, ctx, &decision).await;
+    announce(pool, cx, &decision).await;
 
     let old = pool.status.clone().unwrap_or_default();
     let count = |f: &dyn Fn(&PoolNode) -> bool| snap.nodes.iter().filter(|n| f(n)).count() as u32;
@@ -412,16 +363,15 @@ async fn apply(pool: &MediaPool, ctx: &Context) -> Result<Action> {
         },
         conditions: settle(wants, &old.conditions, generation, now),
     };
-    ctx.metrics.pool_looked(&pool_key, &status, &decision);
+    cx.metrics.pool_looked(&pool_key, &status, &decision);
     if status != old {
-        let pools: Api<MediaPool> = Api::namespaced(ctx.client.clone(), &ns);
-        apply_status(&pools, &name, &status).await?;
+        cx.cluster.pool_status(pool, &status).await?;
     }
-    Ok(Action::requeue(ctx.settings.pool_interval))
+    Ok(Next::After(cx.settings.pool_interval))
 }
 
 /// Events for what changed, one per kind of change.
-async fn announce(pool: &MediaPool, ctx: &Context, d: &ScaleDecision) {
+async fn announce(pool: &MediaPool, cx: &ControlCtx<'_>, d: &ScaleDecision) {
     let f = d.forecast;
     let why = format!(
         "demand {} participants, growing {:.0}/min, {} scheduled soon, headroom {}",
@@ -451,7 +401,8 @@ async fn announce(pool: &MediaPool, ctx: &Context, d: &ScaleDecision) {
         ));
     }
     for (reason, note) in notes {
-        ctx.publish(&pool.object_ref(&()), EventType::Normal, reason, note)
+        cx.cluster
+            .event(pool.object_ref(&()), false, reason, note)
             .await;
     }
 }

@@ -1,13 +1,13 @@
-//! The Meeting reconciler: place the meeting, push the plan to its nodes, write its status.
+//! The Meeting reconciler's decisions: place the meeting, push the plan to its nodes, write its
+//! status, for the operator and the local fabric alike (see [`super`]).
 //!
-//! Flow of one reconcile: read the Meeting and the MediaNode cache → [`crate::placement::place`]
+//! Flow of one reconcile: the Meeting and the observed MediaNodes → [`crate::core::placement`]
 //! under the ledger lock → `PUT /admin/rooms/{room}` on every node of the plan (and `DELETE` on
-//! nodes it left) → Events for what changed → one server-side-apply patch of `status` under the
-//! operator's field manager, only when the status differs. The finalizer makes sure a deleted
-//! Meeting's rooms are released on its nodes before the object goes.
+//! nodes it left) → Events for what changed → the status, written only when it differs. A
+//! deleted Meeting's rooms are released with [`cleanup`].
 
+use super::{ControlCtx, Next};
 use crate::conditions::{Want, settle};
-use crate::context::{Context, apply_status};
 use crate::crd::{
     CascadeLink, MediaNode, Meeting, MeetingMode, MeetingNode, MeetingPhase, MeetingStatus,
 };
@@ -17,10 +17,6 @@ use crate::metrics::Metrics;
 use crate::nodeapi::NodeAdmin;
 use crate::placement::{Demand, Plan, ShortfallReason, place};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::Api;
-use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 use moim_wire::admin::{RelayLink, RoomAssignment, room_of};
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,55 +29,6 @@ pub const FINALIZER: &str = "media.moim.dev/release-nodes";
 
 /// Controller name, in metrics and logs.
 pub const CONTROLLER: &str = "meeting";
-
-/// Reconciles one Meeting.
-pub async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Action> {
-    let started = Instant::now();
-    let ns = meeting
-        .namespace()
-        .ok_or(Error::MissingField("namespace"))?;
-    let key = format!("{ns}/{}", meeting.name_any());
-    let api: Api<Meeting> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, meeting.clone(), |event| async {
-        match event {
-            Event::Apply(m) => apply(&m, &api, &ctx).await,
-            Event::Cleanup(m) => cleanup(&m, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if let Err(e) = &result
-        && let Some(refused) = e.forbidden()
-    {
-        let conditions = previous_conditions(&meeting);
-        crate::context::report_forbidden(
-            &api,
-            &meeting.name_any(),
-            conditions,
-            generation(&meeting),
-            refused,
-            (ctx.clock)(),
-        )
-        .await;
-    }
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    if result.is_ok() {
-        ctx.succeeded(&key);
-    }
-    result
-}
-
-/// What to do after a failed reconcile: back off per object, 1 s doubling to 5 minutes.
-pub fn error_policy(meeting: Arc<Meeting>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!(
-        "{}/{}",
-        meeting.namespace().unwrap_or_default(),
-        meeting.name_any()
-    );
-    warn!(meeting = %key, %error, "reconcile failed");
-    ctx.metrics.reconcile_failed(CONTROLLER, error);
-    Action::requeue(ctx.backoff(&key))
-}
 
 /// Where a meeting stands against its schedule at `now`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,47 +61,50 @@ pub fn schedule_state(
     }
 }
 
-async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action> {
-    let now = (ctx.clock)();
+/// Reconciles one Meeting on `cx`: places it (or waits for its start, or releases it at its
+/// end), pushes the plan and writes the status when it changed.
+pub async fn reconcile(m: &Meeting, cx: &ControlCtx<'_>) -> Result<Next> {
+    let now = cx.now;
     let ns = m.namespace().ok_or(Error::MissingField("namespace"))?;
     let name = m.name_any();
     let key = format!("{ns}/{name}");
     let room = room_of(&ns, &name);
     let old = m.status.clone().unwrap_or_default();
-    let nodes = ctx.nodes.state();
+    let nodes = &cx.nodes;
 
-    let (status, action) = match schedule_state(m, now, ctx.settings.prepare_ahead) {
+    let (status, action) = match schedule_state(m, now, cx.settings.prepare_ahead) {
         ScheduleState::Ended => {
-            let plan = ctx.ledger().forget(&key).or_else(|| plan_from_status(m));
+            let plan = cx.ledger().forget(&key).or_else(|| plan_from_status(m));
             release(
-                ctx.node_admin.as_ref(),
-                &ctx.metrics,
-                &nodes,
+                cx.admin,
+                cx.metrics,
+                nodes,
                 &room,
                 plan.iter().flat_map(|p| p.nodes()),
             )
             .await;
             if old.phase != Some(MeetingPhase::Ended) {
-                ctx.publish(
-                    &m.object_ref(&()),
-                    EventType::Normal,
-                    "Ended",
-                    "the meeting's schedule ended; its rooms were released".into(),
-                )
-                .await;
+                cx.cluster
+                    .event(
+                        m.object_ref(&()),
+                        false,
+                        "Ended",
+                        "the meeting's schedule ended; its rooms were released".into(),
+                    )
+                    .await;
             }
-            (ended_status(m, now), Action::await_change())
+            (ended_status(m, now), Next::OnChange)
         }
         ScheduleState::NotYet(at) => {
             let wait = now.duration_until(at).unsigned_abs();
             (
                 scheduled_status(m, at, now),
-                Action::requeue(wait.min(Duration::from_secs(300))),
+                Next::After(wait.min(Duration::from_secs(300))),
             )
         }
         ScheduleState::Live => {
             let (plan, previous) = {
-                let mut ledger = ctx.ledger();
+                let mut ledger = cx.ledger();
                 let previous = ledger.plan(&key).cloned().or_else(|| plan_from_status(m));
                 let t = Instant::now();
                 let plan = plan_meeting(
@@ -163,30 +113,23 @@ async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action>
                     previous.as_ref(),
                     nodes.iter().map(AsRef::as_ref),
                     now,
-                    ctx.settings.stale_after,
+                    cx.settings.stale_after,
                 );
-                ctx.metrics.placed(t.elapsed());
+                cx.metrics.placed(t.elapsed());
                 (plan, previous)
             };
-            let push_errors = enact(
-                ctx.node_admin.as_ref(),
-                &ctx.metrics,
-                m,
-                &plan,
-                previous.as_ref(),
-                &nodes,
-            )
-            .await;
+            let push_errors = enact(cx.admin, cx.metrics, m, &plan, previous.as_ref(), nodes).await;
             let status = running_status(m, &plan, &nodes, &push_errors, now);
             if status.nodes != old.nodes && !status.nodes.is_empty() {
                 info!(meeting = %key, nodes = %summary(&status.nodes), "placed");
-                ctx.publish(
-                    &m.object_ref(&()),
-                    EventType::Normal,
-                    "Placed",
-                    format!("placed on {}", summary(&status.nodes)),
-                )
-                .await;
+                cx.cluster
+                    .event(
+                        m.object_ref(&()),
+                        false,
+                        "Placed",
+                        format!("placed on {}", summary(&status.nodes)),
+                    )
+                    .await;
             }
             let placed = |s: &MeetingStatus| {
                 s.conditions
@@ -199,39 +142,37 @@ async fn apply(m: &Meeting, api: &Api<Meeting>, ctx: &Context) -> Result<Action>
                 && placed(&old) != Some((st, reason))
                 && let Some(c) = status.conditions.iter().find(|c| c.type_ == "Placed")
             {
-                ctx.publish(
-                    &m.object_ref(&()),
-                    EventType::Warning,
-                    "NotPlaced",
-                    c.message.clone(),
-                )
-                .await;
+                cx.cluster
+                    .event(m.object_ref(&()), true, "NotPlaced", c.message.clone())
+                    .await;
             }
-            (status, Action::requeue(ctx.settings.meeting_resync))
+            (status, Next::After(cx.settings.meeting_resync))
         }
     };
     if status != old {
-        apply_status(api, &name, &status).await?;
+        cx.cluster.meeting_status(m, &status).await?;
     }
     Ok(action)
 }
 
-async fn cleanup(m: &Meeting, ctx: &Context) -> Result<Action> {
+/// A deleted Meeting: its rooms are released on its nodes (best effort: a node that is gone
+/// holds nothing) and its reservations forgotten.
+pub async fn cleanup(m: &Meeting, cx: &ControlCtx<'_>) -> Result<Next> {
     let ns = m.namespace().ok_or(Error::MissingField("namespace"))?;
     let name = m.name_any();
     let key = format!("{ns}/{name}");
-    let plan = ctx.ledger().forget(&key).or_else(|| plan_from_status(m));
-    let nodes = ctx.nodes.state();
+    let plan = cx.ledger().forget(&key).or_else(|| plan_from_status(m));
+    let nodes = &cx.nodes;
     let released = release(
-        ctx.node_admin.as_ref(),
-        &ctx.metrics,
-        &nodes,
+        cx.admin,
+        cx.metrics,
+        nodes,
         &room_of(&ns, &name),
         plan.iter().flat_map(|p| p.nodes()),
     )
     .await;
     info!(meeting = %key, released, "deleted; rooms released");
-    Ok(Action::await_change())
+    Ok(Next::OnChange)
 }
 
 /// Places `m` on `nodes` at `now` (nodes silent for `stale_after` are not ready), starting

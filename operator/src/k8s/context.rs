@@ -113,6 +113,22 @@ impl Context {
         }
     }
 
+    /// What a reconcile decides with, now: this cluster, the node admin API, the ledger, and
+    /// the watch caches' view of the fleet.
+    pub fn control(&self) -> crate::control::ControlCtx<'_> {
+        crate::control::ControlCtx {
+            cluster: self,
+            admin: self.node_admin.as_ref(),
+            ledger: &self.ledger,
+            pools: &self.pools,
+            metrics: &self.metrics,
+            settings: &self.settings,
+            now: (self.clock)(),
+            nodes: self.nodes.state(),
+            meetings: self.meetings.get().map(|s| s.state()).unwrap_or_default(),
+        }
+    }
+
     /// The ledger. A panic while holding it cannot leave it half-written (every change is one
     /// `record` or `forget`), so a poisoned lock is taken over.
     pub fn ledger(&self) -> MutexGuard<'_, Ledger> {

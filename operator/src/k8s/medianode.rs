@@ -1,0 +1,62 @@
+//! The MediaNode controller's kube side: [`crate::control::medianode`]'s decisions, a refusal
+//! reported on the object, back-off after errors. The workload is the node's pod (see
+//! [`super::cluster`]).
+
+use super::context::Context;
+pub use crate::control::medianode::{CONTROLLER, load_of, meetings_of, placement_relevant};
+use crate::crd::MediaNode;
+use crate::error::{Error, Result};
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::warn;
+
+/// Reconciles one MediaNode.
+pub async fn reconcile(node: Arc<MediaNode>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let result = crate::control::medianode::reconcile(&node, &ctx.control())
+        .await
+        .map(super::meeting::action);
+    if let Err(e) = &result
+        && let Some(refused) = e.forbidden()
+        && let Some(ns) = node.namespace()
+    {
+        let api: Api<MediaNode> = Api::namespaced(ctx.client.clone(), &ns);
+        let conditions = node
+            .status
+            .as_ref()
+            .map(|s| s.conditions.as_slice())
+            .unwrap_or(&[]);
+        super::context::report_forbidden(
+            &api,
+            &node.name_any(),
+            conditions,
+            node.metadata.generation.unwrap_or(0),
+            refused,
+            (ctx.clock)(),
+        )
+        .await;
+    }
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    if result.is_ok() {
+        ctx.succeeded(&key(&node));
+    }
+    result
+}
+
+/// What to do after a failed reconcile: back off per object, 1 s doubling to 5 minutes.
+pub fn error_policy(node: Arc<MediaNode>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(node = %key(&node), %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(CONTROLLER, error);
+    Action::requeue(ctx.backoff(&key(&node)))
+}
+
+fn key(n: &MediaNode) -> String {
+    format!(
+        "medianode:{}/{}",
+        n.namespace().unwrap_or_default(),
+        n.name_any()
+    )
+}
