@@ -119,7 +119,7 @@ pub async fn reconcile(m: &Meeting, cx: &ControlCtx<'_>) -> Result<Next> {
                 (plan, previous)
             };
             let push_errors = enact(cx.admin, cx.metrics, m, &plan, previous.as_ref(), nodes).await;
-            let status = running_status(m, &plan, &nodes, &push_errors, now);
+            let status = running_status(m, &plan, nodes, &push_errors, now);
             if status.nodes != old.nodes && !status.nodes.is_empty() {
                 info!(meeting = %key, nodes = %summary(&status.nodes), "placed");
                 cx.cluster
