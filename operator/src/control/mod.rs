@@ -98,6 +98,9 @@ pub trait Cluster: Send + Sync {
     fn start_workload<'a>(&'a self, n: &'a MediaNode) -> BoxFuture<'a, Result<Started>>;
     /// A name for a new MediaNode of `pool`.
     fn new_node_name(&self, pool: &MediaPool) -> String;
+    /// `pool`'s autoscaler decided something (not idle): for a cluster that tells a person
+    /// what it does as it goes (the local fabric prints it). Events say it anyway.
+    fn scaled(&self, _pool: &MediaPool, _decision: &crate::core::autoscale::ScaleDecision) {}
 }
 
 /// What every reconcile decides with: the cluster to act on, the media nodes' admin API, the

@@ -293,6 +293,9 @@ pub async fn reconcile(pool: &MediaPool, cx: &ControlCtx<'_>) -> Result<Next> {
         cx.cluster.delete_node(&ns, n).await?;
         info!(pool = %pool_key, node = %n, "media node deleted");
     }
+    if !decision.is_idle() {
+        cx.cluster.scaled(pool, &decision);
+    }
     announce(pool, cx, &decision).await;
 
     let old = pool.status.clone().unwrap_or_default();
