@@ -258,7 +258,7 @@ async fn a_drain_request_is_passed_on_and_the_node_reports_draining() {
     let mut n = node("seoul-1", MediaNodePhase::Ready);
     n.spec.drain = true;
     w.report("seoul-1", true, false);
-    moim_operator::control::medianode::reconcile(&n, &w.cx(&[n.clone()]))
+    moim_operator::control::medianode::reconcile(&n, &w.cx(std::slice::from_ref(&n)))
         .await
         .expect("reconcile");
     assert!(
@@ -294,7 +294,7 @@ async fn a_node_that_says_it_is_not_ready_is_not_ready() {
     let w = World::new();
     let n = node("seoul-1", MediaNodePhase::Starting);
     w.report("seoul-1", false, false);
-    moim_operator::control::medianode::reconcile(&n, &w.cx(&[n.clone()]))
+    moim_operator::control::medianode::reconcile(&n, &w.cx(std::slice::from_ref(&n)))
         .await
         .expect("reconcile");
     let st = w.cluster.node_statuses.lock().expect("lock")["seoul-1"].clone();
