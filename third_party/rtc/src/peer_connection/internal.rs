@@ -853,6 +853,26 @@ impl RTCPeerConnection {
                     && transceiver.direction().has_recv()
             }) && let Some(receiver) = transceiver.receiver_mut()
             {
+                // A renegotiation that describes the same track again (an ICE restart, a track
+                // added elsewhere) keeps the receiver's track: the SSRCs learnt for its rids
+                // from the first packets' mid/rid extensions would otherwise be forgotten, and
+                // senders stop sending those extensions once they see receiver reports, so
+                // every later packet of the simulcast stream would be dropped as unknown.
+                let track = receiver.track();
+                let same_track = track.track_id() == &incoming_track.track_id
+                    && if incoming_track.rids.is_empty() {
+                        incoming_track.ssrc.is_some()
+                            && track.ssrcs().any(|ssrc| Some(ssrc) == incoming_track.ssrc)
+                    } else {
+                        track
+                            .codings()
+                            .iter()
+                            .map(|c| &c.rtp_coding_parameters.rid)
+                            .eq(incoming_track.rids.iter())
+                    };
+                if same_track {
+                    continue;
+                }
                 let mut receive_codings = vec![];
                 if !incoming_track.rids.is_empty() {
                     // for incoming_track with rids, defer adding track until received the first RTP

@@ -1803,6 +1803,18 @@ impl RTCPeerConnection {
         self.ice_restart_requested = Some(RTCOfferOptions { ice_restart: true });
     }
 
+    /// Sets the local ICE credentials that the next ICE restart takes, whether this side
+    /// restarts ([`Self::restart_ice`], then an offer) or answers a remote offer that does.
+    ///
+    /// Without it a restart reuses the credentials given with
+    /// `SettingEngineBuilder::with_ice_credentials`, or draws random ones when none were given.
+    /// A server that routes datagrams by the local ufrag chooses the new one itself, so that it
+    /// knows where checks with the new ufrag belong.
+    pub fn set_ice_restart_credentials(&mut self, username_fragment: String, password: String) {
+        self.setting_engine.candidates.username_fragment = username_fragment;
+        self.setting_engine.candidates.password = password;
+    }
+
     /// Returns the current configuration of this peer connection.
     ///
     /// The returned reference is to the current configuration. To modify the configuration,
