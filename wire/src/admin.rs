@@ -34,25 +34,12 @@ pub struct RoomMove {
 impl RoomMove {
     /// Checks the URL is one a browser may be sent to.
     pub fn validate(&self) -> Result<(), String> {
-        if self.url.len() > MAX_MOVE_URL_LEN {
-            return Err(format!("url is longer than {MAX_MOVE_URL_LEN} bytes"));
-        }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err("url must start with http:// or https://".into());
-        }
-        if self
-            .url
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-        {
-            return Err("url holds whitespace or control characters".into());
-        }
-        Ok(())
+        validate_browser_url(&self.url)
     }
 }
 
 /// A node's share of one meeting.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RoomAssignment {
     /// `namespace/name` of the Meeting.
@@ -73,6 +60,32 @@ pub struct RoomAssignment {
     /// Relay links of the cascade tree that touch this node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<RelayLink>,
+    /// Signalling URLs of the meeting's other nodes, nearest first: where the room's
+    /// participants go if this node stops answering (see [`crate::ServerMessage::Resume`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallbacks: Vec<String>,
+    /// Where a participant whose node stopped answering asks which node to join now
+    /// (`POST` with its token as the bearer): the operator's rejoin API, when browsers reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin_url: Option<String>,
+}
+
+/// Most fallback URLs an assignment may carry.
+pub const MAX_FALLBACKS: usize = 8;
+
+/// Checks a URL is one a browser may be sent to: `http(s)://`, at most
+/// [`MAX_MOVE_URL_LEN`] bytes, no whitespace or control characters.
+pub fn validate_browser_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_MOVE_URL_LEN {
+        return Err(format!("url is longer than {MAX_MOVE_URL_LEN} bytes"));
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("url must start with http:// or https://".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("url holds whitespace or control characters".into());
+    }
+    Ok(())
 }
 
 /// One end of a cascade link, as seen from the node that receives the assignment.
@@ -91,6 +104,17 @@ pub struct RelayLink {
 impl RoomAssignment {
     /// Checks what a node cannot take from an assignment; the message goes back to the caller.
     pub fn validate(&self, room: &str) -> Result<(), &'static str> {
+        if self.fallbacks.len() > MAX_FALLBACKS {
+            return Err("at most 8 fallback URLs");
+        }
+        if self
+            .fallbacks
+            .iter()
+            .chain(&self.rejoin_url)
+            .any(|u| validate_browser_url(u).is_err())
+        {
+            return Err("fallback and rejoin URLs must be http(s) URLs of at most 2048 bytes");
+        }
         if room.is_empty() || room.len() > MAX_ROOM_LEN {
             return Err("room name must be 1 to 256 bytes");
         }
@@ -124,6 +148,8 @@ mod tests {
                 address: Some("10.0.0.7:7882".into()),
                 upstream: true,
             }],
+            fallbacks: vec!["https://fra-1.example.com".into()],
+            rejoin_url: None,
         };
         let json = serde_json::to_value(&a).expect("json");
         assert_eq!(json["maxParticipants"], 40);
@@ -144,11 +170,20 @@ mod tests {
             max_participants: Some(0),
             webinar: false,
             links: vec![],
+            fallbacks: vec![],
+            rejoin_url: None,
         };
         assert!(a.validate("a.b").is_err());
         a.max_participants = None;
         assert!(a.validate("a.b").is_ok());
         assert!(a.validate("").is_err());
         assert!(a.validate(&"x".repeat(300)).is_err());
+        a.fallbacks = vec!["javascript:alert(1)".into()];
+        assert!(a.validate("a.b").is_err(), "only http(s) URLs reach a browser");
+        a.fallbacks = vec!["https://a.example".into(); 9];
+        assert!(a.validate("a.b").is_err());
+        a.fallbacks.truncate(2);
+        a.rejoin_url = Some("https://moim.example/v1/rejoin".into());
+        assert!(a.validate("a.b").is_ok());
     }
 }

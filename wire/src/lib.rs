@@ -11,3 +11,11 @@ pub mod status;
 pub mod token;
 
 pub use token::{JoinClaims, TokenError};
+pub use signal::{ClientMessage, ServerMessage};
+
+/// How often a media node renews a WebSocket participant's resume token (seconds).
+pub const RESUME_REFRESH_SECS: u64 = 120;
+
+/// How long a resume token is valid (seconds): a participant whose node died can join
+/// elsewhere with it for this long after its last renewal.
+pub const RESUME_TTL_SECS: u64 = 600;

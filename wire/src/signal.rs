@@ -76,6 +76,10 @@ pub enum ClientMessage {
         /// Text, at most 4 KiB.
         text: String,
     },
+    /// The client's network changed (ICE `disconnected` or `failed` while signalling is up):
+    /// the node sends a `subscribe_offer` with fresh ICE credentials. The client restarts ICE
+    /// on its publish connection itself (`restartIce()`, then a `publish_offer`).
+    IceRestart,
     /// Leave the room; the node closes both connections.
     Leave,
 }
@@ -177,6 +181,24 @@ pub enum ServerMessage {
         code: String,
         /// What happened.
         message: String,
+    },
+    /// How to get back into the meeting if this node stops answering; sent after `joined` and
+    /// again every [`crate::RESUME_REFRESH_SECS`] seconds (the token is renewed each time).
+    Resume {
+        /// A join token for this participant and room, valid on every node of the deployment
+        /// until `expires_at`: joining again with it keeps who they are and what they may do.
+        token: String,
+        /// Expiry of `token`, seconds since the Unix epoch.
+        expires_at: u64,
+        /// This node's region (send it with a rejoin request).
+        region: String,
+        /// The meeting's other nodes, nearest first: join there with `token`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        fallback_urls: Vec<String>,
+        /// Ask here which node to join (`POST`, `Authorization: Bearer <token>`, body
+        /// `{"region": ..., "unreachable": [urls tried]}`); answers like the join API.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rejoin_url: Option<String>,
     },
     /// The node is draining: reconnect to `url` if given, else keep going until it closes.
     Draining {
