@@ -1,5 +1,5 @@
-//! The operator's HTTP surface: the join API (`POST /v1/join`), `/metrics`, `/healthz` and
-//! `/readyz`.
+//! The operator's HTTP surface: the join API (`POST /v1/join`), the rejoin API
+//! (`POST /v1/rejoin`), `/metrics`, `/healthz` and `/readyz`.
 //!
 //! A join request carries an API key (`Authorization: Bearer <key>`, keys from a mounted
 //! Secret, one per line). The handler reads the watch caches, asks [`crate::join::choose`] for
@@ -9,7 +9,7 @@
 
 use crate::context::Clock;
 use crate::crd::{MediaNode, Meeting};
-use crate::join::{JoinError, JoinRequest, JoinResponse, choose, validate};
+use crate::join::{JoinError, JoinRequest, JoinResponse, JoinRole, choose, validate};
 use crate::metrics::Metrics;
 use crate::secret::SecretSource;
 use axum::Router;
@@ -25,6 +25,23 @@ use tokio::sync::watch;
 
 /// Largest join request body.
 pub const MAX_JOIN_BODY: usize = 8 * 1024;
+
+/// Most unreachable URLs a rejoin request may name.
+pub const MAX_AVOID: usize = 8;
+
+/// `POST /v1/rejoin` body (optional): a participant whose node stopped answering asks where
+/// to go now, with the token it joined with (or the node's fresher resume token) as its bearer.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RejoinRequest {
+    /// The region the participant was in (the region of the node it lost).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Signalling URLs the participant tried and could not reach; chosen only when nothing
+    /// else has room.
+    #[serde(default)]
+    pub unreachable: Vec<String>,
+}
 
 /// What the HTTP handlers share.
 pub struct ApiState {
@@ -46,12 +63,15 @@ pub struct ApiState {
     pub ready: watch::Receiver<bool>,
     /// TURN servers to hand out with each join, if any.
     pub turn: Option<crate::turn::TurnConfig>,
+    /// Round-trip times between regions (nearest region for a participant whose has no node).
+    pub distances: crate::core::regions::Distances,
 }
 
 /// The router.
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/join", post(join))
+        .route("/v1/rejoin", post(rejoin).options(rejoin_preflight))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -146,6 +166,114 @@ fn handle_join(s: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<JoinRes
     let req: JoinRequest = serde_json::from_slice(body)
         .map_err(|e| JoinError::BadRequest(format!("join request: {e}")))?;
     validate(&req)?;
+    answer(s, &req, &[], None)
+}
+
+/// The browser calls the rejoin API from a media node's page: any origin may, because the
+/// bearer is a join token (no cookie rides along), so this grants nothing a token does not.
+fn cors(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        header::HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        header::HeaderValue::from_static("authorization, content-type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::HeaderValue::from_static("POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        header::HeaderValue::from_static("600"),
+    );
+    r
+}
+
+async fn rejoin_preflight() -> Response {
+    cors(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn rejoin(State(s): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Response {
+    cors(match handle_rejoin(&s, &headers, &body) {
+        Ok(r) => {
+            s.metrics.join("rejoin_ok");
+            axum::Json(r).into_response()
+        }
+        Err(e) => {
+            s.metrics.join(e.code());
+            e.into_response()
+        }
+    })
+}
+
+/// A rejoin: the token says who and which meeting (and what they may do); the answer is a
+/// node of the meeting that serves now, and a fresh token for it.
+fn handle_rejoin(
+    s: &ApiState,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<JoinResponse, JoinError> {
+    if !*s.ready.borrow() {
+        return Err(JoinError::Unavailable);
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or(JoinError::Unauthorized)?;
+    let secret = s
+        .token_secret
+        .read()
+        .ok()
+        .flatten()
+        .ok_or(JoinError::Unavailable)?;
+    let now = (s.clock)();
+    let now_unix = u64::try_from(now.as_second()).unwrap_or(0);
+    let claims = moim_wire::JoinClaims::verify(bearer, secret.as_bytes(), now_unix)
+        .map_err(|_| JoinError::Unauthorized)?;
+    let rejoin: RejoinRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RejoinRequest::default()
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| JoinError::BadRequest(format!("rejoin request: {e}")))?
+    };
+    if rejoin.unreachable.len() > MAX_AVOID {
+        return Err(JoinError::BadRequest(format!(
+            "at most {MAX_AVOID} unreachable URLs"
+        )));
+    }
+    let (ns, name) = claims
+        .room
+        .split_once('.')
+        .ok_or_else(|| JoinError::UnknownMeeting(claims.room.clone()))?;
+    let req = JoinRequest {
+        namespace: Some(ns.to_owned()),
+        meeting: name.to_owned(),
+        identity: claims.identity.clone(),
+        name: claims.name.clone(),
+        role: if claims.can_publish {
+            JoinRole::Host
+        } else {
+            JoinRole::Viewer
+        },
+        region: rejoin.region,
+    };
+    validate(&req)?;
+    answer(s, &req, &rejoin.unreachable, Some(claims.can_publish))
+}
+
+/// Chooses a node for `req` and signs its token; `can_publish` overrides what the role grants
+/// (a rejoin keeps what the first join granted).
+fn answer(
+    s: &ApiState,
+    req: &JoinRequest,
+    avoid: &[String],
+    can_publish: Option<bool>,
+) -> Result<JoinResponse, JoinError> {
     let ns = req
         .namespace
         .clone()
@@ -156,7 +284,18 @@ fn handle_join(s: &ApiState, headers: &HeaderMap, body: &[u8]) -> Result<JoinRes
         .ok_or_else(|| JoinError::UnknownMeeting(format!("{ns}/{}", req.meeting)))?;
     let nodes = s.nodes.state();
     let now = (s.clock)();
-    let choice = choose(&meeting, &nodes, &req, now, s.token_ttl_secs)?;
+    let mut choice = choose(
+        &meeting,
+        &nodes,
+        req,
+        now,
+        s.token_ttl_secs,
+        &s.distances,
+        avoid,
+    )?;
+    if let Some(p) = can_publish {
+        choice.claims.can_publish = p;
+    }
     let secret = s
         .token_secret
         .read()

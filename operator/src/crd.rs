@@ -262,6 +262,10 @@ pub struct MeetingNode {
     pub node: String,
     /// Participants reserved.
     pub participants: u32,
+    /// Of those, participants of other regions it takes in because their region has no ready
+    /// node (by region).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub serves: BTreeMap<String, u32>,
 }
 
 /// A relay link, from the end nearer the tree's root.
@@ -360,7 +364,35 @@ impl MediaNode {
         n.metadata.namespace = Some(namespace.to_owned());
         n
     }
+
+    /// Whether the node serves meetings: it reports Ready or Draining, and its `/status`
+    /// answers. A read that was refused (the process is gone) counts at once; one that failed
+    /// otherwise (a timeout) counts from the second in a row, so one slow answer moves nobody.
+    pub fn serving(&self) -> bool {
+        let Some(st) = &self.status else {
+            return false;
+        };
+        matches!(
+            st.phase,
+            Some(MediaNodePhase::Ready | MediaNodePhase::Draining)
+        ) && !st.conditions.iter().any(|c| {
+            c.type_ == "Reporting"
+                && c.status == "False"
+                && (c.reason == STATUS_REFUSED || c.reason == STATUS_UNREACHABLE)
+        })
+    }
 }
+
+/// `Reporting=False` reason: the node's `/status` refused the connection (nothing listens
+/// where it ran). The node serves nothing.
+pub const STATUS_REFUSED: &str = "StatusRefused";
+
+/// `Reporting=False` reason: the node's `/status` failed twice in a row. The node serves
+/// nothing.
+pub const STATUS_UNREACHABLE: &str = "StatusUnreachable";
+
+/// `Reporting=False` reason: one `/status` read failed (not refused). The node still serves.
+pub const STATUS_SLOW: &str = "StatusSlow";
 
 fn default_capacity() -> u32 {
     500

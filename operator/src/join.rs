@@ -2,6 +2,7 @@
 //! which node they should connect to and what their token grants. Pure; the HTTP handler in
 //! [`crate::api`] reads the caches, calls [`choose`], and signs the token.
 
+use crate::core::regions::Distances;
 use crate::crd::{MediaNode, MediaNodePhase, Meeting, MeetingMode, MeetingPhase};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -167,15 +168,21 @@ pub fn validate(req: &JoinRequest) -> Result<(), JoinError> {
 /// Chooses a node of `meeting` for `req` at `now` (Unix seconds `now_unix` for the token,
 /// valid `ttl_secs`).
 ///
-/// The region hint is honoured when the meeting has a node there with room; otherwise the
-/// participant goes to the meeting's largest region (the root of its cascade tree). Within a
+/// The region hint is honoured when the meeting has a node there (or one serving that region
+/// while it has none) with room; otherwise the participant goes to the nearest region by
+/// `distances`, then the meeting's largest region (the root of its cascade tree). Within a
 /// region, a node that is not draining comes first, then the one with the most free room.
+/// Nodes that do not serve ([`MediaNode::serving`]: down, or their `/status` failing) and, when
+/// there is another, those in `avoid` (signalling URLs the participant could not reach) are
+/// never chosen.
 pub fn choose(
     meeting: &Meeting,
     nodes: &[Arc<MediaNode>],
     req: &JoinRequest,
     now: Timestamp,
     ttl_secs: u64,
+    distances: &Distances,
+    avoid: &[String],
 ) -> Result<JoinChoice, JoinError> {
     let ns = meeting.namespace().unwrap_or_default();
     let key = format!("{ns}/{}", meeting.name_any());
@@ -209,9 +216,17 @@ pub fn choose(
         .filter(|(r, _)| status.nodes.iter().any(|n| &&n.region == r))
         .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
         .map(|(r, _)| r.clone());
-    // The meeting's nodes that are up and have room, ranked: in the hinted region, in the
-    // root region, not draining, most free room; ties go to the first name.
-    type Rank = (bool, bool, bool, u32, std::cmp::Reverse<String>);
+    // The meeting's nodes that serve and have room, ranked: serving the hinted region, nearest
+    // it, in the root region, not draining, most free room; ties go to the first name.
+    type Rank = (
+        bool,
+        bool,
+        std::cmp::Reverse<u64>,
+        bool,
+        bool,
+        u32,
+        std::cmp::Reverse<String>,
+    );
     let mut best: Option<(Rank, &Arc<MediaNode>, &str)> = None;
     for share in &status.nodes {
         let Some(node) = nodes
@@ -223,17 +238,19 @@ pub fn choose(
         let Some(st) = node.status.as_ref() else {
             continue;
         };
-        let up = matches!(
-            st.phase,
-            Some(MediaNodePhase::Ready | MediaNodePhase::Draining)
-        );
         let load = st.load.as_ref().map_or(0, |l| l.participants);
         let free = node.spec.capacity.saturating_sub(load);
-        if !up || free == 0 || st.signalling_url.is_none() {
+        let Some(url) = st.signalling_url.as_ref() else {
+            continue;
+        };
+        if !node.serving() || free == 0 {
             continue;
         }
+        let hint = req.region.as_deref();
         let rank: Rank = (
-            req.region.as_deref() == Some(share.region.as_str()),
+            !avoid.contains(url),
+            hint.is_some_and(|h| h == share.region || share.serves.contains_key(h)),
+            std::cmp::Reverse(hint.map_or(0, |h| distances.rank(h, &share.region))),
             root.as_deref() == Some(share.region.as_str()),
             st.phase == Some(MediaNodePhase::Ready) && !node.spec.drain,
             free,

@@ -18,7 +18,7 @@ pub mod secret;
 pub mod turn;
 
 // Where these lived before the split, for users of the library.
-pub use crate::core::{autoscale, conditions, ledger, placement};
+pub use crate::core::{autoscale, conditions, ledger, placement, regions};
 pub use k8s::{context, leader, medianode, meeting, pod, pool, run};
 
 pub use error::{Error, Result};

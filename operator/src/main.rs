@@ -115,6 +115,16 @@ struct RunArgs {
     /// Seconds a TURN credential is valid.
     #[arg(long, env = "MOIM_TURN_TTL", default_value_t = 3600)]
     turn_ttl: u64,
+    /// Round-trip times between regions in milliseconds, `seoul:frankfurt=230,...`: a region
+    /// that loses every node is served from its nearest, and participants fall back nearest
+    /// first. Pairs not given count as far.
+    #[arg(long, env = "MOIM_REGION_DISTANCES", default_value = "")]
+    region_distances: moim_operator::regions::Distances,
+    /// The operator's HTTP address as browsers reach it (`https://moim.example.com`), when
+    /// it is exposed to them: a participant whose node dies asks `{url}/v1/rejoin` where to
+    /// go. Unset, participants fall back to the meeting's other nodes only.
+    #[arg(long, env = "MOIM_PUBLIC_URL")]
+    public_url: Option<String>,
 }
 
 /// TURN settings from the flags: none without URLs; URLs need the secret.
@@ -178,6 +188,10 @@ fn main() -> anyhow::Result<()> {
                         relay_port: args.media_relay_port,
                         ..PodSettings::default()
                     },
+                    distances: args.region_distances,
+                    rejoin_url: args
+                        .public_url
+                        .map(|u| format!("{}/v1/rejoin", u.trim_end_matches('/'))),
                     ..Settings::default()
                 },
             };

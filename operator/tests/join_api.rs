@@ -59,11 +59,13 @@ fn meeting(name: &str, mode: MeetingMode, phase: MeetingPhase, participants: u32
                 region: "frankfurt".into(),
                 node: "fra-1".into(),
                 participants: 8,
+                serves: Default::default(),
             },
             MeetingNode {
                 region: "seoul".into(),
                 node: "seoul-1".into(),
                 participants: 20,
+                serves: Default::default(),
             },
         ],
         ..MeetingStatus::default()
@@ -124,6 +126,7 @@ async fn serve(ready: bool) -> (String, watch::Sender<bool>) {
         token_ttl_secs: 600,
         ready: rx,
         turn: None,
+        distances: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -412,6 +412,7 @@ async fn create_places_pushes_the_plan_and_applies_status() {
             "meeting": "team/standup", "generation": 1, "reserved": 20,
             "maxParticipants": 60, "webinar": false,
             "links": [{"peer": "fra-1", "address": "fra-1:7882", "upstream": false}],
+            "fallbacks": ["https://fra-1.media.example"],
         })
     );
     assert!(pushed[0].2.links[0].upstream, "frankfurt dials seoul");
@@ -437,6 +438,7 @@ fn placed_status(nodes: &[(&str, &str, u32)], links: &[(&str, &str)]) -> Meeting
                 region: (*r).into(),
                 node: (*n).into(),
                 participants: *p,
+                serves: Default::default(),
             })
             .collect(),
         links: links
@@ -729,7 +731,7 @@ async fn a_new_media_node_gets_one_owned_pod_pinned_to_its_region() {
     );
     call.respond(200, &serde_json::to_value(&n).expect("json"));
     let action = task.await.expect("task").expect("reconcile");
-    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
 }
 
 fn running_pod(n: &MediaNode) -> Pod {
@@ -1201,6 +1203,7 @@ async fn an_evacuated_node_sends_its_participants_to_the_node_that_takes_its_sha
             region: "seoul".into(),
             node: "seoul-old".into(),
             participants: 20,
+            serves: Default::default(),
         }],
         ..MeetingStatus::default()
     });

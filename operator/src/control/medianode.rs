@@ -109,10 +109,30 @@ pub async fn reconcile(node: &MediaNode, cx: &ControlCtx<'_>) -> Result<Next> {
         }
     }
     status.conditions = settle(conditions, &old.conditions, generation, now);
-    if status != old {
+    if status != old && !routine(&status, &old, now, cx.settings.report_every) {
         cx.cluster.node_status(node, &status).await?;
     }
     Ok(Next::After(cx.settings.node_poll))
+}
+
+/// A report that changes only load figures and its time, within `every` of the last one
+/// written: not written (the node is read every couple of seconds to notice a death soon; its
+/// load need not reach the API server as often).
+fn routine(
+    new: &MediaNodeStatus,
+    old: &MediaNodeStatus,
+    now: k8s_openapi::jiff::Timestamp,
+    every: std::time::Duration,
+) -> bool {
+    let recent = old.last_report.as_ref().is_some_and(|t| {
+        now.duration_since(t.0).unsigned_abs() < every
+    });
+    let strip = |s: &MediaNodeStatus| MediaNodeStatus {
+        load: None,
+        last_report: None,
+        ..s.clone()
+    };
+    recent && strip(new) == strip(old)
 }
 
 /// Reads the node's `/status` into `status`, passing a drain request (or its withdrawal) on.
@@ -196,18 +216,37 @@ async fn report(
         Err(e) => {
             cx.metrics.node_api_error("status");
             status.phase = Some(old.phase.unwrap_or(MediaNodePhase::Starting));
+            // Refused: nothing listens where the node ran (it died); anything else may be one
+            // slow answer, and counts from the second in a row (MediaNode::serving).
+            let failed_before = old
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Reporting" && c.status == "False");
+            let reason = if refused(&e) {
+                crate::crd::STATUS_REFUSED
+            } else if failed_before {
+                crate::crd::STATUS_UNREACHABLE
+            } else {
+                crate::crd::STATUS_SLOW
+            };
             conditions.push(Want::no(
                 "Ready",
-                "StatusUnreachable",
+                reason,
                 format!("cannot read the node's /status: {e}"),
             ));
             conditions.push(Want::no(
                 "Reporting",
-                "StatusUnreachable",
+                reason,
                 format!("GET {base}/status: {e}"),
             ));
         }
     }
+}
+
+/// Whether an admin call failed because nothing accepts connections at the address.
+fn refused(error: &str) -> bool {
+    let e = error.to_ascii_lowercase();
+    e.contains("connection refused") || e.contains("no route to host")
 }
 
 /// A node's load as its MediaNode status shows it, from its `/status`.
@@ -260,7 +299,7 @@ pub fn placement_relevant(node: &MediaNode) -> u64 {
         )
             .hash(&mut h);
         for c in &st.conditions {
-            (&c.type_, &c.status).hash(&mut h);
+            (&c.type_, &c.status, &c.reason).hash(&mut h);
         }
     }
     h.finish()

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 use crate::ledger::{Ledger, plan_from_status};
 use crate::metrics::Metrics;
 use crate::nodeapi::NodeAdmin;
-use crate::placement::{Demand, Plan, ShortfallReason, place};
+use crate::k8s::context::Settings;
+use crate::placement::{Demand, Distances, Plan, ShortfallReason, place_with};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
 use moim_wire::admin::{RelayLink, RoomAssignment, room_of};
@@ -114,11 +115,21 @@ pub async fn reconcile(m: &Meeting, cx: &ControlCtx<'_>) -> Result<Next> {
                     nodes.iter().map(AsRef::as_ref),
                     now,
                     cx.settings.stale_after,
+                    &cx.settings.distances,
                 );
                 cx.metrics.placed(t.elapsed());
                 (plan, previous)
             };
-            let push_errors = enact(cx.admin, cx.metrics, m, &plan, previous.as_ref(), nodes).await;
+            let push_errors = enact(
+                cx.admin,
+                cx.metrics,
+                cx.settings,
+                m,
+                &plan,
+                previous.as_ref(),
+                nodes,
+            )
+            .await;
             let status = running_status(m, &plan, nodes, &push_errors, now);
             if status.nodes != old.nodes && !status.nodes.is_empty() {
                 info!(meeting = %key, nodes = %summary(&status.nodes), "placed");
@@ -176,7 +187,9 @@ pub async fn cleanup(m: &Meeting, cx: &ControlCtx<'_>) -> Result<Next> {
 }
 
 /// Places `m` on `nodes` at `now` (nodes silent for `stale_after` are not ready), starting
-/// from `previous`, and records the plan in `ledger`.
+/// from `previous`, and records the plan in `ledger`. Nodes outside the meeting's regions are
+/// looked at too: they serve a region of the meeting that has lost its nodes (nearest first by
+/// `distances`).
 pub fn plan_meeting<'a>(
     ledger: &mut Ledger,
     m: &Meeting,
@@ -184,22 +197,15 @@ pub fn plan_meeting<'a>(
     nodes: impl IntoIterator<Item = &'a MediaNode>,
     now: Timestamp,
     stale_after: k8s_openapi::jiff::SignedDuration,
+    distances: &Distances,
 ) -> Plan {
     let key = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
     let demand = Demand {
         meeting: key.clone(),
         per_region: m.spec.participants.per_region(),
     };
-    // Only nodes in the meeting's regions can take a share.
-    let views = ledger.views(
-        &key,
-        nodes
-            .into_iter()
-            .filter(|n| demand.per_region.contains_key(&n.spec.region)),
-        now,
-        stale_after,
-    );
-    let plan = place(&demand, &views, previous);
+    let views = ledger.views(&key, nodes, now, stale_after);
+    let plan = place_with(&demand, &views, previous, distances);
     ledger.record(&key, plan.clone());
     plan
 }
@@ -209,13 +215,14 @@ pub fn plan_meeting<'a>(
 pub async fn enact(
     admin: &dyn NodeAdmin,
     metrics: &Metrics,
+    settings: &Settings,
     m: &Meeting,
     plan: &Plan,
     previous: Option<&Plan>,
     nodes: &[Arc<MediaNode>],
 ) -> Vec<(String, String)> {
     let room = room_of(&m.namespace().unwrap_or_default(), &m.name_any());
-    let errors = push(admin, metrics, m, &room, plan, nodes).await;
+    let errors = push(admin, metrics, settings, m, &room, plan, nodes).await;
     if let Some(prev) = previous {
         let kept = plan.nodes();
         let (mut left, mut moved) = (Vec::new(), Vec::new());
@@ -224,12 +231,14 @@ pub async fn enact(
             .iter()
             .filter(|a| !kept.contains(a.node.as_str()))
         {
-            // People on an evacuated node are sent to the node that took its region's share.
+            // People on an evacuated node are sent to the node that took its region's share;
+            // people a node served for a region that lost its nodes go home when it has one.
             let evacuated = find(nodes, &a.node).is_some_and(|n| n.spec.evacuate);
+            let home = a.serves.keys().next().unwrap_or(&a.region);
             let to = plan
                 .assignments
                 .iter()
-                .filter(|b| b.region == a.region)
+                .filter(|b| &b.region == home)
                 .find_map(|b| {
                     find(nodes, &b.node)?
                         .status
@@ -237,7 +246,7 @@ pub async fn enact(
                         .signalling_url
                         .clone()
                 });
-            match (evacuated, to) {
+            match (evacuated || !a.serves.is_empty(), to) {
                 (true, Some(url)) => moved.push((a.node.as_str(), url)),
                 _ => left.push(a.node.as_str()),
             }
@@ -268,10 +277,43 @@ fn find<'a>(nodes: &'a [Arc<MediaNode>], name: &str) -> Option<&'a MediaNode> {
         .map(AsRef::as_ref)
 }
 
+/// Most fallback URLs a node is given per room.
+const MAX_FALLBACKS: usize = 8;
+
+/// Where the participants of `a`'s node go if it dies: the meeting's other nodes, the nearest
+/// region first, then the largest share (the meeting's hubs).
+fn fallbacks(
+    a: &crate::placement::Assignment,
+    plan: &Plan,
+    nodes: &[Arc<MediaNode>],
+    distances: &Distances,
+) -> Vec<String> {
+    let mut others: Vec<&crate::placement::Assignment> =
+        plan.assignments.iter().filter(|b| b.node != a.node).collect();
+    others.sort_by_key(|b| {
+        (
+            distances.rank(&a.region, &b.region),
+            std::cmp::Reverse(b.participants),
+            b.node.clone(),
+        )
+    });
+    let mut urls: Vec<String> = Vec::new();
+    for b in others {
+        if let Some(url) = find(nodes, &b.node).and_then(|n| n.status.as_ref()?.signalling_url.clone())
+            && !urls.contains(&url)
+        {
+            urls.push(url);
+        }
+    }
+    urls.truncate(MAX_FALLBACKS);
+    urls
+}
+
 /// Sends each node of `plan` its share. Returns `(node, error)` for nodes that did not take it.
 async fn push(
     admin: &dyn NodeAdmin,
     metrics: &Metrics,
+    settings: &Settings,
     m: &Meeting,
     room: &str,
     plan: &Plan,
@@ -312,6 +354,8 @@ async fn push(
             max_participants: m.spec.max_participants,
             webinar: m.spec.mode == MeetingMode::Webinar,
             links,
+            fallbacks: fallbacks(a, plan, nodes, &settings.distances),
+            rejoin_url: settings.rejoin_url.clone(),
         };
         if let Err(e) = admin.assign(&base, room, &assignment).await {
             metrics.node_api_error("assign");
@@ -430,20 +474,33 @@ pub fn running_status(
         participants += here;
         *participants_by_region.entry(a.region.clone()).or_default() += here;
     }
-    // Each region joins at its node with the largest share (the region's hub).
+    // Each region joins at its node with the largest share (the region's hub); a region that
+    // lost its nodes joins where it is served.
     let mut join_endpoints: BTreeMap<String, String> = BTreeMap::new();
     let mut best: BTreeMap<&str, u32> = BTreeMap::new();
     for a in &plan.assignments {
         let url = node(&a.node).and_then(|n| n.status.as_ref()?.signalling_url.clone());
-        if let Some(url) = url
-            && best
-                .get(a.region.as_str())
-                .is_none_or(|b| a.participants > *b)
-        {
-            best.insert(&a.region, a.participants);
-            join_endpoints.insert(a.region.clone(), url);
+        let shares = std::iter::once((a.region.as_str(), a.own()))
+            .chain(a.serves.iter().map(|(r, n)| (r.as_str(), *n)))
+            .filter(|(_, n)| *n > 0);
+        for (region, n) in shares {
+            if let Some(url) = &url
+                && best.get(region).is_none_or(|b| n > *b)
+            {
+                best.insert(region, n);
+                join_endpoints.insert(region.to_owned(), url.clone());
+            }
         }
     }
+    let served_elsewhere: Vec<String> = plan
+        .assignments
+        .iter()
+        .flat_map(|a| {
+            a.serves.iter().map(move |(r, n)| {
+                format!("region {r} has no ready node: {n} of its participants are served from {} ({})", a.region, a.node)
+            })
+        })
+        .collect();
     let regions_with_nodes: BTreeSet<&str> = nodes.iter().map(|n| n.spec.region.as_str()).collect();
     let known = regions_with_nodes
         .iter()
@@ -491,7 +548,13 @@ pub fn running_status(
     }
     let placed_total: u32 = plan.assignments.iter().map(|a| a.participants).sum();
     let regions: BTreeSet<&str> = plan.assignments.iter().map(|a| a.region.as_str()).collect();
-    let placed = if reasons.is_empty() {
+    let placed = if reasons.is_empty() && !served_elsewhere.is_empty() {
+        Want::yes(
+            "Placed",
+            "ServedFromNearestRegion",
+            served_elsewhere.join("; "),
+        )
+    } else if reasons.is_empty() {
         Want::yes(
             "Placed",
             "Placed",
@@ -544,6 +607,7 @@ pub fn running_status(
             region: a.region.clone(),
             node: a.node.clone(),
             participants: a.participants,
+            serves: a.serves.clone(),
         })
         .collect();
     let mut per_region: BTreeMap<&str, u32> = BTreeMap::new();

@@ -96,7 +96,8 @@ impl Ledger {
                 let phase = status.and_then(|s| s.phase);
                 let fresh = status
                     .and_then(|s| s.last_report.as_ref())
-                    .is_some_and(|t| now.duration_since(t.0) <= stale_after);
+                    .is_some_and(|t| now.duration_since(t.0) <= stale_after)
+                    && n.serving();
                 let held = own
                     .map(|p| {
                         p.assignments
@@ -138,6 +139,7 @@ pub fn plan_from_status(meeting: &Meeting) -> Option<Plan> {
             region: n.region.clone(),
             node: n.node.clone(),
             participants: n.participants,
+            serves: n.serves.clone(),
         })
         .collect();
     assignments.sort();
@@ -169,6 +171,7 @@ mod tests {
                     region: "r".into(),
                     node: (*n).into(),
                     participants: *p,
+                    ..Assignment::default()
                 })
                 .collect(),
             ..Plan::default()

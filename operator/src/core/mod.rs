@@ -6,3 +6,4 @@ pub mod autoscale;
 pub mod conditions;
 pub mod ledger;
 pub mod placement;
+pub mod regions;

@@ -17,9 +17,16 @@
 //!    hub); the hubs link in a star around the region with the most participants, so any
 //!    stream crosses at most two inter-region links and each link carries it once.
 //!
-//! A region that cannot be served (no ready node, or not enough room) is reported in
+//! 5. A region that has media nodes but none ready (its only node died) is served from the
+//!    nearest region that has room ([`Distances`]; a region not in the table is far, and among
+//!    equally far regions the meeting's largest comes first). Those shares are the node's
+//!    [`Assignment::serves`]; once the region has a ready node again its share goes home.
+//!
+//! A region that cannot be served (not enough room, or no ready node anywhere) is reported in
 //! [`Plan::shortfalls`] rather than failing the whole meeting: the people who can be placed are.
 
+pub use super::regions::Distances;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A media node as the placement sees it.
@@ -57,14 +64,24 @@ pub struct Demand {
 }
 
 /// One node's share of a meeting.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Assignment {
     /// Region of the node.
     pub region: String,
     /// MediaNode name.
     pub node: String,
-    /// Participants reserved for the meeting on it.
+    /// Participants reserved for the meeting on it (with those of [`Self::serves`]).
     pub participants: u32,
+    /// Participants of other regions it takes in because theirs have no ready node, by region.
+    pub serves: BTreeMap<String, u32>,
+}
+
+impl Assignment {
+    /// Participants of its own region.
+    pub fn own(&self) -> u32 {
+        self.participants
+            .saturating_sub(self.serves.values().sum::<u32>())
+    }
 }
 
 /// A relay link of the cascade tree, from the node nearer the root to the other.
@@ -113,19 +130,32 @@ impl Plan {
         self.assignments.iter().map(|a| a.node.as_str()).collect()
     }
 
-    /// Participants placed in `region`.
+    /// Participants of `region` placed, on its own nodes or served from another region.
     pub fn placed_in(&self, region: &str) -> u32 {
         self.assignments
             .iter()
-            .filter(|a| a.region == region)
-            .map(|a| a.participants)
+            .map(|a| {
+                let own = if a.region == region { a.own() } else { 0 };
+                own + a.serves.get(region).copied().unwrap_or(0)
+            })
             .sum()
     }
 }
 
-/// Places `demand` on `nodes`. `previous` is the plan in force (from the Meeting's status),
-/// whose still-usable shares are kept.
+/// Places `demand` on `nodes` with no distances known (see [`place_with`]).
 pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Plan {
+    place_with(demand, nodes, previous, &Distances::default())
+}
+
+/// Places `demand` on `nodes`. `previous` is the plan in force (from the Meeting's status),
+/// whose still-usable shares are kept; `distances` say which region is nearest one that lost
+/// its nodes.
+pub fn place_with(
+    demand: &Demand,
+    nodes: &[NodeView],
+    previous: Option<&Plan>,
+    distances: &Distances,
+) -> Plan {
     let mut by_name: BTreeMap<&str, &NodeView> = BTreeMap::new();
     for n in nodes {
         by_name.insert(n.name.as_str(), n);
@@ -134,6 +164,8 @@ pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Pl
     let mut free: BTreeMap<&str, u32> = nodes.iter().map(|n| (n.name.as_str(), n.free())).collect();
     let mut assignments: Vec<Assignment> = Vec::new();
     let mut shortfalls = Vec::new();
+    // Regions with nodes, none of them ready: served from the nearest region below.
+    let mut homeless: Vec<(&str, u32)> = Vec::new();
 
     for (region, &want) in &demand.per_region {
         if want == 0 {
@@ -150,7 +182,7 @@ pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Pl
                     continue;
                 }
                 let room = free.get(n.name.as_str()).copied().unwrap_or(0);
-                let keep = a.participants.min(left).min(room);
+                let keep = a.own().min(left).min(room);
                 if keep == 0 {
                     continue;
                 }
@@ -158,7 +190,7 @@ pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Pl
                 if let Some(f) = free.get_mut(n.name.as_str()) {
                     *f -= keep;
                 }
-                push(&mut assignments, region, &n.name, keep);
+                push(&mut assignments, region, &n.name, keep, None);
             }
         }
         // New room: largest free first, never on draining or unready nodes.
@@ -167,6 +199,10 @@ pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Pl
             .filter(|n| &n.region == region && n.ready && !n.draining)
             .collect();
         if left > 0 && candidates.is_empty() && !assignments.iter().any(|a| &a.region == region) {
+            if nodes.iter().any(|n| &n.region == region) {
+                homeless.push((region.as_str(), left));
+                continue;
+            }
             shortfalls.push(Shortfall {
                 region: region.clone(),
                 missing: left,
@@ -198,7 +234,7 @@ pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Pl
             if let Some(f) = free.get_mut(n.name.as_str()) {
                 *f -= take;
             }
-            push(&mut assignments, region, &n.name, take);
+            push(&mut assignments, region, &n.name, take, None);
         }
         if left > 0 {
             shortfalls.push(Shortfall {
@@ -208,6 +244,48 @@ pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Pl
             });
         }
     }
+    for (region, mut left) in homeless {
+        // Nearest region first; then the meeting's largest region; then nodes the meeting
+        // already uses (fewest nodes), most free room, name.
+        let mut options: Vec<&NodeView> = nodes
+            .iter()
+            .filter(|n| n.region != region && n.ready && !n.draining)
+            .collect();
+        options.sort_by_cached_key(|n| {
+            let used = assignments.iter().any(|a| a.node == n.name);
+            (
+                distances.rank(region, &n.region),
+                Reverse(demand.per_region.get(&n.region).copied().unwrap_or(0)),
+                n.region.clone(),
+                !used,
+                Reverse(free.get(n.name.as_str()).copied().unwrap_or(0)),
+                n.name.clone(),
+            )
+        });
+        for n in options {
+            if left == 0 {
+                break;
+            }
+            let room = free.get(n.name.as_str()).copied().unwrap_or(0);
+            let take = room.min(left);
+            if take == 0 {
+                continue;
+            }
+            left -= take;
+            if let Some(f) = free.get_mut(n.name.as_str()) {
+                *f -= take;
+            }
+            push(&mut assignments, &n.region, &n.name, take, Some(region));
+        }
+        if left > 0 {
+            shortfalls.push(Shortfall {
+                region: region.to_owned(),
+                missing: left,
+                reason: ShortfallReason::NoNodesInRegion,
+            });
+        }
+    }
+    shortfalls.sort_by(|a, b| a.region.cmp(&b.region));
     assignments.sort();
     let links = cascade(demand, &assignments);
     Plan {
@@ -217,15 +295,30 @@ pub fn place(demand: &Demand, nodes: &[NodeView], previous: Option<&Plan>) -> Pl
     }
 }
 
-fn push(assignments: &mut Vec<Assignment>, region: &str, node: &str, n: u32) {
-    if let Some(a) = assignments.iter_mut().find(|a| a.node == node) {
-        a.participants += n;
-    } else {
-        assignments.push(Assignment {
-            region: region.to_owned(),
-            node: node.to_owned(),
-            participants: n,
-        });
+/// Adds `n` participants on `node` (in `region`), of region `serving` when it is not the
+/// node's own.
+fn push(
+    assignments: &mut Vec<Assignment>,
+    region: &str,
+    node: &str,
+    n: u32,
+    serving: Option<&str>,
+) {
+    let i = match assignments.iter().position(|a| a.node == node) {
+        Some(i) => i,
+        None => {
+            assignments.push(Assignment {
+                region: region.to_owned(),
+                node: node.to_owned(),
+                ..Assignment::default()
+            });
+            assignments.len() - 1
+        }
+    };
+    let a = &mut assignments[i];
+    a.participants += n;
+    if let Some(r) = serving {
+        *a.serves.entry(r.to_owned()).or_default() += n;
     }
 }
 
@@ -420,6 +513,40 @@ mod tests {
     }
 
     #[test]
+    fn a_region_that_lost_its_nodes_is_served_from_the_nearest() {
+        let mut nodes = vec![
+            node("seoul-a", "seoul", 100),
+            node("fra-a", "frankfurt", 100),
+            node("va-a", "virginia", 100),
+            node("syd-a", "sydney", 100),
+        ];
+        let d = demand(&[("seoul", 6), ("frankfurt", 10), ("virginia", 4)]);
+        let distances: Distances = "seoul:virginia=180,seoul:frankfurt=230".parse().expect("table");
+        let before = place_with(&d, &nodes, None, &distances);
+        nodes[0].ready = false;
+        let after = place_with(&d, &nodes, Some(&before), &distances);
+        assert!(after.shortfalls.is_empty(), "{after:?}");
+        assert_eq!(after.placed_in("seoul"), 6);
+        let va = after.assignments.iter().find(|a| a.node == "va-a").expect("virginia");
+        assert_eq!((va.participants, va.own()), (10, 4));
+        assert_eq!(va.serves, BTreeMap::from([("seoul".to_owned(), 6)]));
+        assert_eq!(after.nodes(), BTreeSet::from(["fra-a", "va-a"]), "no idle region is added");
+        // With no table, the meeting's largest region serves them.
+        let unknown = place_with(&d, &nodes, Some(&before), &Distances::default());
+        let fra = unknown.assignments.iter().find(|a| a.node == "fra-a").expect("frankfurt");
+        assert_eq!(fra.serves.get("seoul"), Some(&6));
+        // Back home once seoul has a ready node again.
+        nodes[0].ready = true;
+        let home = place_with(&d, &nodes, Some(&after), &distances);
+        assert!(home.assignments.iter().all(|a| a.serves.is_empty()));
+        assert_eq!(home, before);
+        // A region nobody runs nodes in is a shortfall, not served from elsewhere.
+        let mars = place_with(&demand(&[("mars", 3), ("seoul", 1)]), &nodes, None, &distances);
+        assert_eq!(mars.shortfalls.len(), 1);
+        assert_eq!(mars.placed_in("mars"), 0);
+    }
+
+    #[test]
     fn draining_nodes_keep_their_share_but_get_no_more() {
         let mut old = node("old", "seoul", 100);
         old.draining = true;
@@ -430,6 +557,7 @@ mod tests {
                 region: "seoul".into(),
                 node: "old".into(),
                 participants: 20,
+                ..Assignment::default()
             }],
             ..Plan::default()
         };
@@ -437,7 +565,8 @@ mod tests {
         assert!(plan.assignments.contains(&Assignment {
             region: "seoul".into(),
             node: "old".into(),
-            participants: 20
+            participants: 20,
+            ..Assignment::default()
         }));
         assert_eq!(plan.placed_in("seoul"), 30);
     }
@@ -497,12 +626,20 @@ mod tests {
             for (region, &want) in &d.per_region {
                 let missing = plan.shortfalls.iter().filter(|s| &s.region == region).map(|s| s.missing).sum::<u32>();
                 prop_assert_eq!(plan.placed_in(region) + missing, want);
-                if missing > 0 {
-                    let room: u32 = nodes.iter()
-                        .filter(|n| &n.region == region && n.ready && !n.draining)
-                        .map(|n| n.free())
-                        .sum();
+                let own: Vec<&NodeView> = nodes.iter()
+                    .filter(|n| &n.region == region && n.ready && !n.draining)
+                    .collect();
+                if missing > 0 && !own.is_empty() {
+                    let room: u32 = own.iter().map(|n| n.free()).sum();
                     prop_assert_eq!(room, plan.placed_in(region), "short only when the region is full");
+                }
+                if missing > 0 && own.is_empty() && nodes.iter().any(|n| &n.region == region) {
+                    // Served from elsewhere as far as anywhere had room.
+                    let spare: u32 = nodes.iter()
+                        .filter(|n| n.ready && !n.draining)
+                        .map(|n| n.free() - plan.assignments.iter().filter(|a| a.node == n.name).map(|a| a.participants).sum::<u32>())
+                        .sum();
+                    prop_assert_eq!(spare, 0, "a region without nodes is short only when no node has room");
                 }
             }
             // The links form a tree spanning exactly the chosen nodes.

@@ -37,8 +37,18 @@ pub struct Settings {
     pub stale_after: SignedDuration,
     /// A scheduled meeting is placed this long before its start.
     pub prepare_ahead: SignedDuration,
-    /// How often each MediaNode's `/status` is read.
+    /// How often each MediaNode's `/status` is read: how soon a dead node is noticed when
+    /// nothing else (its pod, its process) says so.
     pub node_poll: Duration,
+    /// A MediaNode status whose only change is load figures and the report time is written at
+    /// most this often (what placement depends on is written at once).
+    pub report_every: Duration,
+    /// Round-trip times between regions: which region serves one that lost its nodes, and
+    /// which nodes a participant falls back to.
+    pub distances: crate::core::regions::Distances,
+    /// Where a participant whose node died asks for another (`POST {rejoinUrl}` with its
+    /// token): the operator's join API as browsers reach it, when it is exposed to them.
+    pub rejoin_url: Option<String>,
     /// How often a Meeting is looked at again with no change (participant counts).
     pub meeting_resync: Duration,
     /// How often each MediaPool's autoscaler looks at its pool.
@@ -52,7 +62,10 @@ impl Default for Settings {
         Self {
             stale_after: SignedDuration::from_secs(30),
             prepare_ahead: SignedDuration::from_mins(10),
-            node_poll: Duration::from_secs(10),
+            node_poll: Duration::from_secs(2),
+            report_every: Duration::from_secs(10),
+            distances: crate::core::regions::Distances::default(),
+            rejoin_url: None,
             meeting_resync: Duration::from_secs(30),
             pool_interval: Duration::from_secs(15),
             pod: PodSettings::default(),

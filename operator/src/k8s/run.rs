@@ -175,6 +175,7 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         token_ttl_secs: opts.token_ttl_secs,
         ready: ready_rx,
         turn: opts.turn.clone(),
+        distances: opts.settings.distances.clone(),
     });
     let listener = tokio::net::TcpListener::bind(opts.listen)
         .await

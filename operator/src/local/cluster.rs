@@ -250,7 +250,8 @@ impl LocalCluster {
                 ))
             })?;
         println!(
-            "node {name} ({region}) starting: http://{http} (media udp {udp}, relay quic {relay})"
+            "node {name} ({region}) starting: http://{http} (pid {}, media udp {udp}, relay quic {relay})",
+            child.id().unwrap_or(0)
         );
         Ok(LocalNode {
             http,

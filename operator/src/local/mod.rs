@@ -109,6 +109,14 @@ pub struct LocalArgs {
     /// Seconds after which participants still on a draining node move to another node.
     #[arg(long, default_value_t = 120)]
     pub drain_deadline: u32,
+    /// Round-trip times between regions in milliseconds (`a:b=ms,...`): the nearest region
+    /// serves one whose node died. The default is roughly the real one between the default
+    /// regions.
+    #[arg(
+        long,
+        default_value = "seoul:frankfurt=230,seoul:virginia=190,frankfurt:virginia=90"
+    )]
+    pub region_distances: crate::core::regions::Distances,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -187,12 +195,25 @@ pub fn read_meetings(dir: &Path) -> (Vec<(PathBuf, Meeting)>, Vec<String>) {
 
 /// The operator's timings, as the fabric runs them: the same placement and autoscaling
 /// settings, looked at every second (children are there in a second, pods take longer).
-fn local_settings() -> Settings {
+fn local_settings(args: &LocalArgs) -> Settings {
     Settings {
         node_poll: TICK,
+        report_every: Duration::ZERO,
         meeting_resync: Duration::from_secs(10),
         pool_interval: TICK,
+        distances: args.region_distances.clone(),
+        rejoin_url: Some(format!("http://{}/v1/rejoin", browser_addr(args.listen))),
         ..Settings::default()
+    }
+}
+
+/// The address a browser on this machine reaches `listen` at (a wildcard listens on loopback
+/// too).
+fn browser_addr(listen: SocketAddr) -> SocketAddr {
+    if listen.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), listen.port())
+    } else {
+        listen
     }
 }
 
@@ -323,6 +344,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
         token_ttl_secs: 3600,
         ready,
         turn,
+        distances: args.region_distances.clone(),
     });
     let page = page::PageState {
         api_key: api_key.clone(),
@@ -368,7 +390,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<()> {
             memories: Mutex::new(HashMap::new()),
             metrics,
             clock,
-            settings: local_settings(),
+            settings: local_settings(&args),
         },
         generations: BTreeMap::new(),
         files: BTreeMap::new(),
