@@ -50,7 +50,13 @@ async fn dev_links_carry_hello_control_and_media_both_ways() {
         rtp: Bytes::from(vec![0x80u8; 1200]),
     };
     assert!(at_seoul.send_media(&d));
-    assert_eq!(at_fra.recv_media().await.expect("datagram"), d);
+    assert_eq!(
+        at_fra
+            .recv_media(&mut Default::default())
+            .await
+            .expect("datagram"),
+        d
+    );
     assert!(at_fra.rtt() < std::time::Duration::from_millis(100));
 }
 
@@ -152,4 +158,48 @@ async fn a_peer_that_sends_nonsense_is_cut_off_with_a_reason_and_others_still_li
         .expect("incoming")
         .expect("a good peer still links");
     dialled.expect("dial");
+}
+
+/// A link whose path carries only 1,200-byte packets (where quinn's black-hole detection
+/// leaves a path after a burst of lost large packets): full-size video datagrams no longer fit
+/// one QUIC datagram, and still arrive whole, in fragments.
+#[tokio::test]
+async fn full_size_media_crosses_a_link_whose_mtu_fell_to_the_minimum() {
+    let tls = || RelayTls::with_path_mtu(&RelayTrust::Dev, 1200).expect("tls");
+    let seoul = RelayEndpoint::bind(loopback(), tls(), "seoul-1", "seoul").expect("bind");
+    let fra = RelayEndpoint::bind(loopback(), tls(), "fra-1", "frankfurt").expect("bind");
+    let addr = seoul.local_addr().expect("addr");
+    let (accepted, dialled) = tokio::join!(seoul.accept(), fra.dial(addr));
+    let at_seoul = accepted.expect("an incoming link").expect("handshake");
+    let at_fra = dialled.expect("dial");
+    let max = at_fra.connection().max_datagram_size().expect("datagrams");
+    // 1,200 bytes of RTP plus the datagram header: over what the path carries.
+    let d = MediaDatagram {
+        track: 7,
+        layer: 2,
+        rtp: Bytes::from((0..1200).map(|i| i as u8).collect::<Vec<u8>>()),
+    };
+    assert!(d.encode().len() > max, "{} fits in {max}", d.encode().len());
+    assert!(
+        at_fra.connection().send_datagram(d.encode()).is_err(),
+        "QUIC refuses it whole"
+    );
+    let mut reassembly = Default::default();
+    for i in 0..50u8 {
+        let mut rtp = d.rtp.to_vec();
+        rtp[0] = i;
+        let d = MediaDatagram {
+            rtp: Bytes::from(rtp),
+            ..d.clone()
+        };
+        assert!(at_fra.send_media(&d), "datagram {i} refused");
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            at_seoul.recv_media(&mut reassembly),
+        )
+        .await
+        .expect("in time")
+        .expect("datagram");
+        assert_eq!(got, d);
+    }
 }

@@ -148,9 +148,19 @@ async fn relay_throughput(secs: Duration) -> anyhow::Result<f64> {
     let reader = {
         let (conn, received, stop) = (at_rx.connection(), received.clone(), stop.clone());
         tokio::spawn(async move {
+            let mut reassembly = media_node::relay::fragment::Reassembler::default();
             while !stop.load(Ordering::Relaxed) {
                 let Ok(d) = conn.read_datagram().await else {
                     break;
+                };
+                // Put back together what the sender split for a smaller path.
+                let d = if media_node::relay::fragment::is_fragment(&d) {
+                    match reassembly.push(&d) {
+                        Some(whole) => whole,
+                        None => continue,
+                    }
+                } else {
+                    d
                 };
                 if let Ok(Datagram::Media(m)) = Datagram::decode(d)
                     && m.rtp.len() > 12
@@ -176,7 +186,9 @@ async fn relay_throughput(secs: Duration) -> anyhow::Result<f64> {
             rtp: Bytes::copy_from_slice(&rtp),
         };
         // Waits for room in the send buffer: the link's pace, not drops, sets the rate.
-        conn.send_datagram_wait(d.encode()).await?;
+        media_node::relay::link::send_datagram_wait(&conn, d.encode())
+            .await
+            .map_err(anyhow::Error::msg)?;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);

@@ -6,6 +6,7 @@
 //! link with a logged reason (the QUIC close frame carries it too); the node's own sessions are
 //! never touched by a link's failure.
 
+use super::fragment::{Reassembler, is_fragment, split};
 use super::proto::{Control, MediaDatagram, PROTOCOL_VERSION, ProtoError};
 use super::tls::{RELAY_SERVER_NAME, RelayTls};
 use bytes::{Bytes, BytesMut};
@@ -210,16 +211,24 @@ impl Link {
         r
     }
 
-    /// Queues a media datagram. `false` when it was dropped (peer does not take datagrams,
-    /// or it is larger than the path allows); QUIC's own buffer drops the oldest when full.
+    /// Queues a media datagram, in fragments when the path carries less (see
+    /// [`super::fragment`]). `false` when it was dropped (the peer takes no datagrams);
+    /// QUIC's own buffer drops the oldest when full.
     pub fn send_media(&self, d: &MediaDatagram) -> bool {
-        self.conn.send_datagram(d.encode()).is_ok()
+        send_datagram(&self.conn, d.encode()).is_ok()
     }
 
-    /// The next media datagram.
-    pub async fn recv_media(&self) -> Result<MediaDatagram, LinkError> {
-        let d: Bytes = self.conn.read_datagram().await.map_err(quic)?;
-        Ok(MediaDatagram::decode(d)?)
+    /// The next media datagram, put back together when it came in fragments.
+    pub async fn recv_media(&self, reassembly: &mut Reassembler) -> Result<MediaDatagram, LinkError> {
+        loop {
+            let d: Bytes = self.conn.read_datagram().await.map_err(quic)?;
+            if !is_fragment(&d) {
+                return Ok(MediaDatagram::decode(d)?);
+            }
+            if let Some(whole) = reassembly.push(&d) {
+                return Ok(MediaDatagram::decode(whole)?);
+            }
+        }
     }
 
     /// Round-trip time QUIC measures on the link.
@@ -301,4 +310,44 @@ impl LinkWriter {
         msg.encode(&mut out);
         self.send.write_all(&out).await.map_err(quic)
     }
+}
+
+/// Fragment ids: unique among the datagrams a link reassembles at once.
+static FRAGMENT_IDS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
+/// Sends a relay datagram on `conn`, in fragments when it is larger than the path carries now
+/// ([`super::fragment`]). Returns how many datagrams went out (more than one: it was split).
+pub fn send_datagram(conn: &quinn::Connection, d: Bytes) -> Result<usize, String> {
+    let max = conn
+        .max_datagram_size()
+        .ok_or("the peer takes no datagrams")?;
+    let id = if d.len() > max {
+        FRAGMENT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    } else {
+        0
+    };
+    let parts = split(d, max, id).ok_or_else(|| format!("no datagram fits a {max}-byte path"))?;
+    let n = parts.len();
+    for p in parts {
+        conn.send_datagram(p).map_err(|e| e.to_string())?;
+    }
+    Ok(n)
+}
+
+/// [`send_datagram`], waiting for room in QUIC's send buffer instead of dropping the oldest.
+pub async fn send_datagram_wait(conn: &quinn::Connection, d: Bytes) -> Result<usize, String> {
+    let max = conn
+        .max_datagram_size()
+        .ok_or("the peer takes no datagrams")?;
+    let id = if d.len() > max {
+        FRAGMENT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    } else {
+        0
+    };
+    let parts = split(d, max, id).ok_or_else(|| format!("no datagram fits a {max}-byte path"))?;
+    let n = parts.len();
+    for p in parts {
+        conn.send_datagram_wait(p).await.map_err(|e| e.to_string())?;
+    }
+    Ok(n)
 }

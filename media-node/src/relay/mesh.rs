@@ -3,6 +3,7 @@
 //! per link a control reader, a control writer, a datagram reader and a stats sampler, all
 //! feeding the engine task through its command queue.
 
+use super::fragment::{Reassembler, is_fragment};
 use super::link::{Link, LinkError, RelayEndpoint};
 use super::proto::Control;
 use crate::driver::{Command, EngineHandle, LinkIo};
@@ -231,7 +232,16 @@ async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metr
     let datagrams = {
         let (conn, engine) = (conn.clone(), engine.clone());
         tokio::spawn(async move {
+            let mut reassembly = Reassembler::default();
             while let Ok(datagram) = conn.read_datagram().await {
+                let datagram = if is_fragment(&datagram) {
+                    match reassembly.push(&datagram) {
+                        Some(whole) => whole,
+                        None => continue,
+                    }
+                } else {
+                    datagram
+                };
                 // A full engine queue drops media rather than stalling the link.
                 let _ = engine.send(Command::RelayMedia { link: id, datagram });
             }

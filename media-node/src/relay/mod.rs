@@ -6,6 +6,7 @@
 //! relayed tracks build on it.
 
 pub mod congestion;
+pub mod fragment;
 pub mod link;
 pub mod mesh;
 pub mod proto;

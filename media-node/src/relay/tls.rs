@@ -54,6 +54,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn transport() -> Arc<quinn::TransportConfig> {
+    Arc::new(transport_config())
+}
+
+fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // Links idle between meetings: keep them alive, notice a dead peer within 10 s.
     t.keep_alive_interval(Some(Duration::from_secs(2)));
@@ -73,7 +77,7 @@ fn transport() -> Arc<quinn::TransportConfig> {
     // Media datagrams: up to 1 MiB queued per link before the oldest are dropped.
     t.datagram_send_buffer_size(1 << 20);
     t.datagram_receive_buffer_size(Some(1 << 20));
-    Arc::new(t)
+    t
 }
 
 impl RelayTrust {
@@ -110,6 +114,19 @@ impl RelayTls {
         ));
         client.transport_config(transport());
         Ok(Self { server, client })
+    }
+
+    /// The same, over a path that carries only `mtu`-byte UDP payloads and never learns more
+    /// (MTU discovery off): the state a link is in after quinn's black-hole detection fell back
+    /// to its minimum. For tests of what crosses such a link.
+    pub fn with_path_mtu(trust: &RelayTrust, mtu: u16) -> Result<Self, TlsError> {
+        let mut tls = Self::new(trust)?;
+        let mut t = transport_config();
+        t.initial_mtu(mtu).min_mtu(mtu).mtu_discovery_config(None);
+        let t = Arc::new(t);
+        tls.server.transport_config(t.clone());
+        tls.client.transport_config(t);
+        Ok(tls)
     }
 }
 
