@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Development mode: a fixed, publicly known token secret and loopback defaults.
     #[arg(long, env = "MOIM_DEV")]
     pub dev: bool,
+    /// Tests only: `POST /admin/fault/engine-panic` (with the admin token) makes the engine
+    /// panic, to check that a node whose engine died does not pass for healthy.
+    #[arg(long, hide = true)]
+    pub fault_injection: bool,
     /// HTTP listen address: web client, WHIP/WHEP, WebSocket signalling and admin API.
     #[arg(long, env = "MOIM_HTTP", default_value = "127.0.0.1:7880")]
     pub http: SocketAddr,

@@ -6,6 +6,7 @@
 //! does not read its messages is dropped rather than allowed to grow the node's memory.
 
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::relay::link::PeerHello;
 use crate::relay::proto::Control;
 use crate::sfu::engine::cascade::{LinkId, RelayOut};
@@ -71,6 +72,13 @@ pub enum Command {
         max_width: u32,
         /// Height.
         max_height: u32,
+        /// Done.
+        reply: Reply<()>,
+    },
+    /// The participant's network changed: restart ICE (see [`Engine::ws_ice_restart`]).
+    IceRestart {
+        /// Session.
+        session: SessionId,
         /// Done.
         reply: Reply<()>,
     },
@@ -187,12 +195,60 @@ pub enum Command {
         /// The figures.
         reply: oneshot::Sender<NodeStatus>,
     },
+    /// Where a room's participants go if this node stops answering
+    /// (see [`Engine::resume_info`]).
+    Resume {
+        /// Room.
+        room: String,
+        /// Fallback URLs, rejoin URL, this node's region.
+        reply: oneshot::Sender<(Vec<String>, Option<String>, String)>,
+    },
+    /// Test-only fault (`--fault-injection`): the engine task panics, as a bug would.
+    Panic,
+}
+
+/// The engine task's pulse: it beats on every turn of its loop, and its loop turns at least
+/// every [`MAX_TURN`]. `/healthz` fails when it stops (a task stuck or gone), so a node whose
+/// engine died does not pass for healthy.
+#[derive(Debug)]
+pub struct Heartbeat {
+    epoch: Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Longest the engine loop waits without a turn.
+pub const MAX_TURN: Duration = Duration::from_secs(1);
+
+/// An engine silent this long is not healthy.
+pub const STALLED_AFTER: Duration = Duration::from_secs(5);
+
+impl Heartbeat {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Time since the last beat.
+    pub fn age(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(std::sync::atomic::Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
 }
 
 /// A cheap handle for sending requests to the engine task.
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
+    /// The engine task's pulse.
+    pub heartbeat: Arc<Heartbeat>,
     /// True once the node drains (for `/readyz`).
     pub draining: watch::Receiver<bool>,
     /// True once draining finished (no sessions left).
@@ -225,17 +281,30 @@ impl EngineHandle {
     }
 }
 
-/// Starts the engine task on `socket`; returns its handle.
-pub fn spawn(engine: Engine, socket: UdpSocket) -> EngineHandle {
+/// Starts the engine task on `socket`; returns its handle and the task (which ends when every
+/// handle is dropped, or with a panic).
+pub fn spawn(engine: Engine, socket: UdpSocket) -> (EngineHandle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let (draining_tx, draining) = watch::channel(false);
     let (drained_tx, drained) = watch::channel(false);
-    tokio::spawn(run(engine, Arc::new(socket), rx, draining_tx, drained_tx));
-    EngineHandle {
-        tx,
-        draining,
-        drained,
-    }
+    let heartbeat = Arc::new(Heartbeat::new());
+    let task = tokio::spawn(run(
+        engine,
+        Arc::new(socket),
+        rx,
+        draining_tx,
+        drained_tx,
+        heartbeat.clone(),
+    ));
+    (
+        EngineHandle {
+            tx,
+            heartbeat,
+            draining,
+            drained,
+        },
+        task,
+    )
 }
 
 async fn run(
@@ -244,18 +313,18 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     draining: watch::Sender<bool>,
     drained: watch::Sender<bool>,
+    heartbeat: Arc<Heartbeat>,
 ) {
     let mut outboxes: HashMap<SessionId, mpsc::Sender<ServerMessage>> = HashMap::new();
     let mut links: HashMap<LinkId, LinkIo> = HashMap::new();
     let mut buf = vec![0u8; 2048];
+    let metrics = engine.metrics().clone();
     loop {
-        let deadline = engine.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
-            }
-        };
+        heartbeat.beat();
+        let deadline = engine
+            .poll_timeout()
+            .map_or(Instant::now() + MAX_TURN, |d| d.min(Instant::now() + MAX_TURN));
+        let sleep = tokio::time::sleep_until(deadline.into());
         tokio::select! {
             r = socket.recv_from(&mut buf) => {
                 match r {
@@ -298,7 +367,7 @@ async fn run(
         }
         send_transmits(&mut engine, &socket).await;
         while let Some(out) = engine.poll_relay() {
-            send_relay(&links, out);
+            send_relay(&links, out, &metrics);
         }
         let mut slow = Vec::new();
         while let Some((session, msg)) = engine.poll_signal() {
@@ -388,6 +457,9 @@ fn handle(
         } => {
             let _ = reply.send(engine.chat(session, &text, now));
         }
+        Command::IceRestart { session, reply } => {
+            let _ = reply.send(engine.ws_ice_restart(session, now));
+        }
         Command::Leave { session } => {
             outboxes.remove(&session);
             engine.leave(session, now);
@@ -422,6 +494,10 @@ fn handle(
         Command::Status { reply } => {
             let _ = reply.send(engine.status());
         }
+        Command::Resume { room, reply } => {
+            let _ = reply.send(engine.resume_info(&room));
+        }
+        Command::Panic => panic!("injected engine fault (--fault-injection)"),
         Command::RelayControl { link, msg } => engine.relay_control(link, *msg, now),
         Command::RelayMedia { link, datagram } => engine.relay_media(link, datagram, now),
         Command::RelayRtt { link, rtt } => engine.relay_rtt(link, rtt),
@@ -467,7 +543,7 @@ fn relay_up(
     engine.relay_up(link, hello.node_id, hello.region, dialled, Instant::now());
 }
 
-fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut) {
+fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut, metrics: &Metrics) {
     match out {
         RelayOut::Control { link, msg } => {
             if let Some(io) = links.get(&link)
@@ -479,11 +555,17 @@ fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut) {
         }
         RelayOut::Media { link, datagram } => {
             if let Some(io) = links.get(&link) {
-                // QUIC's datagram buffer drops the oldest when full; an error here means
-                // the peer takes no datagrams or the path is too small: dropped.
+                // QUIC's datagram buffer drops the oldest when full. A datagram larger than
+                // the path carries now goes in fragments; an error means the peer takes no
+                // datagrams: dropped.
                 let len = datagram.len();
-                if let Err(e) = io.conn.send_datagram(datagram) {
-                    tracing::debug!(peer = %io.peer, len, error = %e, "relay datagram refused");
+                match crate::relay::link::send_datagram(&io.conn, datagram) {
+                    Ok(1) => {}
+                    Ok(_) => metrics.relay_split_datagrams.inc(),
+                    Err(e) => {
+                        metrics.relay_refused_datagrams.inc();
+                        tracing::debug!(peer = %io.peer, len, error = %e, "relay datagram refused");
+                    }
                 }
             }
         }

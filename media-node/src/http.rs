@@ -48,6 +48,8 @@ pub struct AppState {
     pub dev: bool,
     /// Relay links (with `--relay-listen`): assignments name upstream nodes to dial.
     pub relay: Option<Arc<Relay>>,
+    /// `--fault-injection`: the test-only fault endpoint answers.
+    pub faults: bool,
 }
 
 impl IntoResponse for Error {
@@ -68,13 +70,14 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/client.js", get(client_js))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/drain", post(drain).delete(undrain))
         .route("/admin/rooms/{room}", put(assign_room).delete(release_room))
         .route("/admin/rooms/{room}/move", post(move_room))
+        .route("/admin/fault/{kind}", post(fault))
         .route("/ws", get(ws))
         .route("/dev/token", get(dev_token))
         .route("/whip/{room}", post(whip).options(preflight))
@@ -105,7 +108,24 @@ async fn client_js() -> impl IntoResponse {
     )
 }
 
+/// Healthy while the engine task turns (see [`crate::driver::Heartbeat`]).
+async fn healthz(State(s): State<AppState>) -> Response {
+    let age = s.engine.heartbeat.age();
+    if age > crate::driver::STALLED_AFTER {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("engine stalled: no turn for {} ms\n", age.as_millis()),
+        )
+            .into_response()
+    } else {
+        "ok\n".into_response()
+    }
+}
+
 async fn readyz(State(s): State<AppState>) -> Response {
+    if s.engine.heartbeat.age() > crate::driver::STALLED_AFTER {
+        return (StatusCode::SERVICE_UNAVAILABLE, "engine stalled\n").into_response();
+    }
     if *s.engine.draining.borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
     } else {
@@ -164,6 +184,25 @@ async fn drain(
         Command::Drain
     })?;
     Ok((StatusCode::ACCEPTED, "draining\n").into_response())
+}
+
+/// `POST /admin/fault/engine-panic`: the engine task panics (only with `--fault-injection`).
+async fn fault(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(kind): Path<String>,
+) -> Result<Response, Error> {
+    if !s.faults {
+        return Err(Error::NotFound);
+    }
+    check_admin(&s, &headers)?;
+    match kind.as_str() {
+        "engine-panic" => {
+            s.engine.send(Command::Panic)?;
+            Ok((StatusCode::ACCEPTED, "engine panic injected\n").into_response())
+        }
+        _ => Err(Error::NotFound),
+    }
 }
 
 /// `DELETE /drain`: take new rooms again. 409 once the process is stopping (SIGTERM).
@@ -562,6 +601,7 @@ async fn ws_session(s: AppState, mut socket: WebSocket) {
         }
     };
     let (outbox_tx, mut outbox) = mpsc::channel(SESSION_OUTBOX);
+    let resume_claims = claims.clone();
     let joined = s
         .engine
         .call(|reply| Command::Join {
@@ -582,9 +622,17 @@ async fn ws_session(s: AppState, mut socket: WebSocket) {
         let _ = s.engine.send(Command::Leave { session });
         return;
     }
-    // 2. the session
+    // 2. the session; the first tick sends `resume` at once
+    let mut resume = tokio::time::interval(Duration::from_secs(moim_wire::RESUME_REFRESH_SECS));
     loop {
         tokio::select! {
+            _ = resume.tick() => {
+                if let Some(msg) = resume_message(&s, &resume_claims).await
+                    && !send_msg(&mut socket, &msg).await
+                {
+                    break;
+                }
+            }
             incoming = socket.recv() => {
                 let Some(Ok(m)) = incoming else { break };
                 match parse_frame(m) {
@@ -616,6 +664,30 @@ async fn ws_session(s: AppState, mut socket: WebSocket) {
     }
     let _ = s.engine.send(Command::Leave { session });
     tracing::info!(session, "participant left");
+}
+
+/// The `resume` message for a participant with `claims`: a renewed token (same grants, valid
+/// [`moim_wire::RESUME_TTL_SECS`] from now) and where to go if this node stops answering.
+/// Renewing is the node's to do because it signs with the deployment's token secret, and a
+/// participant it admitted stays admitted while connected; what the token grants never grows.
+async fn resume_message(s: &AppState, claims: &JoinClaims) -> Option<ServerMessage> {
+    let room = claims.room.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.engine.send(Command::Resume { room, reply: tx }).ok()?;
+    let (fallback_urls, rejoin_url, region) = rx.await.ok()?;
+    let expires_at = now_unix() + moim_wire::RESUME_TTL_SECS;
+    let renewed = JoinClaims {
+        exp: expires_at,
+        nbf: None,
+        ..claims.clone()
+    };
+    Some(ServerMessage::Resume {
+        token: renewed.sign(&s.secret),
+        expires_at,
+        region,
+        fallback_urls,
+        rejoin_url,
+    })
 }
 
 async fn client_message(
@@ -673,6 +745,11 @@ async fn client_message(
                     text,
                     reply,
                 })
+                .await
+        }
+        ClientMessage::IceRestart => {
+            s.engine
+                .call(|reply| Command::IceRestart { session, reply })
                 .await
         }
         ClientMessage::Leave => Err(Error::NotFound),

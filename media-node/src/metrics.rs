@@ -33,6 +33,8 @@ pub struct Metrics {
     pub nacks: IntCounter,
     /// Packets resent to subscribers that NACKed them.
     pub retransmits: IntCounter,
+    /// ICE restarts (a participant's network changed).
+    pub ice_restarts: IntCounter,
     /// Keyframe requests (PLI) sent to publishers.
     pub plis: IntCounter,
     /// Simulcast layer switches.
@@ -59,6 +61,10 @@ pub struct Metrics {
     pub relay_dropped: IntCounter,
     /// Relay datagrams that did not parse.
     pub relay_bad_datagrams: IntCounter,
+    /// Relay datagrams larger than the path then carried, sent in fragments.
+    pub relay_split_datagrams: IntCounter,
+    /// Relay datagrams QUIC refused (the peer takes none, or too small a path to split for).
+    pub relay_refused_datagrams: IntCounter,
     /// Relay certificates reloaded from changed files.
     pub relay_tls_reloads: IntCounter,
     /// NACKs sent over relay links (gaps seen in relayed streams).
@@ -163,6 +169,10 @@ impl Metrics {
                 "moim_retransmits_total",
                 "RTP packets resent to subscribers that reported them lost (NACK), as RTX when negotiated."
             ),
+            ice_restarts: counter!(
+                "moim_ice_restarts_total",
+                "ICE restarts of participants' connections (their network changed; same node, no new join)."
+            ),
             plis: counter!(
                 "moim_plis_sent_total",
                 "Keyframe requests (PLI) sent to publishers."
@@ -202,6 +212,14 @@ impl Metrics {
             relay_bad_datagrams: counter!(
                 "moim_relay_bad_datagrams_total",
                 "Relay datagrams that did not parse."
+            ),
+            relay_split_datagrams: counter!(
+                "moim_relay_split_datagrams_total",
+                "Relay datagrams larger than the path then carried, sent in fragments."
+            ),
+            relay_refused_datagrams: counter!(
+                "moim_relay_refused_datagrams_total",
+                "Relay datagrams QUIC refused (too large even to split, or no datagram support)."
             ),
             relay_tls_reloads: counter!(
                 "moim_relay_tls_reloads_total",

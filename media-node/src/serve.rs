@@ -83,7 +83,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         },
         metrics.clone(),
     );
-    let handle = driver::spawn(engine, socket);
+    let (handle, engine_task) = driver::spawn(engine, socket);
+    // A panic in the engine (a bug) ends the process rather than leave one that answers HTTP
+    // while no media flows: the pod restarts, the operator places its meetings again and the
+    // participants rejoin.
+    tokio::spawn(async move {
+        if let Err(e) = engine_task.await
+            && e.is_panic()
+        {
+            tracing::error!("the engine task panicked; exiting so the node is restarted");
+            std::process::exit(70);
+        }
+    });
     let relay = if let Some(relay_addr) = args.relay_listen {
         let trust = match (&args.relay_ca, &args.relay_cert, &args.relay_key) {
             (Some(ca), Some(cert), Some(key)) => RelayTrust::Ca {
@@ -129,6 +140,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         started: Instant::now(),
         dev: args.dev,
         relay,
+        faults: args.fault_injection,
     };
     let listener = TcpListener::bind(args.http)
         .await

@@ -357,3 +357,71 @@ fn a_chain_of_hubs_with_nobody_in_the_room_carries_media() {
         before
     );
 }
+
+/// The hub of a tree dies (both its links go down) and the operator plans a link between the
+/// two edges: media flows again, both ways.
+#[test]
+fn when_the_hub_dies_the_edges_relink_and_hear_each_other() {
+    let mut net = Net::new();
+    let (seoul, hub, va) = (
+        net.node("seoul-1", "seoul"),
+        net.node("fra-1", "frankfurt"),
+        net.node("va-1", "virginia"),
+    );
+    net.link(seoul, hub);
+    net.link(va, hub);
+    net.assign(seoul, ROOM, &[(hub, true)]);
+    net.assign(hub, ROOM, &[(seoul, false), (va, false)]);
+    net.assign(va, ROOM, &[(hub, true)]);
+    let ana = net.join(seoul, ROOM, "ana");
+    net.publish_video(ana, 1111);
+    let cy = net.join(va, ROOM, "cy");
+    net.publish_video(cy, 2222);
+    for i in 0..30 {
+        net.send_video(ana, i % 10 == 0);
+        net.send_video(cy, i % 10 == 0);
+        net.run(secs(0.1));
+    }
+    assert!(
+        decoding(&net, cy) > 10 && decoding(&net, ana) > 10,
+        "{} {}",
+        decoding(&net, cy),
+        decoding(&net, ana)
+    );
+
+    // The hub dies. Its links stay up at both edges (QUIC notices only after its idle
+    // timeout) but carry nothing; the operator's new plan is seoul-1 ← va-1.
+    net.impair(move |hop, _| matches!(hop, Hop::Relay { from, to } if from == hub || to == hub));
+    net.run(secs(0.5));
+    net.assign(seoul, ROOM, &[(va, false)]);
+    net.assign(va, ROOM, &[(seoul, true)]);
+    net.link(va, seoul);
+    let (before_ana, before_cy) = (decoding(&net, ana), decoding(&net, cy));
+    for i in 0..30 {
+        net.send_video(ana, i % 10 == 0);
+        net.send_video(cy, i % 10 == 0);
+        net.run(secs(0.1));
+    }
+    assert!(
+        decoding(&net, cy) > before_cy + 10,
+        "seoul's video reaches virginia again: {} then {}",
+        before_cy,
+        decoding(&net, cy)
+    );
+    assert!(
+        decoding(&net, ana) > before_ana + 10,
+        "virginia's video reaches seoul again: {} then {}",
+        before_ana,
+        decoding(&net, ana)
+    );
+    // Later QUIC gives up on the dead hub's links: nothing changes for the edges.
+    net.unlink(seoul, hub);
+    net.unlink(va, hub);
+    let (before_ana, before_cy) = (decoding(&net, ana), decoding(&net, cy));
+    for i in 0..20 {
+        net.send_video(ana, i % 10 == 0);
+        net.send_video(cy, i % 10 == 0);
+        net.run(secs(0.1));
+    }
+    assert!(decoding(&net, cy) > before_cy + 10 && decoding(&net, ana) > before_ana + 10);
+}

@@ -25,6 +25,15 @@ const moim = (window.moim = {
   // how many times its meeting moved it.
   node: null,
   moves: 0,
+  // How to come back if the node stops answering (the node's `resume` message): a renewed
+  // token, the meeting's other nodes nearest first, the operator's rejoin URL, the region.
+  resume: null,
+  // Each recovery: why, when it started and ended (ms since page load), where it landed.
+  recoveries: [],
+  // ICE restarts asked for (a changed network: same node, no new join).
+  iceRestarts: 0,
+  recovering: false,
+  left: false,
   // Milliseconds since page load at each step of joining (first time each happens), for
   // troubleshooting slow joins: token, ws_open, joined, offer, answer_sent, media_connected, track.
   marks: {},
@@ -116,11 +125,79 @@ function newSubscribeConnection() {
       try { const f = JSON.parse(m.data); addChat(f.from, f.name, f.text); } catch (_) { /* ignore garbage */ }
     };
   };
-  pc.onconnectionstatechange = () => {
-    if (pc.connectionState === 'connected') mark('media_connected');
-    setStatus('media: ' + pc.connectionState);
-  };
+  watchPath(pc);
   return pc;
+}
+
+// A peer connection whose path went quiet: ICE `disconnected` for a moment, or `failed`. With
+// signalling still up the network changed under us: restart ICE on the same node. With
+// signalling gone too the node is gone: recover elsewhere.
+function watchPath(pc) {
+  let timer = null;
+  pc.onconnectionstatechange = () => {
+    const st = pc.connectionState;
+    if (st === 'connected') { mark('media_connected'); clearTimeout(timer); timer = null; }
+    if (!moim.recovering) setStatus(st === 'connected' ? `in ${moim.room} as ${moim.participantId}` : 'media: ' + st);
+    if ((st === 'disconnected' || st === 'failed') && !timer) {
+      timer = setTimeout(() => {
+        timer = null;
+        if (pc !== moim.pub && pc !== moim.sub) return;
+        if (pc.connectionState === 'connected') return;
+        if (moim.ws && moim.ws.readyState === WebSocket.OPEN) restartIce();
+        else recover('media path lost');
+      }, st === 'failed' ? 0 : DISCONNECTED_GRACE_MS);
+    }
+  };
+}
+
+// How long `disconnected` may last before the client restarts ICE (a brief loss of a few
+// packets recovers by itself).
+const DISCONNECTED_GRACE_MS = 400;
+
+// Media silence: RTP was arriving on the subscribe connection and has stopped for this long
+// (video sends ~30 packets a second, audio 50): the path under us changed (a NAT rebinding,
+// Wi-Fi to cellular), and browsers take seconds more to call the connection `disconnected`.
+const MEDIA_SILENCE_MS = 800;
+const WATCHDOG_EVERY_MS = 250;
+
+// Watches the subscribe connection for media silence; restarts ICE once per silence.
+setInterval(async () => {
+  const pc = moim.sub;
+  if (!pc || moim.recovering || document.hidden) return;
+  let packets = 0;
+  let streams = 0;
+  try {
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp') { packets += s.packetsReceived || 0; streams++; }
+    });
+  } catch (_) { return; }
+  const w = (moim.watchdog ||= { pc: null, packets: 0, at: 0, fired: false });
+  const now = performance.now();
+  if (w.pc !== pc || packets > w.packets) {
+    w.pc = pc; w.packets = packets; w.at = now; w.fired = false;
+    return;
+  }
+  if (streams > 0 && packets > 0 && !w.fired && now - w.at > MEDIA_SILENCE_MS) {
+    w.fired = true;
+    if (moim.ws && moim.ws.readyState === WebSocket.OPEN) restartIce();
+    else recover('media silent');
+  }
+}, WATCHDOG_EVERY_MS);
+
+// Restarts ICE on both connections, on the node we are on: new ICE credentials, the same
+// DTLS session, tracks and ids. The node answers the publish re-offer and sends a fresh
+// subscribe offer.
+async function restartIce() {
+  if (moim.restartingIce) return;
+  moim.restartingIce = true;
+  moim.iceRestarts++;
+  setStatus('reconnecting… (network changed)');
+  try {
+    if (moim.pub) { moim.pub.restartIce(); await publishOffer(declared); }
+    if (moim.sub) send({ type: 'ice_restart' });
+  } finally {
+    moim.restartingIce = false;
+  }
 }
 
 async function onMessage(msg) {
@@ -128,6 +205,7 @@ async function onMessage(msg) {
     case 'joined':
       mark('joined');
       moim.participantId = msg.participant_id;
+      moim.room = msg.room;
       for (const p of msg.participants) moim.participants.set(p.id, p);
       for (const t of msg.tracks) moim.tracks.set(t.track_id, t);
       for (const p of msg.participants) tile(p.id);
@@ -136,6 +214,10 @@ async function onMessage(msg) {
       $('leave').disabled = false; $('chattext').disabled = false; $('chatsend').disabled = false;
       if (msg.can_publish && (moim.republish || (params.get('publish') !== '0' && params.has('autojoin')))) publishCamera();
       moim.republish = false;
+      break;
+    case 'resume':
+      moim.resume = msg;
+      moim.token = msg.token;
       break;
     case 'subscribe_offer': {
       mark('offer');
@@ -191,9 +273,11 @@ async function publishOffer(tracks) {
 const declared = [];
 
 async function publishCamera() {
-  const stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
+  // After a reconnect the camera is still open: publish the same tracks again.
+  const live = moim.localStream && moim.localStream.getTracks().some((t) => t.readyState === 'live');
+  const stream = live ? moim.localStream : await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 1280, height: 720 } });
   moim.localStream = stream;
-  if (!moim.pub) moim.pub = new RTCPeerConnection(pcConfig());
+  if (!moim.pub) { moim.pub = new RTCPeerConnection(pcConfig()); watchPath(moim.pub); }
   const [audio] = stream.getAudioTracks();
   const [video] = stream.getVideoTracks();
   if (audio) { moim.pub.addTransceiver(audio, { direction: 'sendonly', streams: [stream] }); declared.push({ track_id: audio.id, source: 'microphone' }); }
@@ -216,7 +300,7 @@ async function publishCamera() {
 
 async function shareScreen() {
   const stream = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: false });
-  if (!moim.pub) moim.pub = new RTCPeerConnection(pcConfig());
+  if (!moim.pub) { moim.pub = new RTCPeerConnection(pcConfig()); watchPath(moim.pub); }
   const [video] = stream.getVideoTracks();
   moim.pub.addTransceiver(video, { direction: 'sendonly', streams: [stream] });
   declared.push({ track_id: video.id, source: 'screen' });
@@ -245,42 +329,160 @@ async function join(room, name) {
   const identity = name.toLowerCase().replace(/[^a-z0-9]+/g, '-') + '-' + Math.random().toString(36).slice(2, 7);
   moim.token = params.get('token') || (await devToken(room, identity, name));
   mark('token');
-  connect(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`);
   $('join').disabled = true;
+  await connect(wsUrlOf(location.origin), moim.token);
+}
+
+function wsUrlOf(base) {
+  const u = new URL('/ws', base);
+  u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+  return u.href;
+}
+
+// Closes everything of the current session except the camera (a reconnect publishes it again).
+function teardown() {
+  const old = moim.ws;
+  moim.ws = null;
+  if (old) {
+    old.onclose = null; old.onmessage = null;
+    if (old.readyState === WebSocket.OPEN) old.send(JSON.stringify({ type: 'leave' }));
+    old.close();
+  }
+  [moim.pub, moim.sub].forEach((pc) => pc && pc.close());
+  moim.pub = null; moim.sub = null; moim.chat = null;
+  declared.length = 0;
+  moim.participants.clear(); moim.tracks.clear();
+  $('grid').innerHTML = '';
 }
 
 // The meeting's share on this node moved to another node (it drains for scale-in): leave here
 // and join there with the same token (every node of a deployment checks the same tokens),
 // publishing again what was published.
 async function moveTo(url) {
-  const target = new URL('/ws', url);
-  target.protocol = target.protocol === 'https:' ? 'wss:' : 'ws:';
   moim.moves = (moim.moves || 0) + 1;
   moim.node = url;
   moim.republish = !!moim.localStream;
-  const old = moim.ws;
-  moim.ws = null;
-  if (old) { old.onclose = null; if (old.readyState === WebSocket.OPEN) old.send(JSON.stringify({ type: 'leave' })); old.close(); }
-  [moim.pub, moim.sub].forEach((pc) => pc && pc.close());
-  moim.pub = null; moim.sub = null; moim.chat = null;
-  moim.localStream && moim.localStream.getTracks().forEach((t) => t.stop());
-  moim.localStream = null;
-  declared.length = 0;
-  moim.participants.clear(); moim.tracks.clear();
-  $('grid').innerHTML = '';
-  connect(target.href);
+  teardown();
+  await connect(wsUrlOf(url), moim.token);
 }
 
-function connect(wsUrl) {
-  const token = moim.token;
-  const ws = new WebSocket(wsUrl);
-  moim.ws = ws;
-  ws.onopen = () => { mark('ws_open'); ws.send(JSON.stringify({ type: 'join', token })); };
-  ws.onmessage = (ev) => onMessage(JSON.parse(ev.data)).catch((e) => { moim.errors.push({ code: 'client', message: String(e) }); setStatus(String(e)); });
-  ws.onclose = (ev) => setStatus(`disconnected (${ev.code} ${ev.reason || ''})`);
+// How long one attempt to join a node may take before the next is tried.
+const JOIN_ATTEMPT_MS = 3000;
+// Backoff between rounds of attempts.
+const BACKOFF_FIRST_MS = 250;
+const BACKOFF_MAX_MS = 4000;
+
+// The node we were on stopped answering (signalling closed, or the media path died with it).
+// Join again, without the person doing anything: the same node first (it may have been the
+// network), then the node the operator names now, then the meeting's other nodes nearest first;
+// rounds repeat with backoff until the token runs out. Only URLs from our own node (its
+// `resume` message) or from the operator it named are followed.
+async function recover(reason) {
+  if (moim.recovering || moim.left) return;
+  moim.recovering = true;
+  const record = { reason, started: Math.round(performance.now()), ended: null, node: null, attempts: 0 };
+  moim.recoveries.push(record);
+  setStatus('reconnecting…');
+  const lost = moim.node || location.origin;
+  moim.republish = !!moim.localStream;
+  teardown();
+  let delay = BACKOFF_FIRST_MS;
+  const unreachable = [];
+  try {
+    while (!moim.left) {
+      const r = moim.resume;
+      if (r && r.expires_at * 1000 < Date.now()) throw new Error('the meeting token expired while reconnecting');
+      const tried = new Set();
+      const attempt = async (url, token) => {
+        if (!url || tried.has(url)) return false;
+        tried.add(url);
+        record.attempts++;
+        try {
+          await connect(wsUrlOf(url), token, JOIN_ATTEMPT_MS);
+          moim.node = url;
+          moim.token = token;
+          record.node = url;
+          return true;
+        } catch (e) {
+          if (!unreachable.includes(url)) unreachable.push(url);
+          if (unreachable.length > 8) unreachable.shift();
+          return false;
+        }
+      };
+      if (await attempt(lost, moim.token)) break;
+      if (r && r.rejoin_url) {
+        const answer = await askRejoin(r.rejoin_url, { region: r.region, unreachable });
+        if (answer && (await attempt(answer.url, answer.token))) break;
+      }
+      let done = false;
+      for (const url of (r && r.fallback_urls) || []) {
+        if (await attempt(url, moim.token)) { done = true; break; }
+      }
+      if (done) break;
+      setStatus(`reconnecting… (retrying in ${(delay / 1000).toFixed(1)} s)`);
+      await new Promise((res) => setTimeout(res, delay));
+      delay = Math.min(delay * 2, BACKOFF_MAX_MS);
+    }
+    record.ended = Math.round(performance.now());
+  } catch (e) {
+    moim.errors.push({ code: 'reconnect', message: String(e) });
+    setStatus('disconnected: ' + String(e.message || e));
+  } finally {
+    moim.recovering = false;
+  }
+}
+
+// Asks the operator's rejoin API where to go; null when it cannot say.
+async function askRejoin(url, body) {
+  try {
+    const r = await fetch(url, {
+      method: 'POST',
+      headers: { authorization: 'Bearer ' + moim.token, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    if (!r.ok) return null;
+    const a = await r.json();
+    if (typeof a.url !== 'string' || !/^https?:\/\//.test(a.url) || typeof a.token !== 'string') return null;
+    return a;
+  } catch (_) {
+    return null;
+  }
+}
+
+// Opens signalling at `wsUrl` and joins with `token`; resolves once joined. Rejects when the
+// socket closes first, the node refuses, or `timeoutMs` passes.
+function connect(wsUrl, token, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(wsUrl);
+    moim.ws = ws;
+    let joined = false;
+    const fail = (why) => {
+      clearTimeout(timer);
+      ws.onclose = null; ws.onmessage = null;
+      if (ws.readyState <= WebSocket.OPEN) ws.close();
+      if (moim.ws === ws) moim.ws = null;
+      reject(new Error(why));
+    };
+    const timer = timeoutMs ? setTimeout(() => fail('timed out joining ' + wsUrl), timeoutMs) : null;
+    ws.onopen = () => { mark('ws_open'); ws.send(JSON.stringify({ type: 'join', token })); };
+    ws.onmessage = (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch (_) { return; }
+      if (!joined && msg.type === 'error') { moim.errors.push(msg); fail(`${msg.code}: ${msg.message}`); return; }
+      if (!joined && msg.type === 'joined') { joined = true; clearTimeout(timer); resolve(); }
+      onMessage(msg).catch((e) => { moim.errors.push({ code: 'client', message: String(e) }); setStatus(String(e)); });
+    };
+    ws.onclose = (ev) => {
+      if (!joined) { fail(`closed (${ev.code})`); return; }
+      if (moim.ws !== ws || moim.left) return;
+      setStatus(`disconnected (${ev.code} ${ev.reason || ''})`);
+      recover('signalling closed');
+    };
+  });
 }
 
 function leave() {
+  moim.left = true;
   send({ type: 'leave' });
   moim.ws && moim.ws.close();
   [moim.pub, moim.sub].forEach((pc) => pc && pc.close());
@@ -305,3 +507,5 @@ $('chatform').onsubmit = (e) => { e.preventDefault(); sendChat($('chattext').val
 if (params.get('room')) $('room').value = params.get('room');
 $('name').value = params.get('name') || '';
 if (params.has('autojoin')) join($('room').value, $('name').value || 'guest').catch((e) => setStatus(String(e)));
+// Two clients of one person must not fight over the session: leaving the page leaves.
+window.addEventListener('pagehide', () => { moim.left = true; });

@@ -136,6 +136,16 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Most local ICE ufrags kept per peer (each ICE restart adds one).
+const MAX_UFRAGS: usize = 4;
+
+/// The first `a=ice-ufrag:` of an SDP.
+fn sdp_ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+        .map(str::to_owned)
+}
+
 fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
@@ -221,8 +231,48 @@ impl Engine {
         Ok(id)
     }
 
+    /// Gives `peer` fresh local ICE credentials for its next ICE restart, and routes datagrams
+    /// with the new ufrag to it (at most [`MAX_UFRAGS`] are kept per peer).
+    pub(super) fn fresh_ice_credentials(&mut self, peer_id: PeerId) {
+        let Some(p) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
+        let ufrag = random_hex(8);
+        p.pc.set_ice_restart_credentials(ufrag.clone(), random_hex(16));
+        if p.ufrags.len() >= MAX_UFRAGS {
+            let old = p.ufrags.remove(0);
+            self.by_ufrag.remove(&old);
+        }
+        p.ufrags.push(ufrag.clone());
+        self.by_ufrag.insert(ufrag, peer_id);
+        self.metrics.ice_restarts.inc();
+    }
+
+    /// A WebSocket participant's network changed: restart ICE on its subscribe connection with
+    /// fresh credentials (a new subscribe offer). Its publish connection restarts with its next
+    /// offer.
+    pub fn ws_ice_restart(&mut self, session: SessionId, now: Instant) -> Result<()> {
+        let s = self.sessions.get(&session).ok_or(Error::NotFound)?;
+        let Some(peer) = s.subscribe_peer else {
+            return Ok(());
+        };
+        self.fresh_ice_credentials(peer);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.pc.restart_ice();
+        }
+        self.offer_subscriber(session, now)
+    }
+
     /// Applies a client's offer to `peer`; [`Engine::finish_answer`] then produces the answer.
     pub(super) fn answer_offer(&mut self, peer: PeerId, sdp: String, now: Instant) -> Result<()> {
+        // A re-offer with new ICE credentials restarts ICE: answer with fresh ones of ours.
+        let ufrag = sdp_ice_ufrag(&sdp);
+        let p = self.peers.get_mut(&peer).ok_or(Error::NotFound)?;
+        let restart = p.remote_ufrag.is_some() && ufrag.is_some() && p.remote_ufrag != ufrag;
+        p.remote_ufrag = ufrag;
+        if restart {
+            self.fresh_ice_credentials(peer);
+        }
         let offer = RTCSessionDescription::offer(sdp).map_err(|e| Error::Sdp(e.to_string()))?;
         let p = self.peers.get_mut(&peer).ok_or(Error::NotFound)?;
         p.pc.set_remote_description(now, offer)
@@ -887,6 +937,18 @@ impl Engine {
         Ok(true)
     }
 
+    /// Where `room`'s participants go if this node stops answering: the meeting's other
+    /// nodes (nearest first) and the operator's rejoin URL, from the room's assignment (none
+    /// for a room the operator did not assign), and this node's region.
+    pub fn resume_info(&self, room: &str) -> (Vec<String>, Option<String>, String) {
+        let a = self.assignments.get(room);
+        (
+            a.map(|a| a.fallbacks.clone()).unwrap_or_default(),
+            a.and_then(|a| a.rejoin_url.clone()),
+            self.cfg.region.clone(),
+        )
+    }
+
     /// Releases `room`: participants already in it stay until they leave, and the room falls
     /// back to the node's own limits. Returns whether the room was assigned.
     pub fn release(&mut self, room: &str) -> bool {
@@ -928,7 +990,9 @@ impl Engine {
                 while let Some(msg) = peer.pc.poll_write() {
                     push_transmit(&mut self.transmits, msg.transport.peer_addr, msg.message);
                 }
-                self.by_ufrag.remove(&peer.ufrag);
+                for u in &peer.ufrags {
+                    self.by_ufrag.remove(u);
+                }
                 for a in peer.addrs {
                     self.by_addr.remove(&a);
                 }

@@ -67,7 +67,11 @@ pub(super) struct Peer {
     pub(super) pc: RTCPeerConnection,
     pub(super) session: SessionId,
     pub(super) role: Role,
-    pub(super) ufrag: String,
+    /// Local ICE ufrags, the current one last (an ICE restart adds one; datagrams with an
+    /// older one still find the peer until it is dropped).
+    pub(super) ufrags: Vec<String>,
+    /// The remote ufrag of the last offer taken (a publish re-offer with another restarts ICE).
+    pub(super) remote_ufrag: Option<String>,
     pub(super) addrs: Vec<SocketAddr>,
     pub(super) connected: bool,
     pub(super) created_at: Instant,
@@ -178,7 +182,8 @@ impl Peer {
             pc,
             session,
             role,
-            ufrag,
+            ufrags: vec![ufrag],
+            remote_ufrag: None,
             addrs: Vec::new(),
             connected: false,
             created_at: now,

@@ -329,6 +329,7 @@ impl Net {
             max_participants: None,
             webinar: false,
             links,
+            ..RoomAssignment::default()
         };
         self.nodes[node]
             .engine

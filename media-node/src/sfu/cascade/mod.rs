@@ -446,7 +446,7 @@ impl Engine {
 
     /// A link went down: what came over it goes away here.
     pub fn relay_down(&mut self, link: LinkId, now: Instant) {
-        let Some(state) = self.links.remove(&link) else {
+        let Some(state) = self.links.get(&link) else {
             return;
         };
         tracing::info!(link, peer = %state.node_id, "relay link down");
@@ -455,39 +455,25 @@ impl Engine {
             .streams
             .with_label_values(&[&state.node_id])
             .set(0);
-        for key in state.by_handle.into_values() {
-            self.remove_track(key, now);
-        }
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
-        for room in rooms {
-            let gone: Vec<String> = self
-                .rooms
-                .get_mut(&room)
-                .map(|r| {
-                    let (gone, kept) = std::mem::take(&mut r.remote)
-                        .into_iter()
-                        .partition(|(l, _)| *l == link);
-                    r.remote = kept;
-                    gone.into_iter()
-                        .map(|(_, p): (LinkId, ParticipantInfo)| p.id)
-                        .collect()
-                })
-                .unwrap_or_default();
-            for participant_id in gone {
-                for onward in self.links_onward(&room, link) {
-                    self.send_to_link(
-                        onward,
-                        Control::ParticipantLeft {
-                            room: room.clone(),
-                            id: participant_id.clone(),
-                        },
-                    );
-                }
-                self.broadcast(&room, 0, &ServerMessage::ParticipantLeft { participant_id });
+        let mut touched = Vec::new();
+        for room in &rooms {
+            if self.forget_from_link(link, room, now) {
+                touched.push(room.clone());
+            }
+        }
+        if let Some(state) = self.links.remove(&link) {
+            // Tracks of rooms no longer open here, if any.
+            for key in state.by_handle.into_values() {
+                self.remove_track(key, now);
             }
         }
         self.drop_relay_subs(|l, _| l == link);
         self.metrics.relay_links.set(self.links.len() as i64);
+        // What it carried may come over another link, which held it back as a duplicate.
+        for room in &touched {
+            self.ask_again(room);
+        }
         // A hub held rooms open for that link, or passed its interest on.
         let mut rooms: Vec<String> = self.rooms.keys().cloned().collect();
         rooms.extend(self.links.values().flat_map(|l| l.told.iter().cloned()));
@@ -496,6 +482,122 @@ impl Engine {
         for room in rooms {
             self.close_if_idle(&room, now);
         }
+    }
+
+    /// Drops what came over `link` for `room`: its tracks, and its participants (who are said
+    /// to have left, here and onward). Returns whether anything went.
+    fn forget_from_link(&mut self, link: LinkId, room: &str, now: Instant) -> bool {
+        let tracks: Vec<(u32, TrackKey)> = self
+            .links
+            .get(&link)
+            .map(|l| {
+                l.by_handle
+                    .iter()
+                    .filter(|(_, k)| self.tracks.get(k).is_some_and(|t| t.room == room))
+                    .map(|(h, k)| (*h, *k))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (handle, key) in &tracks {
+            if let Some(l) = self.links.get_mut(&link) {
+                l.by_handle.remove(handle);
+            }
+            self.remove_track(*key, now);
+        }
+        let gone: Vec<String> = self
+            .rooms
+            .get_mut(room)
+            .map(|r| {
+                let (gone, kept) = std::mem::take(&mut r.remote)
+                    .into_iter()
+                    .partition(|(l, _)| *l == link);
+                r.remote = kept;
+                gone.into_iter()
+                    .map(|(_, p): (LinkId, ParticipantInfo)| p.id)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let any = !tracks.is_empty() || !gone.is_empty();
+        for participant_id in gone {
+            for onward in self.links_onward(room, link) {
+                self.send_to_link(
+                    onward,
+                    Control::ParticipantLeft {
+                        room: room.to_owned(),
+                        id: participant_id.clone(),
+                    },
+                );
+            }
+            self.broadcast(room, 0, &ServerMessage::ParticipantLeft { participant_id });
+        }
+        any
+    }
+
+    /// Asks every link that carries `room`, and was told this node wants it, for the room
+    /// again: the far node answers with all it has (`Interest { on: true }` always does), and
+    /// what was held back as a duplicate of something now gone is taken this time.
+    fn ask_again(&mut self, room: &str) {
+        let links: Vec<LinkId> = {
+            let mut v: Vec<LinkId> = self
+                .links
+                .iter()
+                .filter(|(id, l)| l.told.contains(room) && self.carries(**id, room))
+                .map(|(id, _)| *id)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        for link in links {
+            self.send_to_link(
+                link,
+                Control::Interest {
+                    room: room.to_owned(),
+                    on: true,
+                },
+            );
+        }
+    }
+
+    /// The operator's plan for `room` changed which links carry it: links that no longer do
+    /// lose what came over them for the room (and are told it is not wanted from them), and
+    /// the links that do are asked for the room again. When a tree's hub dies, its links stay
+    /// up here until QUIC gives up on them (seconds); the new plan is what moves the media to
+    /// the link between the remaining nodes, at once.
+    pub(super) fn relay_replanned(&mut self, room: &str, now: Instant) {
+        let stale: Vec<LinkId> = {
+            let mut v: Vec<LinkId> = self
+                .links
+                .iter()
+                .filter(|(id, l)| {
+                    !self.carries(**id, room)
+                        && (l.told.contains(room) || l.interests.contains(room))
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        if stale.is_empty() {
+            return;
+        }
+        for link in &stale {
+            self.forget_from_link(*link, room, now);
+            self.drop_relay_subs(|l, r| l == *link && r == room);
+            let told = self.links.get_mut(link).is_some_and(|l| {
+                l.interests.remove(room);
+                l.told.remove(room)
+            });
+            if told {
+                self.send_to_link(
+                    *link,
+                    Control::Interest {
+                        room: room.to_owned(),
+                        on: false,
+                    },
+                );
+            }
+        }
+        self.ask_again(room);
     }
 
     /// Removes links' subscriptions to tracks (`drop(link, room)` says which) and brings the
@@ -1195,6 +1297,7 @@ impl Engine {
     /// The operator (re)assigned `room`: links its tree names are asked for it if it is open
     /// here, and a hub opens it when such a link already wants it.
     pub(super) fn relay_assigned(&mut self, room: &str, now: Instant) {
+        self.relay_replanned(room, now);
         let wanted = self.relay_holds(room);
         if !self.rooms.contains_key(room) {
             if wanted {
