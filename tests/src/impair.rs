@@ -96,6 +96,7 @@ impl Drop for ImpairedPath {
 pub struct UdpNat {
     listen: SocketAddr,
     task: JoinHandle<()>,
+    epoch: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl UdpNat {
@@ -103,16 +104,26 @@ impl UdpNat {
     /// client with probability `loss`; ICE and DTLS pass untouched, so connections come up the
     /// same way every run.
     pub async fn start_lossy(target: SocketAddr, loss: f64) -> anyhow::Result<Self> {
+        use std::sync::atomic::Ordering;
         let outside = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let listen = outside.local_addr()?;
+        let epoch = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let now_epoch = epoch.clone();
         let task = tokio::spawn(async move {
             let mut inside: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> =
                 std::collections::HashMap::new();
+            let mut seen = 0;
             let mut buf = vec![0u8; 2048];
             loop {
                 let Ok((n, client)) = outside.recv_from(&mut buf).await else {
                     continue;
                 };
+                let current = now_epoch.load(Ordering::Relaxed);
+                if current != seen {
+                    // Remapped: every client gets a new outside port; the old ones are dead.
+                    inside.clear();
+                    seen = current;
+                }
                 let sock = match inside.get(&client) {
                     Some(s) => s.clone(),
                     None => {
@@ -121,10 +132,13 @@ impl UdpNat {
                         };
                         let s = Arc::new(s);
                         inside.insert(client, s.clone());
-                        let (back, out) = (s.clone(), outside.clone());
+                        let (back, out, epoch) = (s.clone(), outside.clone(), now_epoch.clone());
                         tokio::spawn(async move {
                             let mut b = vec![0u8; 2048];
                             while let Ok((n, _)) = back.recv_from(&mut b).await {
+                                if epoch.load(Ordering::Relaxed) != current {
+                                    break;
+                                }
                                 // RFC 7983: a first byte of 128-191 is RTP or RTCP.
                                 let media = (128..=191).contains(&b[0]);
                                 if media && loss > 0.0 && rand::rng().random::<f64>() < loss {
@@ -139,13 +153,39 @@ impl UdpNat {
                 let _ = sock.send_to(&buf[..n], target).await;
             }
         });
-        Ok(Self { listen, task })
+        Ok(Self {
+            listen,
+            task,
+            epoch,
+        })
     }
 
     /// The mapped (public) address.
     pub fn addr(&self) -> SocketAddr {
         self.listen
     }
+
+    /// Forgets every mapping, as a NAT that rebinds does (or a phone that moves from Wi-Fi to
+    /// cellular): each client's next datagram leaves from a new port, and what the target
+    /// sends to the old one goes nowhere.
+    pub fn remap(&self) {
+        self.epoch
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A node that binds one port and advertises another (`--public-ip`, `--public-port`), reached
+/// only through a port-mapping NAT that drops `loss` of the media it returns to clients.
+pub async fn node_behind_nat(loss: f64) -> anyhow::Result<(crate::Node, UdpNat)> {
+    let udp: std::net::SocketAddr = format!("127.0.0.1:{}", crate::free_udp_port()).parse()?;
+    let nat = UdpNat::start_lossy(udp, loss).await?;
+    let public_port = nat.addr().port().to_string();
+    let node = crate::Node::start_on(
+        udp,
+        &["--public-ip", "127.0.0.1", "--public-port", &public_port],
+    )
+    .await?;
+    Ok((node, nat))
 }
 
 impl Drop for UdpNat {

@@ -6,6 +6,7 @@
 
 pub mod autoscale_bench;
 pub mod cascade_bench;
+pub mod fabric;
 pub mod impair;
 pub mod janus;
 pub mod k8s;
@@ -213,6 +214,13 @@ impl Node {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+}
+
+impl Node {
+    /// The process's exit status, once it has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
     }
 }
 

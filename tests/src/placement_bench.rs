@@ -246,6 +246,7 @@ pub async fn run(args: &PlacementArgs) -> anyhow::Result<Value> {
             &nodes,
             now(),
             SignedDuration::from_secs(30),
+            &moim_operator::regions::Distances::default(),
         );
         let done = plan
             .assignments

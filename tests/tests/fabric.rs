@@ -3,10 +3,10 @@
 //! per region) and each decodes the other's video across the QUIC cascade; Ctrl-C stops every
 //! media node.
 
-use moim_e2e::{Browser, binary, wait_decoding};
-use std::io::Read;
+use moim_e2e::fabric::{Fabric, join_meeting, join_through_page, output};
+use moim_e2e::{Browser, wait_decoding};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MEETING: &str = "\
 apiVersion: media.moim.dev/v1alpha1
@@ -18,144 +18,6 @@ spec:
   participants:
     perRegion: {seoul: 2, frankfurt: 2}
 ";
-
-/// The fabric's output so far (stdout and stderr go to one file).
-fn output(log: &std::path::Path) -> String {
-    let mut s = String::new();
-    if let Ok(mut f) = std::fs::File::open(log) {
-        let _ = f.read_to_string(&mut s);
-    }
-    s
-}
-
-/// `operator local` running in `dir`, with Meeting files in `dir/meetings`.
-struct Fabric {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-    log: std::path::PathBuf,
-    listen: String,
-    port_base: u16,
-}
-
-impl Fabric {
-    fn start(name: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let dir = std::env::temp_dir().join(format!("moim-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("meetings"))?;
-        let log = dir.join("fabric.log");
-        let listen = format!("127.0.0.1:{}", moim_e2e::free_tcp_port());
-        // Below the ephemeral range, apart per test process and per fabric in it.
-        static STARTED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port_base = 20_000 + (std::process::id() % 500) as u16 * 40 + n * 20;
-        let child = Command::new(binary("operator")?)
-            .args(["local", "--meetings"])
-            .arg(dir.join("meetings"))
-            .args(["--listen", &listen, "--port-base", &port_base.to_string()])
-            .args(extra)
-            .arg("--media-node")
-            .arg(binary("media-node")?)
-            .stdout(Stdio::from(std::fs::File::create(&log)?))
-            .stderr(Stdio::from(std::fs::File::create(dir.join("fabric.err"))?))
-            .spawn()?;
-        Ok(Self {
-            child,
-            dir,
-            log,
-            listen,
-            port_base,
-        })
-    }
-
-    /// `kubectl apply`, the local way: a file in the folder; waits until it is placed.
-    async fn apply(&self, file: &str, yaml: &str, key: &str) -> anyhow::Result<String> {
-        std::fs::write(self.dir.join("meetings").join(file), yaml)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let text = output(&self.log);
-            if text.contains(&format!("meeting {key} on ")) {
-                return Ok(text);
-            }
-            anyhow::ensure!(Instant::now() < deadline, "not placed:\n{text}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Waits until the fabric has printed `line`; returns everything it printed.
-    async fn wait_for_line(&self, line: &str, timeout: Duration) -> anyhow::Result<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let text = output(&self.log);
-            if text.contains(line) {
-                return Ok(text);
-            }
-            anyhow::ensure!(Instant::now() < deadline, "no {line:?} in:\n{text}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Ctrl-C; returns whether it exited cleanly in time, and everything it printed.
-    fn interrupt(mut self) -> (bool, String) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let clean = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let text = output(&self.log);
-        let _ = std::fs::remove_dir_all(&self.dir);
-        (clean, text)
-    }
-}
-
-/// Joins `meeting` through the fabric's join page, as a person would: pick the meeting and the
-/// region, type a name, press Join; the page sends the browser to that region's node.
-async fn join_through_page(page: &str, region: &str, name: &str) -> anyhow::Result<Browser> {
-    join_meeting(page, None, region, name).await
-}
-
-/// [`join_through_page`], choosing `meeting` (`namespace/name`) when given.
-async fn join_meeting(
-    page: &str,
-    meeting: Option<&str>,
-    region: &str,
-    name: &str,
-) -> anyhow::Result<Browser> {
-    let b = Browser::start().await?;
-    b.goto(page).await?;
-    b.wait_for(
-        "return document.getElementById('meeting').options.length > 0;",
-        Duration::from_secs(10),
-    )
-    .await?;
-    if let Some(m) = meeting {
-        let (ns, name) = m.split_once('/').unwrap_or(("default", m));
-        b.js(&format!(
-            "document.getElementById('meeting').value = JSON.stringify(['{ns}', '{name}']); return true;"
-        ))
-        .await?;
-    }
-    b.js(&format!(
-        "document.getElementById('region').value = '{region}';
-         document.getElementById('name').value = '{name}';
-         document.getElementById('join').requestSubmit();
-         return true;"
-    ))
-    .await?;
-    b.wait_for(
-        "return typeof moim !== 'undefined' && !!moim.ws;",
-        Duration::from_secs(10),
-    )
-    .await?;
-    Ok(b)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_meeting_file_is_placed_and_two_regions_meet_across_the_cascade() -> anyhow::Result<()> {

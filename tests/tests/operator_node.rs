@@ -47,6 +47,7 @@ async fn a_plan_pushed_by_the_operator_and_its_join_tokens_work_on_a_real_node()
         max_participants: Some(2),
         webinar: false,
         links: vec![],
+        ..RoomAssignment::default()
     };
     admin
         .assign(&base, "team.standup", &plan)
@@ -101,6 +102,7 @@ async fn a_plan_pushed_by_the_operator_and_its_join_tokens_work_on_a_real_node()
             region: "seoul".into(),
             node: "seoul-1".into(),
             participants: 2,
+            serves: Default::default(),
         }],
         ..MeetingStatus::default()
     });
@@ -116,6 +118,7 @@ async fn a_plan_pushed_by_the_operator_and_its_join_tokens_work_on_a_real_node()
         token_ttl_secs: 600,
         ready,
         turn: None,
+        distances: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api = format!("http://{}", listener.local_addr()?);

@@ -200,27 +200,13 @@ async fn simulcast_follows_tile_size_and_screen_share_and_speaker_arrive() -> an
     Ok(())
 }
 
-/// A node that binds one port and advertises another (`--public-ip`, `--public-port`), reached
-/// only through a port-mapping NAT that drops `loss` of the media it returns to clients.
-async fn node_behind_nat(loss: f64) -> anyhow::Result<(Node, moim_e2e::impair::UdpNat)> {
-    let udp: std::net::SocketAddr = format!("127.0.0.1:{}", moim_e2e::free_udp_port()).parse()?;
-    let nat = moim_e2e::impair::UdpNat::start_lossy(udp, loss).await?;
-    let public_port = nat.addr().port().to_string();
-    let node = Node::start_on(
-        udp,
-        &["--public-ip", "127.0.0.1", "--public-port", &public_port],
-    )
-    .await?;
-    Ok((node, nat))
-}
-
 /// Behind a port-mapping NAT (as behind a NodePort Service): the node binds one port and
 /// advertises another (`--public-ip`, `--public-port`); browsers reach it only through the
 /// mapping, and the meeting works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_behind_a_port_mapping_advertises_its_public_port() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
-    let (node, nat) = node_behind_nat(0.0).await?;
+    let (node, nat) = moim_e2e::impair::node_behind_nat(0.0).await?;
     let public_port = nat.addr().port().to_string();
     let ana = Browser::join(&node, "mapped", "ana", true).await?;
     let bo = Browser::join(&node, "mapped", "bo", true).await?;
@@ -249,7 +235,7 @@ async fn a_node_behind_a_port_mapping_advertises_its_public_port() -> anyhow::Re
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_on_a_lossy_path_gets_lost_packets_resent() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
-    let (node, _nat) = node_behind_nat(0.05).await?;
+    let (node, _nat) = moim_e2e::impair::node_behind_nat(0.05).await?;
     let ana = Browser::join(&node, "lossy", "ana", true).await?;
     let bo = Browser::join(&node, "lossy", "bo", false).await?;
     wait_decoding(&bo, "moim.sub", 1, Duration::from_secs(30)).await?;
