@@ -35,10 +35,13 @@ impl Fabric {
         std::fs::create_dir_all(dir.join("meetings"))?;
         let log = dir.join("fabric.log");
         let listen = format!("127.0.0.1:{}", crate::free_tcp_port());
-        // Below the ephemeral range, apart per test process and per fabric in it.
-        static STARTED: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        // In 20,000-31,999, below Linux's ephemeral range (32,768 and up: a node's port taken
+        // by some client socket made a node fail to start), apart per test process and per
+        // fabric in it (a benchmark starts dozens).
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let port_base = 20_000 + (std::process::id() % 500) as u16 * 40 + n * 20;
+        let port_base = 20_000 + ((std::process::id() % 300) * 40 + n * 20) % 12_000;
+        let port_base = u16::try_from(port_base)?;
         let child = Command::new(binary("operator")?)
             .args(["local", "--meetings"])
             .arg(dir.join("meetings"))
@@ -170,7 +173,6 @@ pub async fn join_meeting(
     Ok(b)
 }
 
-
 impl Fabric {
     /// The pid of media node `name` (from the line the fabric printed when it started it).
     pub fn node_pid(&self, name: &str) -> anyhow::Result<u32> {
@@ -242,7 +244,11 @@ pub async fn watch_fresh_video(b: &Browser) -> anyhow::Result<()> {
 pub async fn fresh_video_at(b: &Browser, timeout: Duration) -> anyhow::Result<f64> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(at) = b.js("return window.__fresh && window.__fresh.at;").await?.as_f64() {
+        if let Some(at) = b
+            .js("return window.__fresh && window.__fresh.at;")
+            .await?
+            .as_f64()
+        {
             return Ok(at);
         }
         if Instant::now() > deadline {

@@ -7,6 +7,7 @@
 pub mod autoscale_bench;
 pub mod cascade_bench;
 pub mod fabric;
+pub mod failover;
 pub mod impair;
 pub mod janus;
 pub mod k8s;

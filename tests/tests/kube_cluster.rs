@@ -820,5 +820,44 @@ async fn under_change_edits_conflicts_leader_handover_pod_loss_and_too_few_right
         },
     )
     .await?;
+
+    // The Node under the meeting's frankfurt media pod is lost (its processes die, nothing
+    // about it is written again: its pods still read Running). The operator notices from the
+    // failed /status reads within seconds and the meeting's frankfurt share moves to a node
+    // that answers (a frankfurt node the pool made, or the nearest region's).
+    let on = m
+        .kubectl(&[
+            "get",
+            "pod",
+            "-n",
+            "moim-system",
+            &new_frankfurt,
+            "-o",
+            "jsonpath={.spec.nodeName}",
+        ])?
+        .trim()
+        .to_owned();
+    let lost = Instant::now();
+    m.cluster.kubelet.lose_node(&on);
+    let serving = m
+        .wait(
+            "the meeting off the lost Node",
+            Duration::from_secs(60),
+            || {
+                let st = m.meeting()?["status"].clone();
+                let nodes = st["nodes"].as_array().cloned().unwrap_or_default();
+                let gone = nodes.iter().all(|n| n["node"] != new_frankfurt.as_str());
+                let frankfurt = nodes
+                    .iter()
+                    .find(|n| n["region"] == "frankfurt" || n["serves"].get("frankfurt").is_some())
+                    .and_then(|n| n["node"].as_str().map(str::to_owned));
+                Ok(frankfurt.filter(|_| gone && st["phase"] == "Running"))
+            },
+        )
+        .await?;
+    println!(
+        "Node {on} lost under {new_frankfurt}; frankfurt is served by {serving} after {:.1} s",
+        lost.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -31,6 +31,9 @@ enum Bench {
     /// The autoscaler: a traffic curve (steady, surge, webinar, follow-the-sun) replayed
     /// through the real scaling and placement decisions on a simulated fleet.
     Autoscale(moim_e2e::autoscale_bench::AutoscaleArgs),
+    /// Recovery from failures with real processes and Chromium: a dead media node, a dead
+    /// cascade hub, a changed network; p50/p99 from the fault to fresh frames on both sides.
+    Failover(moim_e2e::failover::FailoverArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -73,6 +76,13 @@ async fn main() -> anyhow::Result<()> {
             .join()
             .map_err(|_| anyhow::anyhow!("the kube bench panicked"))??;
             if json {
+                println!("{out}");
+            }
+            Ok(())
+        }
+        Bench::Failover(args) => {
+            let out = moim_e2e::failover::run(&args).await?;
+            if args.json {
                 println!("{out}");
             }
             Ok(())
