@@ -232,8 +232,7 @@ impl Heartbeat {
 
     fn beat(&self) {
         let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms
-            .store(ms, std::sync::atomic::Ordering::Relaxed);
+        self.last_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Time since the last beat.
@@ -323,7 +322,9 @@ async fn run(
         heartbeat.beat();
         let deadline = engine
             .poll_timeout()
-            .map_or(Instant::now() + MAX_TURN, |d| d.min(Instant::now() + MAX_TURN));
+            .map_or(Instant::now() + MAX_TURN, |d| {
+                d.min(Instant::now() + MAX_TURN)
+            });
         let sleep = tokio::time::sleep_until(deadline.into());
         tokio::select! {
             r = socket.recv_from(&mut buf) => {

@@ -179,7 +179,10 @@ mod tests {
         assert!(a.validate("").is_err());
         assert!(a.validate(&"x".repeat(300)).is_err());
         a.fallbacks = vec!["javascript:alert(1)".into()];
-        assert!(a.validate("a.b").is_err(), "only http(s) URLs reach a browser");
+        assert!(
+            a.validate("a.b").is_err(),
+            "only http(s) URLs reach a browser"
+        );
         a.fallbacks = vec!["https://a.example".into(); 9];
         assert!(a.validate("a.b").is_err());
         a.fallbacks.truncate(2);

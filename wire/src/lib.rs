@@ -10,8 +10,8 @@ pub mod signal;
 pub mod status;
 pub mod token;
 
-pub use token::{JoinClaims, TokenError};
 pub use signal::{ClientMessage, ServerMessage};
+pub use token::{JoinClaims, TokenError};
 
 /// How often a media node renews a WebSocket participant's resume token (seconds).
 pub const RESUME_REFRESH_SECS: u64 = 120;

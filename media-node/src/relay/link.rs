@@ -219,7 +219,10 @@ impl Link {
     }
 
     /// The next media datagram, put back together when it came in fragments.
-    pub async fn recv_media(&self, reassembly: &mut Reassembler) -> Result<MediaDatagram, LinkError> {
+    pub async fn recv_media(
+        &self,
+        reassembly: &mut Reassembler,
+    ) -> Result<MediaDatagram, LinkError> {
         loop {
             let d: Bytes = self.conn.read_datagram().await.map_err(quic)?;
             if !is_fragment(&d) {
@@ -347,7 +350,9 @@ pub async fn send_datagram_wait(conn: &quinn::Connection, d: Bytes) -> Result<us
     let parts = split(d, max, id).ok_or_else(|| format!("no datagram fits a {max}-byte path"))?;
     let n = parts.len();
     for p in parts {
-        conn.send_datagram_wait(p).await.map_err(|e| e.to_string())?;
+        conn.send_datagram_wait(p)
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(n)
 }

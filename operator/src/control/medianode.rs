@@ -124,9 +124,10 @@ fn routine(
     now: k8s_openapi::jiff::Timestamp,
     every: std::time::Duration,
 ) -> bool {
-    let recent = old.last_report.as_ref().is_some_and(|t| {
-        now.duration_since(t.0).unsigned_abs() < every
-    });
+    let recent = old
+        .last_report
+        .as_ref()
+        .is_some_and(|t| now.duration_since(t.0).unsigned_abs() < every);
     let strip = |s: &MediaNodeStatus| MediaNodeStatus {
         load: None,
         last_report: None,

@@ -12,10 +12,10 @@ use crate::crd::{
     CascadeLink, MediaNode, Meeting, MeetingMode, MeetingNode, MeetingPhase, MeetingStatus,
 };
 use crate::error::{Error, Result};
+use crate::k8s::context::Settings;
 use crate::ledger::{Ledger, plan_from_status};
 use crate::metrics::Metrics;
 use crate::nodeapi::NodeAdmin;
-use crate::k8s::context::Settings;
 use crate::placement::{Demand, Distances, Plan, ShortfallReason, place_with};
 use k8s_openapi::jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -288,8 +288,11 @@ fn fallbacks(
     nodes: &[Arc<MediaNode>],
     distances: &Distances,
 ) -> Vec<String> {
-    let mut others: Vec<&crate::placement::Assignment> =
-        plan.assignments.iter().filter(|b| b.node != a.node).collect();
+    let mut others: Vec<&crate::placement::Assignment> = plan
+        .assignments
+        .iter()
+        .filter(|b| b.node != a.node)
+        .collect();
     others.sort_by_key(|b| {
         (
             distances.rank(&a.region, &b.region),
@@ -299,7 +302,8 @@ fn fallbacks(
     });
     let mut urls: Vec<String> = Vec::new();
     for b in others {
-        if let Some(url) = find(nodes, &b.node).and_then(|n| n.status.as_ref()?.signalling_url.clone())
+        if let Some(url) =
+            find(nodes, &b.node).and_then(|n| n.status.as_ref()?.signalling_url.clone())
             && !urls.contains(&url)
         {
             urls.push(url);
@@ -497,7 +501,10 @@ pub fn running_status(
         .iter()
         .flat_map(|a| {
             a.serves.iter().map(move |(r, n)| {
-                format!("region {r} has no ready node: {n} of its participants are served from {} ({})", a.region, a.node)
+                format!(
+                    "region {r} has no ready node: {n} of its participants are served from {} ({})",
+                    a.region, a.node
+                )
             })
         })
         .collect();

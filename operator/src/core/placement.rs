@@ -521,19 +521,33 @@ mod tests {
             node("syd-a", "sydney", 100),
         ];
         let d = demand(&[("seoul", 6), ("frankfurt", 10), ("virginia", 4)]);
-        let distances: Distances = "seoul:virginia=180,seoul:frankfurt=230".parse().expect("table");
+        let distances: Distances = "seoul:virginia=180,seoul:frankfurt=230"
+            .parse()
+            .expect("table");
         let before = place_with(&d, &nodes, None, &distances);
         nodes[0].ready = false;
         let after = place_with(&d, &nodes, Some(&before), &distances);
         assert!(after.shortfalls.is_empty(), "{after:?}");
         assert_eq!(after.placed_in("seoul"), 6);
-        let va = after.assignments.iter().find(|a| a.node == "va-a").expect("virginia");
+        let va = after
+            .assignments
+            .iter()
+            .find(|a| a.node == "va-a")
+            .expect("virginia");
         assert_eq!((va.participants, va.own()), (10, 4));
         assert_eq!(va.serves, BTreeMap::from([("seoul".to_owned(), 6)]));
-        assert_eq!(after.nodes(), BTreeSet::from(["fra-a", "va-a"]), "no idle region is added");
+        assert_eq!(
+            after.nodes(),
+            BTreeSet::from(["fra-a", "va-a"]),
+            "no idle region is added"
+        );
         // With no table, the meeting's largest region serves them.
         let unknown = place_with(&d, &nodes, Some(&before), &Distances::default());
-        let fra = unknown.assignments.iter().find(|a| a.node == "fra-a").expect("frankfurt");
+        let fra = unknown
+            .assignments
+            .iter()
+            .find(|a| a.node == "fra-a")
+            .expect("frankfurt");
         assert_eq!(fra.serves.get("seoul"), Some(&6));
         // Back home once seoul has a ready node again.
         nodes[0].ready = true;
@@ -541,7 +555,12 @@ mod tests {
         assert!(home.assignments.iter().all(|a| a.serves.is_empty()));
         assert_eq!(home, before);
         // A region nobody runs nodes in is a shortfall, not served from elsewhere.
-        let mars = place_with(&demand(&[("mars", 3), ("seoul", 1)]), &nodes, None, &distances);
+        let mars = place_with(
+            &demand(&[("mars", 3), ("seoul", 1)]),
+            &nodes,
+            None,
+            &distances,
+        );
         assert_eq!(mars.shortfalls.len(), 1);
         assert_eq!(mars.placed_in("mars"), 0);
     }

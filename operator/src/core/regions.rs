@@ -67,7 +67,9 @@ impl FromStr for Distances {
                 why,
             };
             let (pair, ms) = entry.split_once('=').ok_or_else(|| bad("no ="))?;
-            let (a, b) = pair.split_once(':').ok_or_else(|| bad("no : between the regions"))?;
+            let (a, b) = pair
+                .split_once(':')
+                .ok_or_else(|| bad("no : between the regions"))?;
             let (a, b) = (a.trim(), b.trim());
             if a.is_empty() || b.is_empty() {
                 return Err(bad("empty region"));
@@ -75,7 +77,10 @@ impl FromStr for Distances {
             if a == b {
                 return Err(bad("a region is 0 ms from itself"));
             }
-            let ms = ms.trim().parse().map_err(|_| bad("not a whole number of milliseconds"))?;
+            let ms = ms
+                .trim()
+                .parse()
+                .map_err(|_| bad("not a whole number of milliseconds"))?;
             out.set(a, b, ms);
         }
         Ok(out)
@@ -102,7 +107,9 @@ mod tests {
 
     #[test]
     fn parses_both_ways_and_round_trips() {
-        let d: Distances = "seoul:frankfurt=230, virginia:frankfurt=90".parse().expect("parses");
+        let d: Distances = "seoul:frankfurt=230, virginia:frankfurt=90"
+            .parse()
+            .expect("parses");
         assert_eq!(d.get("frankfurt", "seoul"), Some(230));
         assert_eq!(d.get("frankfurt", "virginia"), Some(90));
         assert_eq!(d.get("seoul", "seoul"), Some(0));
@@ -122,7 +129,10 @@ mod tests {
             (":b=3", "empty"),
         ] {
             let e = s.parse::<Distances>().expect_err(s).to_string();
-            assert!(e.contains(why) && e.contains(s.split(',').next().unwrap_or(s)), "{e}");
+            assert!(
+                e.contains(why) && e.contains(s.split(',').next().unwrap_or(s)),
+                "{e}"
+            );
         }
     }
 }
