@@ -52,8 +52,10 @@ pub struct DrainArgs {
 /// Options for serving.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Development mode: a fixed, publicly known token secret and loopback defaults.
-    #[arg(long, env = "MOIM_DEV")]
+    /// Development mode: a fixed, publicly known token secret (unless one is given), no admin
+    /// token needed, `/dev/token`, self-signed relay links. Loopback addresses only; a flag
+    /// only (no environment variable, so that a stray `MOIM_DEV` cannot open a node).
+    #[arg(long)]
     pub dev: bool,
     /// Tests only: `POST /admin/fault/engine-panic` (with the admin token) makes the engine
     /// panic, to check that a node whose engine died does not pass for healthy.
@@ -79,7 +81,8 @@ pub struct ServeArgs {
     /// File holding the token secret (a mounted Kubernetes Secret), read at start-up.
     #[arg(long, env = "MOIM_TOKEN_SECRET_FILE")]
     pub token_secret_file: Option<PathBuf>,
-    /// Bearer token that `/status` and `/drain` require; unset leaves them open (dev only).
+    /// Bearer token that `/status`, `/drain` and `/admin/*` require. Required unless `--dev`
+    /// (a node without one refuses to start rather than serve its admin API to anyone).
     #[arg(long, env = "MOIM_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Region this node serves (reported in `/status`).

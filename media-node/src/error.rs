@@ -45,6 +45,9 @@ pub enum Error {
     /// WHEP of a room not here yet: linked nodes were asked for it; try again shortly.
     #[error("the room's publisher is being looked up on linked nodes")]
     RelayPending,
+    /// The client sends something faster than it may (chat); what is over the limit is dropped.
+    #[error("rate limited: {0}")]
+    RateLimited(&'static str),
     /// The engine is gone or overloaded.
     #[error("media engine unavailable")]
     EngineUnavailable,
@@ -66,6 +69,7 @@ impl Error {
             Self::Forbidden(_) => 403,
             Self::NoPublisher(_) | Self::NotFound | Self::RelayPending => 404,
             Self::RoomFull => 409,
+            Self::RateLimited(_) => 429,
             Self::Draining | Self::AtCapacity | Self::EngineUnavailable => 503,
             Self::Rtc(_) | Self::Io(_) => 500,
         }
@@ -83,6 +87,7 @@ impl Error {
             Self::Draining => "draining",
             Self::RoomFull => "room_full",
             Self::AtCapacity => "at_capacity",
+            Self::RateLimited(_) => "rate_limited",
             Self::BadRequest(_) => "bad_request",
             Self::Rtc(_) => "webrtc_error",
             Self::EngineUnavailable => "unavailable",

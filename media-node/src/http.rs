@@ -3,6 +3,7 @@
 //! Requests are checked here (token, content type, sizes) and turned into engine commands;
 //! every refusal is an HTTP status with a one-line reason in the body.
 
+use crate::config::DEV_SECRET;
 use crate::driver::{Command, EngineHandle, SESSION_OUTBOX};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -143,11 +144,19 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// Whether `a` equals `b`, in a time that depends on their lengths only (an attacker timing
+/// refusals learns nothing of the token's bytes).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Admits an admin request: the bearer must be the admin token. Without one (only `--dev`
+/// starts so), admin is open.
 fn check_admin(s: &AppState, headers: &HeaderMap) -> Result<(), Error> {
     match &s.admin_token {
         None => Ok(()),
         Some(t) => match bearer(headers) {
-            Some(b) if b == t.as_str() => Ok(()),
+            Some(b) if same_secret(b.as_bytes(), t.as_bytes()) => Ok(()),
             Some(_) => Err(Error::Forbidden("admin token does not match")),
             None => Err(Error::MissingToken),
         },
@@ -313,10 +322,12 @@ async fn dev_token(
     State(s): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<DevTokenQuery>,
 ) -> Response {
-    if !s.dev {
+    // Only with the public development secret: a --dev node given a real secret (as
+    // `operator local` runs them) must not mint tokens signed with it for anyone who asks.
+    if !s.dev || s.secret.as_slice() != DEV_SECRET.as_bytes() {
         return (
             StatusCode::NOT_FOUND,
-            "development tokens are only served with --dev\n",
+            "development tokens are only served with --dev and the development secret\n",
         )
             .into_response();
     }

@@ -33,6 +33,10 @@ pub struct Metrics {
     pub nacks: IntCounter,
     /// Packets resent to subscribers that NACKed them.
     pub retransmits: IntCounter,
+    /// NACKed packets not resent: resent too recently, or over the down-track's resend budget.
+    pub retransmits_refused: IntCounter,
+    /// Chat messages dropped by a sender's rate limit.
+    pub chat_refused: IntCounter,
     /// ICE restarts (a participant's network changed).
     pub ice_restarts: IntCounter,
     /// Keyframe requests (PLI) sent to publishers.
@@ -168,6 +172,14 @@ impl Metrics {
             retransmits: counter!(
                 "moim_retransmits_total",
                 "RTP packets resent to subscribers that reported them lost (NACK), as RTX when negotiated."
+            ),
+            chat_refused: counter!(
+                "moim_chat_refused_total",
+                "Chat messages dropped because their sender went over 5 a second (bursts of 10)."
+            ),
+            retransmits_refused: counter!(
+                "moim_retransmits_refused_total",
+                "NACKed packets not resent: resent within the last 40 ms, or over the down-track's resend budget (half its forwarded bytes)."
             ),
             ice_restarts: counter!(
                 "moim_ice_restarts_total",

@@ -41,6 +41,37 @@ fn token_secret(args: &ServeArgs) -> anyhow::Result<Vec<u8>> {
     bail!("no token secret: give --token-secret, --token-secret-file, or --dev for development")
 }
 
+/// Refuses configurations that would leave the node open: no admin token outside `--dev`, an
+/// empty secret or admin token, and `--dev` (a public token secret, open admin) on an address
+/// other machines reach.
+fn check_closed(args: &ServeArgs, secret: &[u8]) -> anyhow::Result<()> {
+    if secret.is_empty() {
+        bail!("the token secret is empty: anyone could sign join tokens");
+    }
+    match args.admin_token.as_deref() {
+        Some("") => bail!("--admin-token (MOIM_ADMIN_TOKEN) is empty"),
+        None if !args.dev => bail!(
+            "no admin token: give --admin-token (MOIM_ADMIN_TOKEN); without one /status, /drain \
+             and /admin/* would be open to anyone (only --dev, on loopback, runs without)"
+        ),
+        _ => {}
+    }
+    if args.dev {
+        let listens = [Some(args.http), Some(args.udp), args.relay_listen];
+        if let Some(a) = listens
+            .into_iter()
+            .flatten()
+            .find(|a| !a.ip().is_loopback())
+        {
+            bail!(
+                "--dev listens on loopback only ({a} is not): development mode has a public token \
+                 secret and may have an open admin API"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Runs a node until it has drained or is interrupted.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -48,6 +79,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let secret = token_secret(&args)?;
+    check_closed(&args, &secret)?;
     let socket = UdpSocket::bind(args.udp)
         .await
         .with_context(|| format!("binding UDP {}", args.udp))?;

@@ -176,3 +176,65 @@ fn whep_refuses_an_offer_without_the_publishers_codec() {
         "with VP8 it plays"
     );
 }
+
+/// Issue 21's amplification: a subscriber that NACKs its whole history a hundred times a
+/// second. The node answers each packet at most once per `RESEND_MIN_GAP` and within the
+/// down-track's resend budget, so what it sends that subscriber stays within
+/// `1 + RESEND_SHARE` times its stream (plus one burst), and another subscriber of the same
+/// track loses nothing. Before the budget, each NACK resent all 400 packets again.
+#[test]
+fn a_subscriber_that_nacks_everything_gets_at_most_half_again_its_stream() {
+    use media_node::sfu::send::{RESEND_BURST_BYTES, RESEND_SHARE};
+    const SIZE: usize = 1100;
+    let (mut net, publisher) = publishing();
+    net.video_size = SIZE;
+    let greedy = net.join(0, ROOM, "greedy");
+    let quiet = net.join(0, ROOM, "quiet");
+    net.run_with_video(Duration::from_secs(1), publisher, 7);
+    assert!(net.clients[greedy].connected.1 && net.clients[quiet].connected.1);
+    let (g0, q0) = (
+        net.clients[greedy].received.len(),
+        net.clients[quiet].received.len(),
+    );
+    let mut plis = net.clients[publisher].plis;
+    // 5 s: a frame every 35 ms, the greedy subscriber's NACK of its last 400 packets every 10 ms.
+    for round in 0..1000u32 {
+        net.step();
+        if round % 7 == 0 {
+            let key = net.clients[publisher].plis > plis;
+            plis = net.clients[publisher].plis;
+            net.send_video(publisher, key);
+        }
+        if round % 2 == 0 {
+            let g = &net.clients[greedy];
+            let Some(&ssrc) = g.streams().first() else {
+                continue;
+            };
+            let mut seqs = g.seqs(ssrc);
+            seqs.dedup();
+            let from = seqs.len().saturating_sub(400);
+            let last: Vec<u16> = seqs[from..].to_vec();
+            net.nack(greedy, ssrc, &last);
+        }
+    }
+    net.run(Duration::from_millis(200));
+    let sent_greedy = net.clients[greedy].received.len() - g0;
+    let sent_quiet = net.clients[quiet].received.len() - q0;
+    let bound = sent_quiet as f64 * (1.0 + RESEND_SHARE) + RESEND_BURST_BYTES / SIZE as f64;
+    println!(
+        "to the NACKing subscriber {sent_greedy} packets, to the other {sent_quiet} (bound {bound:.0}); refused resends {}",
+        net.nodes[0].engine.metrics().retransmits_refused.get()
+    );
+    assert!(sent_quiet > 100, "the stream flowed: {sent_quiet}");
+    assert!(
+        sent_greedy as f64 <= bound,
+        "{sent_greedy} packets to the NACKing subscriber against {sent_quiet} to the other"
+    );
+    assert!(net.nodes[0].engine.metrics().retransmits_refused.get() > 1000);
+    // The other subscriber lost nothing.
+    let q = &net.clients[quiet];
+    let got = q.seqs(q.streams()[0]);
+    let distinct: std::collections::HashSet<u16> = got.iter().copied().collect();
+    let span = usize::from(got[got.len() - 1].wrapping_sub(got[0])) + 1;
+    assert_eq!(distinct.len(), span, "the other subscriber lost packets");
+}

@@ -259,6 +259,9 @@ async function onMessage(msg) {
       break;
     case 'error':
       moim.errors.push(msg);
+      // Joined again elsewhere (another tab or device): this page leaves for good, or the two
+      // would take the seat from each other for ever.
+      if (msg.code === 'replaced') moim.left = true;
       setStatus(`error: ${msg.message}`);
       break;
   }

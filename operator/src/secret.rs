@@ -26,16 +26,18 @@ impl SecretSource {
         }
     }
 
-    /// The secret, trimmed; `None` when not set. A file that cannot be read is an error that
-    /// names the file (never the content).
+    /// The secret, trimmed; `None` when not set or empty (an empty secret would sign tokens
+    /// anyone can forge: what needs it refuses, as without one). A file that cannot be read
+    /// is an error that names the file (never the content).
     pub fn read(&self) -> Result<Option<String>, String> {
-        match self {
-            Self::None => Ok(None),
-            Self::Value(v) => Ok(Some(v.trim().to_owned())),
+        let s = match self {
+            Self::None => return Ok(None),
+            Self::Value(v) => v.trim().to_owned(),
             Self::File(p) => std::fs::read_to_string(p)
-                .map(|s| Some(s.trim().to_owned()))
-                .map_err(|e| format!("reading {}: {e}", p.display())),
-        }
+                .map(|s| s.trim().to_owned())
+                .map_err(|e| format!("reading {}: {e}", p.display()))?,
+        };
+        Ok(Some(s).filter(|s| !s.is_empty()))
     }
 
     /// Every non-empty line: a key file may hold several keys during a rotation.
@@ -50,5 +52,21 @@ impl SecretSource {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecretSource;
+
+    #[test]
+    fn an_empty_secret_is_no_secret() {
+        assert_eq!(SecretSource::Value("  \n".into()).read(), Ok(None));
+        let dir = std::env::temp_dir().join(format!("moim-secret-{}", std::process::id()));
+        std::fs::write(&dir, "\n").expect("write");
+        assert_eq!(SecretSource::File(dir.clone()).read(), Ok(None));
+        std::fs::write(&dir, " k \n").expect("write");
+        assert_eq!(SecretSource::File(dir.clone()).read(), Ok(Some("k".into())));
+        let _ = std::fs::remove_file(dir);
     }
 }

@@ -350,3 +350,60 @@ async fn the_pre_stop_hook_drains_for_good_and_waits_for_the_last_participant() 
     assert!(!out.status.success());
     Ok(())
 }
+
+/// Fail closed (issue 21): configurations that would leave a node open refuse to start, each
+/// saying why, and `/dev/token` never signs with a real secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_configurations_that_would_leave_it_open() -> anyhow::Result<()> {
+    let bin = moim_e2e::binary("media-node")?;
+    let refused = |args: &[&str], envs: &[(&str, &str)]| -> anyhow::Result<String> {
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.env("MOIM_HTTP", "127.0.0.1:0")
+            .env("MOIM_UDP", "127.0.0.1:0")
+            .args(args)
+            .env_remove("MOIM_ADMIN_TOKEN")
+            .env_remove("MOIM_TOKEN_SECRET");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output()?;
+        anyhow::ensure!(!out.status.success(), "{args:?} started");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // No admin token outside --dev.
+    let e = refused(&["--token-secret", "s3cret"], &[])?;
+    assert!(e.contains("no admin token"), "{e}");
+    // Empty secrets.
+    let e = refused(&["--token-secret", "", "--admin-token", "a"], &[])?;
+    assert!(e.contains("token secret is empty"), "{e}");
+    let e = refused(&["--token-secret", "s3cret", "--admin-token", ""], &[])?;
+    assert!(e.contains("is empty"), "{e}");
+    // --dev on an address other machines reach.
+    let e = refused(&["--dev", "--http", "0.0.0.0:0"], &[])?;
+    assert!(e.contains("loopback only"), "{e}");
+    // MOIM_DEV in the environment does not make a dev node.
+    let e = refused(&[], &[("MOIM_DEV", "true")])?;
+    assert!(e.contains("no token secret"), "{e}");
+
+    // A --dev node given a real secret (as `operator local` runs them) mints no tokens.
+    let node = Node::start(&["--token-secret", "a real one", "--admin-token", "adm"]).await?;
+    let r = reqwest::get(node.url("/dev/token?room=r&identity=x")).await?;
+    assert_eq!(r.status(), 404);
+    // The admin token is compared whole: a prefix or a longer guess is refused.
+    let http = reqwest::Client::new();
+    for guess in ["ad", "admx", "ADM"] {
+        let r = http
+            .get(node.url("/status"))
+            .header("authorization", format!("Bearer {guess}"))
+            .send()
+            .await?;
+        assert_ne!(r.status(), 200, "{guess:?}");
+    }
+    let r = http
+        .get(node.url("/status"))
+        .bearer_auth("adm")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    Ok(())
+}

@@ -178,3 +178,106 @@ async fn clients_that_vanish_are_cleaned_up() -> anyhow::Result<()> {
     assert_eq!(s["rooms"], 0);
     Ok(())
 }
+
+/// Issue 21's noisy neighbour: one participant sends chat as fast as it can. It is told once
+/// a second that it is rate-limited (and what passes is at most the stated rate); a
+/// participant that reads nothing for a while stays connected and then finds exactly the
+/// messages that passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_flood_is_rate_limited_and_a_slow_reader_keeps_its_seat() -> anyhow::Result<()> {
+    let node = Node::start(&[]).await?;
+    let mut slow = SignalClient::connect(&node).await?;
+    slow.join(&dev_token("chatty", "slow")).await?;
+    slow.recv_type("joined", Duration::from_secs(5)).await?;
+    let mut loud = SignalClient::connect(&node).await?;
+    loud.join(&dev_token("chatty", "loud")).await?;
+    loud.recv_type("joined", Duration::from_secs(5)).await?;
+    let started = std::time::Instant::now();
+    // Well over the slow reader's 512-message outbox, sent without waiting.
+    for i in 0..3000 {
+        loud.send_text(
+            serde_json::json!({"type": "chat", "text": format!("spam {i}")}).to_string(),
+        )
+        .await?;
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    let mut refusals = 0;
+    while let Ok(Ok(m)) = loud.recv(Duration::from_millis(500)).await {
+        if m["type"] == "error" {
+            assert_eq!(m["code"], "rate_limited", "{m}");
+            assert!(
+                m["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("5 messages a second"),
+                "{m}"
+            );
+            refusals += 1;
+        }
+    }
+    let passed =
+        moim_e2e::metric(&reqwest::Client::new(), &node, "moim_chat_messages_total").await?;
+    let refused =
+        moim_e2e::metric(&reqwest::Client::new(), &node, "moim_chat_refused_total").await?;
+    println!(
+        "3000 chat messages in {flood_secs:.2} s: {passed} passed, {refused} dropped, {refusals} refusals told"
+    );
+    assert!(
+        refusals >= 1 && f64::from(refusals) <= flood_secs + 2.0,
+        "{refusals}"
+    );
+    assert!(
+        passed >= 10.0 && passed <= 10.0 + 5.0 * (flood_secs + 1.0),
+        "{passed}"
+    );
+    assert_eq!(passed + refused, 3000.0);
+    // The slow reader is still there and gets every message that passed, in order.
+    let mut got = 0;
+    loop {
+        match slow.recv(Duration::from_millis(500)).await {
+            Ok(Ok(m)) if m["type"] == "chat" => {
+                assert!(m["text"].as_str().unwrap_or("").starts_with("spam "));
+                got += 1;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(code)) => anyhow::bail!("the slow reader was dropped ({code:?})"),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(f64::from(got), passed);
+    assert_eq!(
+        wait_status(&node, Duration::from_secs(2), |s| s["participants"] == 2).await?["participants"],
+        2
+    );
+    Ok(())
+}
+
+/// One WebSocket session per identity in a room (issue 21): a second join with the same
+/// identity takes the seat; the first is told why and closed, and does not count any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_identity_joining_twice_replaces_the_older_session() -> anyhow::Result<()> {
+    let node = Node::start(&[]).await?;
+    let token = dev_token("twice", "ana");
+    let mut first = SignalClient::connect(&node).await?;
+    first.join(&token).await?;
+    first.recv_type("joined", Duration::from_secs(5)).await?;
+    let mut second = SignalClient::connect(&node).await?;
+    second.join(&token).await?;
+    second.recv_type("joined", Duration::from_secs(5)).await?;
+    let told = first.recv_type("error", Duration::from_secs(5)).await?;
+    assert_eq!(told["code"], "replaced", "{told}");
+    loop {
+        match first.recv(Duration::from_secs(5)).await? {
+            Ok(_) => continue,
+            Err(_) => break,
+        }
+    }
+    let st = wait_status(&node, Duration::from_secs(5), |s| s["participants"] == 1).await?;
+    assert_eq!(st["participants"], 1);
+    // Another identity is another seat.
+    let mut other = SignalClient::connect(&node).await?;
+    other.join(&dev_token("twice", "bo")).await?;
+    other.recv_type("joined", Duration::from_secs(5)).await?;
+    wait_status(&node, Duration::from_secs(5), |s| s["participants"] == 2).await?;
+    Ok(())
+}

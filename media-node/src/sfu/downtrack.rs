@@ -5,7 +5,7 @@
 use super::forwarder::{Forwarder, Verdict};
 use super::layers::LayerSelector;
 use super::peer::{LegMapping, Peer, Transmit, resolve_leg, send_rtp};
-use super::send::{Extensions, RtpOut, SenderStats, Sent, SentRing};
+use super::send::{Extensions, RESEND_MIN_GAP, ResendBudget, RtpOut, SenderStats, Sent, SentRing};
 use super::uptrack::UpTrack;
 use super::vp8::Vp8Munger;
 use super::{PeerId, SessionId, TrackKey};
@@ -37,6 +37,8 @@ pub(super) struct DownTrack {
     pub(super) stats: SenderStats,
     /// Next sequence number on the RTX stream.
     pub(super) rtx_seq: u16,
+    /// What it may still spend on resends (see [`super::send::RESEND_SHARE`]).
+    pub(super) resend: ResendBudget,
 }
 
 /// Retransmission buffer per outgoing video stream, in packets (a power of two).
@@ -150,6 +152,7 @@ impl DownTrack {
         }
         let bytes = payload.len();
         self.stats.on_sent(timestamp, bytes, now);
+        self.resend.earn(bytes);
         if let Some(ring) = self.sent.as_mut() {
             ring.record(
                 seq,
@@ -158,6 +161,7 @@ impl DownTrack {
                     timestamp,
                     marker: packet.header.marker,
                     payload,
+                    resent_at: None,
                 },
             );
         }
@@ -168,30 +172,43 @@ impl DownTrack {
     }
 
     /// Resends the packets `seqs` names that this down-track still holds: on the RTX stream
-    /// when the leg negotiated one (RFC 4588), else as the same packet again. Returns how many
-    /// went out.
+    /// when the leg negotiated one (RFC 4588), else as the same packet again. A packet resent
+    /// less than [`RESEND_MIN_GAP`] ago is skipped, and resends stop when the down-track's
+    /// [`ResendBudget`] is spent, so a subscriber that NACKs everything costs at most about
+    /// half again its stream. Returns how many went out and how many the limits refused.
     pub(super) fn answer_nack(
         &mut self,
         peer: &mut Peer,
         seqs: impl Iterator<Item = u16>,
         now: Instant,
         transmits: &mut VecDeque<Transmit>,
-    ) -> usize {
+    ) -> (usize, usize) {
         let DownTrack {
             leg: Some(leg),
             sent: Some(ring),
             rtx_seq,
             ssrc,
+            resend,
             ..
         } = self
         else {
-            return 0;
+            return (0, 0);
         };
-        let mut resent = 0;
+        let (mut resent, mut refused) = (0, 0);
         for seq in seqs {
-            let Some(sent) = ring.get(seq) else {
+            let Some(sent) = ring.get_mut(seq) else {
                 continue;
             };
+            if sent
+                .resent_at
+                .is_some_and(|at| now.saturating_duration_since(at) < RESEND_MIN_GAP)
+                || !resend.spend(sent.payload.len())
+            {
+                refused += 1;
+                continue;
+            }
+            sent.resent_at = Some(now);
+            let sent = &*sent;
             let osn = seq.to_be_bytes();
             let out = match leg.rtx {
                 Some((payload_type, rtx_ssrc)) => {
@@ -232,7 +249,7 @@ impl DownTrack {
                 }
             }
         }
-        resent
+        (resent, refused)
     }
 
     /// The RTCP sender report this down-track is due (RFC 3550 §6.4.1: what was sent and which

@@ -55,8 +55,8 @@ pub use super::downtrack::NACK_BUFFER_PACKETS;
 use super::peer::{MAX_ADDRS_PER_PEER, Peer, Role, push_transmit};
 pub use super::peer::{MAX_QUEUED_TRANSMITS, Transmit, add_host_candidate};
 use super::room::Room;
-use super::session::Session;
 pub use super::session::SessionKind;
+use super::session::{ChatVerdict, Session};
 use super::uptrack::{Layer, UpTrack, layer_index};
 use super::{DownKey, PeerId, TrackKey};
 
@@ -314,6 +314,30 @@ impl Engine {
             self.metrics.reject("capacity");
             return Err(Error::AtCapacity);
         }
+        // One WebSocket session per identity in a room: the newer one wins (a page that
+        // rejoins after losing its socket, another tab), as LiveKit does. WHIP and WHEP may
+        // share a token (a public viewer link), so only their own caps apply.
+        if kind == SessionKind::WebSocket {
+            let older = self.rooms.get(&claims.room).and_then(|r| {
+                r.sessions.iter().copied().find(|id| {
+                    self.sessions.get(id).is_some_and(|s| {
+                        s.kind == SessionKind::WebSocket
+                            && s.participant.identity == claims.identity
+                    })
+                })
+            });
+            if let Some(older) = older {
+                self.signal(
+                    older,
+                    ServerMessage::Error {
+                        code: "replaced".into(),
+                        message: "this identity joined the room again (another tab or device); this session ends".into(),
+                    },
+                );
+                self.metrics.reject("replaced");
+                self.remove_session(older, now);
+            }
+        }
         let max_room = match self.assignments.get(&claims.room) {
             Some(a) => a
                 .max_participants
@@ -359,6 +383,7 @@ impl Engine {
                 layer_wish: HashMap::new(),
                 joined_at: now,
                 first_media_sent: false,
+                chat: Default::default(),
             },
         );
         self.ensure_housekeeping(now);
@@ -624,7 +649,21 @@ impl Engine {
         if text.trim().is_empty() {
             return Err(Error::BadRequest("empty chat message".into()));
         }
-        let s = self.sessions.get(&session).ok_or(Error::NotFound)?;
+        let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        match s.chat.take(now) {
+            ChatVerdict::Send => {}
+            ChatVerdict::Refuse => {
+                self.metrics.chat_refused.inc();
+                return Err(Error::RateLimited(
+                    "chat: at most 5 messages a second (bursts of 10); messages over it were dropped",
+                ));
+            }
+            ChatVerdict::Drop => {
+                self.metrics.chat_refused.inc();
+                return Ok(());
+            }
+        }
+        let s = &self.sessions[&session];
         let frame = ChatFrame {
             from: s.participant.id.clone(),
             name: s.participant.name.clone(),
@@ -1134,6 +1173,7 @@ impl Engine {
                 sent: None,
                 stats: SenderStats::default(),
                 rtx_seq: rand::random(),
+                resend: Default::default(),
                 // WHEP answers carry the down-tracks at once; WebSocket subscribers accept
                 // them with their next answer.
                 negotiated: s_kind != SessionKind::WebSocket,
@@ -1688,8 +1728,9 @@ impl Engine {
             return;
         };
         let seqs = nack.nacks.iter().flat_map(|pair| pair.into_iter());
-        let resent = down.answer_nack(peer, seqs, now, &mut self.transmits);
+        let (resent, refused) = down.answer_nack(peer, seqs, now, &mut self.transmits);
         self.metrics.retransmits.inc_by(resent as u64);
+        self.metrics.retransmits_refused.inc_by(refused as u64);
     }
 
     /// RTCP sender reports for every down-track due one (see [`DownTrack::sender_report`]).

@@ -118,6 +118,51 @@ pub struct Sent {
     pub marker: bool,
     /// Its payload (shared with every other subscriber's copy when unchanged).
     pub payload: Bytes,
+    /// When it was last resent (a NACK repeated within [`RESEND_MIN_GAP`] is not answered).
+    pub resent_at: Option<Instant>,
+}
+
+/// Least time between two resends of one packet: a subscriber that repeats its NACK before
+/// the first resend could have reached it gets nothing more (mediasoup waits the RTT; this
+/// floor covers loopback and LAN round trips, where RTT-based dedupe alone would not bound it).
+pub const RESEND_MIN_GAP: std::time::Duration = std::time::Duration::from_millis(40);
+
+/// Share of a down-track's forwarded bytes it may spend on resends, and the most it may save
+/// up: a subscriber's retransmissions cost at most about half again its stream (libwebrtc
+/// similarly caps the retransmission bitrate). Real loss repair needs a few percent.
+pub const RESEND_SHARE: f64 = 0.5;
+/// See [`RESEND_SHARE`]: the budget's burst, in payload bytes (about a keyframe's worth of a
+/// 720p layer, so a burst of loss at a keyframe is repaired at once).
+pub const RESEND_BURST_BYTES: f64 = 48.0 * 1024.0;
+
+/// How many resend bytes a down-track may still spend: earned as it forwards, spent as it
+/// resends, capped at [`RESEND_BURST_BYTES`].
+pub struct ResendBudget {
+    credit: f64,
+}
+
+impl Default for ResendBudget {
+    fn default() -> Self {
+        Self {
+            credit: RESEND_BURST_BYTES,
+        }
+    }
+}
+
+impl ResendBudget {
+    /// `bytes` of new media went out.
+    pub fn earn(&mut self, bytes: usize) {
+        self.credit = (self.credit + bytes as f64 * RESEND_SHARE).min(RESEND_BURST_BYTES);
+    }
+
+    /// Takes `bytes` for a resend if the budget has them.
+    pub fn spend(&mut self, bytes: usize) -> bool {
+        let ok = self.credit >= bytes as f64;
+        if ok {
+            self.credit -= bytes as f64;
+        }
+        ok
+    }
 }
 
 /// The last `N` items of a stream of packets, by sequence number: what a down-track sent (to
@@ -152,6 +197,15 @@ impl<T> SeqRing<T> {
     pub fn get(&self, seq: u16) -> Option<&T> {
         self.slots[self.slot(seq)]
             .as_ref()
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, item)| item)
+    }
+
+    /// The item recorded as `seq`, if it is still held, to change.
+    pub fn get_mut(&mut self, seq: u16) -> Option<&mut T> {
+        let i = self.slot(seq);
+        self.slots[i]
+            .as_mut()
             .filter(|(s, _)| *s == seq)
             .map(|(_, item)| item)
     }
@@ -290,6 +344,7 @@ mod tests {
                     timestamp: u32::from(seq),
                     marker: false,
                     payload: Bytes::from_static(b"p"),
+                    resent_at: None,
                 },
             );
         }

@@ -158,6 +158,9 @@ pub struct Net {
     pub relay_control: Vec<(NodeIx, NodeIx, Control)>,
     /// Loss-repair feedback carried as datagrams (NACKs, keyframe requests): (from, to, it).
     pub relay_feedback: Vec<(NodeIx, NodeIx, Control)>,
+    /// Payload size of the video packets [`Net::send_video`] sends (the VP8 header padded
+    /// with zeros; at least the header's 9 bytes).
+    pub video_size: usize,
 }
 
 impl Default for Net {
@@ -225,6 +228,7 @@ impl Net {
             relay_media: HashMap::new(),
             relay_control: Vec::new(),
             relay_feedback: Vec::new(),
+            video_size: 0,
         }
     }
 
@@ -430,7 +434,7 @@ impl Net {
 
     /// One VP8 frame in one packet from the client's video track.
     pub fn send_video(&mut self, c: ClientIx, keyframe: bool) {
-        let now = self.now;
+        let (now, size) = (self.now, self.video_size);
         let cl = &mut self.clients[c];
         let (Some(pc), Some(sender)) = (cl.publish.as_mut(), cl.video) else {
             return;
@@ -448,7 +452,11 @@ impl Net {
                 marker: true,
                 ..Default::default()
             },
-            payload: vp8(keyframe),
+            payload: {
+                let mut p = vp8(keyframe).to_vec();
+                p.resize(p.len().max(size), 0);
+                p.into()
+            },
         };
         cl.next_seq = cl.next_seq.wrapping_add(1);
         let _ = s.write_rtp(now, pkt);
