@@ -58,6 +58,34 @@ async fn dev_links_carry_hello_control_and_media_both_ways() {
         d
     );
     assert!(at_fra.rtt() < std::time::Duration::from_millis(100));
+
+    // A message whose frame would be over the protocol's limit is not sent (the far side would
+    // close the link on it), and the link carries on.
+    // (Strings are cut at 4 KiB and lists at 64 entries, but a track's 20 header extensions
+    // of 4 KiB URIs still make an 80 KiB frame.)
+    let huge = Control::TrackAnnounce {
+        room: "r".into(),
+        track: 1,
+        participant: media_node::relay::proto::Participant {
+            id: "p".into(),
+            identity: "p".into(),
+            name: "p".into(),
+        },
+        origin: "o".into(),
+        hops: 0,
+        kind: media_node::relay::proto::MediaKind::Video,
+        source: "camera".into(),
+        codec: "video/VP8".into(),
+        clock_rate: 90_000,
+        channels: 0,
+        fmtp: String::new(),
+        extensions: (1..=20).map(|i| (i, "u".repeat(4000))).collect(),
+        layers: Vec::new(),
+    };
+    let e = at_fra.send(&huge).await.expect_err("too large");
+    assert!(e.to_string().contains("over the 65536-byte limit"), "{e}");
+    at_fra.send(&interest).await.expect("send after");
+    assert_eq!(at_seoul.recv().await.expect("recv after"), interest);
 }
 
 fn pki(dir: &Path, ca_name: &str, nodes: &[&str]) {

@@ -518,3 +518,39 @@ async fn renewed_relay_certificates_are_used_without_a_restart() -> anyhow::Resu
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Issue 21: the relay accept loop was serial, so one peer that stalled its handshake held
+/// back every other peer's link for up to its hello timeout. Three peers open QUIC
+/// connections to seoul and never send a hello; frankfurt's link comes up while all three
+/// are still stalling, and the stallers are cut off with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_stalling_its_handshake_does_not_hold_back_another_link() -> anyhow::Result<()> {
+    let seoul_relay = format!("127.0.0.1:{}", free_udp_port());
+    let seoul = Node::start_relay("seoul-1", "seoul", &seoul_relay, &[], &[]).await?;
+    let addr: std::net::SocketAddr = seoul_relay.parse()?;
+    let stallers: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(async move {
+                testing::raw_peer(addr, &media_node::relay::tls::RelayTrust::Dev, vec![]).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let fra_relay = format!("127.0.0.1:{}", free_udp_port());
+    let _fra = Node::start_relay("fra-1", "frankfurt", &fra_relay, &[&seoul_relay], &[]).await?;
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while links_up(&http, &seoul).await? < 1.0 {
+        anyhow::ensure!(Instant::now() < deadline, "frankfurt never linked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        stallers.iter().all(|s| !s.is_finished()),
+        "the link came up only after the stallers were cut off"
+    );
+    for s in stallers {
+        let reason = s.await?.map_err(anyhow::Error::msg)?;
+        assert!(reason.contains("control stream"), "{reason}");
+    }
+    Ok(())
+}

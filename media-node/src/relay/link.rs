@@ -7,7 +7,7 @@
 //! never touched by a link's failure.
 
 use super::fragment::{Reassembler, is_fragment, split};
-use super::proto::{Control, MediaDatagram, PROTOCOL_VERSION, ProtoError};
+use super::proto::{Control, MAX_FRAME, MediaDatagram, PROTOCOL_VERSION, ProtoError};
 use super::tls::{RELAY_SERVER_NAME, RelayTls};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
@@ -15,6 +15,11 @@ use std::time::Duration;
 
 /// How long the peer has to say hello.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest an incoming link may take from its first packet to its hello.
+pub const ACCEPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Incoming links in their handshake at once; more knocking meanwhile are refused (they dial
+/// again later), so a flood of half-open handshakes cannot hold the node's memory.
+pub const MAX_HANDSHAKES: usize = 32;
 
 /// Why a link failed or closed.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,10 @@ pub enum LinkError {
     /// The peer closed the link.
     #[error("closed by peer: {0}")]
     Closed(String),
+    /// A message this node was to send encodes to a frame over the protocol's limit; it was
+    /// not sent.
+    #[error("a {0}-byte control frame is over the {MAX_FRAME}-byte limit; not sent")]
+    TooLarge(usize),
 }
 
 fn quic(e: impl std::fmt::Display) -> LinkError {
@@ -116,23 +125,37 @@ impl RelayEndpoint {
     }
 
     /// Waits for the next incoming link and completes its hello exchange. `None` once the
-    /// endpoint is closed. An error concerns that one peer only.
+    /// endpoint is closed. An error concerns that one peer only. One at a time: a node's
+    /// accept loop uses [`Self::incoming`] and runs [`Self::handshake`] per peer instead.
     pub async fn accept(&self) -> Option<Result<Link, LinkError>> {
-        let incoming = self.endpoint.accept().await?;
-        Some(
-            async {
-                let conn = incoming.await.map_err(quic)?;
-                let (send, recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
-                    .await
-                    .map_err(|_| LinkError::Handshake("no control stream opened".into()))?
-                    .map_err(quic)?;
-                let mut link = Link::new(conn, send, recv);
-                link.expect_hello().await?;
-                link.send(&self.hello()).await?;
-                Ok(link)
-            }
-            .await,
-        )
+        let incoming = self.incoming().await?;
+        Some(self.handshake(incoming).await)
+    }
+
+    /// The next peer knocking, before any handshake. `None` once the endpoint is closed.
+    pub async fn incoming(&self) -> Option<quinn::Incoming> {
+        self.endpoint.accept().await
+    }
+
+    /// Completes the QUIC/TLS handshake and the hello exchange with a peer that knocked, within
+    /// [`ACCEPT_TIMEOUT`] in all (a peer that stalls costs only its own link).
+    pub async fn handshake(&self, incoming: quinn::Incoming) -> Result<Link, LinkError> {
+        let shake = async {
+            let conn = incoming.await.map_err(quic)?;
+            let Ok(stream) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
+                let reason = "no control stream opened in time";
+                conn.close(1u32.into(), reason.as_bytes());
+                return Err(LinkError::Handshake(reason.into()));
+            };
+            let (send, recv) = stream.map_err(quic)?;
+            let mut link = Link::new(conn, send, recv);
+            link.expect_hello().await?;
+            link.send(&self.hello()).await?;
+            Ok(link)
+        };
+        tokio::time::timeout(ACCEPT_TIMEOUT, shake)
+            .await
+            .map_err(|_| LinkError::Handshake("handshake and hello took too long".into()))?
     }
 
     /// Closes every link of the endpoint.
@@ -308,9 +331,16 @@ pub struct LinkWriter {
 
 impl LinkWriter {
     /// Sends one control message.
+    /// Writes `msg` as one frame. A message whose frame would exceed [`MAX_FRAME`] is not sent
+    /// ([`LinkError::TooLarge`], the link stays up): the far side would close the link on it,
+    /// and again after every reconnect.
     pub async fn send(&mut self, msg: &Control) -> Result<(), LinkError> {
         let mut out = BytesMut::new();
         msg.encode(&mut out);
+        let len = out.len().saturating_sub(4);
+        if len > MAX_FRAME {
+            return Err(LinkError::TooLarge(len));
+        }
         self.send.write_all(&out).await.map_err(quic)
     }
 }

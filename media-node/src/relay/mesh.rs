@@ -4,7 +4,7 @@
 //! feeding the engine task through its command queue.
 
 use super::fragment::{Reassembler, is_fragment};
-use super::link::{Link, LinkError, RelayEndpoint};
+use super::link::{Link, LinkError, MAX_HANDSHAKES, RelayEndpoint};
 use super::proto::Control;
 use crate::driver::{Command, EngineHandle, LinkIo};
 use crate::metrics::Metrics;
@@ -62,15 +62,30 @@ impl Relay {
         });
         let accepting = relay.clone();
         tokio::spawn(async move {
-            while let Some(r) = accepting.endpoint.accept().await {
-                match r {
-                    Ok(link) => {
-                        let (engine, metrics) =
-                            (accepting.engine.clone(), accepting.metrics.clone());
-                        tokio::spawn(run_link(link, false, engine, metrics));
+            // Each peer's handshake runs on its own: one that stalls (or never finishes its
+            // TLS or hello) must not hold back another's reconnect.
+            let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+            while let Some(incoming) = accepting.endpoint.incoming().await {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(
+                        peer = %incoming.remote_address(),
+                        "relay link refused: {MAX_HANDSHAKES} handshakes already under way"
+                    );
+                    incoming.refuse();
+                    continue;
+                };
+                let relay = accepting.clone();
+                tokio::spawn(async move {
+                    let shaken = relay.endpoint.handshake(incoming).await;
+                    drop(slot);
+                    match shaken {
+                        Ok(link) => {
+                            let (engine, metrics) = (relay.engine.clone(), relay.metrics.clone());
+                            run_link(link, false, engine, metrics).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "relay link refused"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "relay link refused"),
-                }
+                });
             }
         });
         for peer in peers {
@@ -224,8 +239,12 @@ async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metr
     }
     let writer_task = tokio::spawn(async move {
         while let Some(m) = control_rx.recv().await {
-            if writer.send(&m).await.is_err() {
-                break;
+            match writer.send(&m).await {
+                Ok(()) => {}
+                Err(e @ LinkError::TooLarge(_)) => {
+                    tracing::warn!(error = %e, "relay control message dropped");
+                }
+                Err(_) => break,
             }
         }
     });
