@@ -32,6 +32,9 @@ pub enum Error {
     /// The node has as many rooms or sessions as it may.
     #[error("node is at capacity")]
     AtCapacity,
+    /// The node holds as many of something as it may (says what).
+    #[error("node is at capacity: {0}")]
+    AtCapacityFor(&'static str),
     /// The request is malformed in some other way.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -70,7 +73,10 @@ impl Error {
             Self::NoPublisher(_) | Self::NotFound | Self::RelayPending => 404,
             Self::RoomFull => 409,
             Self::RateLimited(_) => 429,
-            Self::Draining | Self::AtCapacity | Self::EngineUnavailable => 503,
+            Self::Draining
+            | Self::AtCapacity
+            | Self::AtCapacityFor(_)
+            | Self::EngineUnavailable => 503,
             Self::Rtc(_) | Self::Io(_) => 500,
         }
     }
@@ -86,7 +92,7 @@ impl Error {
             Self::NotFound => "not_found",
             Self::Draining => "draining",
             Self::RoomFull => "room_full",
-            Self::AtCapacity => "at_capacity",
+            Self::AtCapacity | Self::AtCapacityFor(_) => "at_capacity",
             Self::RateLimited(_) => "rate_limited",
             Self::BadRequest(_) => "bad_request",
             Self::Rtc(_) => "webrtc_error",

@@ -51,7 +51,17 @@ pub struct AppState {
     pub relay: Option<Arc<Relay>>,
     /// `--fault-injection`: the test-only fault endpoint answers.
     pub faults: bool,
+    /// Signalling sockets that have not joined yet, at most [`MAX_UNJOINED`] at once.
+    pub unjoined: Arc<tokio::sync::Semaphore>,
 }
+
+/// Signalling sockets that may wait for their `join` at once; more are refused (`503`) until
+/// some join or time out, so sockets that never join cannot pile up.
+pub const MAX_UNJOINED: usize = 256;
+/// Largest WebSocket message read. Frames over [`MAX_FRAME_BYTES`] and up to this get an
+/// error naming the limit; larger ones a bare close (1009). With [`MAX_UNJOINED`] it bounds
+/// what sockets that have not joined can hold: 64 MiB.
+const MAX_WS_MESSAGE: usize = 256 * 1024;
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
@@ -514,12 +524,16 @@ async fn delete_resource(
 }
 
 async fn ws(State(s): State<AppState>, upgrade: WebSocketUpgrade) -> Response {
-    // Frames up to 2 MiB are read so that an oversized one gets a clear error instead of a
-    // bare protocol close; anything above MAX_FRAME_BYTES is refused after reading.
+    let Ok(unjoined) = s.unjoined.clone().try_acquire_owned() else {
+        s.metrics.reject("unjoined_sockets");
+        return Error::AtCapacityFor("too many signalling sockets waiting to join").into_response();
+    };
+    // Frames up to MAX_WS_MESSAGE are read so that an oversized one gets a clear error
+    // instead of a bare protocol close; anything above MAX_FRAME_BYTES is refused after reading.
     upgrade
-        .max_message_size(2 * 1024 * 1024)
-        .max_frame_size(2 * 1024 * 1024)
-        .on_upgrade(move |socket| ws_session(s, socket))
+        .max_message_size(MAX_WS_MESSAGE)
+        .max_frame_size(MAX_WS_MESSAGE)
+        .on_upgrade(move |socket| ws_session(s, socket, unjoined))
 }
 
 async fn send_msg(socket: &mut WebSocket, msg: &ServerMessage) -> bool {
@@ -582,7 +596,11 @@ fn parse_frame(msg: Message) -> Option<Result<ClientMessage, (u16, Error)>> {
     }))
 }
 
-async fn ws_session(s: AppState, mut socket: WebSocket) {
+async fn ws_session(
+    s: AppState,
+    mut socket: WebSocket,
+    unjoined: tokio::sync::OwnedSemaphorePermit,
+) {
     // 1. join
     let first = match tokio::time::timeout(JOIN_DEADLINE, socket.recv()).await {
         Ok(Some(Ok(m))) => parse_frame(m),
@@ -604,6 +622,7 @@ async fn ws_session(s: AppState, mut socket: WebSocket) {
             return close_with(socket, 1008, "join first").await;
         }
     };
+    drop(unjoined);
     let claims = match verify(&s, &token) {
         Ok(c) => c,
         Err(e) => {

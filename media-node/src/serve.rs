@@ -173,6 +173,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dev: args.dev,
         relay,
         faults: args.fault_injection,
+        unjoined: Arc::new(tokio::sync::Semaphore::new(crate::http::MAX_UNJOINED)),
     };
     let listener = TcpListener::bind(args.http)
         .await

@@ -139,7 +139,7 @@ async fn oversized_and_garbled_signalling_frames() -> anyhow::Result<()> {
     c.send_text(r#"{"type":"reboot"}"#.into()).await?;
     let e = c.recv_type("error", Duration::from_secs(5)).await?;
     assert_eq!(e["code"], "bad_request", "{e}");
-    c.send_text("x".repeat(1024 * 1024)).await?;
+    c.send_text("x".repeat(200 * 1024)).await?;
     let e = c.recv_type("error", Duration::from_secs(5)).await?;
     assert!(
         e["message"]
@@ -279,5 +279,45 @@ async fn the_same_identity_joining_twice_replaces_the_older_session() -> anyhow:
     other.join(&dev_token("twice", "bo")).await?;
     other.recv_type("joined", Duration::from_secs(5)).await?;
     wait_status(&node, Duration::from_secs(5), |s| s["participants"] == 2).await?;
+    Ok(())
+}
+
+/// Sockets that never join cannot pile up (issue 21): at most 256 wait for their `join` at
+/// once, each at most 10 s and reading at most 256 KiB; the next is refused with a 503 that
+/// says why, and once a waiting one joins there is room again. A frame over 256 KiB gets a
+/// bare close (1009).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_never_join_are_capped() -> anyhow::Result<()> {
+    let node = Node::start(&[]).await?;
+    let mut idle = Vec::new();
+    for _ in 0..256 {
+        idle.push(SignalClient::connect(&node).await?);
+    }
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/ws", node.http)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 503);
+            let body =
+                String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(body.contains("waiting to join"), "{body}");
+        }
+        other => anyhow::bail!(
+            "the 257th unjoined socket was not refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    // One of them joins: a place frees up.
+    idle[0].join(&dev_token("cap", "ana")).await?;
+    idle[0].recv_type("joined", Duration::from_secs(5)).await?;
+    let mut next = SignalClient::connect(&node).await?;
+    next.join(&dev_token("cap", "bo")).await?;
+    next.recv_type("joined", Duration::from_secs(5)).await?;
+    // A frame far over the limit is cut off by the protocol.
+    let mut big = SignalClient::connect(&node).await?;
+    big.send_text("x".repeat(1024 * 1024)).await?;
+    match big.recv(Duration::from_secs(5)).await? {
+        Err(code) => assert!(code == Some(1009) || code.is_none(), "{code:?}"),
+        Ok(v) => anyhow::bail!("expected a close, got {v}"),
+    }
     Ok(())
 }

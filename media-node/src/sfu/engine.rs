@@ -136,6 +136,12 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Longest track id a client may name (browsers use 36-character UUIDs).
+pub const MAX_TRACK_ID_BYTES: usize = 256;
+/// Most tracks a participant may declare (camera, mic, screen and screen audio, re-published
+/// a few times).
+pub const MAX_DECLARED_SOURCES: usize = 64;
+
 /// Most local ICE ufrags kept per peer (each ICE restart adds one).
 const MAX_UFRAGS: usize = 4;
 
@@ -542,7 +548,29 @@ impl Engine {
         if !s.can_publish {
             return Err(Error::Forbidden("token does not allow publishing"));
         }
+        if tracks.iter().any(|t| t.track_id.len() > MAX_TRACK_ID_BYTES) {
+            return Err(Error::BadRequest(format!(
+                "track ids are at most {MAX_TRACK_ID_BYTES} bytes"
+            )));
+        }
+        if s.declared_sources.len() + tracks.len().min(16) > MAX_DECLARED_SOURCES {
+            // Forget declarations of tracks no longer published (a screen share started and
+            // stopped many times), keeping what the publish connection still carries.
+            let live: HashSet<&String> = s
+                .publish_peer
+                .and_then(|p| self.peers.get(&p))
+                .map(|p| p.inbound.keys().collect())
+                .unwrap_or_default();
+            s.declared_sources.retain(|id, _| live.contains(id));
+        }
         for t in tracks.into_iter().take(16) {
+            if s.declared_sources.len() >= MAX_DECLARED_SOURCES
+                && !s.declared_sources.contains_key(&t.track_id)
+            {
+                return Err(Error::BadRequest(format!(
+                    "at most {MAX_DECLARED_SOURCES} tracks may be declared per participant"
+                )));
+            }
             s.declared_sources.insert(t.track_id, t.source);
         }
         let peer = match s.publish_peer {
@@ -612,6 +640,11 @@ impl Engine {
         max_width: u32,
         max_height: u32,
     ) -> Result<()> {
+        if track_id.len() > MAX_TRACK_ID_BYTES {
+            return Err(Error::BadRequest(format!(
+                "track ids are at most {MAX_TRACK_ID_BYTES} bytes"
+            )));
+        }
         let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
         if s.layer_wish.len() >= 256 && !s.layer_wish.contains_key(track_id) {
             return Err(Error::BadRequest("too many layer preferences".into()));
