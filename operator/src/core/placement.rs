@@ -221,21 +221,9 @@ pub fn place_with(
                 .then(fb.cmp(&fa))
                 .then(a.name.cmp(&b.name))
         });
-        for n in candidates {
-            if left == 0 {
-                break;
-            }
-            let room = free.get(n.name.as_str()).copied().unwrap_or(0);
-            let take = room.min(left);
-            if take == 0 {
-                continue;
-            }
-            left -= take;
-            if let Some(f) = free.get_mut(n.name.as_str()) {
-                *f -= take;
-            }
+        let left = take_seats(left, candidates, &mut free, |n, take| {
             push(&mut assignments, region, &n.name, take, None);
-        }
+        });
         if left > 0 {
             shortfalls.push(Shortfall {
                 region: region.clone(),
@@ -262,21 +250,9 @@ pub fn place_with(
                 n.name.clone(),
             )
         });
-        for n in options {
-            if left == 0 {
-                break;
-            }
-            let room = free.get(n.name.as_str()).copied().unwrap_or(0);
-            let take = room.min(left);
-            if take == 0 {
-                continue;
-            }
-            left -= take;
-            if let Some(f) = free.get_mut(n.name.as_str()) {
-                *f -= take;
-            }
+        left = take_seats(left, options, &mut free, |n, take| {
             push(&mut assignments, &n.region, &n.name, take, Some(region));
-        }
+        });
         if left > 0 {
             shortfalls.push(Shortfall {
                 region: region.to_owned(),
@@ -297,6 +273,32 @@ pub fn place_with(
 
 /// Adds `n` participants on `node` (in `region`), of region `serving` when it is not the
 /// node's own.
+/// Seats `left` people on `candidates` in order, each taking as many as it has free; `put`
+/// records each share. Returns how many found no seat.
+fn take_seats<'a>(
+    mut left: u32,
+    candidates: impl IntoIterator<Item = &'a NodeView>,
+    free: &mut BTreeMap<&str, u32>,
+    mut put: impl FnMut(&'a NodeView, u32),
+) -> u32 {
+    for n in candidates {
+        if left == 0 {
+            break;
+        }
+        let Some(room) = free.get_mut(n.name.as_str()) else {
+            continue;
+        };
+        let take = (*room).min(left);
+        if take == 0 {
+            continue;
+        }
+        *room -= take;
+        left -= take;
+        put(n, take);
+    }
+    left
+}
+
 fn push(
     assignments: &mut Vec<Assignment>,
     region: &str,
