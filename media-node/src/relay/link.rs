@@ -348,9 +348,9 @@ impl LinkWriter {
 /// Fragment ids: unique among the datagrams a link reassembles at once.
 static FRAGMENT_IDS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
-/// Sends a relay datagram on `conn`, in fragments when it is larger than the path carries now
-/// ([`super::fragment`]). Returns how many datagrams went out (more than one: it was split).
-pub fn send_datagram(conn: &quinn::Connection, d: Bytes) -> Result<usize, String> {
+/// `d` as the datagrams `conn` can carry now: itself, or fragments when it is larger than the
+/// path carries ([`super::fragment`]).
+fn pieces(conn: &quinn::Connection, d: Bytes) -> Result<Vec<Bytes>, String> {
     let max = conn
         .max_datagram_size()
         .ok_or("the peer takes no datagrams")?;
@@ -359,7 +359,13 @@ pub fn send_datagram(conn: &quinn::Connection, d: Bytes) -> Result<usize, String
     } else {
         0
     };
-    let parts = split(d, max, id).ok_or_else(|| format!("no datagram fits a {max}-byte path"))?;
+    split(d, max, id).ok_or_else(|| format!("no datagram fits a {max}-byte path"))
+}
+
+/// Sends a relay datagram on `conn`, in fragments when it is larger than the path carries now.
+/// Returns how many datagrams went out (more than one: it was split).
+pub fn send_datagram(conn: &quinn::Connection, d: Bytes) -> Result<usize, String> {
+    let parts = pieces(conn, d)?;
     let n = parts.len();
     for p in parts {
         conn.send_datagram(p).map_err(|e| e.to_string())?;
@@ -369,15 +375,7 @@ pub fn send_datagram(conn: &quinn::Connection, d: Bytes) -> Result<usize, String
 
 /// [`send_datagram`], waiting for room in QUIC's send buffer instead of dropping the oldest.
 pub async fn send_datagram_wait(conn: &quinn::Connection, d: Bytes) -> Result<usize, String> {
-    let max = conn
-        .max_datagram_size()
-        .ok_or("the peer takes no datagrams")?;
-    let id = if d.len() > max {
-        FRAGMENT_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    } else {
-        0
-    };
-    let parts = split(d, max, id).ok_or_else(|| format!("no datagram fits a {max}-byte path"))?;
+    let parts = pieces(conn, d)?;
     let n = parts.len();
     for p in parts {
         conn.send_datagram_wait(p)
