@@ -79,7 +79,7 @@ impl Reassembler {
         }
         let id = u16::from_be_bytes([f[4], f[5]]);
         let (index, count) = (usize::from(f[6]), usize::from(f[7]));
-        if count < 2 || count > MAX_PIECES || index >= count {
+        if !(2..=MAX_PIECES).contains(&count) || index >= count {
             return None;
         }
         let pos = match self.pending.iter().position(|p| p.id == id) {
