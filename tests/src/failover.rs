@@ -133,6 +133,8 @@ pub struct NetworkChange {
     pub ids_before: [serde_json::Value; 2],
     /// From the remap until both pages decoded again.
     pub took_ms: f64,
+    /// ICE restarts each page made meanwhile.
+    pub ice_restarts: [u64; 2],
 }
 
 /// Two participants on one node behind the port-mapping NAT; once both decode, the NAT
@@ -188,12 +190,21 @@ pub async fn network_change(room: &str) -> anyhow::Result<NetworkChange> {
         };
         last = last.max(at);
     }
+    let mut ice_restarts = [0; 2];
+    for (n, b) in ice_restarts.iter_mut().zip([&ana, &bo]) {
+        *n = b
+            .js("return moim.iceRestarts;")
+            .await?
+            .as_u64()
+            .unwrap_or(0);
+    }
     Ok(NetworkChange {
         node,
         nat,
         pages: [ana, bo],
         ids_before,
         took_ms: last - remapped,
+        ice_restarts,
     })
 }
 
@@ -230,6 +241,7 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<serde_json::Value> {
                     .await
                     .map(|(f, a, b, t)| (Some(f), a, b, t)),
                 "network" => network_change(&tag).await.map(|n| {
+                    eprintln!("{fault} run {i}: ICE restarts {:?}", n.ice_restarts);
                     let [a, b] = n.pages;
                     (None, a, b, n.took_ms)
                 }),

@@ -1,6 +1,8 @@
 //! A user-space UDP impairment proxy for relay links (`tc netem` is not available here):
 //! every datagram is delayed by a fixed one-way delay and dropped with a given probability,
-//! both ways. It can be stopped (the path goes dark) and started again on the same address.
+//! both ways. It can be stopped (the path goes dark) and started again on the same address,
+//! and it can drop every datagram over a size (a path whose MTU shrank: a tunnel, a route
+//! change), which is what makes QUIC's black-hole detection lower its packet size.
 
 use rand::Rng;
 use std::net::SocketAddr;
@@ -15,6 +17,8 @@ pub struct ImpairedPath {
     target: SocketAddr,
     delay: Duration,
     loss: f64,
+    /// Datagrams longer than this are dropped (`usize::MAX`: none).
+    max_size: Arc<std::sync::atomic::AtomicUsize>,
     task: Option<JoinHandle<()>>,
 }
 
@@ -27,6 +31,7 @@ impl ImpairedPath {
             target,
             delay,
             loss,
+            max_size: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
             task: None,
         };
         p.resume().await?;
@@ -36,6 +41,14 @@ impl ImpairedPath {
     /// Where to send instead of `target`.
     pub fn addr(&self) -> SocketAddr {
         self.listen
+    }
+
+    /// From now on datagrams longer than `max` bytes are dropped both ways (`None`: all pass).
+    pub fn set_max_size(&self, max: Option<usize>) {
+        self.max_size.store(
+            max.unwrap_or(usize::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// The path goes dark: nothing passes, the proxy's sockets close.
@@ -51,6 +64,11 @@ impl ImpairedPath {
         let client_side = Arc::new(UdpSocket::bind(self.listen).await?);
         let upstream = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
         let (target, delay, loss) = (self.target, self.delay, self.loss);
+        let max_size = self.max_size.clone();
+        let passes = move |n: usize| {
+            n <= max_size.load(std::sync::atomic::Ordering::Relaxed)
+                && rand::rng().random::<f64>() >= loss
+        };
         self.task = Some(tokio::spawn(async move {
             let mut client: Option<SocketAddr> = None;
             let (mut a, mut b) = (vec![0u8; 2048], vec![0u8; 2048]);
@@ -59,7 +77,7 @@ impl ImpairedPath {
                     r = client_side.recv_from(&mut a) => {
                         let Ok((n, from)) = r else { continue };
                         client = Some(from);
-                        if rand::rng().random::<f64>() >= loss {
+                        if passes(n) {
                             let (sock, data) = (upstream.clone(), a[..n].to_vec());
                             tokio::spawn(async move {
                                 tokio::time::sleep(delay).await;
@@ -69,7 +87,7 @@ impl ImpairedPath {
                     }
                     r = upstream.recv_from(&mut b) => {
                         let (Ok((n, _)), Some(to)) = (r, client) else { continue };
-                        if rand::rng().random::<f64>() >= loss {
+                        if passes(n) {
                             let (sock, data) = (client_side.clone(), b[..n].to_vec());
                             tokio::spawn(async move {
                                 tokio::time::sleep(delay).await;

