@@ -365,22 +365,51 @@ fn pieces(conn: &quinn::Connection, d: Bytes) -> Result<Vec<Bytes>, String> {
 /// Sends a relay datagram on `conn`, in fragments when it is larger than the path carries now.
 /// Returns how many datagrams went out (more than one: it was split).
 pub fn send_datagram(conn: &quinn::Connection, d: Bytes) -> Result<usize, String> {
-    let parts = pieces(conn, d)?;
-    let n = parts.len();
-    for p in parts {
-        conn.send_datagram(p).map_err(|e| e.to_string())?;
+    // The size read for splitting can fall before a piece is queued (black-hole detection runs
+    // on quinn's side): split again for the new size, a few times at most.
+    for _ in 0..SPLIT_ATTEMPTS {
+        let parts = pieces(conn, d.clone())?;
+        let n = parts.len();
+        let mut all = true;
+        for p in parts {
+            match conn.send_datagram(p) {
+                Ok(()) => {}
+                Err(quinn::SendDatagramError::TooLarge) => {
+                    all = false;
+                    break;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if all {
+            return Ok(n);
+        }
     }
-    Ok(n)
+    Err("the path's datagram size kept falling while splitting".into())
 }
 
 /// [`send_datagram`], waiting for room in QUIC's send buffer instead of dropping the oldest.
 pub async fn send_datagram_wait(conn: &quinn::Connection, d: Bytes) -> Result<usize, String> {
-    let parts = pieces(conn, d)?;
-    let n = parts.len();
-    for p in parts {
-        conn.send_datagram_wait(p)
-            .await
-            .map_err(|e| e.to_string())?;
+    for _ in 0..SPLIT_ATTEMPTS {
+        let parts = pieces(conn, d.clone())?;
+        let n = parts.len();
+        let mut all = true;
+        for p in parts {
+            match conn.send_datagram_wait(p).await {
+                Ok(()) => {}
+                Err(quinn::SendDatagramError::TooLarge) => {
+                    all = false;
+                    break;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if all {
+            return Ok(n);
+        }
     }
-    Ok(n)
+    Err("the path's datagram size kept falling while splitting".into())
 }
+
+/// How many times a datagram is split again when the path's size fell meanwhile.
+const SPLIT_ATTEMPTS: usize = 3;
