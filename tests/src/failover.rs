@@ -135,6 +135,8 @@ pub struct NetworkChange {
     pub took_ms: f64,
     /// ICE restarts each page made meanwhile.
     pub ice_restarts: [u64; 2],
+    /// When each page decoded again, from the remap.
+    pub each_ms: [f64; 2],
 }
 
 /// Two participants on one node behind the port-mapping NAT; once both decode, the NAT
@@ -156,8 +158,8 @@ pub async fn network_change(room: &str) -> anyhow::Result<NetworkChange> {
     let remapped = crate::fabric::epoch_ms();
     nat.remap();
     let deadline = Instant::now() + Duration::from_secs(15);
-    let mut last = remapped;
-    for b in [&ana, &bo] {
+    let mut each_ms = [0.0; 2];
+    for (i, b) in [&ana, &bo].into_iter().enumerate() {
         let at = loop {
             if let Some(at) = b.js("return window.__resume.resumedAt;").await?.as_f64() {
                 break at;
@@ -188,7 +190,7 @@ pub async fn network_change(room: &str) -> anyhow::Result<NetworkChange> {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        last = last.max(at);
+        each_ms[i] = at - remapped;
     }
     let mut ice_restarts = [0; 2];
     for (n, b) in ice_restarts.iter_mut().zip([&ana, &bo]) {
@@ -203,8 +205,9 @@ pub async fn network_change(room: &str) -> anyhow::Result<NetworkChange> {
         nat,
         pages: [ana, bo],
         ids_before,
-        took_ms: last - remapped,
+        took_ms: each_ms[0].max(each_ms[1]),
         ice_restarts,
+        each_ms,
     })
 }
 
@@ -241,7 +244,10 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<serde_json::Value> {
                     .await
                     .map(|(f, a, b, t)| (Some(f), a, b, t)),
                 "network" => network_change(&tag).await.map(|n| {
-                    eprintln!("{fault} run {i}: ICE restarts {:?}", n.ice_restarts);
+                    eprintln!(
+                        "{fault} run {i}: ICE restarts {:?}, decoding again after {:.0?} ms",
+                        n.ice_restarts, n.each_ms
+                    );
                     let [a, b] = n.pages;
                     (None, a, b, n.took_ms)
                 }),
