@@ -1373,25 +1373,17 @@ impl Engine {
                 tracing::debug!(peer = peer_id, %state, "connection state");
                 match state {
                     RTCPeerConnectionState::Connected => {
-                        let reconnected = std::mem::replace(&mut peer.connected, true);
-                        let downs: Vec<DownKey> = if peer.role == Role::Subscribe {
-                            // Ask publishers for keyframes so the new subscriber starts at once.
-                            peer.downs_by_ssrc.values().copied().collect()
-                        } else if reconnected {
-                            // A publisher whose path came back (an ICE restart, a new
-                            // address): what it sent meanwhile is lost and its subscribers'
-                            // next frames would refer to it, so each needs a keyframe of the
-                            // layer it is on (else it waits for its own decoder to ask).
-                            self.tracks
-                                .values()
-                                .filter(|t| t.peer == peer_id)
-                                .flat_map(|t| t.downs.iter().copied())
-                                .collect()
-                        } else {
-                            Vec::new()
-                        };
-                        for d in downs {
-                            self.request_keyframe_for(d, now);
+                        peer.connected = true;
+                        // Ask publishers for keyframes so the new subscriber starts at once.
+                        // (Not when a publisher reconnects: measured, that used up the
+                        // keyframe throttle just before its subscribers reconnected, and they
+                        // then waited for their decoders to ask: see BENCHMARKS.md.)
+                        if peer.role == Role::Subscribe {
+                            let downs: Vec<DownKey> =
+                                peer.downs_by_ssrc.values().copied().collect();
+                            for d in downs {
+                                self.request_keyframe_for(d, now);
+                            }
                         }
                     }
                     RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
