@@ -1373,7 +1373,7 @@ impl Engine {
                 tracing::debug!(peer = peer_id, %state, "connection state");
                 match state {
                     RTCPeerConnectionState::Connected => {
-                        peer.connected = true;
+                        let reconnected = std::mem::replace(&mut peer.connected, true);
                         // Ask publishers for keyframes so the new subscriber starts at once.
                         // (Not when a publisher reconnects: measured, that used up the
                         // keyframe throttle just before its subscribers reconnected, and they
@@ -1382,6 +1382,14 @@ impl Engine {
                             let downs: Vec<DownKey> =
                                 peer.downs_by_ssrc.values().copied().collect();
                             for d in downs {
+                                // Back after an ICE restart: what went out meanwhile may have
+                                // gone to the old path, a keyframe included, so each stream
+                                // waits for a new keyframe (and keeps asking for one, past the
+                                // throttle, until it has one) instead of sending frames that
+                                // cannot be decoded.
+                                if reconnected && let Some(dt) = self.downs.get_mut(&d) {
+                                    dt.forwarder.resync();
+                                }
                                 self.request_keyframe_for(d, now);
                             }
                         }

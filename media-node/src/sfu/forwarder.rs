@@ -96,6 +96,15 @@ impl Forwarder {
         !self.is_audio && self.target.is_some() && self.target != self.current
     }
 
+    /// Forwards nothing more until a keyframe of the wanted layer, as after a pause; numbering
+    /// continues where it was. For a subscriber whose path was down: frames after the gap
+    /// cannot be decoded without one.
+    pub fn resync(&mut self) {
+        if !self.is_audio {
+            self.current = None;
+        }
+    }
+
     /// Asks for another layer (None pauses). Takes effect at the next keyframe of that layer.
     pub fn set_target(&mut self, layer: Option<u8>) {
         self.target = layer;
@@ -263,6 +272,27 @@ mod tests {
         f.on_packet(0, 1, 0, true, t0);
         f.set_target(None);
         assert_eq!(f.on_packet(0, 2, 0, true, t0), Verdict::Drop);
+        assert!(!f.needs_keyframe());
+    }
+
+    #[test]
+    fn a_resync_waits_for_a_keyframe_and_continues_the_numbering() {
+        let t0 = Instant::now();
+        let mut f = Forwarder::video(Some(0));
+        assert!(matches!(
+            f.on_packet(0, 10, 0, true, t0),
+            Verdict::Forward { .. }
+        ));
+        let Verdict::Forward { seq: before, .. } = f.on_packet(0, 11, 3000, false, t0) else {
+            panic!("forwards");
+        };
+        f.resync();
+        assert!(f.needs_keyframe());
+        assert_eq!(f.on_packet(0, 12, 6000, false, t0), Verdict::Drop);
+        let Verdict::Forward { seq, .. } = f.on_packet(0, 13, 9000, true, t0) else {
+            panic!("the keyframe goes out");
+        };
+        assert_eq!(seq, before.wrapping_add(1), "no gap in the numbering");
         assert!(!f.needs_keyframe());
     }
 
