@@ -2,7 +2,7 @@
 //! node admin client, the clock, metrics and settings.
 
 use crate::autoscale::PoolMemory;
-use crate::crd::{MediaNode, Meeting};
+use crate::crd::{MediaNode, MediaPool, Meeting};
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::nodeapi::NodeAdmin;
@@ -17,7 +17,7 @@ use kube::{Client, Resource};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The one field manager every server-side apply of the operator uses.
 pub const FIELD_MANAGER: &str = "moim-operator";
@@ -249,5 +249,73 @@ pub async fn report_forbidden<K>(
         .await
     {
         tracing::warn!(%name, error = %e, "could not report the refusal on the object either");
+    }
+}
+
+/// A moim object whose status carries conditions, where a refusal by the API server is reported.
+pub trait WithConditions:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+{
+    /// Its status conditions (none before it has a status).
+    fn conditions(&self) -> &[Condition];
+}
+
+impl WithConditions for Meeting {
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+}
+
+impl WithConditions for MediaNode {
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+}
+
+impl WithConditions for MediaPool {
+    fn conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+}
+
+impl Context {
+    /// What every controller does when a reconcile of `obj` (back-off key `key`) ends: a
+    /// refusal by the API server goes on the object's conditions, the time since `started` is
+    /// recorded for `controller`, and success resets the object's back-off.
+    pub async fn finish<K>(
+        &self,
+        controller: &str,
+        obj: &K,
+        key: &str,
+        started: Instant,
+        result: &crate::error::Result<kube::runtime::controller::Action>,
+    ) where
+        K: WithConditions + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        if let Err(e) = result
+            && let Some(refused) = e.forbidden()
+            && let Some(ns) = obj.meta().namespace.as_deref()
+        {
+            let api: Api<K> = Api::namespaced(self.client.clone(), ns);
+            report_forbidden(
+                &api,
+                obj.meta().name.as_deref().unwrap_or_default(),
+                obj.conditions(),
+                obj.meta().generation.unwrap_or(0),
+                refused,
+                (self.clock)(),
+            )
+            .await;
+        }
+        self.metrics.reconciled(controller, started.elapsed());
+        if result.is_ok() {
+            self.succeeded(key);
+        }
     }
 }

@@ -7,7 +7,6 @@ pub use crate::control::medianode::{CONTROLLER, load_of, meetings_of, placement_
 use crate::crd::MediaNode;
 use crate::error::{Error, Result};
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,30 +18,8 @@ pub async fn reconcile(node: Arc<MediaNode>, ctx: Arc<Context>) -> Result<Action
     let result = crate::control::medianode::reconcile(&node, &ctx.control())
         .await
         .map(super::meeting::action);
-    if let Err(e) = &result
-        && let Some(refused) = e.forbidden()
-        && let Some(ns) = node.namespace()
-    {
-        let api: Api<MediaNode> = Api::namespaced(ctx.client.clone(), &ns);
-        let conditions = node
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or(&[]);
-        super::context::report_forbidden(
-            &api,
-            &node.name_any(),
-            conditions,
-            node.metadata.generation.unwrap_or(0),
-            refused,
-            (ctx.clock)(),
-        )
+    ctx.finish(CONTROLLER, &*node, &key(&node), started, &result)
         .await;
-    }
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    if result.is_ok() {
-        ctx.succeeded(&key(&node));
-    }
     result
 }
 

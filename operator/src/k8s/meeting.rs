@@ -44,28 +44,8 @@ pub async fn reconcile(meeting: Arc<Meeting>, ctx: Arc<Context>) -> Result<Actio
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    if let Err(e) = &result
-        && let Some(refused) = e.forbidden()
-    {
-        let conditions = meeting
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or(&[]);
-        super::context::report_forbidden(
-            &api,
-            &meeting.name_any(),
-            conditions,
-            meeting.metadata.generation.unwrap_or(0),
-            refused,
-            (ctx.clock)(),
-        )
+    ctx.finish(CONTROLLER, &*meeting, &key, started, &result)
         .await;
-    }
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    if result.is_ok() {
-        ctx.succeeded(&key);
-    }
     result
 }
 

@@ -8,7 +8,6 @@ pub use crate::control::pool::{
 use crate::crd::MediaPool;
 use crate::error::{Error, Result};
 use kube::ResourceExt;
-use kube::api::Api;
 use kube::runtime::controller::Action;
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,30 +19,8 @@ pub async fn reconcile(pool: Arc<MediaPool>, ctx: Arc<Context>) -> Result<Action
     let result = crate::control::pool::reconcile(&pool, &ctx.control())
         .await
         .map(super::meeting::action);
-    if let Err(e) = &result
-        && let Some(refused) = e.forbidden()
-        && let Some(ns) = pool.namespace()
-    {
-        let api: Api<MediaPool> = Api::namespaced(ctx.client.clone(), &ns);
-        let conditions = pool
-            .status
-            .as_ref()
-            .map(|s| s.conditions.as_slice())
-            .unwrap_or(&[]);
-        super::context::report_forbidden(
-            &api,
-            &pool.name_any(),
-            conditions,
-            pool.metadata.generation.unwrap_or(0),
-            refused,
-            (ctx.clock)(),
-        )
+    ctx.finish(CONTROLLER, &*pool, &key(&pool), started, &result)
         .await;
-    }
-    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
-    if result.is_ok() {
-        ctx.succeeded(&key(&pool));
-    }
     result
 }
 
