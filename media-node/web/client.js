@@ -153,6 +153,9 @@ function watchPath(pc) {
 // How long `disconnected` may last before the client restarts ICE (a brief loss of a few
 // packets recovers by itself).
 const DISCONNECTED_GRACE_MS = 400;
+// An ICE restart that has not reconnected both connections after this long gives up on the
+// node (see restartIce).
+const RESTART_GIVE_UP_MS = 5000;
 
 // Media silence: RTP was arriving on the subscribe connection and has stopped for this long
 // (video sends ~30 packets a second, audio 50): the path under us changed (a NAT rebinding,
@@ -192,12 +195,21 @@ async function restartIce() {
   moim.restartingIce = true;
   moim.iceRestarts++;
   setStatus('reconnecting… (network changed)');
+  const ws = moim.ws;
   try {
     if (moim.pub) { moim.pub.restartIce(); await publishOffer(declared); }
     if (moim.sub) send({ type: 'ice_restart' });
   } finally {
     moim.restartingIce = false;
   }
+  // A node whose machine is gone leaves the socket looking open (no reset comes back) for
+  // minutes: a restart that has not brought the connections back in time counts as a dead
+  // node, and the page rejoins elsewhere.
+  setTimeout(() => {
+    if (moim.ws !== ws || moim.left || moim.recovering) return;
+    if ([moim.pub, moim.sub].every((pc) => !pc || pc.connectionState === 'connected')) return;
+    recover('ICE restart did not complete');
+  }, RESTART_GIVE_UP_MS);
 }
 
 async function onMessage(msg) {
