@@ -365,48 +365,41 @@ fn pieces(conn: &quinn::Connection, d: Bytes) -> Result<Vec<Bytes>, String> {
 /// Sends a relay datagram on `conn`, in fragments when it is larger than the path carries now.
 /// Returns how many datagrams went out (more than one: it was split).
 pub fn send_datagram(conn: &quinn::Connection, d: Bytes) -> Result<usize, String> {
-    // The size read for splitting can fall before a piece is queued (black-hole detection runs
-    // on quinn's side): split again for the new size, a few times at most.
-    for _ in 0..SPLIT_ATTEMPTS {
-        let parts = pieces(conn, d.clone())?;
-        let n = parts.len();
-        let mut all = true;
-        for p in parts {
-            match conn.send_datagram(p) {
-                Ok(()) => {}
-                Err(quinn::SendDatagramError::TooLarge) => {
-                    all = false;
-                    break;
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        if all {
-            return Ok(n);
-        }
-    }
-    Err("the path's datagram size kept falling while splitting".into())
+    use futures_util::FutureExt;
+    // Each send completes at once, so the future is ready when first polled.
+    send_split(conn, d, |p| std::future::ready(conn.send_datagram(p)))
+        .now_or_never()
+        .unwrap_or_else(|| Err("a datagram send did not complete at once".into()))
 }
 
 /// [`send_datagram`], waiting for room in QUIC's send buffer instead of dropping the oldest.
 pub async fn send_datagram_wait(conn: &quinn::Connection, d: Bytes) -> Result<usize, String> {
-    for _ in 0..SPLIT_ATTEMPTS {
+    send_split(conn, d, |p| conn.send_datagram_wait(p)).await
+}
+
+/// Splits `d` for the path's current size and sends the pieces with `send`. The size read for
+/// splitting can fall before a piece is queued (black-hole detection runs on quinn's side): a
+/// piece refused as too large makes it split again for the new size, a few times at most.
+async fn send_split<F, Fut>(
+    conn: &quinn::Connection,
+    d: Bytes,
+    mut send: F,
+) -> Result<usize, String>
+where
+    F: FnMut(Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<(), quinn::SendDatagramError>>,
+{
+    'attempt: for _ in 0..SPLIT_ATTEMPTS {
         let parts = pieces(conn, d.clone())?;
         let n = parts.len();
-        let mut all = true;
         for p in parts {
-            match conn.send_datagram_wait(p).await {
+            match send(p).await {
                 Ok(()) => {}
-                Err(quinn::SendDatagramError::TooLarge) => {
-                    all = false;
-                    break;
-                }
+                Err(quinn::SendDatagramError::TooLarge) => continue 'attempt,
                 Err(e) => return Err(e.to_string()),
             }
         }
-        if all {
-            return Ok(n);
-        }
+        return Ok(n);
     }
     Err("the path's datagram size kept falling while splitting".into())
 }
