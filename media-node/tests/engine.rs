@@ -238,3 +238,57 @@ fn a_subscriber_that_nacks_everything_gets_at_most_half_again_its_stream() {
     let span = usize::from(got[got.len() - 1].wrapping_sub(got[0])) + 1;
     assert_eq!(distinct.len(), span, "the other subscriber lost packets");
 }
+
+/// Issue 21: a new address is bound to a peer only by a binding request whose
+/// MESSAGE-INTEGRITY verifies; until then nothing else from it reaches the peer.
+#[test]
+fn only_a_verified_check_binds_a_new_address() {
+    use media_node::sfu::stun;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut net = Net::new();
+    let node = net.node("n", "test");
+    let seen: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let tap = Rc::clone(&seen);
+    net.impair(move |hop, d| {
+        if matches!(hop, Hop::FromClient(_)) {
+            tap.borrow_mut().push(d.to_vec());
+        }
+        false
+    });
+    let publisher = net.join(node, ROOM, "pub");
+    net.publish_video(publisher, 4242);
+    net.run_with_video(Duration::from_secs(2), publisher, 7);
+    assert!(net.clients[publisher].connected.0, "publisher connects");
+    let seen = seen.borrow().clone();
+    let check = seen
+        .iter()
+        .find(|d| stun::is_stun(d) && d[..2] == [0, 1] && stun::local_ufrag(d).is_some())
+        .cloned()
+        .expect("the publisher sent a binding request");
+    let media = seen
+        .iter()
+        .rev()
+        .find(|d| is_media(d))
+        .cloned()
+        .expect("the publisher sent media");
+    let stranger: std::net::SocketAddr = "192.0.2.7:5000".parse().expect("address");
+    let now = net.now;
+    let engine = &mut net.nodes[node].engine;
+    let before = engine_unmatched(engine);
+    // The publisher's check with one byte of its transaction id changed: MESSAGE-INTEGRITY no
+    // longer verifies, so the stranger's address stays unbound and its media is dropped.
+    let mut forged = check.clone();
+    forged[10] ^= 1;
+    engine.handle_datagram(now, stranger, &forged);
+    engine.handle_datagram(now, stranger, &media);
+    assert_eq!(engine_unmatched(engine), before + 2);
+    // The unchanged check verifies (a replay, as ICE allows): now the address is bound.
+    engine.handle_datagram(now, stranger, &check);
+    engine.handle_datagram(now, stranger, &media);
+    assert_eq!(engine_unmatched(engine), before + 2);
+}
+
+fn engine_unmatched(e: &media_node::sfu::engine::Engine) -> u64 {
+    e.metrics().unmatched_datagrams.get()
+}

@@ -244,12 +244,13 @@ impl Engine {
             return;
         };
         let ufrag = random_hex(8);
-        p.pc.set_ice_restart_credentials(ufrag.clone(), random_hex(16));
+        let pwd = random_hex(16);
+        p.pc.set_ice_restart_credentials(ufrag.clone(), pwd.clone());
         if p.ufrags.len() >= MAX_UFRAGS {
-            let old = p.ufrags.remove(0);
+            let (old, _) = p.ufrags.remove(0);
             self.by_ufrag.remove(&old);
         }
-        p.ufrags.push(ufrag.clone());
+        p.ufrags.push((ufrag.clone(), pwd));
         self.by_ufrag.insert(ufrag, peer_id);
         self.metrics.ice_restarts.inc();
     }
@@ -1062,7 +1063,7 @@ impl Engine {
                 while let Some(msg) = peer.pc.poll_write() {
                     push_transmit(&mut self.transmits, msg.transport.peer_addr, msg.message);
                 }
-                for u in &peer.ufrags {
+                for (u, _) in &peer.ufrags {
                     self.by_ufrag.remove(u);
                 }
                 for a in peer.addrs {
@@ -1270,20 +1271,34 @@ impl Engine {
         let peer_id = match self.by_addr.get(&from) {
             Some(p) => *p,
             None => {
-                let Some(p) = stun::local_ufrag(data)
-                    .and_then(|u| self.by_ufrag.get(u))
-                    .copied()
+                // A new tuple: only a binding request that verifies with the password of the
+                // ufrag it names binds it (see `stun`).
+                let Some(ufrag) = stun::local_ufrag(data) else {
+                    self.metrics.unmatched_datagrams.inc();
+                    return;
+                };
+                let Some((p, peer)) = self
+                    .by_ufrag
+                    .get(ufrag)
+                    .and_then(|p| Some((*p, self.peers.get_mut(p)?)))
                 else {
                     self.metrics.unmatched_datagrams.inc();
                     return;
                 };
-                if let Some(peer) = self.peers.get_mut(&p) {
-                    if peer.addrs.len() >= MAX_ADDRS_PER_PEER {
-                        let old = peer.addrs.remove(0);
-                        self.by_addr.remove(&old);
-                    }
-                    peer.addrs.push(from);
+                let verified = peer
+                    .ufrags
+                    .iter()
+                    .find(|(u, _)| u == ufrag)
+                    .is_some_and(|(_, pwd)| stun::binding_request_verifies(data, pwd));
+                if !verified {
+                    self.metrics.unmatched_datagrams.inc();
+                    return;
                 }
+                if peer.addrs.len() >= MAX_ADDRS_PER_PEER {
+                    let old = peer.addrs.remove(0);
+                    self.by_addr.remove(&old);
+                }
+                peer.addrs.push(from);
                 self.by_addr.insert(from, p);
                 p
             }

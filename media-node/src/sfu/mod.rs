@@ -32,7 +32,7 @@ pub mod room;
 pub mod send;
 pub mod session;
 pub mod speaker;
-mod stun;
+pub mod stun;
 pub mod testing;
 pub mod uptrack;
 pub mod vp8;

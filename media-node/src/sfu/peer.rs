@@ -69,7 +69,7 @@ pub(super) struct Peer {
     pub(super) role: Role,
     /// Local ICE ufrags, the current one last (an ICE restart adds one; datagrams with an
     /// older one still find the peer until it is dropped).
-    pub(super) ufrags: Vec<String>,
+    pub(super) ufrags: Vec<(String, String)>,
     /// The remote ufrag of the last offer taken (a publish re-offer with another restarts ICE).
     pub(super) remote_ufrag: Option<String>,
     pub(super) addrs: Vec<SocketAddr>,
@@ -182,7 +182,7 @@ impl Peer {
             pc,
             session,
             role,
-            ufrags: vec![ufrag],
+            ufrags: vec![(ufrag, pwd.to_owned())],
             remote_ufrag: None,
             addrs: Vec::new(),
             connected: false,
