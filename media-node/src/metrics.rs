@@ -37,6 +37,8 @@ pub struct Metrics {
     pub retransmits_refused: IntCounter,
     /// Chat messages dropped by a sender's rate limit.
     pub chat_refused: IntCounter,
+    /// Publish offers and ICE restarts refused by a participant's rate limit.
+    pub negotiations_refused: IntCounter,
     /// ICE restarts (a participant's network changed).
     pub ice_restarts: IntCounter,
     /// Keyframe requests (PLI) sent to publishers.
@@ -176,6 +178,10 @@ impl Metrics {
             chat_refused: counter!(
                 "moim_chat_refused_total",
                 "Chat messages dropped because their sender went over 5 a second (bursts of 10)."
+            ),
+            negotiations_refused: counter!(
+                "moim_negotiations_refused_total",
+                "Publish offers and ICE restarts refused because their participant went over 1 a second (bursts of 10)."
             ),
             retransmits_refused: counter!(
                 "moim_retransmits_refused_total",

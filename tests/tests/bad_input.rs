@@ -319,3 +319,75 @@ async fn sockets_that_never_join_are_capped() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Issue 21's caps on what one participant may negotiate, each refusal as the client sees it:
+/// too many media sections, too many simulcast layers, and offers faster than the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_over_the_caps_are_refused_and_renegotiation_is_rate_limited() -> anyhow::Result<()>
+{
+    const T: Duration = Duration::from_secs(5);
+    let node = Node::start(&[]).await?;
+    let mut c = SignalClient::connect(&node).await?;
+    c.join(&dev_token("caps", "ana")).await?;
+    c.recv_type("joined", T).await?;
+    let offer = |sdp: &str| {
+        serde_json::json!({ "type": "publish_offer", "sdp": sdp, "tracks": [] }).to_string()
+    };
+    // The reply to an offer: its answer or an error.
+    async fn reply(c: &mut SignalClient) -> anyhow::Result<serde_json::Value> {
+        loop {
+            match c.recv(T).await? {
+                Ok(v) if v["type"] == "publish_answer" || v["type"] == "error" => return Ok(v),
+                Ok(_) => {}
+                Err(code) => anyhow::bail!("closed: {code:?}"),
+            }
+        }
+    }
+    let one = static_offer();
+    let at = one.find("m=video").expect("a media section");
+    let many = one[..at].to_owned() + &one[at..].repeat(17);
+    c.send_text(offer(&many)).await?;
+    let e = reply(&mut c).await?;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert_eq!(
+        e["message"], "bad request: an offer may carry at most 16 media sections",
+        "{e}"
+    );
+    let rids = one.replace(
+        "a=rtcp-mux\r\n",
+        "a=rtcp-mux\r\na=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=rid:x send\r\n",
+    );
+    c.send_text(offer(&rids)).await?;
+    let e = reply(&mut c).await?;
+    assert_eq!(e["code"], "bad_request", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 3 simulcast layers"),
+        "{e}"
+    );
+    // Those two took 2 of the burst of 10: 8 more are answered, the next is refused.
+    let mut replies = Vec::new();
+    for _ in 0..9 {
+        c.send_text(offer(&one)).await?;
+        replies.push(reply(&mut c).await?);
+    }
+    for r in &replies[..8] {
+        assert_eq!(r["type"], "publish_answer", "{r}");
+    }
+    assert_eq!(replies[8]["code"], "rate_limited", "{}", replies[8]);
+    assert!(
+        replies[8]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("at most 1 publish offer or ICE restart a second"),
+        "{}",
+        replies[8]
+    );
+    // A second later there is room for one more; the session was never dropped.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.send_text(offer(&one)).await?;
+    assert_eq!(reply(&mut c).await?["type"], "publish_answer");
+    Ok(())
+}

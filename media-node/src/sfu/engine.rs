@@ -56,7 +56,7 @@ use super::peer::{MAX_ADDRS_PER_PEER, Peer, Role, push_transmit};
 pub use super::peer::{MAX_QUEUED_TRANSMITS, Transmit, add_host_candidate};
 use super::room::Room;
 pub use super::session::SessionKind;
-use super::session::{ChatVerdict, Session};
+use super::session::{Budget, Session, Verdict};
 use super::uptrack::{Layer, UpTrack, layer_index};
 use super::{DownKey, PeerId, TrackKey};
 
@@ -141,6 +141,37 @@ pub const MAX_TRACK_ID_BYTES: usize = 256;
 /// Most tracks a participant may declare (camera, mic, screen and screen audio, re-published
 /// a few times).
 pub const MAX_DECLARED_SOURCES: usize = 64;
+
+/// Most media sections an offer may carry: the tracks of one publish connection (m-sections
+/// are recycled, never removed, so this bounds a publisher's tracks for good).
+pub const MAX_MEDIA_SECTIONS: usize = 16;
+/// Most simulcast layers (`a=rid` lines) one media section may offer.
+pub const MAX_SIMULCAST_LAYERS: usize = 3;
+
+/// Refuses an offer larger than a browser ever sends, before rtc parses it.
+fn check_offer_shape(sdp: &str) -> Result<()> {
+    let mut sections = 0;
+    let mut rids = 0;
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            sections += 1;
+            rids = 0;
+            if sections > MAX_MEDIA_SECTIONS {
+                return Err(Error::BadRequest(format!(
+                    "an offer may carry at most {MAX_MEDIA_SECTIONS} media sections"
+                )));
+            }
+        } else if line.starts_with("a=rid:") {
+            rids += 1;
+            if rids > MAX_SIMULCAST_LAYERS {
+                return Err(Error::BadRequest(format!(
+                    "a media section may offer at most {MAX_SIMULCAST_LAYERS} simulcast layers (a=rid)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Most local ICE ufrags kept per peer (each ICE restart adds one).
 const MAX_UFRAGS: usize = 4;
@@ -255,10 +286,23 @@ impl Engine {
         self.metrics.ice_restarts.inc();
     }
 
+    /// Takes one publish offer's or ICE restart's worth of `session`'s negotiation budget.
+    fn take_negotiation(&mut self, session: SessionId, now: Instant) -> Result<()> {
+        let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        if s.negotiations.take(now) == Verdict::Send {
+            return Ok(());
+        }
+        self.metrics.negotiations_refused.inc();
+        Err(Error::RateLimited(
+            "renegotiation: at most 1 publish offer or ICE restart a second (bursts of 10)",
+        ))
+    }
+
     /// A WebSocket participant's network changed: restart ICE on its subscribe connection with
     /// fresh credentials (a new subscribe offer). Its publish connection restarts with its next
     /// offer.
     pub fn ws_ice_restart(&mut self, session: SessionId, now: Instant) -> Result<()> {
+        self.take_negotiation(session, now)?;
         let s = self.sessions.get(&session).ok_or(Error::NotFound)?;
         let Some(peer) = s.subscribe_peer else {
             return Ok(());
@@ -272,6 +316,7 @@ impl Engine {
 
     /// Applies a client's offer to `peer`; [`Engine::finish_answer`] then produces the answer.
     pub(super) fn answer_offer(&mut self, peer: PeerId, sdp: String, now: Instant) -> Result<()> {
+        check_offer_shape(&sdp)?;
         // A re-offer with new ICE credentials restarts ICE: answer with fresh ones of ours.
         let ufrag = sdp_ice_ufrag(&sdp);
         let p = self.peers.get_mut(&peer).ok_or(Error::NotFound)?;
@@ -390,7 +435,8 @@ impl Engine {
                 layer_wish: HashMap::new(),
                 joined_at: now,
                 first_media_sent: false,
-                chat: Default::default(),
+                chat: Budget::chat(),
+                negotiations: Budget::negotiations(),
             },
         );
         self.ensure_housekeeping(now);
@@ -545,6 +591,7 @@ impl Engine {
         tracks: Vec<PublishedTrackInfo>,
         now: Instant,
     ) -> Result<String> {
+        self.take_negotiation(session, now)?;
         let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
         if !s.can_publish {
             return Err(Error::Forbidden("token does not allow publishing"));
@@ -685,14 +732,14 @@ impl Engine {
         }
         let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
         match s.chat.take(now) {
-            ChatVerdict::Send => {}
-            ChatVerdict::Refuse => {
+            Verdict::Send => {}
+            Verdict::Refuse => {
                 self.metrics.chat_refused.inc();
                 return Err(Error::RateLimited(
                     "chat: at most 5 messages a second (bursts of 10); messages over it were dropped",
                 ));
             }
-            ChatVerdict::Drop => {
+            Verdict::Drop => {
                 self.metrics.chat_refused.inc();
                 return Ok(());
             }

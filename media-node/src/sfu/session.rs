@@ -37,7 +37,10 @@ pub(super) struct Session {
     pub(super) joined_at: Instant,
     pub(super) first_media_sent: bool,
     /// What it may still send as chat.
-    pub(super) chat: ChatBudget,
+    pub(super) chat: Budget,
+    /// Offers and ICE restarts it may still ask for (each costs an SDP parse and a
+    /// renegotiation of a peer connection).
+    pub(super) negotiations: Budget,
 }
 
 /// Chat messages a participant may send per second, sustained.
@@ -45,29 +48,52 @@ pub const CHAT_PER_SECOND: f64 = 5.0;
 /// Chat messages a participant may send in a burst.
 pub const CHAT_BURST: f64 = 10.0;
 
-/// A token bucket over one participant's chat ([`CHAT_PER_SECOND`], [`CHAT_BURST`]): chat goes
-/// to the whole room and every relay link, so one sender must not flood everyone's outbox
-/// (a reader whose outbox fills is dropped). Refusals are counted so the sender is told once a
-/// second, not once per message.
-pub(super) struct ChatBudget {
+/// Publish offers and ICE restarts a participant may ask for per second, sustained.
+pub const NEGOTIATIONS_PER_SECOND: f64 = 1.0;
+/// Publish offers and ICE restarts a participant may ask for in a burst (joining with camera,
+/// mic and screen takes three; a few network changes in a row a few more).
+pub const NEGOTIATIONS_BURST: f64 = 10.0;
+
+/// A token bucket over one kind of request from one participant. For chat
+/// ([`CHAT_PER_SECOND`], [`CHAT_BURST`]): chat goes to the whole room and every relay link, so
+/// one sender must not flood everyone's outbox (a reader whose outbox fills is dropped). For
+/// negotiations ([`NEGOTIATIONS_PER_SECOND`], [`NEGOTIATIONS_BURST`]): each parses SDP and
+/// renegotiates a peer connection on the engine's one thread. Refusals are counted so the
+/// sender is told once a second, not once per message.
+pub(super) struct Budget {
+    per_second: f64,
+    burst: f64,
     tokens: f64,
     at: Option<Instant>,
     told_at: Option<Instant>,
 }
 
-impl Default for ChatBudget {
-    fn default() -> Self {
+impl Budget {
+    /// A full bucket of `burst`, refilled at `per_second`.
+    pub(super) fn new(per_second: f64, burst: f64) -> Self {
         Self {
-            tokens: CHAT_BURST,
+            per_second,
+            burst,
+            tokens: burst,
             at: None,
             told_at: None,
         }
     }
+
+    /// The chat budget.
+    pub(super) fn chat() -> Self {
+        Self::new(CHAT_PER_SECOND, CHAT_BURST)
+    }
+
+    /// The negotiation budget.
+    pub(super) fn negotiations() -> Self {
+        Self::new(NEGOTIATIONS_PER_SECOND, NEGOTIATIONS_BURST)
+    }
 }
 
-/// What [`ChatBudget::take`] decided.
+/// What [`Budget::take`] decided.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum ChatVerdict {
+pub(super) enum Verdict {
     /// Send it.
     Send,
     /// Drop it and tell the sender (the first refusal in a second).
@@ -76,26 +102,26 @@ pub(super) enum ChatVerdict {
     Drop,
 }
 
-impl ChatBudget {
-    /// Takes one message's worth at `now`.
-    pub(super) fn take(&mut self, now: Instant) -> ChatVerdict {
+impl Budget {
+    /// Takes one request's worth at `now`.
+    pub(super) fn take(&mut self, now: Instant) -> Verdict {
         let elapsed = self
             .at
             .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
-        self.tokens = (self.tokens + elapsed * CHAT_PER_SECOND).min(CHAT_BURST);
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
         self.at = Some(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            return ChatVerdict::Send;
+            return Verdict::Send;
         }
         if self
             .told_at
             .is_some_and(|t| now.saturating_duration_since(t) < std::time::Duration::from_secs(1))
         {
-            return ChatVerdict::Drop;
+            return Verdict::Drop;
         }
         self.told_at = Some(now);
-        ChatVerdict::Refuse
+        Verdict::Refuse
     }
 }
 
@@ -107,19 +133,19 @@ mod tests {
     #[test]
     fn chat_budget_allows_a_burst_then_the_rate_and_tells_once_a_second() {
         let t0 = Instant::now();
-        let mut b = ChatBudget::default();
+        let mut b = Budget::chat();
         for _ in 0..CHAT_BURST as usize {
-            assert_eq!(b.take(t0), ChatVerdict::Send);
+            assert_eq!(b.take(t0), Verdict::Send);
         }
-        assert_eq!(b.take(t0), ChatVerdict::Refuse);
-        assert_eq!(b.take(t0), ChatVerdict::Drop);
+        assert_eq!(b.take(t0), Verdict::Refuse);
+        assert_eq!(b.take(t0), Verdict::Drop);
         // 200 ms later one more message's worth has come in.
-        assert_eq!(b.take(t0 + Duration::from_millis(200)), ChatVerdict::Send);
-        assert_eq!(b.take(t0 + Duration::from_millis(200)), ChatVerdict::Drop);
-        assert_eq!(b.take(t0 + Duration::from_millis(1100)), ChatVerdict::Send);
+        assert_eq!(b.take(t0 + Duration::from_millis(200)), Verdict::Send);
+        assert_eq!(b.take(t0 + Duration::from_millis(200)), Verdict::Drop);
+        assert_eq!(b.take(t0 + Duration::from_millis(1100)), Verdict::Send);
         let sent = (0..100)
             .map(|i| b.take(t0 + Duration::from_millis(1100 + 10 * i)))
-            .filter(|v| *v == ChatVerdict::Send)
+            .filter(|v| *v == Verdict::Send)
             .count();
         // What was left (3.5 messages' worth) and one more second's 5.
         assert!((5..=9).contains(&sent), "{sent}");
