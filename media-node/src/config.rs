@@ -155,6 +155,9 @@ pub struct TokenArgs {
     /// Token does not allow subscribing.
     #[arg(long)]
     pub no_subscribe: bool,
+    /// Whether the token allows chat (`true` or `false`); by default it follows publishing.
+    #[arg(long)]
+    pub chat: Option<bool>,
 }
 
 /// Parses `90s`, `15m`, `2h` or a bare number of seconds.

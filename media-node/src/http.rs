@@ -347,6 +347,7 @@ async fn dev_token(
         name: q.name,
         can_publish: true,
         can_subscribe: true,
+        can_chat: None,
         exp: now_unix() + 86_400,
         nbf: None,
     };

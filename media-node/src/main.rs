@@ -25,6 +25,7 @@ fn main() -> anyhow::Result<()> {
                 name: t.name,
                 can_publish: !t.no_publish,
                 can_subscribe: !t.no_subscribe,
+                can_chat: t.chat,
                 exp: now + t.ttl.as_secs(),
                 nbf: None,
             };

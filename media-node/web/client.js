@@ -223,7 +223,9 @@ async function onMessage(msg) {
       for (const p of msg.participants) tile(p.id);
       setStatus(`in ${msg.room} as ${msg.participant_id}`);
       $('cam').disabled = !msg.can_publish; $('screen').disabled = !msg.can_publish;
-      $('leave').disabled = false; $('chattext').disabled = false; $('chatsend').disabled = false;
+      $('leave').disabled = false;
+      $('chattext').disabled = $('chatsend').disabled = msg.can_chat === false;
+      if (msg.can_chat === false) $('chattext').placeholder = 'chat is off for viewers';
       if (msg.can_publish && (moim.republish || (params.get('publish') !== '0' && params.has('autojoin')))) publishCamera();
       moim.republish = false;
       break;

@@ -283,6 +283,8 @@ pub fn choose(
             name: req.name.clone(),
             can_publish,
             can_subscribe: true,
+            // Viewers (a webinar's audience) watch; hosts and participants talk and chat.
+            can_chat: Some(can_publish),
             exp: now_unix + ttl_secs,
             nbf: None,
         },

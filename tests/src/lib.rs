@@ -105,6 +105,7 @@ pub fn dev_token(room: &str, identity: &str) -> String {
         name: identity.into(),
         can_publish: true,
         can_subscribe: true,
+        can_chat: None,
         exp: now_unix() + 3600,
         nbf: None,
     }

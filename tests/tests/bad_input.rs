@@ -42,6 +42,7 @@ async fn http_refusals_are_clear() -> anyhow::Result<()> {
         name: String::new(),
         can_publish: true,
         can_subscribe: true,
+        can_chat: None,
         exp: now_unix() - 3600,
         nbf: None,
     };
@@ -389,5 +390,48 @@ async fn offers_over_the_caps_are_refused_and_renegotiation_is_rate_limited() ->
     tokio::time::sleep(Duration::from_millis(1100)).await;
     c.send_text(offer(&one)).await?;
     assert_eq!(reply(&mut c).await?["type"], "publish_answer");
+    Ok(())
+}
+
+/// Chat is a right in the token (issue 21): a view-only token (a webinar's audience) cannot
+/// chat unless it says `can_chat`; the refusal is `forbidden`, and `joined` says so up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_token_chats_only_when_it_says_so() -> anyhow::Result<()> {
+    const T: Duration = Duration::from_secs(5);
+    let node = Node::start(&[]).await?;
+    let token = |identity: &str, can_chat: Option<bool>| {
+        JoinClaims {
+            identity: identity.into(),
+            room: "webinar".into(),
+            name: String::new(),
+            can_publish: false,
+            can_subscribe: true,
+            can_chat,
+            exp: now_unix() + 3600,
+            nbf: None,
+        }
+        .sign(moim_wire::token::DEV_SECRET.as_bytes())
+    };
+    let mut host = SignalClient::connect(&node).await?;
+    host.join(&dev_token("webinar", "host")).await?;
+    assert_eq!(host.recv_type("joined", T).await?["can_chat"], true);
+    let mut viewer = SignalClient::connect(&node).await?;
+    viewer.join(&token("viewer", None)).await?;
+    assert_eq!(viewer.recv_type("joined", T).await?["can_chat"], false);
+    viewer
+        .send_text(r#"{"type":"chat","text":"hello from the audience"}"#.into())
+        .await?;
+    let e = viewer.recv_type("error", T).await?;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    assert_eq!(e["message"], "forbidden: token does not allow chat", "{e}");
+    let mut moderator = SignalClient::connect(&node).await?;
+    moderator.join(&token("moderator", Some(true))).await?;
+    assert_eq!(moderator.recv_type("joined", T).await?["can_chat"], true);
+    moderator
+        .send_text(r#"{"type":"chat","text":"questions welcome"}"#.into())
+        .await?;
+    // The host gets the moderator's message and never the viewer's.
+    let m = host.recv_type("chat", T).await?;
+    assert_eq!(m["text"], "questions welcome", "{m}");
     Ok(())
 }

@@ -128,6 +128,9 @@ pub enum ServerMessage {
         can_publish: bool,
         /// What this participant may do.
         can_subscribe: bool,
+        /// What this participant may do (chat sent without it is refused, `forbidden`).
+        #[serde(default = "crate::token::yes")]
+        can_chat: bool,
     },
     /// Answer for the publish connection.
     PublishAnswer {

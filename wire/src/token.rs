@@ -32,6 +32,7 @@ pub const LEEWAY_SECS: u64 = 5;
 ///     name: "Ana".into(),
 ///     can_publish: true,
 ///     can_subscribe: true,
+///     can_chat: None,
 ///     exp: 1_000_000 + 3600,
 ///     nbf: None,
 /// };
@@ -56,6 +57,10 @@ pub struct JoinClaims {
     /// May receive what others send.
     #[serde(default = "yes")]
     pub can_subscribe: bool,
+    /// May send chat. Absent, it follows `can_publish`: a view-only token (a webinar's
+    /// audience, a public viewer link) does not chat unless it says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub can_chat: Option<bool>,
     /// Expiry, seconds since the Unix epoch (JWT `exp`).
     pub exp: u64,
     /// Not valid before, seconds since the Unix epoch (JWT `nbf`).
@@ -63,8 +68,15 @@ pub struct JoinClaims {
     pub nbf: Option<u64>,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
+}
+
+impl JoinClaims {
+    /// Whether the token allows chat (`can_chat`, or `can_publish` when it is absent).
+    pub fn may_chat(&self) -> bool {
+        self.can_chat.unwrap_or(self.can_publish)
+    }
 }
 
 /// Why a token was refused. Messages are safe to return to the client.
@@ -191,6 +203,7 @@ mod tests {
             name: "Ana".into(),
             can_publish: true,
             can_subscribe: true,
+            can_chat: None,
             exp: 2_000,
             nbf: None,
         }

@@ -427,6 +427,7 @@ impl Engine {
                 },
                 can_publish: claims.can_publish,
                 can_subscribe: claims.can_subscribe,
+                can_chat: claims.may_chat(),
                 publish_peer: None,
                 subscribe_peer: None,
                 offer_outstanding: false,
@@ -522,13 +523,14 @@ impl Engine {
         now: Instant,
     ) -> Result<(SessionId, ServerMessage)> {
         let id = self.admit(claims, SessionKind::WebSocket, now)?;
-        let (room, me, can_publish, can_subscribe) = {
+        let (room, me, can_publish, can_subscribe, can_chat) = {
             let s = &self.sessions[&id];
             (
                 s.room.clone(),
                 s.participant.clone(),
                 s.can_publish,
                 s.can_subscribe,
+                s.can_chat,
             )
         };
         let participants = self.rooms[&room]
@@ -579,6 +581,7 @@ impl Engine {
                 tracks,
                 can_publish,
                 can_subscribe,
+                can_chat,
             },
         ))
     }
@@ -731,6 +734,9 @@ impl Engine {
             return Err(Error::BadRequest("empty chat message".into()));
         }
         let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        if !s.can_chat {
+            return Err(Error::Forbidden("token does not allow chat"));
+        }
         match s.chat.take(now) {
             Verdict::Send => {}
             Verdict::Refuse => {

@@ -24,6 +24,7 @@ pub(super) struct Session {
     pub(super) participant: ParticipantInfo,
     pub(super) can_publish: bool,
     pub(super) can_subscribe: bool,
+    pub(super) can_chat: bool,
     pub(super) publish_peer: Option<PeerId>,
     pub(super) subscribe_peer: Option<PeerId>,
     /// A subscribe offer is out and unanswered.

@@ -177,6 +177,7 @@ pub fn claims(identity: &str, room: &str) -> JoinClaims {
         name: String::new(),
         can_publish: true,
         can_subscribe: true,
+        can_chat: None,
         exp: u64::MAX / 2,
         nbf: None,
     }
