@@ -274,11 +274,11 @@ async fn assign_room(
     check_admin(&s, &headers)?;
     let assignment: RoomAssignment = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest(format!("room assignment: {e}")))?;
-    let upstream: std::collections::BTreeSet<String> = assignment
+    let upstream: std::collections::BTreeMap<String, String> = assignment
         .links
         .iter()
         .filter(|l| l.upstream)
-        .filter_map(|l| l.address.clone())
+        .filter_map(|l| Some((l.address.clone()?, l.peer.clone())))
         .collect();
     let (tx, rx) = tokio::sync::oneshot::channel();
     s.engine.send(Command::Assign {

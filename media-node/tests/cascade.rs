@@ -425,3 +425,64 @@ fn when_the_hub_dies_the_edges_relink_and_hear_each_other() {
     }
     assert!(decoding(&net, cy) > before_cy + 10 && decoding(&net, ana) > before_ana + 10);
 }
+
+/// Issue 21: a link may ask for resends and keyframes only of what it subscribed to. Seoul
+/// relays the publisher's video to Frankfurt, which watches it; Virginia, linked to Seoul but
+/// with nobody in the room, sends a keyframe request and NACKs for the same track handle:
+/// the publisher is not asked for a keyframe and nothing is resent. Frankfurt's own NACK is
+/// answered.
+#[test]
+fn a_link_cannot_ask_for_resends_or_keyframes_of_what_it_did_not_subscribe_to() {
+    let mut net = Net::new();
+    let seoul = net.node("seoul-1", "seoul");
+    let fra = net.node("fra-1", "frankfurt");
+    let va = net.node("va-1", "virginia");
+    let (to_fra, _) = net.link(seoul, fra);
+    let (to_va, _) = net.link(seoul, va);
+    let publisher = net.join(seoul, ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    let _viewer = net.join(fra, ROOM, "bo");
+    net.run_with_video(secs(3.0), publisher, 7);
+    let track = net
+        .relay_control
+        .iter()
+        .find_map(|(from, to, m)| match m {
+            Control::TrackAnnounce { track, .. } if (*from, *to) == (seoul, fra) => Some(*track),
+            _ => None,
+        })
+        .expect("seoul announced the track to frankfurt");
+    let plis = net.clients[publisher].plis;
+    let resent = net.nodes[seoul].engine.metrics().relay_retransmits.get();
+    let now = net.now + secs(2.0);
+    net.run(secs(2.0));
+    let engine = &mut net.nodes[seoul].engine;
+    for layer in 0..3 {
+        engine.relay_control(to_va, Control::KeyframeRequest { track, layer }, now);
+        let seqs = (0..64).collect();
+        engine.relay_control(to_va, Control::Nack { track, layer, seqs }, now);
+    }
+    assert_eq!(engine.metrics().relay_retransmits.get(), resent);
+    net.run(secs(0.1));
+    assert_eq!(
+        net.clients[publisher].plis, plis,
+        "a keyframe was asked for"
+    );
+    // The subscribed link's NACK is answered (from the relayed history, or with a keyframe).
+    let engine = &mut net.nodes[seoul].engine;
+    let seqs = (0..64).collect();
+    engine.relay_control(
+        to_fra,
+        Control::Nack {
+            track,
+            layer: 0,
+            seqs,
+        },
+        net.now,
+    );
+    net.run(secs(0.1));
+    let engine = &net.nodes[seoul].engine;
+    assert!(
+        engine.metrics().relay_retransmits.get() > resent || net.clients[publisher].plis > plis,
+        "frankfurt's NACK went unanswered"
+    );
+}

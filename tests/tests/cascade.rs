@@ -601,3 +601,34 @@ async fn frames_decoded(b: &Browser) -> anyhow::Result<f64> {
         .as_f64()
         .unwrap_or(0.0))
 }
+
+/// Issue 21: the relay certificate is the fleet's, so a node dialling upstream checks that the
+/// node answering at the planned address is the one the plan names. Planned as `fra-2`,
+/// frankfurt (`fra-1`) is hung up on, and no link comes up; planned as `fra-1`, it links.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_to_another_node_than_the_plan_names_is_closed() -> anyhow::Result<()> {
+    let relay: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_udp_port()))
+        .collect();
+    let admin = ["--admin-token", "admin"];
+    let seoul = Node::start_relay("seoul-1", "seoul", &relay[0], &[], &admin).await?;
+    let fra = Node::start_relay("fra-1", "frankfurt", &relay[1], &[], &admin).await?;
+    let http = reqwest::Client::new();
+    let room = "team.standup";
+    assign(&http, &fra, room, &[("seoul-1", None, false)]).await?;
+    assign(&http, &seoul, room, &[("fra-2", Some(&relay[1]), true)]).await?;
+    // Several dials (the first retry comes within a second) and none links.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(links_up(&http, &seoul).await?, 0.0);
+    assert_eq!(
+        moim_e2e::metric(&http, &fra, "moim_relay_links").await?,
+        0.0
+    );
+    assign(&http, &seoul, room, &[("fra-1", Some(&relay[1]), true)]).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while links_up(&http, &seoul).await? < 1.0 {
+        anyhow::ensure!(Instant::now() < deadline, "the planned node never linked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

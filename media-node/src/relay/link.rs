@@ -267,7 +267,12 @@ impl Link {
         self.conn.stats()
     }
 
-    /// Closes the link, giving the reason to the peer.
+    /// Whether the far end's hello names `node` (anything, when `None`).
+    pub fn is_node(&self, node: Option<&str>) -> bool {
+        node.is_none_or(|n| self.peer.as_ref().is_some_and(|h| h.node_id == n))
+    }
+
+    /// Closes the link, telling the far end `reason`.
     pub fn close(&self, reason: &str) {
         self.conn.close(1u32.into(), reason.as_bytes());
     }

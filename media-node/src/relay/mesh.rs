@@ -8,7 +8,7 @@ use super::link::{Link, LinkError, MAX_HANDSHAKES, RelayEndpoint};
 use super::proto::Control;
 use crate::driver::{Command, EngineHandle, LinkIo};
 use crate::metrics::Metrics;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,9 +41,10 @@ pub struct Relay {
 
 #[derive(Default)]
 struct Wanted {
-    by_room: HashMap<String, BTreeSet<String>>,
-    /// Dial loops of assigned addresses: cleared to let one stop.
-    dials: HashMap<String, Arc<AtomicBool>>,
+    /// Per room: upstream address → the node the plan names there.
+    by_room: HashMap<String, BTreeMap<String, String>>,
+    /// Dial loops of assigned (address, node)s: cleared to let one stop.
+    dials: HashMap<(String, String), Arc<AtomicBool>>,
 }
 
 impl Relay {
@@ -89,15 +90,17 @@ impl Relay {
             }
         });
         for peer in peers {
-            relay.spawn_dial(peer.to_string(), Arc::new(AtomicBool::new(true)));
+            relay.spawn_dial(peer.to_string(), None, Arc::new(AtomicBool::new(true)));
         }
         relay
     }
 
-    /// The operator assigned `room` with these upstream relay addresses (`host:port`): they
-    /// are dialled until no assignment names them. A link already up when its last room goes
-    /// stays until it breaks (the far node may carry other rooms over it).
-    pub fn assign(&self, room: &str, upstream: BTreeSet<String>) {
+    /// The operator assigned `room` with these upstream relay addresses (`host:port`), each
+    /// with the node the plan names there: they are dialled until no assignment names them,
+    /// and a link whose far end says it is another node is closed (an address reused by
+    /// another pod, a stale plan). A link already up when its last room goes stays until it
+    /// breaks (the far node may carry other rooms over it).
+    pub fn assign(&self, room: &str, upstream: BTreeMap<String, String>) {
         let Ok(mut w) = self.wanted.lock() else {
             return;
         };
@@ -115,15 +118,20 @@ impl Relay {
     }
 
     fn sync(&self, w: &mut Wanted) {
-        let all: BTreeSet<String> = w.by_room.values().flatten().cloned().collect();
-        w.dials.retain(|addr, keep| {
-            let wanted = all.contains(addr);
+        let all: BTreeSet<(String, String)> = w
+            .by_room
+            .values()
+            .flatten()
+            .map(|(a, p)| (a.clone(), p.clone()))
+            .collect();
+        w.dials.retain(|dial, keep| {
+            let wanted = all.contains(dial);
             if !wanted {
                 keep.store(false, Ordering::Relaxed);
             }
             wanted
         });
-        for addr in all {
+        for dial in all {
             if w.dials.len() >= MAX_DIALS {
                 tracing::warn!(
                     limit = MAX_DIALS,
@@ -131,16 +139,18 @@ impl Relay {
                 );
                 break;
             }
-            if !w.dials.contains_key(&addr) {
+            if !w.dials.contains_key(&dial) {
                 let keep = Arc::new(AtomicBool::new(true));
-                w.dials.insert(addr.clone(), keep.clone());
-                self.spawn_dial(addr, keep);
+                w.dials.insert(dial.clone(), keep.clone());
+                let (addr, node) = dial;
+                self.spawn_dial(addr, Some(node), keep);
             }
         }
     }
 
-    /// Dials `addr` (`host:port`), again whenever the link fails, while `keep` holds.
-    fn spawn_dial(&self, addr: String, keep: Arc<AtomicBool>) {
+    /// Dials `addr` (`host:port`), again whenever the link fails, while `keep` holds; when
+    /// `expected` names a node, a far end that says it is another is closed.
+    fn spawn_dial(&self, addr: String, expected: Option<String>, keep: Arc<AtomicBool>) {
         let (endpoint, engine, metrics) = (
             self.endpoint.clone(),
             self.engine.clone(),
@@ -161,6 +171,16 @@ impl Relay {
                     .await
                     .unwrap_or_else(|_| Err(LinkError::Handshake("dial timed out".into())))
                 {
+                    Ok(link) if !link.is_node(expected.as_deref()) => {
+                        let said = link.peer.as_ref().map(|h| h.node_id.clone());
+                        tracing::warn!(
+                            %addr,
+                            expected = expected.as_deref().unwrap_or_default(),
+                            said = said.as_deref().unwrap_or_default(),
+                            "relay link closed: another node answered at the planned address"
+                        );
+                        link.close("not the node the plan names at this address");
+                    }
                     Ok(link) => {
                         let up = Instant::now();
                         run_link(link, true, engine.clone(), metrics.clone()).await;

@@ -734,11 +734,7 @@ impl Engine {
             }
             Control::Subscribe { track, layer } => {
                 let key = TrackKey::from(track);
-                let allowed = self.tracks.get(&key).is_some_and(|t| {
-                    self.announced_to(t, link)
-                        && usize::from(layer) < t.layers.len()
-                        && self.links_for(&t.room).contains(&link)
-                });
+                let allowed = self.link_may_see(link, key, layer);
                 let Some(t) = self.tracks.get_mut(&key).filter(|_| allowed) else {
                     return;
                 };
@@ -769,12 +765,18 @@ impl Engine {
             }
             Control::KeyframeRequest { track, layer } => {
                 let key = TrackKey::from(track);
-                if self.tracks.contains_key(&key) {
+                if self.link_subscribed(link, key, layer) {
                     self.send_pli(key, layer, now);
                 }
             }
             Control::Nack { track, layer, seqs } => {
                 let key = TrackKey::from(track);
+                // Only what the link subscribed to is resent (or asked a keyframe for): a
+                // link cannot make this node resend, or its publishers encode keyframes,
+                // for a room it does not carry.
+                if !self.link_subscribed(link, key, layer) {
+                    return;
+                }
                 let resend: Vec<Bytes> = self
                     .tracks
                     .get(&key)
@@ -1468,6 +1470,25 @@ impl Engine {
                 datagram: datagram.clone(),
             });
         }
+    }
+
+    /// Whether `link` may subscribe to `layer` of `key`: the track was announced to it, has
+    /// that layer, and its room is one the link carries.
+    fn link_may_see(&self, link: LinkId, key: TrackKey, layer: u8) -> bool {
+        self.tracks.get(&key).is_some_and(|t| {
+            self.announced_to(t, link)
+                && usize::from(layer) < t.layers.len()
+                && self.links_for(&t.room).contains(&link)
+        })
+    }
+
+    /// Whether `link` subscribed to `layer` of `key` (and still may).
+    fn link_subscribed(&self, link: LinkId, key: TrackKey, layer: u8) -> bool {
+        self.link_may_see(link, key, layer)
+            && self
+                .tracks
+                .get(&key)
+                .is_some_and(|t| t.relay_subs.contains(&(link, layer)))
     }
 
     /// Asks the far node for a keyframe of a relayed track's layer.
