@@ -486,3 +486,45 @@ fn a_link_cannot_ask_for_resends_or_keyframes_of_what_it_did_not_subscribe_to() 
         "frankfurt's NACK went unanswered"
     );
 }
+
+/// Issue 21: when a relay link goes down, each local participant is told what went in one
+/// message per kind, not one per far participant and track (a webinar's far side of
+/// thousands would overflow every local outbox, and a full outbox drops its participant).
+#[test]
+fn a_link_going_down_tells_each_participant_once_per_kind() {
+    let (mut net, n, publisher) = mesh(&["seoul-1", "fra-1"]);
+    let mut far = vec![publisher];
+    for i in 0..20 {
+        far.push(net.join(n[0], ROOM, &format!("p{i}")));
+    }
+    let viewer = net.join(n[1], ROOM, "bo");
+    net.run_with_video(secs(3.0), publisher, 7);
+    let before = net.clients[viewer].signals.len();
+    net.unlink(n[0], n[1]);
+    net.run(secs(0.5));
+    let after = &net.clients[viewer].signals[before..];
+    let count = |f: fn(&ServerMessage) -> bool| after.iter().filter(|m| f(m)).count();
+    assert_eq!(
+        count(|m| matches!(m, ServerMessage::ParticipantLeft { .. })),
+        0,
+        "{after:?}"
+    );
+    let left: Vec<&Vec<String>> = after
+        .iter()
+        .filter_map(|m| match m {
+            ServerMessage::ParticipantsLeft { participant_ids } => Some(participant_ids),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(left.len(), 1, "{after:?}");
+    assert_eq!(left[0].len(), far.len());
+    // The one relayed track: one message (a single track is told as `track_unpublished`).
+    assert_eq!(
+        count(|m| matches!(
+            m,
+            ServerMessage::TrackUnpublished { .. } | ServerMessage::TracksUnpublished { .. }
+        )),
+        1,
+        "{after:?}"
+    );
+}

@@ -251,14 +251,18 @@ async function onMessage(msg) {
       tile(msg.participant.id);
       break;
     case 'participant_left':
-      moim.participants.delete(msg.participant_id);
-      document.querySelectorAll(`.tile[data-participant^="${msg.participant_id}"]`).forEach((e) => e.remove());
+    case 'participants_left':
+      for (const id of msg.participant_ids || [msg.participant_id]) {
+        moim.participants.delete(id);
+        document.querySelectorAll(`.tile[data-participant^="${id}"]`).forEach((e) => e.remove());
+      }
       break;
     case 'track_published':
       moim.tracks.set(msg.track.track_id, msg.track);
       break;
     case 'track_unpublished':
-      moim.tracks.delete(msg.track_id);
+    case 'tracks_unpublished':
+      for (const id of msg.track_ids || [msg.track_id]) moim.tracks.delete(id);
       break;
     case 'active_speakers':
       moim.speakers = msg.participant_ids;

@@ -152,6 +152,12 @@ pub enum ServerMessage {
         /// Their id.
         participant_id: String,
     },
+    /// Several left at once (a relay link to their node went down): one message instead of
+    /// one per participant, so that a large far side leaving does not overflow anyone's outbox.
+    ParticipantsLeft {
+        /// Their ids.
+        participant_ids: Vec<String>,
+    },
     /// A track became available.
     TrackPublished {
         /// The track.
@@ -161,6 +167,11 @@ pub enum ServerMessage {
     TrackUnpublished {
         /// Its id.
         track_id: String,
+    },
+    /// Several tracks went away at once (see [`ServerMessage::ParticipantsLeft`]).
+    TracksUnpublished {
+        /// Their ids.
+        track_ids: Vec<String>,
     },
     /// Who is speaking, loudest first (at most three).
     ActiveSpeakers {

@@ -45,7 +45,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -118,6 +118,16 @@ pub struct Engine {
     /// Messages and media for relay links, drained by the driver (bounded, see
     /// [`cascade::RELAY_OUT_MAX`]).
     pub(super) relay_out: VecDeque<cascade::RelayOut>,
+    /// While a relay link goes down: what left, per room, told in one message each at the end
+    /// (see [`Engine::gone`]).
+    pub(super) gone_batch: Option<BTreeMap<String, Gone>>,
+}
+
+/// Participants and tracks that went away together.
+#[derive(Default)]
+pub(super) struct Gone {
+    pub(super) participants: Vec<String>,
+    pub(super) tracks: Vec<String>,
 }
 
 #[derive(Default)]
@@ -244,6 +254,7 @@ impl Engine {
             assignments: HashMap::new(),
             links: HashMap::new(),
             relay_out: VecDeque::new(),
+            gone_batch: None,
         }
     }
 
@@ -490,6 +501,32 @@ impl Engine {
             self.signals.pop_front();
         }
         self.signals.push_back((session, msg));
+    }
+
+    /// Tells each room in `batch` what went, in one message of each kind (a single one as the
+    /// single-item message).
+    pub(super) fn tell_gone(&mut self, batch: BTreeMap<String, Gone>) {
+        for (room, gone) in batch {
+            match <[String; 1]>::try_from(gone.tracks) {
+                Ok([track_id]) => {
+                    self.broadcast(&room, 0, &ServerMessage::TrackUnpublished { track_id });
+                }
+                Err(v) if v.is_empty() => {}
+                Err(track_ids) => {
+                    self.broadcast(&room, 0, &ServerMessage::TracksUnpublished { track_ids });
+                }
+            }
+            match <[String; 1]>::try_from(gone.participants) {
+                Ok([participant_id]) => {
+                    self.broadcast(&room, 0, &ServerMessage::ParticipantLeft { participant_id });
+                }
+                Err(v) if v.is_empty() => {}
+                Err(participant_ids) => {
+                    let msg = ServerMessage::ParticipantsLeft { participant_ids };
+                    self.broadcast(&room, 0, &msg);
+                }
+            }
+        }
     }
 
     pub(super) fn broadcast(&mut self, room: &str, except: SessionId, msg: &ServerMessage) {
@@ -1164,13 +1201,16 @@ impl Engine {
             if let Some(r) = self.rooms.get_mut(&room) {
                 r.tracks.retain(|k| *k != key);
             }
-            self.broadcast(
-                &room,
-                t.session,
-                &ServerMessage::TrackUnpublished {
-                    track_id: t.id.clone(),
-                },
-            );
+            match self.gone_batch.as_mut() {
+                Some(batch) => batch.entry(room).or_default().tracks.push(t.id.clone()),
+                None => self.broadcast(
+                    &room,
+                    t.session,
+                    &ServerMessage::TrackUnpublished {
+                        track_id: t.id.clone(),
+                    },
+                ),
+            }
         }
         for s in reoffer {
             if self

@@ -35,7 +35,7 @@ use bytes::Bytes;
 use moim_wire::signal::{ChatFrame, ParticipantInfo, ServerMessage, TrackSource};
 use rtc::rtp_transceiver::rtp_sender::{RTCPFeedback, RTCRtpCodec, RtpCodecKind};
 use rtc::shared::marshal::{Marshal, Unmarshal};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Instant;
 
 /// A relay link, as the driver numbers them.
@@ -457,6 +457,10 @@ impl Engine {
             .set(0);
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         let mut touched = Vec::new();
+        // Everything the link carried goes at once: each local participant is told in one
+        // message per kind, not one per far participant and track (thousands, for a webinar's
+        // far side, would overflow every outbox and drop everyone here).
+        self.gone_batch = Some(BTreeMap::new());
         for room in &rooms {
             if self.forget_from_link(link, room, now) {
                 touched.push(room.clone());
@@ -467,6 +471,9 @@ impl Engine {
             for key in state.by_handle.into_values() {
                 self.remove_track(key, now);
             }
+        }
+        if let Some(batch) = self.gone_batch.take() {
+            self.tell_gone(batch);
         }
         self.drop_relay_subs(|l, _| l == link);
         self.metrics.relay_links.set(self.links.len() as i64);
@@ -528,7 +535,16 @@ impl Engine {
                     },
                 );
             }
-            self.broadcast(room, 0, &ServerMessage::ParticipantLeft { participant_id });
+            match self.gone_batch.as_mut() {
+                Some(batch) => batch
+                    .entry(room.to_owned())
+                    .or_default()
+                    .participants
+                    .push(participant_id),
+                None => {
+                    self.broadcast(room, 0, &ServerMessage::ParticipantLeft { participant_id });
+                }
+            }
         }
         any
     }
