@@ -383,6 +383,7 @@ async fn run(
             outboxes.remove(&s);
             engine.leave(s, Instant::now());
         }
+        engine.drop_overflowed(Instant::now());
         while let Some(s) = engine.poll_closed() {
             outboxes.remove(&s);
         }

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub retransmits_refused: IntCounter,
     /// Chat messages dropped by a sender's rate limit.
     pub chat_refused: IntCounter,
+    /// Signalling messages not queued because the engine's signal queue was full.
+    pub signals_dropped: IntCounter,
+    /// Chat messages not delivered to a participant whose chat channel was backlogged.
+    pub chat_undelivered: IntCounter,
     /// Publish offers and ICE restarts refused by a participant's rate limit.
     pub negotiations_refused: IntCounter,
     /// ICE restarts (a participant's network changed).
@@ -178,6 +182,14 @@ impl Metrics {
             chat_refused: counter!(
                 "moim_chat_refused_total",
                 "Chat messages dropped because their sender went over 5 a second (bursts of 10)."
+            ),
+            signals_dropped: counter!(
+                "moim_signals_dropped_total",
+                "Signalling messages not queued because 65,536 were waiting in one turn (an active-speaker report is dropped; for anything else its session is closed so it rejoins whole)."
+            ),
+            chat_undelivered: counter!(
+                "moim_chat_undelivered_total",
+                "Chat messages not delivered to a participant whose chat data channel would have held over 256 KiB unacknowledged."
             ),
             negotiations_refused: counter!(
                 "moim_negotiations_refused_total",

@@ -292,3 +292,77 @@ fn only_a_verified_check_binds_a_new_address() {
 fn engine_unmatched(e: &media_node::sfu::engine::Engine) -> u64 {
     e.metrics().unmatched_datagrams.get()
 }
+
+/// Issue 21: chat goes out over each participant's data channel; one that cannot take it as
+/// fast as the room sends it (here: nothing reaches it, so nothing is acknowledged) stops
+/// getting chat once 256 KiB wait unsent, instead of the node buffering without bound. It
+/// keeps its seat, and the others get every message.
+#[test]
+fn a_participant_whose_chat_channel_backs_up_misses_chat_and_keeps_its_seat() {
+    use moim_wire::signal::MAX_CHAT_BYTES;
+    let mut net = Net::new();
+    let node = net.node("n", "test");
+    let slow = net.join(node, ROOM, "slow");
+    let senders: Vec<usize> = (0..12)
+        .map(|i| net.join(node, ROOM, &format!("s{i}")))
+        .collect();
+    net.run(Duration::from_secs(2));
+    assert!(net.clients[slow].connected.1, "the slow one connects");
+    net.impair(move |hop, _| hop == Hop::ToClient(slow));
+    let text = "x".repeat(MAX_CHAT_BYTES);
+    for round in 0..10 {
+        for &s in &senders {
+            let (session, now) = (net.clients[s].session, net.now);
+            net.nodes[node]
+                .engine
+                .chat(session, &text, now)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        net.run(Duration::from_millis(20));
+    }
+    let engine = &net.nodes[node].engine;
+    let undelivered = engine.metrics().chat_undelivered.get();
+    let by_signal = |c: usize| {
+        net.clients[c]
+            .signals
+            .iter()
+            .filter(|m| matches!(m, ServerMessage::Chat { .. }))
+            .count()
+    };
+    println!(
+        "undelivered {undelivered}; as signals: slow {}, a sender {}",
+        by_signal(slow),
+        by_signal(senders[0])
+    );
+    // 120 messages of 4 KiB (480 KiB) to the slow one: everything over the 256 KiB mark.
+    assert!(undelivered >= 40, "{undelivered}");
+    assert!(undelivered < 120, "{undelivered}");
+    assert_eq!(engine.status().participants, 13);
+}
+
+/// Issue 21: the signal queue's drop policy. With the bound lowered to 3, a twelfth
+/// participant's arrival is news for eleven: three are told, and the eight that would have
+/// missed it are closed (their clients rejoin with the whole room) rather than left wrong
+/// about who is there; so is the newcomer, whose subscribe offer did not fit.
+#[test]
+fn a_session_that_would_miss_a_message_to_a_full_signal_queue_is_closed() {
+    let mut net = Net::new();
+    let node = net.node("n", "test");
+    for i in 0..11 {
+        net.join(node, ROOM, &format!("p{i}"));
+    }
+    net.run(Duration::from_millis(500));
+    // The arrival, straight into the engine with the bound lowered for this one turn.
+    let now = net.now;
+    let engine = &mut net.nodes[node].engine;
+    engine.set_max_queued_signals(3);
+    engine
+        .ws_join(&claims("late", ROOM), now)
+        .expect("the late one joins");
+    engine.set_max_queued_signals(media_node::sfu::engine::MAX_QUEUED_SIGNALS);
+    net.run(Duration::from_millis(100));
+    let engine = &net.nodes[node].engine;
+    // Eight `participant_joined` and the late one's own `subscribe_offer` did not fit.
+    assert_eq!(engine.metrics().signals_dropped.get(), 9);
+    assert_eq!(engine.status().participants, 3);
+}

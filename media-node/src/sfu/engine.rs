@@ -62,8 +62,13 @@ use super::{DownKey, PeerId, TrackKey};
 
 /// Housekeeping period: layer decisions, speaker reports, rate meters, timeouts.
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
-/// Bound on signalling messages waiting for the driver; beyond it the oldest are dropped.
-const MAX_QUEUED_SIGNALS: usize = 65_536;
+/// Bound on signalling messages waiting for the driver (it takes them all every turn, so only
+/// one turn's burst counts). Beyond it: an `active_speakers` report is dropped (the next one
+/// supersedes it); any other message is not queued and its session is closed instead
+/// ([`Engine::drop_overflowed`]), because a participant that silently missed a
+/// `subscribe_offer` or a `participant_left` would be wrong about the room from then on,
+/// while one that reconnects gets it whole.
+pub const MAX_QUEUED_SIGNALS: usize = 65_536;
 
 /// Limits and addresses the engine works with.
 #[derive(Debug, Clone)]
@@ -121,6 +126,10 @@ pub struct Engine {
     /// While a relay link goes down: what left, per room, told in one message each at the end
     /// (see [`Engine::gone`]).
     pub(super) gone_batch: Option<BTreeMap<String, Gone>>,
+    /// Sessions that missed a message to a full signal queue (closed by the driver's next
+    /// [`Engine::drop_overflowed`]).
+    pub(super) overflowed: HashSet<SessionId>,
+    pub(super) max_queued_signals: usize,
 }
 
 /// Participants and tracks that went away together.
@@ -182,6 +191,10 @@ fn check_offer_shape(sdp: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Most chat bytes waiting unacknowledged on a participant's data channel: a message that
+/// would go over is not delivered to it (counted in `moim_chat_undelivered_total`).
+pub const CHAT_BUFFER_MAX: usize = 256 * 1024;
 
 /// Most local ICE ufrags kept per peer (each ICE restart adds one).
 const MAX_UFRAGS: usize = 4;
@@ -255,6 +268,8 @@ impl Engine {
             links: HashMap::new(),
             relay_out: VecDeque::new(),
             gone_batch: None,
+            overflowed: HashSet::new(),
+            max_queued_signals: MAX_QUEUED_SIGNALS,
         }
     }
 
@@ -497,10 +512,32 @@ impl Engine {
     }
 
     pub(super) fn signal(&mut self, session: SessionId, msg: ServerMessage) {
-        if self.signals.len() >= MAX_QUEUED_SIGNALS {
-            self.signals.pop_front();
+        if self.signals.len() >= self.max_queued_signals {
+            self.metrics.signals_dropped.inc();
+            if !matches!(msg, ServerMessage::ActiveSpeakers { .. }) {
+                self.overflowed.insert(session);
+            }
+            return;
         }
         self.signals.push_back((session, msg));
+    }
+
+    /// Closes the sessions that missed a message because the signal queue was full (see
+    /// [`MAX_QUEUED_SIGNALS`]); the driver calls it after taking the signals.
+    pub fn drop_overflowed(&mut self, now: Instant) {
+        for s in std::mem::take(&mut self.overflowed) {
+            tracing::warn!(
+                session = s,
+                "signal queue full; closing the session so it rejoins whole"
+            );
+            self.remove_session(s, now);
+        }
+    }
+
+    /// Lowers the signal queue's bound (tests: a full queue without 65,536 messages).
+    #[doc(hidden)]
+    pub fn set_max_queued_signals(&mut self, n: usize) {
+        self.max_queued_signals = n;
     }
 
     /// Tells each room in `batch` what went, in one message of each kind (a single one as the
@@ -823,10 +860,17 @@ impl Engine {
                     return None;
                 }
                 let mut dc = peer.pc.data_channel(peer.chat?)?;
-                dc.send_text(now, json.clone()).ok()
+                if dc.outstanding_bytes() + json.len() > CHAT_BUFFER_MAX {
+                    // It cannot take chat as fast as the room sends it: this message is not
+                    // delivered to it (and not queued as a signal, whose outbox would fill).
+                    return Some(Err(()));
+                }
+                Some(dc.send_text(now, json.clone()).map_err(|_| ()))
             });
-            if let (Some(()), Some(p)) = (sent, ts.subscribe_peer) {
+            if let (Some(Ok(())), Some(p)) = (sent, ts.subscribe_peer) {
                 self.mark_dirty(p);
+            } else if let Some(Err(())) = sent {
+                self.metrics.chat_undelivered.inc();
             } else {
                 self.signal(
                     t,

@@ -540,6 +540,7 @@ impl Net {
                 }
                 self.clients[c].signals.push(msg);
             }
+            self.nodes[n].engine.drop_overflowed(now);
         }
     }
 
