@@ -11,7 +11,7 @@ cd "$(dirname "$0")"
 seconds=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(relay_control relay_datagram signal_message vp8 token engine)
+[ ${#targets[@]} -gt 0 ] || targets=(relay_control relay_datagram signal_message vp8 token engine api meeting_yaml)
 cache=${XDG_CACHE_HOME:-$HOME/.cache}/moim
 export CARGO_TARGET_DIR=$cache/fuzz-target
 if ! cargo +nightly --version >/dev/null 2>&1; then
@@ -23,8 +23,11 @@ cargo +nightly fuzz build -O >/dev/null 2>&1 || cargo +nightly fuzz build -O
 for t in "${targets[@]}"; do
   corpus=$cache/fuzz-corpus/$t
   mkdir -p "$corpus" "regressions/$t"
-  # The first folder gets what the run finds; the regressions are read (and run) first.
-  out=$(cargo +nightly fuzz run -O "$t" "$corpus" "regressions/$t" -- \
+  # The first folder gets what the run finds; the regressions (and the example Meetings, for
+  # the YAML target) are read and run first.
+  seeds=("regressions/$t")
+  [ "$t" != meeting_yaml ] || seeds+=(../operator/examples/meetings)
+  out=$(cargo +nightly fuzz run -O "$t" "$corpus" "${seeds[@]}" -- \
     -max_total_time="$seconds" -print_final_stats=1 2>&1) || {
     echo "$out" | tail -40 >&2
     echo "fuzz target $t failed; the input is in fuzz/artifacts/$t/ (add it to fuzz/regressions/$t/ once fixed)" >&2

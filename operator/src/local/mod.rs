@@ -159,35 +159,43 @@ pub fn read_meetings(dir: &Path) -> (Vec<(PathBuf, Meeting)>, Vec<String>) {
             problems.push(format!("{}: unreadable", file.display()));
             continue;
         };
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value: serde_yaml::Value = match serde::Deserialize::deserialize(doc) {
-                Ok(v) => v,
-                Err(e) => {
-                    problems.push(format!("{}: {e}", file.display()));
-                    break;
-                }
-            };
-            if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("Meeting") {
-                continue;
+        let (meetings, said) = parse_meetings(&text);
+        out.extend(meetings.into_iter().map(|m| (file.clone(), m)));
+        problems.extend(said.into_iter().map(|p| format!("{}: {p}", file.display())));
+    }
+    (out, problems)
+}
+
+/// The Meetings in one YAML text (several documents allowed; documents of other kinds are
+/// skipped), each checked against the CRD's rules, with what was wrong with the rest. A
+/// document that does not parse ends the text (YAML cannot resynchronise after it).
+pub fn parse_meetings(text: &str) -> (Vec<Meeting>, Vec<String>) {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(text) {
+        let value: serde_yaml::Value = match serde::Deserialize::deserialize(doc) {
+            Ok(v) => v,
+            Err(e) => {
+                problems.push(e.to_string());
+                break;
             }
-            match serde_yaml::from_value::<Meeting>(value) {
-                Ok(mut m) => {
-                    if let Err(e) = m.validate_cel() {
-                        problems.push(format!(
-                            "{}: {} is invalid: {e}",
-                            file.display(),
-                            m.name_any()
-                        ));
-                        continue;
-                    }
-                    if m.metadata.namespace.is_none() {
-                        m.metadata.namespace = Some("default".into());
-                    }
-                    m.status = None;
-                    out.push((file.clone(), m));
+        };
+        if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("Meeting") {
+            continue;
+        }
+        match serde_yaml::from_value::<Meeting>(value) {
+            Ok(mut m) => {
+                if let Err(e) = m.validate_cel() {
+                    problems.push(format!("{} is invalid: {e}", m.name_any()));
+                    continue;
                 }
-                Err(e) => problems.push(format!("{}: not a Meeting: {e}", file.display())),
+                if m.metadata.namespace.is_none() {
+                    m.metadata.namespace = Some("default".into());
+                }
+                m.status = None;
+                out.push(m);
             }
+            Err(e) => problems.push(format!("not a Meeting: {e}")),
         }
     }
     (out, problems)
