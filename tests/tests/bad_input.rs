@@ -1,5 +1,6 @@
 //! Hostile and broken input: each gets a clear refusal and the node keeps serving.
 
+use anyhow::Context;
 use moim_e2e::{Node, SignalClient, dev_token, now_unix, static_offer, wait_status};
 use moim_wire::JoinClaims;
 use std::time::Duration;
@@ -433,5 +434,72 @@ async fn a_viewer_token_chats_only_when_it_says_so() -> anyhow::Result<()> {
     // The host gets the moderator's message and never the viewer's.
     let m = host.recv_type("chat", T).await?;
     assert_eq!(m["text"], "questions welcome", "{m}");
+    Ok(())
+}
+
+/// Issue 21's bounds on per-session state, each refusal as the client sees it: track ids over
+/// 256 bytes (in a publish offer and a layer preference) and more than 256 layer preferences;
+/// declarations of tracks that are not published are forgotten instead of piling up. The session stays, and what is under the caps still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_session_state_is_bounded() -> anyhow::Result<()> {
+    const T: Duration = Duration::from_secs(5);
+    let node = Node::start(&[]).await?;
+    let mut c = SignalClient::connect(&node).await?;
+    c.join(&dev_token("bounds", "ana")).await?;
+    c.recv_type("joined", T).await?;
+    let publish = |ids: &[String]| {
+        let tracks: Vec<serde_json::Value> = ids
+            .iter()
+            .map(|id| serde_json::json!({ "track_id": id, "source": "camera" }))
+            .collect();
+        serde_json::json!({ "type": "publish_offer", "sdp": static_offer(), "tracks": tracks })
+            .to_string()
+    };
+    async fn error(c: &mut SignalClient) -> anyhow::Result<String> {
+        let e = c.recv_type("error", T).await?;
+        anyhow::ensure!(e["code"] == "bad_request", "{e}");
+        Ok(e["message"].as_str().unwrap_or_default().to_owned())
+    }
+    c.send_text(publish(&["x".repeat(257)])).await?;
+    assert!(error(&mut c).await?.contains("at most 256 bytes"));
+    let layer = |id: &str| {
+        serde_json::json!({ "type": "layer_preference", "track_id": id, "max_width": 320, "max_height": 180 })
+            .to_string()
+    };
+    c.send_text(layer(&"y".repeat(257))).await?;
+    assert!(error(&mut c).await?.contains("at most 256 bytes"));
+    // 16 tracks per offer are read. Four offers declare 64; none is published (no media
+    // came), so the fifth offer's declarations replace them rather than grow the map.
+    for round in 0..5 {
+        let ids: Vec<String> = (0..16).map(|i| format!("t{round}-{i}")).collect();
+        c.send_text(publish(&ids)).await?;
+        loop {
+            let m = c
+                .recv(T)
+                .await
+                .with_context(|| format!("offer {round}"))?
+                .map_err(|code| anyhow::anyhow!("closed: {code:?}"))?;
+            anyhow::ensure!(m["type"] != "error", "offer {round}: {m}");
+            if m["type"] == "publish_answer" {
+                break;
+            }
+        }
+    }
+    for i in 0..256 {
+        c.send_text(layer(&format!("w{i}"))).await?;
+    }
+    c.send_text(layer("w-over")).await?;
+    assert!(
+        error(&mut c)
+            .await
+            .context("layer preferences")?
+            .contains("too many layer preferences")
+    );
+    // An existing preference may still change; the session is still there.
+    c.send_text(layer("w7")).await?;
+    assert_eq!(
+        wait_status(&node, T, |s| s["participants"] == 1).await?["participants"],
+        1
+    );
     Ok(())
 }
