@@ -143,7 +143,7 @@ function watchPath(pc) {
         timer = null;
         if (pc !== moim.pub && pc !== moim.sub) return;
         if (pc.connectionState === 'connected') return;
-        if (moim.ws && moim.ws.readyState === WebSocket.OPEN) restartIce();
+        if (moim.ws && moim.ws.readyState === WebSocket.OPEN) restartIce('ice ' + pc.connectionState);
         else recover('media path lost');
       }, st === 'failed' ? 0 : DISCONNECTED_GRACE_MS);
     }
@@ -156,12 +156,47 @@ const DISCONNECTED_GRACE_MS = 400;
 // An ICE restart that has not reconnected both connections after this long gives up on the
 // node (see restartIce).
 const RESTART_GIVE_UP_MS = 5000;
+// After an ICE restart, further triggers within this long are the same break (the restart's
+// checks and keyframe take ~0.5 s on a short path).
+const RESTART_SETTLE_MS = 2000;
 
 // Media silence: RTP was arriving on the subscribe connection and has stopped for this long
 // (video sends ~30 packets a second, audio 50): the path under us changed (a NAT rebinding,
 // Wi-Fi to cellular), and browsers take seconds more to call the connection `disconnected`.
-const MEDIA_SILENCE_MS = 800;
-const WATCHDOG_EVERY_MS = 250;
+const MEDIA_SILENCE_MS = 600;
+const WATCHDOG_EVERY_MS = 200;
+
+// The same from the publishing side: media going out on the publish connection while nothing
+// comes back from the node (it sends congestion feedback several times a second and a report
+// every second while our media reaches it). A NAT that remapped only this connection's port
+// shows up here first: the node keeps sending to the old mapping, and our own incoming media,
+// on the other connection, may have healed by itself and would not tell.
+setInterval(async () => {
+  const pc = moim.pub;
+  if (!pc || moim.recovering || document.hidden) return;
+  let sent = 0;
+  let back = 0;
+  try {
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'outbound-rtp') sent += s.packetsSent || 0;
+      if (s.type === 'transport') back += s.bytesReceived || 0;
+    });
+  } catch (_) { return; }
+  const w = (moim.pubWatchdog ||= { pc: null, sent: 0, back: 0, at: 0, fired: false });
+  const now = performance.now();
+  if (w.pc !== pc || back > w.back) {
+    w.pc = pc; w.back = back; w.sent = sent; w.at = now; w.fired = false;
+    return;
+  }
+  // Not sending (muted, nothing published): nothing to judge.
+  if (sent === w.sent) { w.at = now; return; }
+  w.sent = sent;
+  if (back > 0 && !w.fired && now - w.at > MEDIA_SILENCE_MS) {
+    w.fired = true;
+    if (moim.ws && moim.ws.readyState === WebSocket.OPEN) restartIce('no feedback on the publish connection');
+    else recover('no feedback on the publish connection');
+  }
+}, WATCHDOG_EVERY_MS);
 
 // Watches the subscribe connection for media silence; restarts ICE once per silence.
 setInterval(async () => {
@@ -182,7 +217,7 @@ setInterval(async () => {
   }
   if (streams > 0 && packets > 0 && !w.fired && now - w.at > MEDIA_SILENCE_MS) {
     w.fired = true;
-    if (moim.ws && moim.ws.readyState === WebSocket.OPEN) restartIce();
+    if (moim.ws && moim.ws.readyState === WebSocket.OPEN) restartIce('incoming media silent');
     else recover('media silent');
   }
 }, WATCHDOG_EVERY_MS);
@@ -190,9 +225,15 @@ setInterval(async () => {
 // Restarts ICE on both connections, on the node we are on: new ICE credentials, the same
 // DTLS session, tracks and ids. The node answers the publish re-offer and sends a fresh
 // subscribe offer.
-async function restartIce() {
-  if (moim.restartingIce) return;
+async function restartIce(why) {
+  // What set off each restart (and what was ignored as the same break), for troubleshooting.
+  (moim.restartLog ||= []).push({ at: Date.now(), why, skipped: !!moim.restartingIce || performance.now() - (moim.restartedAt || -1e9) < RESTART_SETTLE_MS });
+  if (moim.restartLog.length > 20) moim.restartLog.shift();
+  // One restart per incident: both watchdogs (and ICE state changes) see the same break, and
+  // a second restart right after the first would throw away its credentials mid-check.
+  if (moim.restartingIce || performance.now() - (moim.restartedAt || -1e9) < RESTART_SETTLE_MS) return;
   moim.restartingIce = true;
+  moim.restartedAt = performance.now();
   moim.iceRestarts++;
   setStatus('reconnecting… (network changed)');
   const ws = moim.ws;

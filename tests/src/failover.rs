@@ -192,6 +192,17 @@ pub async fn network_change(room: &str) -> anyhow::Result<NetworkChange> {
         };
         each_ms[i] = at - remapped;
     }
+    // A slow page says why: each restart's trigger, from the remap.
+    for (i, b) in [&ana, &bo].into_iter().enumerate() {
+        if each_ms[i] > 2000.0 {
+            let log = b
+                .js("return JSON.stringify({restarts: moim.restartLog || [], pub: moim.pub && moim.pub.connectionState, sub: moim.sub && moim.sub.connectionState, recoveries: moim.recoveries});")
+                .await?;
+            let log = log.as_str().unwrap_or_default().to_owned();
+            let relative = regex_lite_times(&log, remapped);
+            eprintln!("page {i} took {:.0} ms: {relative}", each_ms[i]);
+        }
+    }
     let mut ice_restarts = [0; 2];
     for (n, b) in ice_restarts.iter_mut().zip([&ana, &bo]) {
         *n = b
@@ -285,4 +296,24 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<serde_json::Value> {
         );
     }
     Ok(serde_json::Value::Object(out))
+}
+
+/// `log` with each `"at":<epoch ms>` written as milliseconds after `since`.
+fn regex_lite_times(log: &str, since: f64) -> String {
+    let mut out = String::new();
+    let mut rest = log;
+    while let Some(i) = rest.find("\"at\":") {
+        out.push_str(&rest[..i + 5]);
+        rest = &rest[i + 5..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        match rest[..end].parse::<f64>() {
+            Ok(at) => out.push_str(&format!("+{:.0}ms", at - since)),
+            Err(_) => out.push_str(&rest[..end]),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
