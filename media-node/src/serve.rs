@@ -201,7 +201,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         terminating = true;
                         let _ = handle.send(Command::Terminate);
                     }
-                    _ = draining.wait_for(|d| *d) => {}
+                    // (A closed watch is an engine that died: the task above exits with 70;
+                    // these branches must not win that race and exit cleanly.)
+                    Ok(_) = draining.wait_for(|d| *d) => {}
                 }
             }
             tracing::info!(
@@ -213,7 +215,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             tokio::pin!(deadline);
             loop {
                 tokio::select! {
-                    _ = drained.wait_for(|d| *d) => {
+                    Ok(_) = drained.wait_for(|d| *d) => {
                         tracing::info!("drained: no sessions left");
                         return;
                     }
@@ -229,7 +231,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                         terminating = true;
                         let _ = handle.send(Command::Terminate);
                     }
-                    _ = draining.wait_for(|d| !*d), if !terminating => break,
+                    Ok(_) = draining.wait_for(|d| !*d), if !terminating => break,
                 }
             }
             tracing::info!("serving again");
