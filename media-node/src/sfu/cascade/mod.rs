@@ -1507,13 +1507,18 @@ impl Engine {
                 .is_some_and(|t| t.relay_subs.contains(&(link, layer)))
     }
 
-    /// Asks the far node for a keyframe of a relayed track's layer.
     /// Asks the link `track` comes over for a keyframe of `layer` (throttled by the track's
     /// [`super::uptrack::KeyframeThrottle`], as a request to a local publisher is).
     pub(super) fn relay_keyframe_request(&mut self, track: TrackKey, layer: u8) {
         let Some(r) = self.tracks.get(&track).and_then(|t| t.relay.as_ref()) else {
             return;
         };
+        // A layer not yet subscribed upstream is subscribed now (the far node starts it on a
+        // keyframe): the far node ignores keyframe requests for layers it does not send here.
+        if r.subscribed & (1u64 << u32::from(layer).min(63)) == 0 {
+            self.sync_relay_subscriptions(track);
+            return;
+        }
         let (link, handle) = (r.link, r.handle);
         tracing::debug!(link, handle, layer, "relay keyframe request");
         self.send_feedback(
