@@ -165,6 +165,11 @@ const RESTART_SETTLE_MS = 2000;
 // Wi-Fi to cellular), and browsers take seconds more to call the connection `disconnected`.
 const MEDIA_SILENCE_MS = 600;
 const WATCHDOG_EVERY_MS = 200;
+// Incoming silence while the node still answers our publish connection is most likely the
+// sources' (a remote publisher's node died, its region's link is being re-planned): the path
+// works, and an ICE restart would only delay the media coming back. Only a long silence then
+// restarts (a path that broke on the subscribe connection alone).
+const SOURCE_SILENCE_MS = 3000;
 
 // The same from the publishing side: media going out on the publish connection while nothing
 // comes back from the node (it sends congestion feedback several times a second and a report
@@ -185,6 +190,7 @@ setInterval(async () => {
   const w = (moim.pubWatchdog ||= { pc: null, sent: 0, back: 0, at: 0, fired: false });
   const now = performance.now();
   if (w.pc !== pc || back > w.back) {
+    if (back > w.back) moim.pubFeedbackAt = now;
     w.pc = pc; w.back = back; w.sent = sent; w.at = now; w.fired = false;
     return;
   }
@@ -215,7 +221,9 @@ setInterval(async () => {
     w.pc = pc; w.packets = packets; w.at = now; w.fired = false;
     return;
   }
-  if (streams > 0 && packets > 0 && !w.fired && now - w.at > MEDIA_SILENCE_MS) {
+  const pathWorks = moim.pub && now - (moim.pubFeedbackAt || -1e9) < MEDIA_SILENCE_MS;
+  const silence = pathWorks ? SOURCE_SILENCE_MS : MEDIA_SILENCE_MS;
+  if (streams > 0 && packets > 0 && !w.fired && now - w.at > silence) {
     w.fired = true;
     if (moim.ws && moim.ws.readyState === WebSocket.OPEN) restartIce('incoming media silent');
     else recover('media silent');
