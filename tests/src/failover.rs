@@ -222,6 +222,10 @@ pub async fn network_change(room: &str) -> anyhow::Result<NetworkChange> {
     })
 }
 
+/// A run slower than this prints what the fabric logged (`MOIM_TEST_LOG` sets the nodes'
+/// filter; `MOIM_KEEP_TEST_DIRS=1` keeps each node's own log).
+const SLOW_RUN_MS: f64 = 2_000.0;
+
 /// `moim-bench failover` options.
 #[derive(clap::Args)]
 pub struct FailoverArgs {
@@ -244,6 +248,8 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<serde_json::Value> {
         "{:<10} {:>5} {:>9} {:>9} {:>9} {:>7}",
         "fault", "runs", "p50 ms", "p99 ms", "max ms", "failed"
     );
+    // The nodes' log filter (MOIM_TEST_LOG, as in the tests), for a slow run's cause.
+    let node_log = std::env::var("MOIM_TEST_LOG").unwrap_or_else(|_| "warn".into());
     for fault in &args.faults {
         let mut took = Vec::new();
         let mut failed = 0;
@@ -251,7 +257,7 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<serde_json::Value> {
             let tag = format!("bench-{fault}-{i}");
             let result = match fault.as_str() {
                 "node" => dead_node(&tag).await.map(|(f, a, b, t)| (Some(f), a, b, t)),
-                "hub" => dead_hub(&tag, "warn")
+                "hub" => dead_hub(&tag, &node_log)
                     .await
                     .map(|(f, a, b, t)| (Some(f), a, b, t)),
                 "network" => network_change(&tag).await.map(|n| {
@@ -269,7 +275,10 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<serde_json::Value> {
                     a.close().await;
                     b.close().await;
                     if let Some(f) = fabric {
-                        f.interrupt();
+                        let (_, text) = f.interrupt();
+                        if t > SLOW_RUN_MS {
+                            eprintln!("{fault} run {i} was slow; the fabric's output:\n{text}");
+                        }
                     }
                     eprintln!("{fault} run {i}: {t:.0} ms");
                     took.push(t);
