@@ -185,6 +185,14 @@ pub enum Command {
         /// RTT.
         rtt: Duration,
     },
+    /// What a relay link's path carries, as its congestion controller estimates it (bits per
+    /// second; `None`: no sign of a limit).
+    RelayEstimate {
+        /// Link.
+        link: LinkId,
+        /// Estimate.
+        bps: Option<f64>,
+    },
     /// A relay link closed.
     RelayDown {
         /// Link.
@@ -503,6 +511,7 @@ fn handle(
         Command::RelayControl { link, msg } => engine.relay_control(link, *msg, now),
         Command::RelayMedia { link, datagram } => engine.relay_media(link, datagram, now),
         Command::RelayRtt { link, rtt } => engine.relay_rtt(link, rtt),
+        Command::RelayEstimate { link, bps } => engine.relay_estimate(link, bps, now),
         // Handled in the loop, which owns the links.
         Command::RelayUp { .. } | Command::RelayDown { .. } => {}
     }

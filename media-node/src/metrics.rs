@@ -100,6 +100,10 @@ pub struct RelayLinkMetrics {
     pub connects: IntCounterVec,
     /// Tracks the far node announced on the link.
     pub streams: IntGaugeVec,
+    /// What the link's path carries, as estimated from QUIC's acknowledgements.
+    pub estimate_bps: prometheus::GaugeVec,
+    /// Layers the far node subscribed to that this node holds back (they do not fit).
+    pub layers_held: IntGaugeVec,
 }
 
 impl Metrics {
@@ -313,6 +317,26 @@ impl Metrics {
                         Opts::new(
                             "moim_relay_streams",
                             "Tracks the far node offers on a relay link."
+                        ),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                estimate_bps: reg!(
+                    prometheus::GaugeVec::new(
+                        Opts::new(
+                            "moim_relay_estimate_bps",
+                            "What a relay link's path carries, bits per second, as estimated from QUIC acknowledgements (0: no limit seen)."
+                        ),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                layers_held: reg!(
+                    IntGaugeVec::new(
+                        Opts::new(
+                            "moim_relay_layers_held",
+                            "Simulcast layers the far node subscribed to that this node holds back on the link because they do not fit its estimate."
                         ),
                         &["peer"]
                     )

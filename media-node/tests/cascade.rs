@@ -528,3 +528,53 @@ fn a_link_going_down_tells_each_participant_once_per_kind() {
         "{after:?}"
     );
 }
+
+/// A link whose path carries less than what crosses it holds back what does not fit (here the
+/// only track, one video) and counts it in `moim_relay_layers_held`; when the estimate allows
+/// it again, the video crosses again.
+#[test]
+fn a_link_holds_back_what_its_estimate_cannot_carry() {
+    let mut net = Net::new();
+    let (seoul, fra) = (net.node("seoul-1", "seoul"), net.node("fra-1", "frankfurt"));
+    let (link, _) = net.link(seoul, fra);
+    let publisher = net.join(seoul, ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    let viewer = net.join(fra, ROOM, "bo");
+    net.run_with_video(secs(3.0), publisher, 7);
+    let crossed = |net: &Net| net.relay_media.get(&(seoul, fra)).copied().unwrap_or(0);
+    assert!(crossed(&net) > 20, "the video crosses");
+    let held = |net: &Net| {
+        net.nodes[seoul]
+            .engine
+            .metrics()
+            .relay
+            .layers_held
+            .with_label_values(&["fra-1"])
+            .get()
+    };
+    assert_eq!(held(&net), 0);
+
+    // 500 bit/s: less than the harness's video (about 2 kbit/s).
+    let now = net.now;
+    net.nodes[seoul]
+        .engine
+        .relay_estimate(link, Some(500.0), now);
+    assert_eq!(held(&net), 1);
+    let at_hold = crossed(&net);
+    net.run_with_video(secs(2.0), publisher, 7);
+    assert_eq!(crossed(&net), at_hold, "nothing crosses while it is held");
+
+    // Room enough again.
+    let now = net.now;
+    net.nodes[seoul]
+        .engine
+        .relay_estimate(link, Some(50_000_000.0), now);
+    assert_eq!(held(&net), 0);
+    let decoded = decoding(&net, viewer);
+    net.run_with_video(secs(2.0), publisher, 7);
+    assert!(crossed(&net) > at_hold + 20, "the video crosses again");
+    assert!(
+        decoding(&net, viewer) > decoded + 20,
+        "and reaches the viewer"
+    );
+}

@@ -1,4 +1,4 @@
-//! Congestion control of relay links: a fixed window.
+//! Congestion control of relay links: a fixed window, and an estimate of what the path carries.
 //!
 //! What crosses a relay link is already rate-controlled: publishers' encoders follow their own
 //! congestion control, and a link carries only the layers someone on the far side chose. The
@@ -17,11 +17,20 @@
 //! the subscribers' layer choices. This is the same stance as RTP relays between SFUs that
 //! use plain UDP (no transport congestion control), with QUIC's encryption, keepalives and
 //! reliable control stream on top.
+//!
+//! The window does not bound the rate, but the path does: a transit link or an egress allowance
+//! below what the far side asks for queues and then drops datagrams, and NACK repair only adds
+//! to it. So the controller also *estimates* what the path carries ([`LinkEstimator`]) from
+//! what QUIC's acknowledgements say, without acting on it itself: the engine reads the estimate
+//! ([`estimate_of`]) and holds back simulcast layers on the link until what it sends fits.
+//! The estimate is delay-based first, as GCC's is for WebRTC: a queue that grows at the
+//! bottleneck shows as round trips above the path's base before anything is lost, and random
+//! loss alone (a lossy but uncongested path) does not lower it unless it is heavy.
 
 use quinn::congestion::{Controller, ControllerFactory};
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Bytes in flight allowed on a link: enough for 1 Gbit/s at 60 ms RTT.
 pub const WINDOW: u64 = 8 * 1024 * 1024;
@@ -31,23 +40,50 @@ pub const WINDOW: u64 = 8 * 1024 * 1024;
 pub struct FixedWindowConfig;
 
 impl ControllerFactory for FixedWindowConfig {
-    fn build(self: Arc<Self>, _now: Instant, _current_mtu: u16) -> Box<dyn Controller> {
-        Box::new(FixedWindow)
+    fn build(self: Arc<Self>, now: Instant, _current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(FixedWindow {
+            estimator: LinkEstimator::new(now),
+        })
     }
 }
 
-/// A congestion controller whose window never changes (see the module documentation).
-#[derive(Debug, Clone, Copy)]
-pub struct FixedWindow;
+/// A congestion controller whose window never changes (see the module documentation), and
+/// which estimates what the path carries.
+#[derive(Debug, Clone)]
+pub struct FixedWindow {
+    estimator: LinkEstimator,
+}
+
+/// What `conn`'s path carries, bits per second, as its controller estimates it (`None`: no sign
+/// of a limit yet).
+pub fn estimate_of(conn: &quinn::Connection) -> Option<f64> {
+    conn.congestion_state()
+        .into_any()
+        .downcast::<FixedWindow>()
+        .ok()
+        .and_then(|c| c.estimator.estimate())
+}
 
 impl Controller for FixedWindow {
+    fn on_ack(
+        &mut self,
+        now: Instant,
+        sent: Instant,
+        bytes: u64,
+        _app_limited: bool,
+        _rtt: &quinn_proto::RttEstimator,
+    ) {
+        self.estimator.on_ack(now, sent, bytes);
+    }
+
     fn on_congestion_event(
         &mut self,
-        _now: Instant,
+        now: Instant,
         _sent: Instant,
         _is_persistent_congestion: bool,
-        _lost_bytes: u64,
+        lost_bytes: u64,
     ) {
+        self.estimator.on_loss(now, lost_bytes);
     }
 
     fn on_mtu_update(&mut self, _new_mtu: u16) {}
@@ -57,7 +93,7 @@ impl Controller for FixedWindow {
     }
 
     fn clone_box(&self) -> Box<dyn Controller> {
-        Box::new(*self)
+        Box::new(self.clone())
     }
 
     fn initial_window(&self) -> u64 {
@@ -66,5 +102,267 @@ impl Controller for FixedWindow {
 
     fn into_any(self: Box<Self>) -> Box<dyn Any> {
         self
+    }
+}
+
+/// How long each judgement of the path covers.
+const WINDOW_LEN: Duration = Duration::from_millis(100);
+/// Queueing delay above the path's base round trip that means the bottleneck's queue grows.
+const OVERUSE_DELAY: Duration = Duration::from_millis(20);
+/// Below this the queue is drained: the estimate may grow.
+const UNDERUSE_DELAY: Duration = Duration::from_millis(8);
+/// Loss, averaged over about a second, that counts as congestion even without delay (a short
+/// queue that drops before delay shows). Random or bursty loss of a few percent on a long path
+/// does not.
+const OVERUSE_LOSS: f64 = 0.15;
+/// Weight of each window in the loss average (about the last ten windows count).
+const LOSS_WEIGHT: f64 = 0.1;
+/// After a decrease the estimate holds this long before it grows again.
+const HOLD_AFTER_DECREASE: Duration = Duration::from_millis(1000);
+/// Growth per window once the queue is drained (about 34% a second).
+const GROWTH: f64 = 1.03;
+/// How long a base round trip is remembered (a route change may raise it for good).
+const BASE_MEMORY: Duration = Duration::from_secs(10);
+
+/// A sender-side estimate of a path's capacity from acknowledgements: each 100 ms window it
+/// compares the shortest round trip seen in the window with the path's base (the shortest over
+/// the last 10 to 20 s), and averages loss over about a second. A queue building (20 ms over the
+/// base) or heavy loss (15%) sets the estimate to 85% of what was delivered in the window; a drained queue lets it
+/// grow 3% a window, never beyond what was last delivered plus half again plus 1 Mbit/s (it
+/// cannot know more than it has tried).
+#[derive(Debug, Clone)]
+pub struct LinkEstimator {
+    /// Bits per second; `None` until the first sign of a limit.
+    estimate: Option<f64>,
+    /// Shortest round trip in the current and the previous base period.
+    base: [Option<Duration>; 2],
+    base_since: Instant,
+    window_start: Instant,
+    acked: u64,
+    lost: u64,
+    shortest: Option<Duration>,
+    last_decrease: Option<Instant>,
+    /// What the last window delivered, bits per second.
+    delivered_bps: f64,
+    /// Share of bytes lost, averaged over windows.
+    loss: f64,
+}
+
+impl LinkEstimator {
+    /// An estimator with nothing seen yet.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            estimate: None,
+            base: [None, None],
+            base_since: now,
+            window_start: now,
+            acked: 0,
+            lost: 0,
+            shortest: None,
+            last_decrease: None,
+            delivered_bps: 0.0,
+            loss: 0.0,
+        }
+    }
+
+    /// The estimate, bits per second (`None`: no sign of a limit yet).
+    pub fn estimate(&self) -> Option<f64> {
+        self.estimate
+    }
+
+    /// What the last window delivered, bits per second.
+    pub fn delivered_bps(&self) -> f64 {
+        self.delivered_bps
+    }
+
+    /// A packet of `bytes` sent at `sent` was acknowledged at `now`.
+    pub fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64) {
+        self.roll(now);
+        let rtt = now.saturating_duration_since(sent);
+        self.acked += bytes;
+        self.shortest = Some(self.shortest.map_or(rtt, |s| s.min(rtt)));
+        for b in &mut self.base {
+            *b = Some(b.map_or(rtt, |x| x.min(rtt)));
+        }
+    }
+
+    /// `bytes` were declared lost at `now`.
+    pub fn on_loss(&mut self, now: Instant, bytes: u64) {
+        self.roll(now);
+        self.lost += bytes;
+    }
+
+    /// Ends the window if it is over: judges it and starts the next.
+    fn roll(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.base_since) >= BASE_MEMORY {
+            self.base = [self.base[1], None];
+            self.base_since = now;
+        }
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < WINDOW_LEN {
+            return;
+        }
+        let delivered = self.acked as f64 * 8.0 / elapsed.as_secs_f64();
+        let total = self.acked + self.lost;
+        if total > 0 {
+            let loss = self.lost as f64 / total as f64;
+            self.loss += (loss - self.loss) * LOSS_WEIGHT;
+        }
+        let base = self.base.iter().flatten().min().copied();
+        let queueing = match (self.shortest, base) {
+            (Some(s), Some(b)) => Some(s.saturating_sub(b)),
+            _ => None,
+        };
+        // A window that acknowledged nothing says nothing about delay.
+        let overuse = queueing.is_some_and(|q| q > OVERUSE_DELAY) || self.loss > OVERUSE_LOSS;
+        if overuse && self.acked > 0 {
+            let lowered = 0.85 * delivered;
+            self.estimate = Some(self.estimate.map_or(lowered, |e| e.min(lowered)));
+            self.last_decrease = Some(now);
+        } else if let Some(e) = self.estimate
+            && queueing.is_some_and(|q| q < UNDERUSE_DELAY)
+            && self
+                .last_decrease
+                .is_none_or(|at| now.saturating_duration_since(at) >= HOLD_AFTER_DECREASE)
+        {
+            let ceiling = delivered * 1.5 + 1_000_000.0;
+            self.estimate = Some((e * GROWTH).min(ceiling.max(e)));
+        }
+        self.delivered_bps = delivered;
+        self.window_start = now;
+        self.acked = 0;
+        self.lost = 0;
+        self.shortest = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A path to simulate: a bottleneck (`capacity(t)`, bits per second, with a 60 ms queue),
+    /// a base round trip and random loss after the bottleneck.
+    struct Path {
+        capacity: fn(f64) -> f64,
+        rtt: Duration,
+        loss: f64,
+    }
+
+    /// A sender that sends `demand(t)` bits per second, or the estimate when it is lower (as the
+    /// engine holds layers back), in 1,200-byte packets over `path` for `secs`; returns the
+    /// estimate every 100 ms as (seconds, bits per second or infinity).
+    fn simulate(path: &Path, demand: fn(f64) -> f64, secs: f64) -> Vec<(f64, f64)> {
+        const SIZE: u64 = 1200;
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut est = LinkEstimator::new(t0);
+        // Events by time (ns): acknowledgements (sent at) and losses.
+        let mut events: BTreeMap<(u64, u64), Option<Instant>> = BTreeMap::new();
+        let mut seq = 0u64;
+        let (mut free_at, mut next_send, mut out) = (0.0f64, 0.0f64, Vec::new());
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut random = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut t = 0.0;
+        while t < secs {
+            let rate = demand(t).min(est.estimate().unwrap_or(f64::INFINITY));
+            while next_send <= t {
+                let start = free_at.max(next_send);
+                seq += 1;
+                if start - next_send > 0.060 || random() < path.loss {
+                    // Declared lost about a round trip and a quarter later.
+                    let when = next_send + path.rtt.as_secs_f64() * 1.25;
+                    events.insert(((when * 1e9) as u64, seq), None);
+                    if start - next_send <= 0.060 {
+                        free_at = start + (SIZE * 8) as f64 / (path.capacity)(t);
+                    }
+                } else {
+                    free_at = start + (SIZE * 8) as f64 / (path.capacity)(t);
+                    let when = free_at + path.rtt.as_secs_f64();
+                    events.insert(((when * 1e9) as u64, seq), Some(at(next_send)));
+                }
+                next_send += (SIZE * 8) as f64 / rate.max(100_000.0);
+            }
+            let now_ns = (t * 1e9) as u64;
+            while let Some((&(when, s), _)) = events.first_key_value() {
+                if when > now_ns {
+                    break;
+                }
+                match events.remove(&(when, s)).flatten() {
+                    Some(sent) => est.on_ack(at(when as f64 / 1e9), sent, SIZE),
+                    None => est.on_loss(at(when as f64 / 1e9), SIZE),
+                }
+            }
+            if ((t * 1000.0).round() as u64).is_multiple_of(100) {
+                out.push((t, est.estimate().unwrap_or(f64::INFINITY)));
+            }
+            t += 0.001;
+        }
+        out
+    }
+
+    fn at_time(trace: &[(f64, f64)], secs: f64) -> f64 {
+        trace
+            .iter()
+            .rev()
+            .find(|(t, _)| *t <= secs)
+            .map_or(f64::NAN, |(_, e)| *e)
+    }
+
+    /// Three times what a 1 Mbit/s bottleneck carries: the estimate settles below 1 Mbit/s
+    /// (and the sender, following it, stops overfilling the queue).
+    #[test]
+    fn the_estimate_finds_a_bottleneck() {
+        let path = Path {
+            capacity: |_| 1_000_000.0,
+            rtt: Duration::from_millis(60),
+            loss: 0.0,
+        };
+        let trace = simulate(&path, |_| 3_000_000.0, 10.0);
+        for secs in [3.0, 6.0, 9.9] {
+            let e = at_time(&trace, secs);
+            // A sawtooth around the capacity: it grows until the queue shows, then falls back.
+            assert!((600_000.0..=1_250_000.0).contains(&e), "{e} at {secs} s");
+        }
+    }
+
+    /// A long path with random loss and room to spare: no limit is seen.
+    #[test]
+    fn random_loss_on_a_long_path_is_not_a_limit() {
+        let path = Path {
+            capacity: |_| 2_500_000.0,
+            rtt: Duration::from_millis(180),
+            loss: 0.03,
+        };
+        let trace = simulate(&path, |_| 1_500_000.0, 10.0);
+        assert!(trace.iter().all(|(_, e)| e.is_infinite()), "{trace:?}");
+    }
+
+    /// The bottleneck falls from 2.5 to 1 Mbit/s and returns: the estimate follows down within
+    /// 2 s and back up within 5 s.
+    #[test]
+    fn the_estimate_follows_a_bottleneck_down_and_up() {
+        let path = Path {
+            capacity: |t| {
+                if (10.0..20.0).contains(&t) {
+                    1_000_000.0
+                } else {
+                    2_500_000.0
+                }
+            },
+            rtt: Duration::from_millis(60),
+            loss: 0.0,
+        };
+        let trace = simulate(&path, |_| 2_000_000.0, 30.0);
+        assert!(at_time(&trace, 9.9).is_infinite(), "no limit while it fits");
+        let down = at_time(&trace, 12.0);
+        assert!(down <= 1_050_000.0, "{down} 2 s after the drop");
+        let up = at_time(&trace, 25.0);
+        assert!(up >= 1_900_000.0, "{up} 5 s after the return");
     }
 }

@@ -291,7 +291,22 @@ async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metr
         let engine = engine.clone();
         tokio::spawn(async move {
             let (mut lost, mut sent, mut recv) = (0u64, 0u64, 0u64);
+            // The estimate four times a second (the engine holds layers back by it); the rest
+            // once a second.
+            let mut tick = 0u32;
             loop {
+                let bps = super::congestion::estimate_of(&conn);
+                let _ = engine.send(Command::RelayEstimate { link: id, bps });
+                metrics
+                    .relay
+                    .estimate_bps
+                    .with_label_values(&[&peer])
+                    .set(bps.unwrap_or(0.0));
+                tick = tick.wrapping_add(1);
+                if tick % 4 != 1 {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
                 let s = conn.stats();
                 let rtt = conn.rtt();
                 let _ = engine.send(Command::RelayRtt { link: id, rtt });
@@ -311,7 +326,7 @@ async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metr
                     .with_label_values(&[&peer])
                     .inc_by(s.udp_rx.bytes.saturating_sub(recv));
                 (lost, sent, recv) = (s.path.lost_packets, s.udp_tx.bytes, s.udp_rx.bytes);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(Duration::from_millis(250)).await;
             }
         })
     };

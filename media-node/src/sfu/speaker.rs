@@ -62,6 +62,11 @@ impl SpeakerDetector {
         entry.at = now;
     }
 
+    /// The speakers last reported, loudest first.
+    pub fn reported(&self) -> &[String] {
+        &self.reported
+    }
+
     /// Forgets a participant who left.
     pub fn remove(&mut self, participant: &str) {
         self.loudness.remove(participant);

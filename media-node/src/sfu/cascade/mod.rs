@@ -24,6 +24,8 @@
 //! [`Engine::poll_relay`]'s queue, bounded by [`RELAY_OUT_MAX`]; when it is full the oldest
 //! media is dropped first (media is perishable; control messages are the room's state).
 
+mod budget;
+
 use super::TrackKey;
 use super::engine::Engine;
 use super::send::SeqRing;
@@ -87,6 +89,8 @@ pub struct LinkState {
     by_handle: HashMap<u32, TrackKey>,
     /// Round-trip time as QUIC measures it (paces NACK retries).
     rtt: std::time::Duration,
+    /// What the path carries and what is held back to fit it.
+    budget: budget::LinkBudget,
 }
 
 /// A track that arrives over a link.
@@ -165,12 +169,14 @@ pub(super) fn layer_rates(t: &UpTrack) -> Vec<f64> {
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let remote = t
-                .relay
-                .as_ref()
-                .and_then(|r| r.remote_bps.get(i).copied())
-                .unwrap_or(0.0);
-            l.bps.max(remote)
+            // The far side's word for a layer it reports as carrying nothing is final: not
+            // flowing at the origin, or held back on the link (`budget`), whatever still
+            // trickles in here.
+            match t.relay.as_ref().and_then(|r| r.remote_bps.get(i).copied()) {
+                Some(remote) if remote <= 0.0 => 0.0,
+                Some(remote) => l.bps.max(remote),
+                None => l.bps,
+            }
         })
         .collect()
 }
@@ -434,6 +440,7 @@ impl Engine {
                 told: HashSet::new(),
                 by_handle: HashMap::new(),
                 rtt: DEFAULT_RTT,
+                budget: budget::LinkBudget::default(),
             },
         );
         let mut rooms: Vec<String> = self.rooms.keys().cloned().collect();
@@ -450,11 +457,9 @@ impl Engine {
             return;
         };
         tracing::info!(link, peer = %state.node_id, "relay link down");
-        self.metrics
-            .relay
-            .streams
-            .with_label_values(&[&state.node_id])
-            .set(0);
+        for gauge in [&self.metrics.relay.streams, &self.metrics.relay.layers_held] {
+            gauge.with_label_values(&[&state.node_id]).set(0);
+        }
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         let mut touched = Vec::new();
         // Everything the link carried goes at once: each local participant is told in one
@@ -1246,7 +1251,7 @@ impl Engine {
         for key in tracks {
             if let Some(msg) = self.announcement(key, link) {
                 self.send_to_link(link, msg);
-                if let Some(rates) = self.rates_of(key) {
+                if let Some(rates) = self.rates_for(key, link) {
                     self.send_to_link(link, rates);
                 }
             }
@@ -1402,28 +1407,37 @@ impl Engine {
         let Some(room) = self.tracks.get(&key).map(|t| t.room.clone()) else {
             return;
         };
-        let rates = self.rates_of(key);
         for link in self.links_for(&room) {
             let Some(msg) = self.announcement(key, link) else {
                 continue;
             };
             self.send_to_link(link, msg);
-            if let Some(r) = &rates {
-                self.send_to_link(link, r.clone());
+            if let Some(r) = self.rates_for(key, link) {
+                self.send_to_link(link, r);
             }
         }
     }
 
     /// What each layer of a simulcast track carries now (for a relayed track, what the layer
-    /// choice here goes by: see [`layer_rates`]).
-    pub(super) fn rates_of(&self, key: TrackKey) -> Option<Control> {
+    /// choice here goes by: see [`layer_rates`]), as `link` may have it: layers the link's
+    /// budget closes are reported as carrying nothing.
+    pub(super) fn rates_for(&self, key: TrackKey, link: LinkId) -> Option<Control> {
         let t = self.tracks.get(&key)?;
         if t.layers.len() < 2 {
             return None;
         }
+        let closed = self.links.get(&link).map(|l| &l.budget.closed);
         Some(Control::LayerRates {
             track: u32::try_from(key).ok()?,
-            bps: layer_rates(t).into_iter().map(|b| b as u32).collect(),
+            bps: layer_rates(t)
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let shut = u8::try_from(i)
+                        .is_ok_and(|layer| closed.is_some_and(|c| c.contains(&(key, layer))));
+                    if shut { 0 } else { b as u32 }
+                })
+                .collect(),
         })
     }
 
@@ -1449,7 +1463,7 @@ impl Engine {
         let targets: Vec<LinkId> = t
             .relay_subs
             .iter()
-            .filter(|(_, l)| *l == layer)
+            .filter(|(link, l)| *l == layer && !self.held_on(*link, key, layer))
             .map(|(link, _)| *link)
             .collect();
         if targets.is_empty() {
@@ -1612,11 +1626,11 @@ impl Engine {
             if t.relay.is_some() {
                 relayed.push(*k);
             }
-            if let Some(r) = self.rates_of(*k) {
-                for link in self.links_for(&t.room) {
-                    if self.announced_to(t, link) {
-                        rates.push((link, r.clone()));
-                    }
+            for link in self.links_for(&t.room) {
+                if self.announced_to(t, link)
+                    && let Some(r) = self.rates_for(*k, link)
+                {
+                    rates.push((link, r));
                 }
             }
         }
