@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// A session whose media connection has not completed this long after the offer is dropped.
     #[arg(long, env = "MOIM_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Hold back simulcast layers that do not fit a relay link's estimated capacity
+    /// (experimental: see the README's cascade section).
+    #[arg(long, env = "MOIM_RELAY_FIT")]
+    pub relay_fit: bool,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "MOIM_LOG", default_value = "info")]
     pub log: String,

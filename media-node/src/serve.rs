@@ -112,6 +112,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             node_id: node_id.clone(),
             region: args.region.clone(),
             connect_timeout: args.connect_timeout,
+            relay_fit: args.relay_fit,
         },
         metrics.clone(),
     );

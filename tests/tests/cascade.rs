@@ -4,7 +4,7 @@ use media_node::relay::link::RelayEndpoint;
 use media_node::relay::proto::Control;
 use media_node::relay::testing::{self, trust, write_pki};
 use media_node::relay::tls::RelayTls;
-use moim_e2e::impair::ImpairedPath;
+use moim_e2e::impair::{ImpairedPath, PathProfile};
 use moim_e2e::{Browser, Node, free_udp_port, sample, wait_decoding, wait_status};
 use std::time::{Duration, Instant};
 
@@ -83,17 +83,26 @@ async fn whip_on_one_node_plays_over_whep_on_another() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seoul publishes from a browser; Frankfurt, linked through `path`, has a viewer.
+/// Seoul publishes from a browser; Frankfurt, linked through a path with a fixed one-way delay
+/// and random loss, has a viewer.
 async fn pair_through(
     path_delay: Duration,
     loss: f64,
 ) -> anyhow::Result<(Vec<Node>, ImpairedPath, Browser, Browser)> {
+    pair_through_path(PathProfile::lossy(path_delay, loss), &[]).await
+}
+
+/// The same through a path of any profile, the nodes started with `extra` arguments.
+async fn pair_through_path(
+    profile: PathProfile,
+    extra: &[&str],
+) -> anyhow::Result<(Vec<Node>, ImpairedPath, Browser, Browser)> {
     let relay = format!("127.0.0.1:{}", free_udp_port());
-    let seoul = Node::start_relay("seoul-1", "seoul", &relay, &[], &[]).await?;
-    let path = ImpairedPath::start(relay.parse()?, path_delay, loss).await?;
+    let seoul = Node::start_relay("seoul-1", "seoul", &relay, &[], extra).await?;
+    let path = ImpairedPath::with_profile(relay.parse()?, profile).await?;
     let via = path.addr().to_string();
     let fra_relay = format!("127.0.0.1:{}", free_udp_port());
-    let fra = Node::start_relay("fra-1", "frankfurt", &fra_relay, &[&via], &[]).await?;
+    let fra = Node::start_relay("fra-1", "frankfurt", &fra_relay, &[&via], extra).await?;
     let publisher = Browser::join(&seoul, "r", "ana", true).await?;
     let viewer = Browser::join(&fra, "r", "bo", false).await?;
     wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(40)).await?;
@@ -630,5 +639,71 @@ async fn a_link_to_another_node_than_the_plan_names_is_closed() -> anyhow::Resul
         anyhow::ensure!(Instant::now() < deadline, "the planned node never linked");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(())
+}
+
+/// Issue 23's first measurement: the relay path between two regions is a 1 Mbit/s bottleneck
+/// (60 ms queue, 30 ms each way), narrower than the publisher's top simulcast layer. Seoul's
+/// link estimates what the path carries and holds back what does not fit; Frankfurt's viewer
+/// moves to a layer that flows instead of losing a third of the packets (as it did with a
+/// fixed window on 2026-12-01: 27% and 37% of the relay packets dropped, 7 frames a second, a
+/// 3.4 s freeze).
+///
+/// Not in CI yet: with `--relay-fit` (the nodes hold back layers that do not fit the link's
+/// estimate) the share dropped varied from 1% to 14% over six runs on 2026-12-01, and without it
+/// one run dropped nothing (the far side's own layer choice stepped down to 180p on the loss).
+/// Run it with `cargo test -p moim-e2e --test cascade -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement of issue 23's relay budget, not yet steady enough to gate CI"]
+async fn a_relay_path_narrower_than_the_top_layer_carries_a_lower_one() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let profile = PathProfile::wan(Duration::from_millis(60), 1_000_000);
+    let (nodes, path, publisher, viewer) = pair_through_path(profile, &["--relay-fit"]).await?;
+    // The viewer's tile asks for the top layer (1,500 kbit/s at 720p, more than the path).
+    viewer
+        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
+        .await?;
+    // Warm-up: the publisher's encoder ramps up to its top layer, the link finds its limit.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let frames = "let f = 0; (await moim.sub.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') f += s.framesDecoded || 0; }); return f;";
+    let frames = format!("return (async () => {{ {frames} }})();");
+    let [_, before] = path.stats();
+    let decoded_before = viewer.js(&frames).await?.as_f64().unwrap_or(0.0);
+    let worst = longest_freeze(&viewer, 12).await?;
+    let [_, after] = path.stats();
+    let decoded = viewer.js(&frames).await?.as_f64().unwrap_or(0.0) - decoded_before;
+    let offered = after.offered - before.offered;
+    let dropped = (after.queue_drops - before.queue_drops) + (after.lost - before.lost);
+    let share = dropped as f64 / offered.max(1) as f64;
+    let height = viewer
+        .js("return (async () => { let h = 0; (await moim.sub.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') h = s.frameHeight || 0; }); return h; })();")
+        .await?;
+    let seoul = reqwest::get(nodes[0].url("/metrics")).await?.text().await?;
+    let relay_lines: Vec<&str> = seoul
+        .lines()
+        .filter(|l| l.starts_with("moim_relay_estimate") || l.starts_with("moim_relay_layers"))
+        .collect();
+    eprintln!(
+        "over 12 s: {offered} datagrams toward frankfurt, {dropped} dropped ({:.1}%), longest \
+         queue {} ms; the viewer decoded {decoded} frames ({height}p at the end), longest freeze \
+         {worst:?}; seoul: {relay_lines:?}",
+        share * 100.0,
+        after.max_queue_us / 1000
+    );
+    // The link found the path's limit, and what crosses mostly fits it. (Not yet the issue's
+    // 1%: each time the estimate lets the far side try the top layer again, a burst is lost.)
+    assert!(
+        sample(&seoul, "moim_relay_estimate_bps{peer=\"fra-1\"}").unwrap_or(0.0) > 0.0,
+        "no limit seen: {relay_lines:?}"
+    );
+    assert!(
+        share < 0.10,
+        "{:.1}% of the relay datagrams dropped",
+        share * 100.0
+    );
+    assert!(decoded >= 12.0 * 15.0, "{decoded} frames in 12 s");
+    assert!(worst < Duration::from_secs(1), "video froze for {worst:?}");
+    publisher.close().await;
+    viewer.close().await;
     Ok(())
 }

@@ -117,17 +117,37 @@ const UNDERUSE_DELAY: Duration = Duration::from_millis(8);
 const OVERUSE_LOSS: f64 = 0.15;
 /// Weight of each window in the loss average (about the last ten windows count).
 const LOSS_WEIGHT: f64 = 0.1;
+/// After a decrease, further congestion signs are ignored for two base round trips, at least
+/// this long (the queue drains).
+const DRAIN_TIME: Duration = Duration::from_millis(300);
 /// After a decrease the estimate holds this long before it grows again.
 const HOLD_AFTER_DECREASE: Duration = Duration::from_millis(1000);
-/// Growth per window once the queue is drained (about 34% a second).
+/// Growth per window once the queue is drained (about 34% a second), and near the rate where
+/// the path last showed congestion (within 15% above it: about 10% a second), so that a sender
+/// at the path's limit does not overshoot it every few seconds.
 const GROWTH: f64 = 1.03;
+const GROWTH_NEAR_LIMIT: f64 = 1.01;
+/// Past that (15% above the last limit) the estimate grows only this long after the last
+/// decrease: a sender that follows the estimate tries a higher rate (a layer the far side
+/// wants) at most this often, since each try that does not fit costs a burst of loss. (Without
+/// padding probes this is also how long a path that widened again takes to be used.)
+const PROBE_AFTER: Duration = Duration::from_secs(8);
 /// How long a base round trip is remembered (a route change may raise it for good).
 const BASE_MEMORY: Duration = Duration::from_secs(10);
+/// Acknowledged packets a window needs before its round trips say anything: QUIC delays the
+/// acknowledgement of a lone packet by up to 25 ms, but acknowledges every second one at once.
+const MIN_ACKED: u32 = 3;
+/// A decrease goes to 85% of the most delivered in this many recent windows (one window of a
+/// bursty media flow may deliver far less than the path carries).
+const DELIVERED_MEMORY: usize = 5;
+/// The estimate never falls below this (audio and the lowest layers of a few videos).
+const MIN_ESTIMATE: f64 = 150_000.0;
 
 /// A sender-side estimate of a path's capacity from acknowledgements: each 100 ms window it
 /// compares the shortest round trip seen in the window with the path's base (the shortest over
 /// the last 10 to 20 s), and averages loss over about a second. A queue building (20 ms over the
-/// base) or heavy loss (15%) sets the estimate to 85% of what was delivered in the window; a drained queue lets it
+/// base, in a window of at least three acknowledgements) or heavy loss (15%) sets the estimate
+/// to 85% of the most delivered in the last half second (never below 150 kbit/s); a drained queue lets it
 /// grow 3% a window, never beyond what was last delivered plus half again plus 1 Mbit/s (it
 /// cannot know more than it has tried).
 #[derive(Debug, Clone)]
@@ -146,6 +166,12 @@ pub struct LinkEstimator {
     delivered_bps: f64,
     /// Share of bytes lost, averaged over windows.
     loss: f64,
+    /// Packets acknowledged in the window.
+    acked_packets: u32,
+    /// What the recent windows delivered, bits per second, newest last.
+    recent: std::collections::VecDeque<f64>,
+    /// The most delivered when congestion was last seen.
+    limit_seen: Option<f64>,
 }
 
 impl LinkEstimator {
@@ -162,6 +188,9 @@ impl LinkEstimator {
             last_decrease: None,
             delivered_bps: 0.0,
             loss: 0.0,
+            acked_packets: 0,
+            recent: std::collections::VecDeque::with_capacity(DELIVERED_MEMORY),
+            limit_seen: None,
         }
     }
 
@@ -180,6 +209,7 @@ impl LinkEstimator {
         self.roll(now);
         let rtt = now.saturating_duration_since(sent);
         self.acked += bytes;
+        self.acked_packets += 1;
         self.shortest = Some(self.shortest.map_or(rtt, |s| s.min(rtt)));
         for b in &mut self.base {
             *b = Some(b.map_or(rtt, |x| x.min(rtt)));
@@ -210,15 +240,26 @@ impl LinkEstimator {
         }
         let base = self.base.iter().flatten().min().copied();
         let queueing = match (self.shortest, base) {
-            (Some(s), Some(b)) => Some(s.saturating_sub(b)),
+            (Some(s), Some(b)) if self.acked_packets >= MIN_ACKED => Some(s.saturating_sub(b)),
             _ => None,
         };
+        if self.recent.len() == DELIVERED_MEMORY {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(delivered);
+        let most = self.recent.iter().copied().fold(0.0, f64::max);
         // A window that acknowledged nothing says nothing about delay.
         let overuse = queueing.is_some_and(|q| q > OVERUSE_DELAY) || self.loss > OVERUSE_LOSS;
-        if overuse && self.acked > 0 {
-            let lowered = 0.85 * delivered;
+        // After a decrease the queue takes a while to drain (and what is delivered meanwhile is
+        // the lowered rate): a second decrease waits for that.
+        let draining = self.last_decrease.is_some_and(|at| {
+            now.saturating_duration_since(at) < (base.unwrap_or_default() * 2).max(DRAIN_TIME)
+        });
+        if overuse && self.acked > 0 && !draining {
+            let lowered = (0.85 * most).max(MIN_ESTIMATE);
             self.estimate = Some(self.estimate.map_or(lowered, |e| e.min(lowered)));
             self.last_decrease = Some(now);
+            self.limit_seen = Some(most);
         } else if let Some(e) = self.estimate
             && queueing.is_some_and(|q| q < UNDERUSE_DELAY)
             && self
@@ -226,11 +267,20 @@ impl LinkEstimator {
                 .is_none_or(|at| now.saturating_duration_since(at) >= HOLD_AFTER_DECREASE)
         {
             let ceiling = delivered * 1.5 + 1_000_000.0;
-            self.estimate = Some((e * GROWTH).min(ceiling.max(e)));
+            let calm = self
+                .last_decrease
+                .is_none_or(|at| now.saturating_duration_since(at) >= PROBE_AFTER);
+            let growth = match self.limit_seen {
+                Some(l) if e < 1.15 * l => GROWTH_NEAR_LIMIT,
+                Some(_) if !calm => 1.0,
+                _ => GROWTH,
+            };
+            self.estimate = Some((e * growth).min(ceiling.max(e)));
         }
         self.delivered_bps = delivered;
         self.window_start = now;
         self.acked = 0;
+        self.acked_packets = 0;
         self.lost = 0;
         self.shortest = None;
     }
@@ -344,7 +394,8 @@ mod tests {
     }
 
     /// The bottleneck falls from 2.5 to 1 Mbit/s and returns: the estimate follows down within
-    /// 2 s and back up within 5 s.
+    /// 2 s and back up within 10 s (slowly past the old limit, and beyond it only 8 s after the
+    /// last decrease).
     #[test]
     fn the_estimate_follows_a_bottleneck_down_and_up() {
         let path = Path {
@@ -362,7 +413,7 @@ mod tests {
         assert!(at_time(&trace, 9.9).is_infinite(), "no limit while it fits");
         let down = at_time(&trace, 12.0);
         assert!(down <= 1_050_000.0, "{down} 2 s after the drop");
-        let up = at_time(&trace, 25.0);
-        assert!(up >= 1_900_000.0, "{up} 5 s after the return");
+        let up = at_time(&trace, 30.0);
+        assert!(up >= 1_900_000.0, "{up} 10 s after the return");
     }
 }

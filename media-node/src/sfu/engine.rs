@@ -87,6 +87,8 @@ pub struct EngineConfig {
     pub region: String,
     /// How long a new connection may take to connect before its session is dropped.
     pub connect_timeout: Duration,
+    /// Relay links hold back layers that do not fit their estimate (`--relay-fit`).
+    pub relay_fit: bool,
 }
 
 /// The media engine of one node.

@@ -248,6 +248,7 @@ impl Net {
                 node_id: id.into(),
                 region: region.into(),
                 connect_timeout: Duration::from_secs(30),
+                relay_fit: true,
             },
             Metrics::new(),
         );
