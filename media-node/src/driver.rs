@@ -511,7 +511,7 @@ fn handle(
         Command::RelayControl { link, msg } => engine.relay_control(link, *msg, now),
         Command::RelayMedia { link, datagram } => engine.relay_media(link, datagram, now),
         Command::RelayRtt { link, rtt } => engine.relay_rtt(link, rtt),
-        Command::RelayEstimate { link, bps } => engine.relay_estimate(link, bps, now),
+        Command::RelayEstimate { link, bps } => engine.relay_estimate(link, bps),
         // Handled in the loop, which owns the links.
         Command::RelayUp { .. } | Command::RelayDown { .. } => {}
     }

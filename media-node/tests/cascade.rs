@@ -555,20 +555,16 @@ fn a_link_holds_back_what_its_estimate_cannot_carry() {
     assert_eq!(held(&net), 0);
 
     // 500 bit/s: less than the harness's video (about 2 kbit/s).
-    let now = net.now;
-    net.nodes[seoul]
-        .engine
-        .relay_estimate(link, Some(500.0), now);
+    net.nodes[seoul].engine.relay_estimate(link, Some(500.0));
     assert_eq!(held(&net), 1);
     let at_hold = crossed(&net);
     net.run_with_video(secs(2.0), publisher, 7);
     assert_eq!(crossed(&net), at_hold, "nothing crosses while it is held");
 
     // Room enough again.
-    let now = net.now;
     net.nodes[seoul]
         .engine
-        .relay_estimate(link, Some(50_000_000.0), now);
+        .relay_estimate(link, Some(50_000_000.0));
     assert_eq!(held(&net), 0);
     let decoded = decoding(&net, viewer);
     net.run_with_video(secs(2.0), publisher, 7);

@@ -162,8 +162,6 @@ pub struct LinkEstimator {
     lost: u64,
     shortest: Option<Duration>,
     last_decrease: Option<Instant>,
-    /// What the last window delivered, bits per second.
-    delivered_bps: f64,
     /// Share of bytes lost, averaged over windows.
     loss: f64,
     /// Packets acknowledged in the window.
@@ -186,7 +184,6 @@ impl LinkEstimator {
             lost: 0,
             shortest: None,
             last_decrease: None,
-            delivered_bps: 0.0,
             loss: 0.0,
             acked_packets: 0,
             recent: std::collections::VecDeque::with_capacity(DELIVERED_MEMORY),
@@ -197,11 +194,6 @@ impl LinkEstimator {
     /// The estimate, bits per second (`None`: no sign of a limit yet).
     pub fn estimate(&self) -> Option<f64> {
         self.estimate
-    }
-
-    /// What the last window delivered, bits per second.
-    pub fn delivered_bps(&self) -> f64 {
-        self.delivered_bps
     }
 
     /// A packet of `bytes` sent at `sent` was acknowledged at `now`.
@@ -277,7 +269,6 @@ impl LinkEstimator {
             };
             self.estimate = Some((e * growth).min(ceiling.max(e)));
         }
-        self.delivered_bps = delivered;
         self.window_start = now;
         self.acked = 0;
         self.acked_packets = 0;

@@ -22,7 +22,6 @@ use crate::sfu::TrackKey;
 use crate::sfu::engine::Engine;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::HashSet;
-use std::time::Instant;
 
 /// Share of the estimate media may use (the rest: NACK repair, QUIC's own overhead, the
 /// control stream).
@@ -42,7 +41,7 @@ pub struct LinkBudget {
 
 impl Engine {
     /// A link's estimate, sampled: what crosses it is fitted again.
-    pub fn relay_estimate(&mut self, link: LinkId, bps: Option<f64>, _now: Instant) {
+    pub fn relay_estimate(&mut self, link: LinkId, bps: Option<f64>) {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
@@ -75,6 +74,11 @@ impl Engine {
             .estimate_bps
             .filter(|_| self.cfg.relay_fit)
             .map(|e| e * HEADROOM);
+        // Nothing to fit and nothing held (`--relay-fit` off, or no limit seen): the tracks
+        // need not be walked four times a second.
+        if budget.is_none() && l.budget.held.is_empty() && l.budget.closed.is_empty() {
+            return;
+        }
         // (rank, track, subscribed layers, every layer's rate) of each video the link takes.
         let mut videos: Vec<(usize, TrackKey, Vec<u8>, Vec<f64>)> = Vec::new();
         let mut offered: Vec<(TrackKey, Vec<f64>)> = Vec::new();
