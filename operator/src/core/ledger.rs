@@ -68,6 +68,15 @@ impl Ledger {
             .flat_map(|s| s.iter().map(String::as_str))
     }
 
+    /// Meetings placed short of their demand in some region: a node that becomes ready may
+    /// take what is missing.
+    pub fn short(&self) -> impl Iterator<Item = &str> {
+        self.plans
+            .iter()
+            .filter(|(_, p)| !p.shortfalls.is_empty())
+            .map(|(m, _)| m.as_str())
+    }
+
     /// Number of meetings placed.
     pub fn len(&self) -> usize {
         self.plans.len()
@@ -192,5 +201,22 @@ mod tests {
         assert_eq!(l.reserved_on("n1"), 0);
         assert_eq!(l.meetings_on("n1").count(), 0);
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn meetings_placed_short_are_listed_until_placed_in_full() {
+        use crate::core::placement::{Shortfall, ShortfallReason};
+        let mut l = Ledger::default();
+        let mut short = plan(&[]);
+        short.shortfalls.push(Shortfall {
+            region: "r".into(),
+            missing: 3,
+            reason: ShortfallReason::NoNodesInRegion,
+        });
+        l.record("ns/a", short);
+        l.record("ns/b", plan(&[("n1", 4)]));
+        assert_eq!(l.short().collect::<Vec<_>>(), vec!["ns/a"]);
+        l.record("ns/a", plan(&[("n2", 3)]));
+        assert_eq!(l.short().count(), 0);
     }
 }

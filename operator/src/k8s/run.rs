@@ -96,7 +96,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         clock.clone(),
         opts.settings.clone(),
     ));
-    // A node's change (lost, drained, new load) wakes the meetings it hosts.
+    // A node's change (lost, drained, new load, ready) wakes the meetings it hosts and those
+    // placed short.
     let mapper_ctx = ctx.clone();
     let seen_nodes = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
     let meeting_controller = Controller::new(meetings_api.clone(), watcher::Config::default())
@@ -113,8 +114,11 @@ pub async fn run(opts: RunOptions) -> Result<()> {
                 }
                 drop(seen);
                 let ledger = mapper_ctx.ledger();
-                ledger
-                    .meetings_on(&name)
+                // Its meetings, and meetings short of room anywhere: this node may have it.
+                let woken: std::collections::BTreeSet<&str> =
+                    ledger.meetings_on(&name).chain(ledger.short()).collect();
+                woken
+                    .into_iter()
                     .filter_map(|key| {
                         let (ns, n) = key.split_once('/')?;
                         Some(ObjectRef::<Meeting>::new(n).within(ns))
@@ -234,14 +238,39 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         .shutdown_on_signal()
         .run(medianode::reconcile, medianode::error_policy, ctx.clone())
         .for_each(|_| futures_util::future::ready(()));
-    let meeting_run = meeting_controller
-        .shutdown_on_signal()
-        .run(meeting::reconcile, meeting::error_policy, ctx.clone())
-        .for_each(|_| futures_util::future::ready(()));
-    let pool_run = pool_controller
-        .shutdown_on_signal()
-        .run(pool::reconcile, pool::error_policy, ctx.clone())
-        .for_each(|_| futures_util::future::ready(()));
+    // Meetings and pools decide from the observed MediaNodes (and pools from the meetings):
+    // deciding before those caches hold the cluster's objects would see an empty fleet, so a
+    // new leader would unplace every meeting and a pool would make its nodes again. They wait
+    // for the first full list; the node controller fills its cache as it starts.
+    let meeting_run = {
+        let nodes = nodes.clone();
+        let controller = meeting_controller.shutdown_on_signal();
+        let ctx = ctx.clone();
+        async move {
+            if nodes.wait_until_ready().await.is_err() {
+                return;
+            }
+            controller
+                .run(meeting::reconcile, meeting::error_policy, ctx)
+                .for_each(|_| futures_util::future::ready(()))
+                .await
+        }
+    };
+    let pool_run = {
+        let (nodes, meetings) = (nodes.clone(), meetings.clone());
+        let controller = pool_controller.shutdown_on_signal();
+        let ctx = ctx.clone();
+        async move {
+            if nodes.wait_until_ready().await.is_err() || meetings.wait_until_ready().await.is_err()
+            {
+                return;
+            }
+            controller
+                .run(pool::reconcile, pool::error_policy, ctx)
+                .for_each(|_| futures_util::future::ready(()))
+                .await
+        }
+    };
     let lost = async {
         while *leading_rx.borrow_and_update() {
             if leading_rx.changed().await.is_err() {
