@@ -153,6 +153,7 @@ pub async fn reconcile(m: &Meeting, cx: &ControlCtx<'_>) -> Result<Next> {
                 && placed(&old) != Some((st, reason))
                 && let Some(c) = status.conditions.iter().find(|c| c.type_ == "Placed")
             {
+                warn!(meeting = %key, reason = %c.reason, "placed short: {}", c.message);
                 cx.cluster
                     .event(m.object_ref(&()), true, "NotPlaced", c.message.clone())
                     .await;

@@ -629,8 +629,15 @@ fn describe(m: &Meeting, key: &str, cx: &ControlCtx<'_>) -> Option<String> {
                 .iter()
                 .map(|l| format!("{} → {}", l.from, l.to))
                 .collect();
+            // Placed, but not all it expects fits: say how short.
+            let short = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Placed" && c.status == "False")
+                .map(|c| format!("; placed short ({}): {}", c.reason, c.message))
+                .unwrap_or_default();
             format!(
-                "meeting {key} on {}; relay links: {}",
+                "meeting {key} on {}; relay links: {}{short}",
                 nodes.join(", "),
                 if links.is_empty() {
                     "none".into()
@@ -690,5 +697,66 @@ mod tests {
             "{problems:?}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The examples work whatever the day: at every moment that matters (now, and the start
+    /// of each scheduled one) every example live then is placed in full on the local fabric's
+    /// default fleet, one node of `--capacity` in each default region. (The all-hands once had
+    /// 1,200 people on a fixed date: on that day it took every seat and the standup got none.)
+    #[test]
+    fn the_examples_fit_the_default_local_fleet_on_any_day() {
+        use crate::core::placement::{Demand, NodeView, place_with};
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            local: LocalArgs,
+        }
+        let args = <Cli as clap::Parser>::parse_from(["local"]).local;
+        let settings = local_settings(&args);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/meetings");
+        let (found, problems) = read_meetings(&dir);
+        assert!(problems.is_empty(), "{problems:?}");
+        let mut moments = vec![k8s_openapi::jiff::Timestamp::now()];
+        moments.extend(
+            found
+                .iter()
+                .filter_map(|(_, m)| Some(m.spec.schedule.as_ref()?.start.0)),
+        );
+        for now in moments {
+            let mut reserved: HashMap<String, u32> = HashMap::new();
+            for (_, m) in &found {
+                if crate::control::meeting::schedule_state(m, now, settings.prepare_ahead)
+                    != crate::control::meeting::ScheduleState::Live
+                {
+                    continue;
+                }
+                let views: Vec<NodeView> = args
+                    .regions
+                    .iter()
+                    .map(|r| NodeView {
+                        name: format!("{r}-1"),
+                        region: r.clone(),
+                        ready: true,
+                        draining: false,
+                        capacity: args.capacity,
+                        reserved_by_others: reserved.get(r).copied().unwrap_or(0),
+                    })
+                    .collect();
+                let key = key_of(m);
+                let demand = Demand {
+                    meeting: key.clone(),
+                    per_region: m.spec.participants.per_region(),
+                };
+                let plan = place_with(&demand, &views, None, &settings.distances);
+                assert!(
+                    plan.shortfalls.is_empty(),
+                    "at {now} {key} is placed short: {:?}",
+                    plan.shortfalls
+                );
+                for a in &plan.assignments {
+                    *reserved.entry(a.region.clone()).or_default() += a.participants;
+                }
+            }
+        }
     }
 }
