@@ -88,7 +88,9 @@ pub struct ServeArgs {
     /// Region this node serves (reported in `/status`).
     #[arg(long, env = "MOIM_REGION", default_value = "local")]
     pub region: String,
-    /// Node id (reported in `/status`); defaults to the host name.
+    /// Node id (reported in `/status`, and how relay peers know each other); defaults to the
+    /// host name, with `--dev` the host name and the media port (several dev nodes on one
+    /// machine must differ).
     #[arg(long, env = "MOIM_NODE_ID")]
     pub node_id: Option<String>,
     /// Most participants in one room.

@@ -93,15 +93,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.public_ip.unwrap_or(local_addr.ip()),
         args.public_port.unwrap_or(local_addr.port()),
     );
-    let node_id = args
-        .node_id
-        .clone()
-        .or_else(|| {
-            std::fs::read_to_string("/etc/hostname")
-                .ok()
-                .map(|h| h.trim().to_owned())
-        })
-        .unwrap_or_else(|| "media-node".to_owned());
+    let node_id = default_node_id(
+        args.node_id.as_deref(),
+        std::fs::read_to_string("/etc/hostname").ok().as_deref(),
+        args.dev,
+        local_addr.port(),
+    );
     let metrics = Metrics::new();
     let engine = Engine::new(
         EngineConfig {
@@ -264,5 +261,42 @@ async fn wait_for_term() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The node's id: `--node-id`, else the host name (a pod's name on Kubernetes). Several
+/// `--dev` nodes on one machine share the host name and would refuse each other as relay
+/// peers, so in dev mode the media port (unique on the machine) is added.
+fn default_node_id(given: Option<&str>, hostname: Option<&str>, dev: bool, port: u16) -> String {
+    if let Some(id) = given {
+        return id.to_owned();
+    }
+    let host = hostname
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .unwrap_or("media-node");
+    if dev {
+        format!("{host}-{port}")
+    } else {
+        host.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod node_id_tests {
+    use super::default_node_id;
+
+    #[test]
+    fn dev_nodes_on_one_machine_get_distinct_ids_by_default() {
+        let a = default_node_id(None, Some("laptop\n"), true, 7901);
+        let b = default_node_id(None, Some("laptop\n"), true, 7911);
+        assert_ne!(a, b);
+        assert_eq!(a, "laptop-7901");
+        assert_eq!(default_node_id(None, Some("pod-7\n"), false, 7901), "pod-7");
+        assert_eq!(
+            default_node_id(Some("seoul-1"), Some("laptop"), true, 1),
+            "seoul-1"
+        );
+        assert_eq!(default_node_id(None, None, false, 1), "media-node");
     }
 }

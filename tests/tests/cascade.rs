@@ -707,3 +707,50 @@ async fn a_relay_path_narrower_than_the_top_layer_carries_a_lower_one() -> anyho
     viewer.close().await;
     Ok(())
 }
+
+/// First run as a new user does it: two `--dev` nodes on one machine, no `--node-id`, each
+/// given the other as `--peer`. They link (their default ids differ), keep one link, and the
+/// side whose duplicate lost stops dialling while that link is up (it used to close and redial
+/// about twice a second forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_dev_nodes_peering_each_other_keep_one_link_and_stop_redialling() -> anyhow::Result<()>
+{
+    let relay: Vec<String> = (0..2)
+        .map(|_| format!("127.0.0.1:{}", free_udp_port()))
+        .collect();
+    let nodes = [
+        Node::start(&["--relay-listen", &relay[0], "--peer", &relay[1]]).await?,
+        Node::start(&["--relay-listen", &relay[1], "--peer", &relay[0]]).await?,
+    ];
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in &nodes {
+        while links_up(&http, n).await? != 1.0 {
+            anyhow::ensure!(Instant::now() < deadline, "the two dev nodes did not link");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Links each node has seen come up, per peer.
+    let connects = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("moim_relay_connects_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // Let the duplicate settle, then count for 5 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut before = Vec::new();
+    for n in &nodes {
+        before.push(connects(
+            &http.get(n.url("/metrics")).send().await?.text().await?,
+        ));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for (n, b) in nodes.iter().zip(before) {
+        let text = http.get(n.url("/metrics")).send().await?.text().await?;
+        let after = connects(&text);
+        assert_eq!(after, b, "links redialled within 5 s: {b} → {after}");
+        assert_eq!(sample(&text, "moim_relay_links"), Some(1.0));
+    }
+    Ok(())
+}

@@ -37,6 +37,51 @@ pub struct Relay {
     metrics: Metrics,
     /// Upstream addresses per assigned room.
     wanted: Mutex<Wanted>,
+    /// The peers with a link up, dialled or accepted.
+    live: LivePeers,
+}
+
+/// How often a dial loop whose peer is linked by the other side's link looks again.
+const LINKED_LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// Relay links up per peer node id. Two nodes that each dial the other keep one link (see
+/// [`crate::sfu::cascade::which_link_stays`]); the side whose dialled link lost waits while the
+/// kept one is up instead of redialling a duplicate that is closed again.
+#[derive(Clone, Default)]
+struct LivePeers(Arc<Mutex<HashMap<String, usize>>>);
+
+impl LivePeers {
+    /// Counts a link to `peer` for as long as the guard lives.
+    fn up(&self, peer: &str) -> LiveGuard {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(peer.to_owned()).or_default() += 1;
+        LiveGuard {
+            peers: self.clone(),
+            peer: peer.to_owned(),
+        }
+    }
+
+    fn is_up(&self, peer: &str) -> bool {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(peer).is_some_and(|n| *n > 0)
+    }
+}
+
+struct LiveGuard {
+    peers: LivePeers,
+    peer: String,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut m = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -60,6 +105,7 @@ impl Relay {
             engine,
             metrics,
             wanted: Mutex::new(Wanted::default()),
+            live: LivePeers::default(),
         });
         let accepting = relay.clone();
         tokio::spawn(async move {
@@ -82,7 +128,7 @@ impl Relay {
                     match shaken {
                         Ok(link) => {
                             let (engine, metrics) = (relay.engine.clone(), relay.metrics.clone());
-                            run_link(link, false, engine, metrics).await;
+                            run_link(link, false, engine, metrics, &relay.live).await;
                         }
                         Err(e) => tracing::warn!(error = %e, "relay link refused"),
                     }
@@ -151,14 +197,25 @@ impl Relay {
     /// Dials `addr` (`host:port`), again whenever the link fails, while `keep` holds; when
     /// `expected` names a node, a far end that says it is another is closed.
     fn spawn_dial(&self, addr: String, expected: Option<String>, keep: Arc<AtomicBool>) {
-        let (endpoint, engine, metrics) = (
+        let (endpoint, engine, metrics, live) = (
             self.endpoint.clone(),
             self.engine.clone(),
             self.metrics.clone(),
+            self.live.clone(),
         );
         tokio::spawn(async move {
             let mut backoff = MIN_BACKOFF;
+            // The node at `addr`: as planned, or as it said when last dialled.
+            let mut known = expected.clone();
             while keep.load(Ordering::Relaxed) {
+                // Linked already by the link it dialled to us: not another duplicate.
+                if let Some(peer) = &known
+                    && live.is_up(peer)
+                {
+                    tokio::time::sleep(LINKED_LOOK_EVERY).await;
+                    backoff = MIN_BACKOFF;
+                    continue;
+                }
                 let dial = async {
                     let peer = tokio::net::lookup_host(addr.as_str())
                         .await
@@ -183,7 +240,10 @@ impl Relay {
                     }
                     Ok(link) => {
                         let up = Instant::now();
-                        run_link(link, true, engine.clone(), metrics.clone()).await;
+                        if let Some(h) = &link.peer {
+                            known = Some(h.node_id.clone());
+                        }
+                        run_link(link, true, engine.clone(), metrics.clone(), &live).await;
                         if up.elapsed() > Duration::from_secs(10) {
                             backoff = MIN_BACKOFF;
                         }
@@ -234,7 +294,13 @@ pub fn watch_tls(
 }
 
 /// Runs one link until it closes, then tells the engine.
-async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metrics) {
+async fn run_link(
+    link: Link,
+    dialled: bool,
+    engine: EngineHandle,
+    metrics: Metrics,
+    live: &LivePeers,
+) {
     let Some(hello) = link.peer.clone() else {
         return;
     };
@@ -257,6 +323,7 @@ async fn run_link(link: Link, dialled: bool, engine: EngineHandle, metrics: Metr
     if engine.send_wait(up).await.is_err() {
         return;
     }
+    let _live = live.up(&peer);
     let writer_task = tokio::spawn(async move {
         while let Some(m) = control_rx.recv().await {
             match writer.send(&m).await {
