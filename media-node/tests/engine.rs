@@ -366,3 +366,98 @@ fn a_session_that_would_miss_a_message_to_a_full_signal_queue_is_closed() {
     assert_eq!(engine.metrics().signals_dropped.get(), 9);
     assert_eq!(engine.status().participants, 3);
 }
+
+/// A publisher whose media stops (its path broke) while a subscriber waits for a keyframe: the
+/// node's requests meanwhile are lost on the way, and are throttled to one per 500 ms per
+/// layer. When the publisher's media comes back, the throttle is forgotten and the waiting
+/// subscriber's request goes out within the next look (100 ms), not up to 500 ms later.
+#[test]
+fn a_publisher_whose_media_returns_is_asked_for_a_keyframe_at_once() {
+    let (mut net, publisher) = publishing();
+    let viewer = net.join(0, ROOM, "viewer");
+    net.run_with_video(Duration::from_secs(3), publisher, 7);
+    assert!(net.clients[viewer].connected.1, "viewer connects");
+    let track_id = net.clients[viewer]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::Joined { tracks, .. } => tracks.first().map(|t| t.track_id.clone()),
+            ServerMessage::TrackPublished { track } => Some(track.track_id.clone()),
+            _ => None,
+        })
+        .expect("the viewer hears of the track");
+    let session = net.clients[viewer].session;
+    // The publisher goes silent; the viewer pauses the track and shows it again, so it waits
+    // for a keyframe that cannot come.
+    net.run(Duration::from_millis(300));
+    net.nodes[0]
+        .engine
+        .ws_layer_preference(session, &track_id, 0, 0)
+        .expect("pause");
+    net.run(Duration::from_millis(300));
+    net.nodes[0]
+        .engine
+        .ws_layer_preference(session, &track_id, 1280, 720)
+        .expect("resume");
+    // Requests go out every 500 ms while it waits: catch one, then let the media return 50 ms
+    // after it.
+    let plis = net.clients[publisher].plis;
+    assert!(
+        net.run_until(Duration::from_secs(2), |n| n.clients[publisher].plis > plis),
+        "no keyframe request while the viewer waits"
+    );
+    net.run(Duration::from_millis(50));
+    let plis = net.clients[publisher].plis;
+    let mut waited = Duration::ZERO;
+    while net.clients[publisher].plis == plis && waited < Duration::from_secs(1) {
+        // One delta frame a round of 35 ms, as the publisher's encoder sends on its return.
+        net.send_video(publisher, false);
+        net.run(Duration::from_millis(35));
+        waited += Duration::from_millis(35);
+    }
+    assert!(
+        waited <= Duration::from_millis(175),
+        "the returning publisher was asked for a keyframe {waited:?} after its media came back"
+    );
+}
+
+/// A single-layer video (no simulcast) is paused too when its tile is not shown (0×0), and
+/// comes back, from a keyframe, when it is shown again.
+#[test]
+fn a_single_layer_video_pauses_at_zero_size_and_resumes() {
+    let (mut net, publisher) = publishing();
+    let viewer = net.join(0, ROOM, "viewer");
+    net.run_with_video(Duration::from_secs(3), publisher, 7);
+    let track_id = net.clients[viewer]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::Joined { tracks, .. } => tracks.first().map(|t| t.track_id.clone()),
+            ServerMessage::TrackPublished { track } => Some(track.track_id.clone()),
+            _ => None,
+        })
+        .expect("the viewer hears of the track");
+    let session = net.clients[viewer].session;
+    let video = |net: &Net| {
+        let v = &net.clients[viewer];
+        v.received
+            .iter()
+            .filter(|(s, _)| v.streams().first() == Some(s))
+            .count()
+    };
+    assert!(video(&net) > 20, "the viewer receives the video");
+    net.nodes[0]
+        .engine
+        .ws_layer_preference(session, &track_id, 0, 0)
+        .expect("pause");
+    net.run_with_video(Duration::from_millis(200), publisher, 7);
+    let paused_at = video(&net);
+    net.run_with_video(Duration::from_secs(2), publisher, 7);
+    assert_eq!(video(&net), paused_at, "video kept flowing while paused");
+    net.nodes[0]
+        .engine
+        .ws_layer_preference(session, &track_id, 640, 360)
+        .expect("resume");
+    net.run_with_video(Duration::from_secs(1), publisher, 7);
+    assert!(video(&net) > paused_at + 10, "video did not resume");
+}

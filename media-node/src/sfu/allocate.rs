@@ -62,6 +62,12 @@ pub(super) fn allocate(
             if chosen != d.forwarder.target_layer() {
                 d.forwarder.set_target(chosen);
             }
+        } else if t.kind == RtpCodecKind::Video {
+            // One layer: forwarded, or paused while its tile is not shown.
+            let target = d.selector.wanted().map(|_| 0);
+            if target != d.forwarder.target_layer() {
+                d.forwarder.set_target(target);
+            }
         }
         if peer.is_some_and(|p| p.connected) && d.forwarder.needs_keyframe() {
             need_keyframe.push(k);

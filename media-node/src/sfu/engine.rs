@@ -1841,7 +1841,13 @@ impl Engine {
             return;
         };
         l.bytes += packet.payload.len() as u64;
+        let resumed = l.last_at.is_some_and(|at| {
+            now.saturating_duration_since(at) >= super::uptrack::LAYER_RESUME_GAP
+        });
         l.last_at = Some(now);
+        if resumed {
+            t.keyframes.forget();
+        }
         if t.codec.is_none() {
             return;
         }

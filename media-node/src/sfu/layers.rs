@@ -99,6 +99,11 @@ impl LayerSelector {
         }
     }
 
+    /// The highest layer wanted (None: paused, its tile is not shown).
+    pub fn wanted(&self) -> Option<u8> {
+        self.wanted
+    }
+
     /// The current choice.
     pub fn chosen(&self) -> Option<u8> {
         self.chosen

@@ -67,7 +67,19 @@ impl KeyframeThrottle {
         self.last.insert(layer, now);
         true
     }
+
+    /// Forgets every layer's last request: the publisher's media returns after a gap (a path
+    /// that broke and healed, an ICE restart), and what was asked meanwhile may never have
+    /// reached it. Subscribers waiting for a keyframe ask again at the next look (100 ms)
+    /// rather than up to [`KEYFRAME_REQUEST_GAP`] later.
+    pub(super) fn forget(&mut self) {
+        self.last.clear();
+    }
 }
+
+/// A layer whose packets come again after this long without any has come back (its
+/// publisher's path broke and healed, or the layer was off): see [`KeyframeThrottle::forget`].
+pub(super) const LAYER_RESUME_GAP: Duration = Duration::from_millis(250);
 
 /// A layer being forwarded that has been silent this long, while a lower one still flows, has
 /// been dropped by its publisher (a browser sheds its top layers when short of CPU or
