@@ -37,6 +37,13 @@ const moim = (window.moim = {
   // Milliseconds since page load at each step of joining (first time each happens), for
   // troubleshooting slow joins: token, ws_open, joined, offer, answer_sent, media_connected, track.
   marks: {},
+  // The grid's page (0-based) and tile order (participant keys; speakers are swapped onto the
+  // first page), when each participant last spoke, the size last asked for per track (0 =
+  // paused at the node).
+  page: 0,
+  order: [],
+  lastSpoke: new Map(),
+  sizes: new Map(),
   // Frames decoded per remote video track, from getStats().
   async videoStats() {
     const out = {};
@@ -57,6 +64,17 @@ function send(msg) {
   if (moim.ws && moim.ws.readyState === WebSocket.OPEN) moim.ws.send(JSON.stringify(msg));
 }
 
+// Tiles on screen: one page of PAGE_SIZE (3×3 by default, `?page_size=N`). A tile off the
+// page is hidden and one scrolled out of view is not visible: the node hears a 0×0 size for
+// their video and stops sending it (it resumes at the next keyframe when shown again).
+const PAGE_SIZE = Math.max(1, Math.min(49, Number(params.get('page_size')) || 9));
+const visibility = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    e.target.dataset.visible = e.isIntersecting ? '1' : '0';
+    reportSize(e.target);
+  }
+}, { root: null, threshold: 0 });
+
 function tile(participantId) {
   let el = document.querySelector(`.tile[data-participant="${participantId}"]`);
   if (!el) {
@@ -70,8 +88,11 @@ function tile(participantId) {
     n.className = 'name';
     el.append(v, n);
     $('grid').append(el);
+    if (!moim.order.includes(participantId)) moim.order.push(participantId);
     // Tell the node how large we render this participant, so it can pick a simulcast layer.
     new ResizeObserver(() => reportSize(el)).observe(el);
+    visibility.observe(el);
+    layout();
   }
   const p = moim.participants.get(participantId);
   el.querySelector('.name').textContent = participantId === moim.participantId ? 'you' : (p ? p.name : participantId);
@@ -82,10 +103,68 @@ function reportSize(el) {
   const v = el.querySelector('video');
   const stream = v.srcObject;
   if (!stream || el.dataset.participant === moim.participantId) return;
+  const shown = !el.hidden && el.dataset.visible !== '0';
+  const w = shown ? Math.round(el.clientWidth * devicePixelRatio) : 0;
+  const h = shown ? Math.round(el.clientHeight * devicePixelRatio) : 0;
   for (const t of stream.getVideoTracks()) {
     const info = [...moim.tracks.values()].find((i) => i.track_id === t.id);
-    if (info) send({ type: 'layer_preference', track_id: info.track_id, max_width: Math.round(el.clientWidth * devicePixelRatio), max_height: Math.round(el.clientHeight * devicePixelRatio) });
+    if (!info) continue;
+    const last = moim.sizes.get(info.track_id);
+    if (last && last[0] === w && last[1] === h) continue;
+    moim.sizes.set(info.track_id, [w, h]);
+    send({ type: 'layer_preference', track_id: info.track_id, max_width: w, max_height: h });
   }
+}
+
+// Orders the tiles (own first, then `moim.order`) and shows the current page only.
+function layout() {
+  const grid = $('grid');
+  const byKey = new Map([...grid.querySelectorAll('.tile')].map((e) => [e.dataset.participant, e]));
+  moim.order = moim.order.filter((k) => byKey.has(k) && k !== moim.participantId);
+  for (const k of byKey.keys()) if (k !== moim.participantId && !moim.order.includes(k)) moim.order.push(k);
+  const keys = (byKey.has(moim.participantId) ? [moim.participantId] : []).concat(moim.order);
+  const pages = Math.max(1, Math.ceil(keys.length / PAGE_SIZE));
+  moim.page = Math.max(0, Math.min(moim.page, pages - 1));
+  keys.forEach((k, i) => {
+    const el = byKey.get(k);
+    // CSS order, not DOM moves: moving a playing <video> restarts it.
+    el.style.order = String(i);
+    const hide = Math.floor(i / PAGE_SIZE) !== moim.page;
+    if (el.hidden !== hide) { el.hidden = hide; reportSize(el); }
+  });
+  // As many columns as make the page square (3 for 9 tiles).
+  const onPage = Math.min(PAGE_SIZE, Math.max(1, keys.length - moim.page * PAGE_SIZE));
+  grid.style.setProperty('--cols', String(Math.ceil(Math.sqrt(onPage))));
+  $('pager').hidden = pages < 2;
+  $('pageinfo').textContent = `${moim.page + 1} / ${pages}`;
+  $('prevpage').disabled = moim.page === 0;
+  $('nextpage').disabled = moim.page >= pages - 1;
+}
+
+// Turns the grid to page `n` (0-based).
+moim.setPage = (n) => { moim.page = n; layout(); return moim.page; };
+moim.pageCount = () => Math.max(1, Math.ceil(document.querySelectorAll('#grid .tile').length / PAGE_SIZE));
+
+// Who speaks comes onto the first page: each current speaker not on it takes the place of the
+// first-page tile that has gone longest without speaking (the rest of the grid keeps still).
+function promoteSpeakers(ids) {
+  const now = performance.now();
+  for (const id of ids) moim.lastSpoke.set(id, now);
+  const own = document.querySelector(`.tile[data-participant="${moim.participantId}"]`) ? 1 : 0;
+  const slots = PAGE_SIZE - own;
+  const order = moim.order;
+  for (const id of ids) {
+    const i = order.indexOf(id);
+    if (i < slots) continue;
+    let j = -1;
+    for (let k = 0; k < Math.min(slots, order.length); k++) {
+      if (ids.includes(order[k])) continue;
+      if (j < 0 || (moim.lastSpoke.get(order[k]) || 0) < (moim.lastSpoke.get(order[j]) || 0)) j = k;
+    }
+    if (j < 0) continue;
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  layout();
 }
 
 function addChat(from, name, text) {
@@ -210,15 +289,20 @@ setInterval(async () => {
   if (!pc || moim.recovering || document.hidden) return;
   let packets = 0;
   let streams = 0;
+  const counted = [];
   try {
     (await pc.getStats()).forEach((s) => {
-      if (s.type === 'inbound-rtp') { packets += s.packetsReceived || 0; streams++; }
+      // Video paused at our request is silent by design.
+      const paused = s.kind === 'video' && (moim.sizes.get(s.trackIdentifier) || [1])[0] === 0;
+      if (s.type === 'inbound-rtp' && !paused) { packets += s.packetsReceived || 0; streams++; counted.push(s.id); }
     });
   } catch (_) { return; }
-  const w = (moim.watchdog ||= { pc: null, packets: 0, at: 0, fired: false });
+  const w = (moim.watchdog ||= { pc: null, packets: 0, at: 0, fired: false, streams: '' });
   const now = performance.now();
-  if (w.pc !== pc || packets > w.packets) {
-    w.pc = pc; w.packets = packets; w.at = now; w.fired = false;
+  // A stream paused or resumed changes what is summed: start counting afresh.
+  const ids = counted.sort().join(',');
+  if (w.pc !== pc || packets > w.packets || ids !== w.streams) {
+    w.pc = pc; w.packets = packets; w.at = now; w.fired = false; w.streams = ids;
     return;
   }
   const pathWorks = moim.pub && now - (moim.pubFeedbackAt || -1e9) < MEDIA_SILENCE_MS;
@@ -265,6 +349,8 @@ async function onMessage(msg) {
   switch (msg.type) {
     case 'joined':
       mark('joined');
+      // A new session (first join, or a rejoin elsewhere) knows no sizes yet.
+      moim.sizes.clear();
       moim.participantId = msg.participant_id;
       moim.room = msg.room;
       for (const p of msg.participants) moim.participants.set(p.id, p);
@@ -303,8 +389,9 @@ async function onMessage(msg) {
     case 'participants_left':
       for (const id of msg.participant_ids || [msg.participant_id]) {
         moim.participants.delete(id);
-        document.querySelectorAll(`.tile[data-participant^="${id}"]`).forEach((e) => e.remove());
+        document.querySelectorAll(`.tile[data-participant^="${id}"]`).forEach((e) => { visibility.unobserve(e); e.remove(); });
       }
+      layout();
       break;
     case 'track_published':
       moim.tracks.set(msg.track.track_id, msg.track);
@@ -316,6 +403,7 @@ async function onMessage(msg) {
     case 'active_speakers':
       moim.speakers = msg.participant_ids;
       document.querySelectorAll('.tile').forEach((e) => e.classList.toggle('speaking', msg.participant_ids.includes(e.dataset.participant)));
+      promoteSpeakers(msg.participant_ids.filter((id) => id !== moim.participantId));
       break;
     case 'chat':
       addChat(msg.from, msg.name, msg.text);
@@ -572,6 +660,8 @@ $('joinform').onsubmit = (e) => { e.preventDefault(); join($('room').value, $('n
 $('cam').onclick = () => publishCamera().catch((e) => setStatus(String(e)));
 $('screen').onclick = () => shareScreen().catch((e) => setStatus(String(e)));
 $('leave').onclick = leave;
+$('prevpage').onclick = () => moim.setPage(moim.page - 1);
+$('nextpage').onclick = () => moim.setPage(moim.page + 1);
 $('chatform').onsubmit = (e) => { e.preventDefault(); sendChat($('chattext').value); $('chattext').value = ''; };
 
 if (params.get('room')) $('room').value = params.get('room');

@@ -290,3 +290,94 @@ async fn a_viewer_on_a_lossy_path_gets_lost_packets_resent() -> anyhow::Result<(
     bo.close().await;
     Ok(())
 }
+
+/// Per-track video bytes received over 500 ms: the tracks with bytes flowing.
+const FLOWING: &str = "return (async () => { \
+    const bytes = async () => { const r = {}; (await moim.sub.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') r[s.trackIdentifier] = s.bytesReceived || 0; }); return r; }; \
+    const a = await bytes(); await new Promise(r => setTimeout(r, 500)); const b = await bytes(); \
+    return Object.keys(b).filter(k => b[k] > (a[k] || 0)).sort(); })()";
+/// The video tracks of the tiles on screen (on the page and scrolled into view).
+const SHOWN: &str = "return [...document.querySelectorAll('#grid .tile')] \
+    .filter(e => !e.hidden && e.dataset.visible !== '0') \
+    .flatMap(e => { const s = e.querySelector('video').srcObject; return s ? s.getVideoTracks().map(t => t.id) : []; }).sort();";
+
+/// A room of 20 publishers (the load generator's, two small simulcast layers each) and a
+/// Chromium viewer whose grid shows 3×3 tiles a page: video flows for the tiles on screen only
+/// (the rest are paused at the node), and turning the page moves the flow to the new page's
+/// tiles within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paged_grid_receives_video_only_for_the_tiles_on_screen() -> anyhow::Result<()> {
+    use moim_e2e::loadgen::{self, LayerSpec};
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let node = Node::start(&[]).await?;
+    let http = reqwest::Client::new();
+    let layers = [
+        LayerSpec {
+            rid: "q",
+            bitrate_bps: 60_000,
+        },
+        LayerSpec {
+            rid: "h",
+            bitrate_bps: 150_000,
+        },
+    ];
+    let mut publishers = Vec::new();
+    for i in 0..20 {
+        let token = dev_token("big", &format!("p{i:02}"));
+        publishers.push(loadgen::publish(&http, &node.url(""), "big", &token, &layers).await?);
+    }
+    let viewer = Browser::join(&node, "big", "viewer", false).await?;
+    viewer
+        .wait_for(
+            "return moim.sub && moim.sub.getReceivers().filter(r => r.track.kind === 'video').length >= 20 && moim.pageCount() === 3;",
+            Duration::from_secs(30),
+        )
+        .await?;
+    let list = |v: serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    };
+    // Settled on page 1: what flows is what is shown, at most 9.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (shown, flowing) = loop {
+        let shown = list(viewer.js(SHOWN).await?);
+        let flowing = list(viewer.js(FLOWING).await?);
+        if (!shown.is_empty() && flowing == shown) || std::time::Instant::now() > deadline {
+            break (shown, flowing);
+        }
+    };
+    assert!(
+        !shown.is_empty() && shown.len() <= 9,
+        "{} tiles on screen",
+        shown.len()
+    );
+    assert_eq!(
+        flowing, shown,
+        "page 1: video flowing for other tiles than those shown"
+    );
+    // Turn the page: within 1 s the flow is the new page's tiles.
+    viewer.js("moim.setPage(1); return true;").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shown2 = list(viewer.js(SHOWN).await?);
+    let flowing2 = list(viewer.js(FLOWING).await?);
+    assert!(
+        shown2.iter().all(|t| !shown.contains(t)),
+        "page 2 repeats page 1"
+    );
+    assert!(!shown2.is_empty() && shown2.len() <= 9);
+    assert_eq!(
+        flowing2, shown2,
+        "between 0.5 s and 1 s after turning the page, video flowed for other tiles than page 2's"
+    );
+    println!(
+        "page 1: video for {} of 20 tracks; page 2, 0.5-1 s after turning: {}",
+        flowing.len(),
+        flowing2.len()
+    );
+    viewer.close().await;
+    drop(publishers);
+    Ok(())
+}
