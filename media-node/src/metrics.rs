@@ -39,6 +39,8 @@ pub struct Metrics {
     pub chat_refused: IntCounter,
     /// Signalling messages not queued because the engine's signal queue was full.
     pub signals_dropped: IntCounter,
+    /// `publish_layers` messages sent (dynacast: a publisher told to send more or fewer layers).
+    pub dynacast_updates: IntCounter,
     /// Chat messages not delivered to a participant whose chat channel was backlogged.
     pub chat_undelivered: IntCounter,
     /// Publish offers and ICE restarts refused by a participant's rate limit.
@@ -190,6 +192,10 @@ impl Metrics {
             signals_dropped: counter!(
                 "moim_signals_dropped_total",
                 "Signalling messages not queued because 65,536 were waiting in one turn (an active-speaker report is dropped; for anything else its session is closed so it rejoins whole)."
+            ),
+            dynacast_updates: counter!(
+                "moim_dynacast_updates_total",
+                "Publishers told to send more or fewer simulcast layers of a track, or none (dynacast: only what some subscriber wants is sent)."
             ),
             chat_undelivered: counter!(
                 "moim_chat_undelivered_total",

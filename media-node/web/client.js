@@ -405,6 +405,11 @@ async function onMessage(msg) {
       document.querySelectorAll('.tile').forEach((e) => e.classList.toggle('speaking', msg.participant_ids.includes(e.dataset.participant)));
       promoteSpeakers(msg.participant_ids.filter((id) => id !== moim.participantId));
       break;
+    case 'publish_layers':
+      // Dynacast: nobody wants more of this track than `max_layer` (null: nobody watches it),
+      // so the encodings above it stop, saving this machine's encoder and uplink.
+      setPublishedLayers(msg.track_id, msg.max_layer);
+      break;
     case 'chat':
       addChat(msg.from, msg.name, msg.text);
       break;
@@ -420,6 +425,19 @@ async function onMessage(msg) {
       setStatus(`error: ${msg.message}`);
       break;
   }
+}
+
+// Simulcast encodings by layer, as the node numbers them (q, h, f: quarter, half, full).
+const RID_LAYER = { q: 0, h: 1, f: 2 };
+
+async function setPublishedLayers(trackId, maxLayer) {
+  (moim.publishedLayers ||= {})[trackId] = maxLayer;
+  const sender = moim.pub && moim.pub.getSenders().find((s) => s.track && s.track.id === trackId);
+  if (!sender) return;
+  const p = sender.getParameters();
+  if (!p.encodings || !p.encodings.length) return;
+  p.encodings.forEach((e, i) => { e.active = maxLayer !== null && (RID_LAYER[e.rid] ?? i) <= maxLayer; });
+  try { await sender.setParameters(p); } catch (e) { moim.errors.push({ code: 'publish_layers', message: String(e) }); }
 }
 
 async function publishOffer(tracks) {

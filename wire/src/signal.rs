@@ -163,6 +163,15 @@ pub enum ServerMessage {
         /// The track.
         track: TrackInfo,
     },
+    /// Dynacast: send layers of your track `track_id` (your own `MediaStreamTrack.id`) up to
+    /// `max_layer` (0 = the lowest simulcast encoding, `q`), none when it is null: nobody
+    /// wants more. Encodings above it can be made inactive; a later message raises it again.
+    PublishLayers {
+        /// The publisher's own track id, as in its `publish_offer`.
+        track_id: String,
+        /// Highest layer wanted; `null`: the track is not watched.
+        max_layer: Option<u8>,
+    },
     /// A track went away.
     TrackUnpublished {
         /// Its id.

@@ -1658,6 +1658,8 @@ impl Engine {
                 });
         let room = s.room.clone();
         let owner = s.participant.clone();
+        // Only a WebSocket participant hears `publish_layers` (WHIP has no channel for it).
+        let signalled = matches!(s.kind, super::session::SessionKind::WebSocket);
         let mut layers: Vec<Layer> = if rids.is_empty() {
             vec![Layer::new(String::new(), Some(ssrc))]
         } else {
@@ -1686,6 +1688,7 @@ impl Engine {
             .map(|c| VideoCodec::from_mime(&c.mime_type))
             .unwrap_or(VideoCodec::Other);
         let public_id = format!("t{key}");
+        let layers_len = layers.len();
         self.tracks.insert(
             key,
             UpTrack {
@@ -1706,6 +1709,8 @@ impl Engine {
                 audio_level_id,
                 downs: Vec::new(),
                 keyframes: Default::default(),
+                dynacast: (signalled && kind == RtpCodecKind::Video)
+                    .then(|| super::dynacast::Dynacast::new(track_id.clone(), layers_len)),
             },
         );
         if let Some(p) = self.peers.get_mut(&peer_id) {
@@ -2161,6 +2166,7 @@ impl Engine {
         for k in super::allocate::allocate(&mut self.downs, &self.tracks, &self.peers, now) {
             self.request_keyframe_for(k, now);
         }
+        self.dynacast(now);
         // Active speakers.
         let rooms: Vec<String> = self.rooms.keys().cloned().collect();
         for r in rooms {

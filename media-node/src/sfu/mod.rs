@@ -11,7 +11,8 @@
 //! - [`uptrack`]: a published (or relayed) track: layers, rates, keyframe throttle, and what
 //!   crossed relay links; [`downtrack`]: that track as one subscriber receives it (forwarding,
 //!   NACK answers, sender reports);
-//! - [`allocate`]: the bandwidth split between a subscriber's streams;
+//! - [`allocate`]: the bandwidth split between a subscriber's streams; [`dynacast`]: which
+//!   layers publishers need to send at all;
 //! - [`cascade`]: relay links to other nodes (interest, announcements, hops, loss repair);
 //! - pure helpers: [`forwarder`] (layer gating, sequence and timestamp rewriting), [`layers`]
 //!   (which simulcast layer a subscriber gets), [`speaker`] (who is talking), [`keyframe`]
@@ -23,6 +24,7 @@ pub mod allocate;
 pub mod cascade;
 pub mod deliver;
 pub mod downtrack;
+pub mod dynacast;
 pub mod engine;
 pub mod forwarder;
 pub mod keyframe;

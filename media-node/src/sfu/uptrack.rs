@@ -131,6 +131,8 @@ pub(super) struct UpTrack {
     pub(super) downs: Vec<DownKey>,
     /// Keyframe requests for this track, to its publisher or upstream.
     pub(super) keyframes: KeyframeThrottle,
+    /// What its publisher was told to send (local video of a WebSocket participant).
+    pub(super) dynacast: Option<super::dynacast::Dynacast>,
 }
 
 impl UpTrack {

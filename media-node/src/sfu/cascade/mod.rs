@@ -1010,6 +1010,7 @@ impl Engine {
                 audio_level_id,
                 downs: Vec::new(),
                 keyframes: Default::default(),
+                dynacast: None,
             },
         );
         if let Some(l) = self.links.get_mut(&link) {
