@@ -34,6 +34,25 @@ fn publishing() -> (Net, usize) {
     (net, publisher)
 }
 
+/// [`publishing`] with a viewer connected and receiving for 3 s: the net, the publisher, the
+/// viewer and the track's id as the viewer knows it.
+fn watched() -> (Net, usize, usize, String) {
+    let (mut net, publisher) = publishing();
+    let viewer = net.join(0, ROOM, "viewer");
+    net.run_with_video(Duration::from_secs(3), publisher, 7);
+    assert!(net.clients[viewer].connected.1, "viewer connects");
+    let track_id = net.clients[viewer]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::Joined { tracks, .. } => tracks.first().map(|t| t.track_id.clone()),
+            ServerMessage::TrackPublished { track } => Some(track.track_id.clone()),
+            _ => None,
+        })
+        .expect("the viewer hears of the track");
+    (net, publisher, viewer, track_id)
+}
+
 #[test]
 fn keyframe_requested_on_join_and_nack_served_from_cache() {
     let (mut net, publisher) = publishing();
@@ -373,19 +392,7 @@ fn a_session_that_would_miss_a_message_to_a_full_signal_queue_is_closed() {
 /// subscriber's request goes out within the next look (100 ms), not up to 500 ms later.
 #[test]
 fn a_publisher_whose_media_returns_is_asked_for_a_keyframe_at_once() {
-    let (mut net, publisher) = publishing();
-    let viewer = net.join(0, ROOM, "viewer");
-    net.run_with_video(Duration::from_secs(3), publisher, 7);
-    assert!(net.clients[viewer].connected.1, "viewer connects");
-    let track_id = net.clients[viewer]
-        .signals
-        .iter()
-        .find_map(|m| match m {
-            ServerMessage::Joined { tracks, .. } => tracks.first().map(|t| t.track_id.clone()),
-            ServerMessage::TrackPublished { track } => Some(track.track_id.clone()),
-            _ => None,
-        })
-        .expect("the viewer hears of the track");
+    let (mut net, publisher, viewer, track_id) = watched();
     let session = net.clients[viewer].session;
     // The publisher goes silent; the viewer pauses the track and shows it again, so it waits
     // for a keyframe that cannot come.
@@ -425,18 +432,7 @@ fn a_publisher_whose_media_returns_is_asked_for_a_keyframe_at_once() {
 /// comes back, from a keyframe, when it is shown again.
 #[test]
 fn a_single_layer_video_pauses_at_zero_size_and_resumes() {
-    let (mut net, publisher) = publishing();
-    let viewer = net.join(0, ROOM, "viewer");
-    net.run_with_video(Duration::from_secs(3), publisher, 7);
-    let track_id = net.clients[viewer]
-        .signals
-        .iter()
-        .find_map(|m| match m {
-            ServerMessage::Joined { tracks, .. } => tracks.first().map(|t| t.track_id.clone()),
-            ServerMessage::TrackPublished { track } => Some(track.track_id.clone()),
-            _ => None,
-        })
-        .expect("the viewer hears of the track");
+    let (mut net, publisher, viewer, track_id) = watched();
     let session = net.clients[viewer].session;
     let video = |net: &Net| {
         let v = &net.clients[viewer];
