@@ -62,6 +62,17 @@ pub enum Command {
         /// Done.
         reply: Reply<()>,
     },
+    /// A participant muted or unmuted one of its tracks.
+    Mute {
+        /// Session.
+        session: SessionId,
+        /// Its own track id.
+        track_id: String,
+        /// Muted or not.
+        muted: bool,
+        /// Done.
+        reply: Reply<()>,
+    },
     /// Wanted size of a received track.
     LayerPreference {
         /// Session.
@@ -450,6 +461,14 @@ fn handle(
         } => {
             let _ = reply.send(engine.ws_subscribe_answer(session, sdp, now));
         }
+        Command::Mute {
+            session,
+            track_id,
+            muted,
+            reply,
+        } => {
+            let _ = reply.send(engine.ws_mute(session, &track_id, muted));
+        }
         Command::LayerPreference {
             session,
             track_id,
@@ -528,6 +547,8 @@ pub struct LinkIo {
     pub dialled: bool,
     /// The far node's id.
     pub peer: String,
+    /// The relay protocol version both ends speak.
+    pub version: u16,
 }
 
 impl std::fmt::Debug for LinkIo {
@@ -557,6 +578,12 @@ fn relay_up(
 fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut, metrics: &Metrics) {
     match out {
         RelayOut::Control { link, msg } => {
+            // What a version 1 peer would refuse (and close the link over) is not sent to it.
+            if matches!(*msg, Control::TrackMuted { .. })
+                && links.get(&link).is_some_and(|io| io.version < 2)
+            {
+                return;
+            }
             if let Some(io) = links.get(&link)
                 && io.control.try_send(*msg).is_err()
             {

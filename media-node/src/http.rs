@@ -769,6 +769,16 @@ async fn client_message(
                 })
                 .await
         }
+        ClientMessage::Mute { track_id, muted } => {
+            s.engine
+                .call(|reply| Command::Mute {
+                    session,
+                    track_id,
+                    muted,
+                    reply,
+                })
+                .await
+        }
         ClientMessage::Chat { text } => {
             s.engine
                 .call(|reply| Command::Chat {

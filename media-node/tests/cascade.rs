@@ -574,3 +574,59 @@ fn a_link_holds_back_what_its_estimate_cannot_carry() {
         "and reaches the viewer"
     );
 }
+
+/// A publisher mutes its camera: a viewer on the far node hears `track_muted`, a viewer who
+/// joins the far node afterwards sees the track muted in `joined`, and unmuting is heard too.
+#[test]
+fn muting_crosses_the_relay_link() {
+    let (mut net, n, publisher) = mesh(&["seoul-1", "fra-1"]);
+    let viewer = net.join(n[1], ROOM, "bo");
+    net.run_with_video(secs(2.0), publisher, 7);
+    let session = net.clients[publisher].session;
+    net.nodes[n[0]]
+        .engine
+        .ws_mute(session, "cam1111", true)
+        .expect("mute");
+    net.run_with_video(secs(0.2), publisher, 7);
+    let muted = |c: &media_node::sfu::testing::Client, on: bool| {
+        got(c, |m| {
+            matches!(m, ServerMessage::TrackMuted { participant_id, muted, .. }
+                if *muted == on && !participant_id.is_empty())
+        })
+    };
+    assert!(
+        muted(&net.clients[viewer], true),
+        "{:?}",
+        net.clients[viewer].signals
+    );
+    assert!(
+        net.relay_control
+            .iter()
+            .any(|(from, to, m)| (*from, *to) == (n[0], n[1])
+                && matches!(m, Control::TrackMuted { muted: true, .. }))
+    );
+    let late = net.join(n[1], ROOM, "chae");
+    net.run_with_video(secs(0.2), publisher, 7);
+    assert!(
+        got(
+            &net.clients[late],
+            |m| matches!(m, ServerMessage::Joined { tracks, .. }
+            if tracks.iter().any(|t| t.muted))
+        ),
+        "a later joiner sees the track muted: {:?}",
+        net.clients[late].signals
+    );
+    net.nodes[n[0]]
+        .engine
+        .ws_mute(session, "cam1111", false)
+        .expect("unmute");
+    net.run_with_video(secs(0.2), publisher, 7);
+    assert!(muted(&net.clients[viewer], false));
+    // A track that is not the participant's is refused.
+    assert!(
+        net.nodes[n[0]]
+            .engine
+            .ws_mute(session, "nope", true)
+            .is_err()
+    );
+}

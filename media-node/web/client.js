@@ -355,7 +355,7 @@ async function onMessage(msg) {
       moim.room = msg.room;
       for (const p of msg.participants) moim.participants.set(p.id, p);
       for (const t of msg.tracks) moim.tracks.set(t.track_id, t);
-      for (const p of msg.participants) tile(p.id);
+      for (const p of msg.participants) { tile(p.id); indicators(p.id); }
       setStatus(`in ${msg.room} as ${msg.participant_id}`);
       $('cam').disabled = !msg.can_publish; $('screen').disabled = !msg.can_publish;
       $('leave').disabled = false;
@@ -395,7 +395,14 @@ async function onMessage(msg) {
       break;
     case 'track_published':
       moim.tracks.set(msg.track.track_id, msg.track);
+      indicators(msg.track.participant_id);
       break;
+    case 'track_muted': {
+      const t = moim.tracks.get(msg.track_id);
+      if (t) t.muted = msg.muted;
+      indicators(msg.participant_id);
+      break;
+    }
     case 'track_unpublished':
     case 'tracks_unpublished':
       for (const id of msg.track_ids || [msg.track_id]) moim.tracks.delete(id);
@@ -471,7 +478,47 @@ async function publishCamera() {
   const me = tile(moim.participantId);
   me.querySelector('video').srcObject = stream;
   $('cam').disabled = true;
+  $('mic').disabled = !audio; $('video').disabled = !video;
   await publishOffer(declared);
+  // Muted before a reconnect: the node we are on now hears it too.
+  for (const t of stream.getTracks()) if (!t.enabled) send({ type: 'mute', track_id: t.id, muted: true });
+  indicators(moim.participantId);
+}
+
+// Mutes or unmutes our microphone (`audio`) or camera (`video`): the track sends silence or
+// black with no renegotiation, and everyone sees the indicator (`track_muted`).
+function toggleMute(kind) {
+  const s = moim.localStream;
+  const t = s && (kind === 'audio' ? s.getAudioTracks() : s.getVideoTracks())[0];
+  if (!t) return;
+  t.enabled = !t.enabled;
+  send({ type: 'mute', track_id: t.id, muted: !t.enabled });
+  const b = $(kind === 'audio' ? 'mic' : 'video');
+  b.setAttribute('aria-pressed', String(!t.enabled));
+  b.textContent = kind === 'audio' ? (t.enabled ? 'Mute' : 'Unmute') : (t.enabled ? 'Stop video' : 'Start video');
+  indicators(moim.participantId);
+}
+moim.toggleMute = toggleMute;
+
+// The mic-off and camera-off marks on a participant's tile.
+function indicators(participantId) {
+  const el = document.querySelector(`.tile[data-participant="${participantId}"]`);
+  if (!el) return;
+  let mic = false; let cam = false;
+  if (participantId === moim.participantId) {
+    const s = moim.localStream;
+    mic = !!s && s.getAudioTracks().some((t) => !t.enabled);
+    cam = !!s && s.getVideoTracks().some((t) => !t.enabled);
+  } else {
+    for (const t of moim.tracks.values()) {
+      if (t.participant_id !== participantId || !t.muted) continue;
+      if (t.kind === 'audio' && t.source === 'microphone') mic = true;
+      if (t.kind === 'video' && t.source === 'camera') cam = true;
+    }
+  }
+  el.classList.toggle('mic-off', mic);
+  el.classList.toggle('cam-off', cam);
+  el.dataset.initial = (el.querySelector('.name').textContent || '?').trim().slice(0, 1).toUpperCase();
 }
 
 async function shareScreen() {
@@ -676,6 +723,8 @@ moim.sendChat = sendChat;
 
 $('joinform').onsubmit = (e) => { e.preventDefault(); join($('room').value, $('name').value).catch((err) => setStatus(String(err))); };
 $('cam').onclick = () => publishCamera().catch((e) => setStatus(String(e)));
+$('mic').onclick = () => toggleMute('audio');
+$('video').onclick = () => toggleMute('video');
 $('screen').onclick = () => shareScreen().catch((e) => setStatus(String(e)));
 $('leave').onclick = leave;
 $('prevpage').onclick = () => moim.setPage(moim.page - 1);

@@ -443,3 +443,53 @@ async fn dynacast_stops_the_top_layer_nobody_wants_and_brings_it_back() -> anyho
     viewer.close().await;
     Ok(())
 }
+
+/// Mute: Ana mutes her microphone and then her camera; Bo's page shows each within 500 ms
+/// (the track's `muted` and the mark on her tile), and unmuting clears them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mute_is_seen_by_the_other_participant_within_500_ms() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let node = Node::start(&[]).await?;
+    let ana = Browser::join(&node, "mute", "ana", true).await?;
+    let bo = Browser::join(&node, "mute", "bo", true).await?;
+    wait_decoding(&bo, "moim.sub", 1, Duration::from_secs(30)).await?;
+    ana.wait_for(
+        "return !document.getElementById('mic').disabled;",
+        Duration::from_secs(10),
+    )
+    .await?;
+    let ana_id = ana.js("return moim.participantId;").await?;
+    let ana_id = ana_id.as_str().unwrap_or_default().to_owned();
+    for (button, kind, class) in [("mic", "audio", "mic-off"), ("video", "video", "cam-off")] {
+        for muted in [true, false] {
+            let clicked = std::time::Instant::now();
+            ana.js(&format!(
+                "document.getElementById('{button}').click(); return true;"
+            ))
+            .await?;
+            let seen = format!(
+                "return [...moim.tracks.values()].some(t => t.participant_id === '{ana_id}' && t.kind === '{kind}' && !!t.muted === {muted}) \
+                 && document.querySelector('.tile[data-participant=\"{ana_id}\"]').classList.contains('{class}') === {muted};"
+            );
+            loop {
+                if bo.js(&seen).await?.as_bool() == Some(true) {
+                    break;
+                }
+                anyhow::ensure!(
+                    clicked.elapsed() < Duration::from_secs(5),
+                    "Bo never saw Ana's {kind} muted={muted}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let took = clicked.elapsed();
+            println!("{kind} muted={muted} seen after {} ms", took.as_millis());
+            assert!(
+                took <= Duration::from_millis(500),
+                "{kind} muted={muted} after {took:?}"
+            );
+        }
+    }
+    ana.close().await;
+    bo.close().await;
+    Ok(())
+}

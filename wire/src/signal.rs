@@ -76,6 +76,16 @@ pub enum ClientMessage {
         /// Text, at most 4 KiB.
         text: String,
     },
+    /// You muted or unmuted one of your tracks (`track_id` as in your `publish_offer`):
+    /// everyone in the room hears of it (`track_muted`). Muting here only tells others; stop
+    /// the media yourself (`track.enabled = false` sends silence or black, with no
+    /// renegotiation).
+    Mute {
+        /// Your track id.
+        track_id: String,
+        /// Muted or not.
+        muted: bool,
+    },
     /// The client's network changed (ICE `disconnected` or `failed` while signalling is up):
     /// the node sends a `subscribe_offer` with fresh ICE credentials. The client restarts ICE
     /// on its publish connection itself (`restartIce()`, then a `publish_offer`).
@@ -108,6 +118,9 @@ pub struct TrackInfo {
     pub source: TrackSource,
     /// Number of simulcast layers the publisher sends (1 without simulcast).
     pub layers: u8,
+    /// Muted by its publisher (a muted microphone, a camera turned off): show it so.
+    #[serde(default)]
+    pub muted: bool,
 }
 
 /// Messages the node sends.
@@ -162,6 +175,15 @@ pub enum ServerMessage {
     TrackPublished {
         /// The track.
         track: TrackInfo,
+    },
+    /// A track was muted or unmuted by its publisher.
+    TrackMuted {
+        /// The track (node-assigned id, as in `track_published`).
+        track_id: String,
+        /// Its publisher.
+        participant_id: String,
+        /// Muted or not.
+        muted: bool,
     },
     /// Dynacast: send layers of your track `track_id` (your own `MediaStreamTrack.id`) up to
     /// `max_layer` (0 = the lowest simulcast encoding, `q`), none when it is null: nobody

@@ -309,6 +309,7 @@ async fn run_link(
     let (mut reader, mut writer) = link.split();
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
     let peer = hello.node_id.clone();
+    let version = hello.version;
     metrics.relay.connects.with_label_values(&[&peer]).inc();
     let up = Command::RelayUp {
         link: id,
@@ -318,6 +319,7 @@ async fn run_link(
             control: control_tx,
             dialled,
             peer: peer.clone(),
+            version,
         },
     };
     if engine.send_wait(up).await.is_err() {

@@ -20,7 +20,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Version spoken in [`Control::Hello`]; a peer of another major version is refused, one of
 /// an older minor is served what it understands (rolling upgrades).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest control frame, bytes (after the length prefix).
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -109,6 +109,14 @@ pub enum Control {
         track: u32,
         /// Per layer, lowest first.
         bps: Vec<u32>,
+    },
+    /// Its publisher muted or unmuted the track (protocol version 2: not sent to a version 1
+    /// peer, which would refuse the type).
+    TrackMuted {
+        /// Handle.
+        track: u32,
+        /// Muted or not.
+        muted: bool,
     },
     /// The track is gone.
     TrackWithdraw {
@@ -225,6 +233,7 @@ mod ty {
     pub const CHAT: u8 = 11;
     pub const GOODBYE: u8 = 12;
     pub const RATES: u8 = 13;
+    pub const MUTED: u8 = 14;
 }
 
 fn put_str(b: &mut BytesMut, s: &str) {
@@ -314,6 +323,11 @@ impl Control {
                 for r in &bps[..n] {
                     b.put_u32(*r);
                 }
+            }
+            Self::TrackMuted { track, muted } => {
+                b.put_u8(ty::MUTED);
+                b.put_u32(*track);
+                b.put_u8(u8::from(*muted));
             }
             Self::TrackWithdraw { room, track } => {
                 b.put_u8(ty::WITHDRAW);
@@ -464,6 +478,14 @@ impl Control {
                 }
                 Self::LayerRates { track, bps }
             }
+            ty::MUTED => Self::TrackMuted {
+                track: u32_of(f, "muted")?,
+                muted: match u8_of(f, "muted")? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ProtoError::BadValue("muted")),
+                },
+            },
             ty::WITHDRAW => Self::TrackWithdraw {
                 room: str_of(f, "withdraw")?,
                 track: u32_of(f, "withdraw")?,
@@ -724,6 +746,8 @@ mod tests {
                     }
                 ),
             (text(), any::<u32>()).prop_map(|(room, track)| Control::TrackWithdraw { room, track }),
+            (any::<u32>(), any::<bool>())
+                .prop_map(|(track, muted)| Control::TrackMuted { track, muted }),
             (any::<u32>(), prop::collection::vec(any::<u32>(), 0..4))
                 .prop_map(|(track, bps)| Control::LayerRates { track, bps }),
             (any::<u32>(), any::<u8>())

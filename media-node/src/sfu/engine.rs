@@ -461,6 +461,7 @@ impl Engine {
                 offer_outstanding: false,
                 reoffer: false,
                 declared_sources: HashMap::new(),
+                muted_early: Default::default(),
                 layer_wish: HashMap::new(),
                 joined_at: now,
                 first_media_sent: false,
@@ -510,7 +511,55 @@ impl Engine {
             .to_owned(),
             source: t.source,
             layers: t.layers.len().max(1) as u8,
+            muted: t.muted,
         })
+    }
+
+    /// A participant muted or unmuted its track `track_id` (its own id): the room hears of it,
+    /// here and over the relay links. A declared track whose media has not arrived yet starts
+    /// muted when it does.
+    pub fn ws_mute(&mut self, session: SessionId, track_id: &str, muted: bool) -> Result<()> {
+        let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        let key = s
+            .publish_peer
+            .and_then(|p| self.peers.get(&p))
+            .and_then(|p| p.inbound.get(track_id))
+            .copied();
+        let Some(key) = key else {
+            if !s.declared_sources.contains_key(track_id) {
+                return Err(Error::BadRequest(format!(
+                    "no published track {track_id:?} to mute"
+                )));
+            }
+            if muted {
+                s.muted_early.insert(track_id.to_owned());
+            } else {
+                s.muted_early.remove(track_id);
+            }
+            return Ok(());
+        };
+        self.set_muted(key, muted);
+        Ok(())
+    }
+
+    /// Marks track `key` muted or not and tells the room here and the links it is announced on
+    /// (except `from`, the link that said so).
+    pub(super) fn set_muted(&mut self, key: TrackKey, muted: bool) {
+        let Some(t) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        if t.muted == muted {
+            return;
+        }
+        t.muted = muted;
+        let msg = ServerMessage::TrackMuted {
+            track_id: t.id.clone(),
+            participant_id: t.owner.id.clone(),
+            muted,
+        };
+        let room = t.room.clone();
+        self.broadcast(&room, 0, &msg);
+        self.relay_muted(key);
     }
 
     pub(super) fn signal(&mut self, session: SessionId, msg: ServerMessage) {
@@ -1660,6 +1709,7 @@ impl Engine {
         let owner = s.participant.clone();
         // Only a WebSocket participant hears `publish_layers` (WHIP has no channel for it).
         let signalled = matches!(s.kind, super::session::SessionKind::WebSocket);
+        let muted_early = s.muted_early.contains(&track_id);
         let mut layers: Vec<Layer> = if rids.is_empty() {
             vec![Layer::new(String::new(), Some(ssrc))]
         } else {
@@ -1711,6 +1761,7 @@ impl Engine {
                 keyframes: Default::default(),
                 dynacast: (signalled && kind == RtpCodecKind::Video)
                     .then(|| super::dynacast::Dynacast::new(track_id.clone(), layers_len)),
+                muted: muted_early,
             },
         );
         if let Some(p) = self.peers.get_mut(&peer_id) {

@@ -33,6 +33,8 @@ pub(super) struct Session {
     pub(super) reoffer: bool,
     /// Sources the client declared for its tracks, by client track id.
     pub(super) declared_sources: HashMap<String, TrackSource>,
+    /// Declared tracks muted before their media arrived (at most the declared ones).
+    pub(super) muted_early: std::collections::HashSet<String>,
     /// Wanted rendered size per track id.
     pub(super) layer_wish: HashMap<String, (u32, u32)>,
     pub(super) joined_at: Instant,

@@ -133,6 +133,8 @@ pub(super) struct UpTrack {
     pub(super) keyframes: KeyframeThrottle,
     /// What its publisher was told to send (local video of a WebSocket participant).
     pub(super) dynacast: Option<super::dynacast::Dynacast>,
+    /// Muted by its publisher (here, or as the relay link said).
+    pub(super) muted: bool,
 }
 
 impl UpTrack {

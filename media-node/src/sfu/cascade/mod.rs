@@ -907,13 +907,15 @@ impl Engine {
                 self.metrics.chat_messages.inc();
                 self.deliver_chat(&room, &frame, now);
             }
+            Control::TrackMuted { track, muted } => {
+                if let Some(key) = self.by_handle(link, track) {
+                    self.set_muted(key, muted);
+                }
+            }
             Control::LayerRates { track, bps } => {
-                let key = self
-                    .links
-                    .get(&link)
-                    .and_then(|l| l.by_handle.get(&track))
-                    .copied();
-                let Some(key) = key else { return };
+                let Some(key) = self.by_handle(link, track) else {
+                    return;
+                };
                 let Some(t) = self.tracks.get_mut(&key) else {
                     return;
                 };
@@ -1011,6 +1013,7 @@ impl Engine {
                 downs: Vec::new(),
                 keyframes: Default::default(),
                 dynacast: None,
+                muted: false,
             },
         );
         if let Some(l) = self.links.get_mut(&link) {
@@ -1250,11 +1253,47 @@ impl Engine {
             );
         }
         for key in tracks {
-            if let Some(msg) = self.announcement(key, link) {
-                self.send_to_link(link, msg);
-                if let Some(rates) = self.rates_for(key, link) {
-                    self.send_to_link(link, rates);
-                }
+            self.announce_on(key, link);
+        }
+    }
+
+    /// Announces track `key` on `link` (if it goes there), with its layer rates and, if
+    /// muted, that it is.
+    fn announce_on(&mut self, key: TrackKey, link: LinkId) {
+        let Some(msg) = self.announcement(key, link) else {
+            return;
+        };
+        self.send_to_link(link, msg);
+        if let Some(rates) = self.rates_for(key, link) {
+            self.send_to_link(link, rates);
+        }
+        if self.tracks.get(&key).is_some_and(|t| t.muted)
+            && let Ok(track) = u32::try_from(key)
+        {
+            self.send_to_link(link, Control::TrackMuted { track, muted: true });
+        }
+    }
+
+    /// The track `link`'s far end calls `handle`.
+    fn by_handle(&self, link: LinkId, handle: u32) -> Option<TrackKey> {
+        self.links
+            .get(&link)
+            .and_then(|l| l.by_handle.get(&handle))
+            .copied()
+    }
+
+    /// Tells the links track `key` is announced on that it is muted or not (a link it came
+    /// from is not one of them).
+    pub(super) fn relay_muted(&mut self, key: TrackKey) {
+        let Some((room, muted)) = self.tracks.get(&key).map(|t| (t.room.clone(), t.muted)) else {
+            return;
+        };
+        let Ok(track) = u32::try_from(key) else {
+            return;
+        };
+        for link in self.links_for(&room) {
+            if self.announcement(key, link).is_some() {
+                self.send_to_link(link, Control::TrackMuted { track, muted });
             }
         }
     }
@@ -1409,13 +1448,7 @@ impl Engine {
             return;
         };
         for link in self.links_for(&room) {
-            let Some(msg) = self.announcement(key, link) else {
-                continue;
-            };
-            self.send_to_link(link, msg);
-            if let Some(r) = self.rates_for(key, link) {
-                self.send_to_link(link, r);
-            }
+            self.announce_on(key, link);
         }
     }
 
