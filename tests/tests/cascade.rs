@@ -628,10 +628,19 @@ async fn a_link_to_another_node_than_the_plan_names_is_closed() -> anyhow::Resul
     assign(&http, &seoul, room, &[("fra-2", Some(&relay[1]), true)]).await?;
     // Several dials (the first retry comes within a second) and none links.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(links_up(&http, &seoul).await?, 0.0);
-    assert_eq!(
-        moim_e2e::metric(&http, &fra, "moim_relay_links").await?,
-        0.0
+    // Seoul never takes the link; Frankfurt accepts each dial until Seoul hangs up, so at a
+    // given moment it may hold one for a few ms (a CI run caught it once): it must not stay.
+    let mut fra_up = 0;
+    for _ in 0..5 {
+        assert_eq!(links_up(&http, &seoul).await?, 0.0);
+        if moim_e2e::metric(&http, &fra, "moim_relay_links").await? > 0.0 {
+            fra_up += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fra_up <= 1,
+        "frankfurt held the link in {fra_up} of 5 looks"
     );
     assign(&http, &seoul, room, &[("fra-1", Some(&relay[1]), true)]).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
