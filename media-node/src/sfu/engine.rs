@@ -519,6 +519,11 @@ impl Engine {
     /// here and over the relay links. A declared track whose media has not arrived yet starts
     /// muted when it does.
     pub fn ws_mute(&mut self, session: SessionId, track_id: &str, muted: bool) -> Result<()> {
+        if track_id.len() > MAX_TRACK_ID_BYTES {
+            return Err(Error::BadRequest(format!(
+                "track ids are at most {MAX_TRACK_ID_BYTES} bytes"
+            )));
+        }
         let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
         let key = s
             .publish_peer
@@ -543,7 +548,7 @@ impl Engine {
     }
 
     /// Marks track `key` muted or not and tells the room here and the links it is announced on
-    /// (except `from`, the link that said so).
+    /// (not the link it came from: see [`Engine::relay_muted`]).
     pub(super) fn set_muted(&mut self, key: TrackKey, muted: bool) {
         let Some(t) = self.tracks.get_mut(&key) else {
             return;
