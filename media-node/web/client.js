@@ -124,6 +124,7 @@ function layout() {
   for (const k of byKey.keys()) if (k !== moim.participantId && !moim.order.includes(k)) moim.order.push(k);
   const keys = (byKey.has(moim.participantId) ? [moim.participantId] : []).concat(moim.order);
   const pages = Math.max(1, Math.ceil(keys.length / PAGE_SIZE));
+  moim.pages = pages;
   moim.page = Math.max(0, Math.min(moim.page, pages - 1));
   keys.forEach((k, i) => {
     const el = byKey.get(k);
@@ -143,7 +144,7 @@ function layout() {
 
 // Turns the grid to page `n` (0-based).
 moim.setPage = (n) => { moim.page = n; layout(); return moim.page; };
-moim.pageCount = () => Math.max(1, Math.ceil(document.querySelectorAll('#grid .tile').length / PAGE_SIZE));
+moim.pageCount = () => moim.pages || 1;
 
 // Who speaks comes onto the first page: each current speaker not on it takes the place of the
 // first-page tile that has gone longest without speaking (the rest of the grid keeps still).

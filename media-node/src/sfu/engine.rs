@@ -159,6 +159,16 @@ fn unix_ms() -> u64 {
 
 /// Longest track id a client may name (browsers use 36-character UUIDs).
 pub const MAX_TRACK_ID_BYTES: usize = 256;
+
+/// A track id a client names is refused when longer than [`MAX_TRACK_ID_BYTES`].
+fn check_track_id(track_id: &str) -> Result<()> {
+    if track_id.len() > MAX_TRACK_ID_BYTES {
+        return Err(Error::BadRequest(format!(
+            "track ids are at most {MAX_TRACK_ID_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
 /// Most tracks a participant may declare (camera, mic, screen and screen audio, re-published
 /// a few times).
 pub const MAX_DECLARED_SOURCES: usize = 64;
@@ -519,11 +529,7 @@ impl Engine {
     /// here and over the relay links. A declared track whose media has not arrived yet starts
     /// muted when it does.
     pub fn ws_mute(&mut self, session: SessionId, track_id: &str, muted: bool) -> Result<()> {
-        if track_id.len() > MAX_TRACK_ID_BYTES {
-            return Err(Error::BadRequest(format!(
-                "track ids are at most {MAX_TRACK_ID_BYTES} bytes"
-            )));
-        }
+        check_track_id(track_id)?;
         let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
         let key = s
             .publish_peer
@@ -729,10 +735,8 @@ impl Engine {
         if !s.can_publish {
             return Err(Error::Forbidden("token does not allow publishing"));
         }
-        if tracks.iter().any(|t| t.track_id.len() > MAX_TRACK_ID_BYTES) {
-            return Err(Error::BadRequest(format!(
-                "track ids are at most {MAX_TRACK_ID_BYTES} bytes"
-            )));
+        for t in &tracks {
+            check_track_id(&t.track_id)?;
         }
         if s.declared_sources.len() + tracks.len().min(16) > MAX_DECLARED_SOURCES {
             // Forget declarations of tracks no longer published (a screen share started and
@@ -821,11 +825,7 @@ impl Engine {
         max_width: u32,
         max_height: u32,
     ) -> Result<()> {
-        if track_id.len() > MAX_TRACK_ID_BYTES {
-            return Err(Error::BadRequest(format!(
-                "track ids are at most {MAX_TRACK_ID_BYTES} bytes"
-            )));
-        }
+        check_track_id(track_id)?;
         let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
         if s.layer_wish.len() >= 256 && !s.layer_wish.contains_key(track_id) {
             return Err(Error::BadRequest("too many layer preferences".into()));
