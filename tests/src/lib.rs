@@ -12,9 +12,11 @@ pub mod impair;
 pub mod janus;
 pub mod k8s;
 pub mod kube_bench;
+pub mod livekit;
 pub mod loadgen;
 pub mod placement_bench;
 pub mod sfu_bench;
+pub mod signalled;
 
 use anyhow::{Context, bail};
 use fantoccini::{Client, ClientBuilder};

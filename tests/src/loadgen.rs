@@ -1,5 +1,6 @@
 //! A WebRTC load generator on the sans-I/O `rtc` core: real ICE, DTLS and SRTP sessions that
-//! publish synthetic simulcast VP8 and Opus over WHIP and play them back over WHEP.
+//! publish synthetic simulcast VP8 and Opus over WHIP and play them back over WHEP (or over a
+//! signalling session that stays open: Janus's API, [`crate::signalled`]'s WebSockets).
 //!
 //! Every packet carries the microsecond it was sent (since [`epoch`]) so that receivers in the
 //! same process measure one-way forwarding latency. The VP8 payloads carry just enough of a real
@@ -25,6 +26,7 @@ use rtc::peer_connection::event::RTCPeerConnectionEvent;
 use rtc::peer_connection::message::RTCMessage;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp::header::{Extension, Header};
@@ -147,14 +149,31 @@ pub struct Client {
     task: tokio::task::JoinHandle<()>,
     /// The WHIP or WHEP resource URL, for `DELETE`.
     pub resource: Option<String>,
+    /// Told when the client is dropped: a signalling session that outlives the offer/answer
+    /// (a WebSocket of [`crate::signalled`]) says goodbye and ends.
+    pub on_drop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Client {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.task.abort();
+        if let Some(tx) = self.on_drop.take() {
+            let _ = tx.send(());
+        }
     }
 }
+
+/// What a signalling session that stays open tells a running client (see [`Signals`]).
+pub enum Signal {
+    /// A remote ICE candidate that arrived after the description (trickle ICE).
+    Candidate(RTCIceCandidateInit),
+    /// A new offer from the server (renegotiation); the answer goes back on the sender.
+    Offer(String, tokio::sync::oneshot::Sender<anyhow::Result<String>>),
+}
+
+/// The receiving end a client reads [`Signal`]s from.
+pub type Signals = tokio::sync::mpsc::UnboundedReceiver<Signal>;
 
 /// Loss and distinct packets per SSRC, from extended sequence numbers and a 1024-packet
 /// window of what has been seen (so retransmissions are not counted twice).
@@ -334,6 +353,21 @@ where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = anyhow::Result<(String, Option<String>)>>,
 {
+    publish_signalled(ip, layers, signal, None).await
+}
+
+/// [`publish_with`], and afterwards the client takes trickled candidates and new offers from
+/// `signals` (if given).
+pub async fn publish_signalled<F, Fut>(
+    ip: IpAddr,
+    layers: &[LayerSpec],
+    signal: F,
+    signals: Option<Signals>,
+) -> anyhow::Result<Client>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<(String, Option<String>)>>,
+{
     let sock = UdpSocket::bind((ip, 0)).await?;
     let addr = sock.local_addr()?;
     let mut pc = new_peer_connection(Instant::now())?;
@@ -441,7 +475,7 @@ where
         next_audio: now,
         frame: 0,
     }));
-    Ok(spawn(pc, sock, role, resource))
+    Ok(spawn(pc, sock, role, resource, signals))
 }
 
 /// Starts a WHEP subscriber to `room`; `full` decrypts and measures latency (see the module
@@ -475,6 +509,7 @@ pub async fn subscribe(
         sock,
         Role::Subscriber { full },
         Some(absolute(base, &location)),
+        None,
     ))
 }
 
@@ -485,6 +520,17 @@ pub async fn subscribe_to_offer(
     offer: String,
     full: bool,
 ) -> anyhow::Result<(Client, String)> {
+    subscribe_to_offer_signalled(ip, offer, full, None).await
+}
+
+/// [`subscribe_to_offer`], and afterwards the client takes trickled candidates and new offers
+/// from `signals` (if given).
+pub async fn subscribe_to_offer_signalled(
+    ip: IpAddr,
+    offer: String,
+    full: bool,
+    signals: Option<Signals>,
+) -> anyhow::Result<(Client, String)> {
     let sock = UdpSocket::bind((ip, 0)).await?;
     let addr = sock.local_addr()?;
     let mut pc = new_peer_connection(Instant::now())?;
@@ -493,18 +539,47 @@ pub async fn subscribe_to_offer(
     pc.set_local_description(Instant::now(), answer)?;
     add_host_candidate(&mut pc, addr)?;
     let sdp = pc.local_description().context("no local description")?.sdp;
-    Ok((spawn(pc, sock, Role::Subscriber { full }, None), sdp))
+    Ok((
+        spawn(pc, sock, Role::Subscriber { full }, None, signals),
+        sdp,
+    ))
 }
 
-fn spawn(pc: RTCPeerConnection, sock: UdpSocket, role: Role, resource: Option<String>) -> Client {
+fn spawn(
+    pc: RTCPeerConnection,
+    sock: UdpSocket,
+    role: Role,
+    resource: Option<String>,
+    signals: Option<Signals>,
+) -> Client {
     let counters = Arc::new(Counters::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn(run(pc, sock, role, counters.clone(), stop.clone()));
+    let task = tokio::spawn(run(pc, sock, role, counters.clone(), stop.clone(), signals));
     Client {
         counters,
         stop,
         task,
         resource,
+        on_drop: None,
+    }
+}
+
+/// Applies a signal from a signalling session to `pc`.
+fn apply(pc: &mut RTCPeerConnection, signal: Signal) {
+    match signal {
+        Signal::Candidate(c) => {
+            let _ = pc.add_remote_candidate(c);
+        }
+        Signal::Offer(sdp, reply) => {
+            let answer = (|| {
+                let now = Instant::now();
+                pc.set_remote_description(now, RTCSessionDescription::offer(sdp)?)?;
+                let answer = pc.create_answer(None)?;
+                pc.set_local_description(now, answer)?;
+                Ok(pc.local_description().context("no local description")?.sdp)
+            })();
+            let _ = reply.send(answer);
+        }
     }
 }
 
@@ -534,6 +609,7 @@ async fn run(
     mut role: Role,
     counters: Arc<Counters>,
     stop: Arc<AtomicBool>,
+    mut signals: Option<Signals>,
 ) {
     let local = match sock.local_addr() {
         Ok(a) => a,
@@ -633,6 +709,18 @@ async fn run(
                         },
                         message: BytesMut::from(data),
                     });
+                    continue;
+                }
+                signal = async {
+                    match signals.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match signal {
+                        Some(signal) => apply(&mut pc, signal),
+                        None => signals = None,
+                    }
                     continue;
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {}

@@ -1,10 +1,14 @@
-//! The benchmark's load generator against both servers `moim-bench sfu --vs janus` compares:
-//! a synthetic simulcast publisher and subscribers over real ICE and DTLS-SRTP, on moim over
-//! WHIP/WHEP and on Debian's Janus over its VideoRoom API. A benchmark whose peer silently
-//! forwarded nothing would print a meaningless ratio, so this checks media arrives on both.
+//! The benchmark's load generator against the servers `moim-bench sfu --vs janus,livekit`
+//! compares: a synthetic simulcast publisher and subscribers over real ICE and DTLS-SRTP, on moim
+//! over WHIP/WHEP, on Debian's Janus over its VideoRoom API and on LiveKit (built from the Go
+//! module proxy) over its WebSocket signalling. A benchmark whose peer silently forwarded
+//! nothing, or another layer, would print a meaningless ratio, so this checks the same media
+//! arrives from each.
 
-use moim_e2e::janus::{Janus, Session};
+use moim_e2e::janus::{self, Janus};
+use moim_e2e::livekit::LiveKit;
 use moim_e2e::loadgen::{self, Client, SIMULCAST_720P};
+use moim_e2e::signalled::{Protocol, Session};
 use moim_e2e::{Node, dev_token};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -75,7 +79,7 @@ async fn moim_forwards_the_load_generators_stream_and_it_measures_latency() {
 #[tokio::test]
 async fn janus_forwards_the_same_stream_through_its_videoroom() {
     let janus = Janus::start(None, 1).await.expect("janus starts");
-    let session = Session::create(&janus).await.expect("janus session");
+    let session = janus::Session::create(&janus).await.expect("janus session");
     let (publisher, feed) = session
         .publish(&SIMULCAST_720P)
         .await
@@ -98,4 +102,78 @@ async fn janus_forwards_the_same_stream_through_its_videoroom() {
         "video reached the full subscriber"
     );
     assert!(!loadgen::latencies_ms(&subs[..1]).is_empty());
+}
+
+#[tokio::test]
+async fn livekit_forwards_the_same_stream_to_subscribers_of_its_room() {
+    let lk = LiveKit::start(None).await.expect("livekit starts");
+    let publisher = lk
+        .publish("lg", "pub", &SIMULCAST_720P)
+        .await
+        .expect("livekit publish");
+    publisher_up(&publisher).await;
+    let start = Instant::now();
+    let mut subs = Vec::new();
+    for i in 0..3 {
+        subs.push(
+            lk.subscribe("lg", &format!("v{i}"), i == 0, None)
+                .await
+                .expect("livekit subscribe"),
+        );
+    }
+    let (received, expected) = a_second_of_media(&subs).await;
+    if received == 0 {
+        eprintln!("livekit log:\n{}", lk.log_tail());
+    }
+    assert_top_layer_and_audio("livekit", subs.len(), received, expected);
+    assert!(
+        subs[0].counters.time_to_video(start).is_some(),
+        "video reached the full subscriber"
+    );
+    assert!(!loadgen::latencies_ms(&subs[..1]).is_empty());
+}
+
+/// The room shape of `moim-bench sfu --shape room`: subscribers over moim's WebSocket
+/// signalling receive every publisher of the room, at the layer their tiles ask for.
+#[tokio::test]
+async fn moim_websocket_subscribers_receive_every_publisher_of_the_room() {
+    let node = Node::start(&[]).await.expect("node");
+    let http = reqwest::Client::new();
+    let base = node.url("");
+    let mut publishers = Vec::new();
+    for i in 0..3 {
+        let token = dev_token("room", &format!("pub{i}"));
+        let p = loadgen::publish(&http, &base, "room", &token, &SIMULCAST_720P)
+            .await
+            .expect("WHIP publish");
+        publisher_up(&p).await;
+        publishers.push(p);
+    }
+    let ws = format!("ws://{}/ws", node.http);
+    let mut subs = Vec::new();
+    for i in 0..2 {
+        let token = dev_token("room", &format!("v{i}"));
+        let session = Session::join(Protocol::Moim, &ws, &token)
+            .await
+            .expect("join over /ws");
+        assert_eq!(session.videos.len(), 3, "joined lists the three videos");
+        subs.push(
+            session
+                .subscribe("127.0.0.1".parse().expect("ip"), i == 0, Some((320, 180)))
+                .await
+                .expect("subscribe"),
+        );
+    }
+    let (received, expected) = a_second_of_media(&subs).await;
+    // Per publisher: the quarter layer (150 kb/s, one packet per frame: ~30/s) and the audio
+    // (50/s); the top layer would be ~240.
+    let per = received as f64 / (subs.len() * publishers.len()) as f64;
+    assert!(
+        (60.0..120.0).contains(&per),
+        "{per} packets/s per publisher per subscriber"
+    );
+    assert!(
+        received as f64 >= expected as f64 * 0.99,
+        "received {received} of {expected}"
+    );
 }
