@@ -93,7 +93,7 @@ fn videoroom_config() -> String {
 }}
 room-{ROOM}: {{
   description = "moim-bench"
-  publishers = 1
+  publishers = 16
   bitrate = 0
   fir_freq = 0
   audiocodec = "opus"
@@ -362,12 +362,30 @@ impl Session {
     /// Subscribes to `feed`'s audio and video (Janus forwards the top simulcast layer unless
     /// told otherwise, as moim does for a subscriber with no bandwidth limit).
     pub async fn subscribe(&self, feed: u64, full: bool) -> anyhow::Result<Client> {
+        self.subscribe_many(&[feed], None, full).await
+    }
+
+    /// Subscribes to the audio and video of every feed in `feeds` on one connection (VideoRoom's
+    /// multistream subscription), at simulcast layer `substream` (0 = the lowest) if given.
+    pub async fn subscribe_many(
+        &self,
+        feeds: &[u64],
+        substream: Option<u8>,
+        full: bool,
+    ) -> anyhow::Result<Client> {
         let handle = self.attach().await?;
+        let streams: Vec<Value> = feeds
+            .iter()
+            .map(|&feed| match substream {
+                Some(sub) => json!({"feed": feed, "substream": sub}),
+                None => json!({"feed": feed}),
+            })
+            .collect();
         let reply = self
             .message(
                 handle,
                 json!({"request": "join", "room": ROOM, "ptype": "subscriber",
-                       "streams": [{"feed": feed}]}),
+                       "streams": streams}),
                 None,
             )
             .await?;

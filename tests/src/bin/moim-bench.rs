@@ -16,8 +16,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Bench {
     /// One media-node on one core: CPU per forwarded packet, most subscribers of one 720p
-    /// simulcast publisher below 1% loss, and join times; `--vs janus` runs the same load on
-    /// Janus on the same core and prints the ratios.
+    /// simulcast publisher below 1% loss, and join times; `--vs janus,livekit` runs the same
+    /// load on Janus and/or LiveKit on the same core and prints the ratios.
     Sfu(moim_e2e::sfu_bench::SfuArgs),
     /// The operator: placement decision time, reconciles per second against a mocked API
     /// server, and memory, for 10,000 meetings on 300 nodes in 5 regions.
