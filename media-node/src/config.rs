@@ -93,6 +93,12 @@ pub struct ServeArgs {
     /// machine must differ).
     #[arg(long, env = "MOIM_NODE_ID")]
     pub node_id: Option<String>,
+    /// Bytes of kernel buffer asked for the media socket, each way. Every packet of every
+    /// session waits there while the engine is busy: the default (about 200 KB on Linux)
+    /// overflows under a room's bursts. The kernel caps it at `net.core.rmem_max` and
+    /// `wmem_max`; the node warns when it got less.
+    #[arg(long, env = "MOIM_UDP_BUFFER", default_value_t = 4 << 20)]
+    pub udp_buffer: usize,
     /// Most participants in one room.
     #[arg(long, env = "MOIM_MAX_ROOM_PARTICIPANTS", default_value_t = 1500)]
     pub max_room_participants: usize,

@@ -72,6 +72,27 @@ fn check_closed(args: &ServeArgs, secret: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Asks for `bytes` of kernel buffer on the media socket each way; warns when the kernel gave
+/// less (Linux reports double what it grants, for its bookkeeping, and caps the request at
+/// `net.core.rmem_max`/`wmem_max`).
+fn size_buffers(socket: &UdpSocket, bytes: usize) {
+    let sock = socket2::SockRef::from(socket);
+    let _ = sock.set_recv_buffer_size(bytes);
+    let _ = sock.set_send_buffer_size(bytes);
+    let got = |r: std::io::Result<usize>| r.map(|b| b / 2).unwrap_or(0);
+    let (recv, send) = (got(sock.recv_buffer_size()), got(sock.send_buffer_size()));
+    if recv < bytes || send < bytes {
+        tracing::warn!(
+            asked = bytes,
+            receive = recv,
+            send,
+            "the media socket's buffers are smaller than --udp-buffer: raise the sysctls \
+             net.core.rmem_max and net.core.wmem_max on the host, or the node drops packets \
+             under bursts"
+        );
+    }
+}
+
 /// Runs a node until it has drained or is interrupted.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -83,6 +104,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let socket = UdpSocket::bind(args.udp)
         .await
         .with_context(|| format!("binding UDP {}", args.udp))?;
+    size_buffers(&socket, args.udp_buffer);
     let local_addr = socket.local_addr()?;
     if local_addr.ip().is_unspecified() && args.public_ip.is_none() {
         bail!(
@@ -298,5 +320,23 @@ mod node_id_tests {
             "seoul-1"
         );
         assert_eq!(default_node_id(None, None, false, 1), "media-node");
+    }
+}
+
+#[cfg(test)]
+mod buffer_tests {
+    use super::size_buffers;
+
+    #[tokio::test]
+    async fn the_media_socket_gets_the_buffers_asked_for() {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        // Below every kernel's cap and unlike Linux's default, so that the size read back is
+        // the one set.
+        size_buffers(&socket, 150_000);
+        let sock = socket2::SockRef::from(&socket);
+        assert_eq!(sock.recv_buffer_size().expect("SO_RCVBUF") / 2, 150_000);
+        assert_eq!(sock.send_buffer_size().expect("SO_SNDBUF") / 2, 150_000);
     }
 }
