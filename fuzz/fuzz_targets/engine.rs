@@ -1,6 +1,6 @@
 //! The engine, stateful, in fake time: a room with a connected WebSocket participant, then a
 //! sequence of what any client can send it: publish offers (SDP), subscribe answers, layer
-//! preferences, chat, and UDP datagrams from its own addresses or others (STUN, RTP, RTCP,
+//! preferences, last-N choices, chat, and UDP datagrams from its own addresses or others (STUN, RTP, RTCP,
 //! DTLS or garbage). Nothing may panic, and the room must still work afterwards.
 #![no_main]
 
@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         let text = String::from_utf8_lossy(chunk).into_owned();
         let now = net.now;
         let engine = &mut net.nodes[node].engine;
-        match op % 6 {
+        match op % 7 {
             0 => {
                 let _ = engine.ws_publish(session, text, Vec::new(), now);
             }
@@ -39,6 +39,10 @@ fuzz_target!(|data: &[u8]| {
                 let _ = engine.chat(session, &text, now);
             }
             4 => engine.handle_datagram(now, own, chunk),
+            5 => {
+                let n = chunk.first().map(|&b| u32::from(b));
+                let _ = engine.ws_last_n(session, n, vec![text]);
+            }
             _ => engine.handle_datagram(now, stranger, chunk),
         }
         net.step();

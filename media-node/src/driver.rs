@@ -73,6 +73,17 @@ pub enum Command {
         /// Done.
         reply: Reply<()>,
     },
+    /// A subscriber's last-N choice.
+    LastN {
+        /// Session.
+        session: SessionId,
+        /// Most recent speakers' videos to receive; None: all.
+        n: Option<u32>,
+        /// Participants always received.
+        pinned: Vec<String>,
+        /// Done.
+        reply: Reply<()>,
+    },
     /// Wanted size of a received track.
     LayerPreference {
         /// Session.
@@ -468,6 +479,14 @@ fn handle(
             reply,
         } => {
             let _ = reply.send(engine.ws_mute(session, &track_id, muted));
+        }
+        Command::LastN {
+            session,
+            n,
+            pinned,
+            reply,
+        } => {
+            let _ = reply.send(engine.ws_last_n(session, n, pinned));
         }
         Command::LayerPreference {
             session,

@@ -769,6 +769,16 @@ async fn client_message(
                 })
                 .await
         }
+        ClientMessage::LastN { n, pinned } => {
+            s.engine
+                .call(|reply| Command::LastN {
+                    session,
+                    n,
+                    pinned,
+                    reply,
+                })
+                .await
+        }
         ClientMessage::Mute { track_id, muted } => {
             s.engine
                 .call(|reply| Command::Mute {

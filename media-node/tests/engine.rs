@@ -457,3 +457,92 @@ fn a_single_layer_video_pauses_at_zero_size_and_resumes() {
     net.run_with_video(Duration::from_secs(1), publisher, 7);
     assert!(video(&net) > paused_at + 10, "video did not resume");
 }
+
+/// Runs `net` for a second of video from `pubs`; returns how many streams reached `viewer`
+/// in that second.
+fn streams_flowing(net: &mut Net, viewer: usize, pubs: &[usize]) -> usize {
+    let before = net.clients[viewer].received.len();
+    net.run_with_videos(Duration::from_secs(1), pubs, 7);
+    let mut ssrcs: Vec<u32> = net.clients[viewer].received[before..]
+        .iter()
+        .map(|(ssrc, _)| *ssrc)
+        .collect();
+    ssrcs.sort_unstable();
+    ssrcs.dedup();
+    ssrcs.len()
+}
+
+/// Last-N: a viewer of three publishers that asks for one receives one video (the earliest
+/// publisher while nobody has spoken); a pin adds one; turning it off brings all back.
+#[test]
+fn last_n_forwards_only_the_chosen_publishers_video() {
+    let mut net = Net::new();
+    let node = net.node("n", "test");
+    let pubs: Vec<usize> = (0..3u32)
+        .map(|i| {
+            let p = net.join(node, ROOM, &format!("pub{i}"));
+            net.publish_video(p, 5000 + i);
+            p
+        })
+        .collect();
+    net.run_with_videos(Duration::from_secs(2), &pubs, 7);
+    let viewer = net.join(node, ROOM, "viewer");
+    net.run_with_videos(Duration::from_secs(3), &pubs, 7);
+    assert_eq!(
+        streams_flowing(&mut net, viewer, &pubs),
+        3,
+        "all three before"
+    );
+    let session = net.clients[viewer].session;
+    let id_of = |net: &Net, c: usize| {
+        net.clients[c]
+            .signals
+            .iter()
+            .find_map(|m| match m {
+                ServerMessage::Joined { participant_id, .. } => Some(participant_id.clone()),
+                _ => None,
+            })
+            .expect("joined")
+    };
+
+    net.nodes[node]
+        .engine
+        .ws_last_n(session, Some(1), vec![])
+        .expect("last-n 1");
+    net.run_with_videos(Duration::from_millis(300), &pubs, 7);
+    assert_eq!(streams_flowing(&mut net, viewer, &pubs), 1, "last-n 1");
+
+    let third = id_of(&net, pubs[2]);
+    net.nodes[node]
+        .engine
+        .ws_last_n(session, Some(1), vec![third])
+        .expect("pin");
+    net.run_with_videos(Duration::from_millis(500), &pubs, 7);
+    assert_eq!(streams_flowing(&mut net, viewer, &pubs), 2, "one and a pin");
+
+    net.nodes[node]
+        .engine
+        .ws_last_n(session, None, vec![])
+        .expect("off");
+    net.run_with_videos(Duration::from_millis(500), &pubs, 7);
+    assert_eq!(
+        streams_flowing(&mut net, viewer, &pubs),
+        3,
+        "all three after"
+    );
+
+    // Out of bounds: refused, and nothing changes.
+    assert!(matches!(
+        net.nodes[node]
+            .engine
+            .ws_last_n(session, Some(1_000), vec![]),
+        Err(Error::BadRequest(_))
+    ));
+    assert!(matches!(
+        net.nodes[node]
+            .engine
+            .ws_last_n(session, Some(1), vec!["p".repeat(300)]),
+        Err(Error::BadRequest(_))
+    ));
+    assert_eq!(streams_flowing(&mut net, viewer, &pubs), 3);
+}

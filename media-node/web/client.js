@@ -146,6 +146,14 @@ function layout() {
 moim.setPage = (n) => { moim.page = n; layout(); return moim.page; };
 moim.pageCount = () => moim.pages || 1;
 
+// Last-N: receive video only from the `n` most recent speakers plus `pinned` participant ids
+// (`n` null: everyone). Kept across rejoins; `?last_n=N` sets it at join.
+moim.lastN = params.has('last_n') ? { n: Math.max(0, Number(params.get('last_n')) || 0), pinned: [] } : null;
+moim.setLastN = (n, pinned = []) => {
+  moim.lastN = n === null || n === undefined ? null : { n, pinned };
+  send({ type: 'last_n', n: moim.lastN ? moim.lastN.n : null, pinned: moim.lastN ? moim.lastN.pinned : [] });
+};
+
 // Who speaks comes onto the first page: each current speaker not on it takes the place of the
 // first-page tile that has gone longest without speaking (the rest of the grid keeps still).
 function promoteSpeakers(ids) {
@@ -364,6 +372,7 @@ async function onMessage(msg) {
       if (msg.can_chat === false) $('chattext').placeholder = 'chat is off for viewers';
       if (msg.can_publish && (moim.republish || (params.get('publish') !== '0' && params.has('autojoin')))) publishCamera();
       moim.republish = false;
+      if (moim.lastN) moim.setLastN(moim.lastN.n, moim.lastN.pinned);
       break;
     case 'resume':
       moim.resume = msg;

@@ -71,6 +71,17 @@ pub enum ClientMessage {
         /// Rendered height in CSS pixels; 0 pauses the track.
         max_height: u32,
     },
+    /// Last-N: receive video only from the `n` participants who spoke most recently, plus
+    /// `pinned` (participant ids), whoever is speaking; the node switches as speakers change.
+    /// Until anyone has spoken, the earliest publishers fill the `n`. Audio is not affected.
+    /// `n: null` turns it off (every video, as tile sizes ask).
+    LastN {
+        /// How many recent speakers' videos to receive (at most 100); null: all.
+        n: Option<u32>,
+        /// Participants whose video is received whatever they do (at most 16).
+        #[serde(default)]
+        pinned: Vec<String>,
+    },
     /// A chat message for everyone in the room (also accepted over the `chat` data channel).
     Chat {
         /// Text, at most 4 KiB.

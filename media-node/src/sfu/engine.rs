@@ -473,6 +473,7 @@ impl Engine {
                 declared_sources: HashMap::new(),
                 muted_early: Default::default(),
                 layer_wish: HashMap::new(),
+                last_n: None,
                 joined_at: now,
                 first_media_sent: false,
                 chat: Budget::chat(),
@@ -832,24 +833,8 @@ impl Engine {
         }
         s.layer_wish
             .insert(track_id.to_owned(), (max_width, max_height));
-        // Only this session's own down-tracks, found through its subscribe connection.
-        let downs: Vec<DownKey> = s
-            .subscribe_peer
-            .and_then(|p| self.peers.get(&p))
-            .map(|p| p.downs_by_ssrc.values().copied().collect())
-            .unwrap_or_default();
-        for k in downs {
-            let Some(d) = self.downs.get_mut(&k) else {
-                continue;
-            };
-            let Some(t) = self.tracks.get(&d.track) else {
-                continue;
-            };
-            if t.id == track_id {
-                let layers = t.layers.len().max(1) as u8;
-                d.selector.set_wanted(layer_for_height(max_height, layers));
-            }
-        }
+        // What it wants of each video follows from the sizes and its last-N choice.
+        self.refresh_wanted(session);
         Ok(())
     }
 
@@ -1301,6 +1286,8 @@ impl Engine {
             if let Some(r) = self.rooms.get_mut(&room) {
                 r.tracks.retain(|k| *k != key);
             }
+            // A chosen publisher gone: the next one fills its place in last-N.
+            self.refresh_last_n(&room);
             match self.gone_batch.as_mut() {
                 Some(batch) => batch.entry(room).or_default().tracks.push(t.id.clone()),
                 None => self.broadcast(
@@ -1408,6 +1395,13 @@ impl Engine {
         );
         if let Some(t) = self.tracks.get_mut(&track) {
             t.downs.push(key);
+        }
+        if self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.last_n.is_some())
+        {
+            self.refresh_wanted(session);
         }
         self.sync_relay_subscriptions(track);
     }
@@ -2232,6 +2226,7 @@ impl Engine {
                 .and_then(|room| room.speakers.poll(now));
             if let Some(participant_ids) = list {
                 self.broadcast(&r, 0, &ServerMessage::ActiveSpeakers { participant_ids });
+                self.refresh_last_n(&r);
             }
         }
         self.relay_housekeeping(now);

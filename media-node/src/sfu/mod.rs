@@ -12,7 +12,8 @@
 //!   crossed relay links; [`downtrack`]: that track as one subscriber receives it (forwarding,
 //!   NACK answers, sender reports);
 //! - [`allocate`]: the bandwidth split between a subscriber's streams; [`dynacast`]: which
-//!   layers publishers need to send at all;
+//!   layers publishers need to send at all; [`last_n`]: which publishers' video a subscriber
+//!   wants when it asked for the N most recent speakers;
 //! - [`cascade`]: relay links to other nodes (interest, announcements, hops, loss repair);
 //! - pure helpers: [`forwarder`] (layer gating, sequence and timestamp rewriting), [`layers`]
 //!   (which simulcast layer a subscriber gets), [`speaker`] (who is talking), [`keyframe`]
@@ -28,6 +29,7 @@ pub mod dynacast;
 pub mod engine;
 pub mod forwarder;
 pub mod keyframe;
+pub mod last_n;
 pub mod layers;
 pub mod peer;
 pub mod room;

@@ -37,6 +37,8 @@ pub(super) struct Session {
     pub(super) muted_early: std::collections::HashSet<String>,
     /// Wanted rendered size per track id.
     pub(super) layer_wish: HashMap<String, (u32, u32)>,
+    /// Last-N: video only from this many recent speakers, plus the pinned participants.
+    pub(super) last_n: Option<LastN>,
     pub(super) joined_at: Instant,
     pub(super) first_media_sent: bool,
     /// What it may still send as chat.
@@ -45,6 +47,18 @@ pub(super) struct Session {
     /// renegotiation of a peer connection).
     pub(super) negotiations: Budget,
 }
+
+/// A subscriber's last-N choice (`ClientMessage::LastN`).
+#[derive(Debug, Clone, Default)]
+pub(super) struct LastN {
+    pub(super) n: usize,
+    pub(super) pinned: Vec<String>,
+}
+
+/// Most recent speakers a subscriber may ask for.
+pub const MAX_LAST_N: u32 = 100;
+/// Pinned participants a subscriber may name.
+pub const MAX_PINNED: usize = 16;
 
 /// Chat messages a participant may send per second, sustained.
 pub const CHAT_PER_SECOND: f64 = 5.0;

@@ -31,6 +31,8 @@ pub struct SpeakerDetector {
     loudness: HashMap<String, Loudness>,
     reported: Vec<String>,
     last_report: Option<Instant>,
+    /// Everyone ever reported speaking, most recent first (last-N's order).
+    recent: Vec<String>,
 }
 
 fn decay(value: f32, elapsed: Duration) -> f32 {
@@ -67,9 +69,16 @@ impl SpeakerDetector {
         &self.reported
     }
 
+    /// Everyone reported speaking since they joined, most recent first: a report puts its
+    /// speakers, loudest first, ahead of the rest.
+    pub fn recent(&self) -> &[String] {
+        &self.recent
+    }
+
     /// Forgets a participant who left.
     pub fn remove(&mut self, participant: &str) {
         self.loudness.remove(participant);
+        self.recent.retain(|p| p != participant);
     }
 
     /// The loudest speakers, if the list changed and a report is due.
@@ -96,6 +105,11 @@ impl SpeakerDetector {
             return None;
         }
         self.last_report = Some(now);
+        for id in list.iter().rev() {
+            self.recent.retain(|p| p != id);
+            self.recent.insert(0, id.clone());
+        }
+        self.recent.truncate(MAX_TRACKED);
         self.reported = list.clone();
         Some(list)
     }
@@ -123,6 +137,33 @@ mod tests {
         assert_eq!(d.poll(t), None, "unchanged list is not repeated");
         t += Duration::from_secs(3);
         assert_eq!(d.poll(t), Some(vec![]));
+    }
+
+    #[test]
+    fn recent_speakers_are_ordered_by_when_they_last_spoke() {
+        let mut d = SpeakerDetector::default();
+        let mut t = Instant::now();
+        let speak = |d: &mut SpeakerDetector, who: &str, t: &mut Instant| {
+            for _ in 0..50 {
+                d.on_level(who, 5, *t);
+                *t += Duration::from_millis(20);
+            }
+            d.poll(*t);
+            *t += Duration::from_secs(3);
+            d.poll(*t);
+        };
+        speak(&mut d, "ana", &mut t);
+        speak(&mut d, "bo", &mut t);
+        speak(&mut d, "cy", &mut t);
+        assert_eq!(d.recent(), ["cy", "bo", "ana"]);
+        speak(&mut d, "ana", &mut t);
+        assert_eq!(
+            d.recent(),
+            ["ana", "cy", "bo"],
+            "speaking again moves to the front"
+        );
+        d.remove("cy");
+        assert_eq!(d.recent(), ["ana", "bo"]);
     }
 
     #[test]

@@ -733,16 +733,29 @@ impl Net {
     /// keyframe when it was asked for one since the last frame, as an encoder does, and the
     /// first frame).
     pub fn run_with_video(&mut self, d: Duration, publisher: ClientIx, every: u32) {
+        self.run_with_videos(d, &[publisher], every);
+    }
+
+    /// [`Net::run_with_video`] for several publishers at once.
+    pub fn run_with_videos(&mut self, d: Duration, publishers: &[ClientIx], every: u32) {
         let rounds = d.as_millis() / ROUND.as_millis();
-        let mut plis = self.clients[publisher].plis;
-        let mut first = self.clients[publisher].next_seq == 100;
+        let mut plis: Vec<usize> = publishers.iter().map(|&p| self.clients[p].plis).collect();
+        let mut first: Vec<bool> = publishers
+            .iter()
+            .map(|&p| self.clients[p].next_seq == 100)
+            .collect();
         for i in 0..rounds {
             self.step();
-            if self.clients[publisher].connected.0 && i % u128::from(every.max(1)) == 0 {
-                let key = first || self.clients[publisher].plis > plis;
-                plis = self.clients[publisher].plis;
-                first = false;
-                self.send_video(publisher, key);
+            if i % u128::from(every.max(1)) != 0 {
+                continue;
+            }
+            for (j, &p) in publishers.iter().enumerate() {
+                if self.clients[p].connected.0 {
+                    let key = first[j] || self.clients[p].plis > plis[j];
+                    plis[j] = self.clients[p].plis;
+                    first[j] = false;
+                    self.send_video(p, key);
+                }
             }
         }
     }
