@@ -156,15 +156,7 @@ impl Janus {
         std::fs::write(dir.join("janus.transport.http.jcfg"), http_config(port))?;
         std::fs::write(dir.join("janus.plugin.videoroom.jcfg"), videoroom_config())?;
         let log = std::fs::File::create(dir.join("janus.log"))?;
-        let mut cmd = match cpu {
-            Some(c) => {
-                let mut t = Command::new("taskset");
-                t.args(["-c", &c.to_string(), "janus"]);
-                t
-            }
-            None => Command::new("janus"),
-        };
-        let child = cmd
+        let child = crate::pinned_command("janus".as_ref(), cpu)
             .arg("-C")
             .arg(dir.join("janus.jcfg"))
             .arg("-F")
@@ -205,9 +197,7 @@ impl Janus {
 
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("janus.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::file_tail(&self.dir.join("janus.log"), 20)
     }
 }
 

@@ -75,6 +75,26 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
         .join(name))
 }
 
+/// The last `n` lines of the file at `path` (empty when it cannot be read), for error messages.
+pub fn file_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A command running `program`, pinned to `cpu` with `taskset` when one is given (a peer
+/// server benchmarked on the node's core).
+pub fn pinned_command(program: &std::ffi::OsStr, cpu: Option<usize>) -> Command {
+    match cpu {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.arg("-c").arg(c.to_string()).arg(program);
+            t
+        }
+        None => Command::new(program),
+    }
+}
+
 /// A free loopback TCP port.
 pub fn free_tcp_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

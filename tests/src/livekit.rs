@@ -98,15 +98,7 @@ impl LiveKit {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("livekit.yaml"), config(port, udp_port))?;
         let log = std::fs::File::create(dir.join("livekit.log"))?;
-        let mut cmd = match cpu {
-            Some(c) => {
-                let mut t = Command::new("taskset");
-                t.args(["-c", &c.to_string()]).arg(&bin);
-                t
-            }
-            None => Command::new(&bin),
-        };
-        let child = cmd
+        let child = crate::pinned_command(bin.as_os_str(), cpu)
             .arg("--config")
             .arg(dir.join("livekit.yaml"))
             .stdout(log.try_clone()?)
@@ -142,9 +134,7 @@ impl LiveKit {
 
     /// The last lines of its log, for error messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("livekit.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::file_tail(&self.dir.join("livekit.log"), 20)
     }
 
     fn rtc_url(&self, room: &str, identity: &str, publish: bool) -> String {

@@ -185,9 +185,7 @@ impl GroupChild {
 
     /// The last `n` lines of its log.
     pub(crate) fn log_tail(&self, n: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        crate::file_tail(&self.log, n)
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
