@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
         let text = String::from_utf8_lossy(chunk).into_owned();
         let now = net.now;
         let engine = &mut net.nodes[node].engine;
-        match op % 7 {
+        match op % 8 {
             0 => {
                 let _ = engine.ws_publish(session, text, Vec::new(), now);
             }
@@ -42,6 +42,10 @@ fuzz_target!(|data: &[u8]| {
             5 => {
                 let n = chunk.first().map(|&b| u32::from(b));
                 let _ = engine.ws_last_n(session, n, vec![text]);
+            }
+            6 => {
+                let _ =
+                    engine.ws_raise_hand(session, chunk.first().is_some_and(|b| b & 1 == 1), now);
             }
             _ => engine.handle_datagram(now, stranger, chunk),
         }

@@ -73,6 +73,15 @@ pub enum Command {
         /// Done.
         reply: Reply<()>,
     },
+    /// A participant raised or lowered a hand.
+    RaiseHand {
+        /// Session.
+        session: SessionId,
+        /// Raised or not.
+        raised: bool,
+        /// Done.
+        reply: Reply<()>,
+    },
     /// A subscriber's last-N choice.
     LastN {
         /// Session.
@@ -479,6 +488,13 @@ fn handle(
             reply,
         } => {
             let _ = reply.send(engine.ws_mute(session, &track_id, muted));
+        }
+        Command::RaiseHand {
+            session,
+            raised,
+            reply,
+        } => {
+            let _ = reply.send(engine.ws_raise_hand(session, raised, now));
         }
         Command::LastN {
             session,

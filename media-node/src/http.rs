@@ -80,7 +80,10 @@ impl IntoResponse for Error {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
-        .route("/client.js", get(client_js))
+        .route("/app.js", get(app_js))
+        .route("/sdk/moim.js", get(sdk_js))
+        .route("/sdk/moim.d.ts", get(sdk_types))
+        .route("/sdk/package.json", get(sdk_package))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -112,11 +115,42 @@ async fn index() -> impl IntoResponse {
     )
 }
 
-async fn client_js() -> impl IntoResponse {
+async fn app_js() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        include_str!("../web/client.js"),
+        include_str!("../web/app.js"),
     )
+}
+
+/// The client library's files, importable from pages on other origins (a platform team's own
+/// front end): public, static, so any origin may read them.
+fn sdk_file(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+}
+
+async fn sdk_js() -> impl IntoResponse {
+    sdk_file(
+        "text/javascript; charset=utf-8",
+        include_str!("../web/sdk/moim.js"),
+    )
+}
+
+async fn sdk_types() -> impl IntoResponse {
+    sdk_file(
+        "application/typescript; charset=utf-8",
+        include_str!("../web/sdk/moim.d.ts"),
+    )
+}
+
+async fn sdk_package() -> impl IntoResponse {
+    sdk_file("application/json", include_str!("../web/sdk/package.json"))
 }
 
 /// Healthy while the engine task turns (see [`crate::driver::Heartbeat`]).
@@ -775,6 +809,15 @@ async fn client_message(
                     session,
                     n,
                     pinned,
+                    reply,
+                })
+                .await
+        }
+        ClientMessage::RaiseHand { raised } => {
+            s.engine
+                .call(|reply| Command::RaiseHand {
+                    session,
+                    raised,
                     reply,
                 })
                 .await

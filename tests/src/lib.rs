@@ -286,6 +286,17 @@ impl Browser {
 
     /// [`Browser::start`] with extra Chromium arguments.
     pub async fn start_with(extra: &[String]) -> anyhow::Result<Self> {
+        Self::start_emulating(extra, None).await
+    }
+
+    /// [`Browser::start_with`] as a phone whose screen is `width`×`height` CSS pixels (Chrome's
+    /// device emulation: the page's viewport, media queries and touch are the phone's; a
+    /// headless window cannot be narrower than 500 px).
+    pub async fn start_phone(width: u32, height: u32) -> anyhow::Result<Self> {
+        Self::start_emulating(&[], Some((width, height))).await
+    }
+
+    async fn start_emulating(extra: &[String], phone: Option<(u32, u32)>) -> anyhow::Result<Self> {
         // reqwest and fantoccini both use rustls; pick its crypto provider once.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = free_tcp_port();
@@ -319,12 +330,24 @@ impl Browser {
             "--auto-select-desktop-capture-source=Entire screen".into(),
             format!("--user-data-dir={}", profile.display()),
         ];
-        let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
+        // An extra argument replaces a default of the same switch (Chromium would keep the
+        // first of two).
+        let switch = |a: &str| a.split('=').next().unwrap_or(a).to_owned();
+        let args: Vec<String> = args
+            .into_iter()
+            .filter(|a| !extra.iter().any(|e| switch(e) == switch(a)))
+            .chain(extra.iter().cloned())
+            .collect();
         let mut caps = serde_json::Map::new();
         caps.insert(
             "goog:chromeOptions".into(),
             serde_json::json!({ "binary": chromium_path(), "args": args }),
         );
+        if let Some((width, height)) = phone {
+            caps["goog:chromeOptions"]["mobileEmulation"] = serde_json::json!({
+                "deviceMetrics": { "width": width, "height": height, "pixelRatio": 2.0, "touch": true },
+            });
+        }
         let url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(20);
         let client = loop {

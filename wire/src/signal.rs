@@ -97,6 +97,13 @@ pub enum ClientMessage {
         /// Muted or not.
         muted: bool,
     },
+    /// Raise or lower your hand: everyone in the room on this node hears of it
+    /// (`hand_raised`), and people who join later see it in `joined`. Counts against the chat
+    /// rate limit.
+    RaiseHand {
+        /// Raised or not.
+        raised: bool,
+    },
     /// The client's network changed (ICE `disconnected` or `failed` while signalling is up):
     /// the node sends a `subscribe_offer` with fresh ICE credentials. The client restarts ICE
     /// on its publish connection itself (`restartIce()`, then a `publish_offer`).
@@ -114,6 +121,9 @@ pub struct ParticipantInfo {
     pub identity: String,
     /// Display name from the join token.
     pub name: String,
+    /// Has a hand raised (`raise_hand`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hand_raised: bool,
 }
 
 /// A published track as subscribers see it.
@@ -204,6 +214,13 @@ pub enum ServerMessage {
         track_id: String,
         /// Highest layer wanted; `null`: the track is not watched.
         max_layer: Option<u8>,
+    },
+    /// A participant raised or lowered a hand.
+    HandRaised {
+        /// Who.
+        participant_id: String,
+        /// Raised or not.
+        raised: bool,
     },
     /// A track went away.
     TrackUnpublished {

@@ -218,6 +218,31 @@ fn sdp_ice_ufrag(sdp: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The track ids (second part of `a=msid`) an offer still sends: those of media sections that
+/// are not `inactive` or `recvonly` (a track removed with `removeTrack` leaves its section
+/// behind, without its msid or with an inactive direction).
+pub(crate) fn sdp_sending_track_ids(sdp: &str) -> HashSet<String> {
+    let mut out = HashSet::new();
+    for section in sdp.split("\nm=").skip(1) {
+        let lines: Vec<&str> = section.lines().map(str::trim_end).collect();
+        if lines
+            .iter()
+            .any(|l| *l == "a=inactive" || *l == "a=recvonly")
+        {
+            continue;
+        }
+        for l in &lines {
+            if let Some(track) = l
+                .strip_prefix("a=msid:")
+                .and_then(|v| v.split_whitespace().nth(1))
+            {
+                out.insert(track.to_owned());
+            }
+        }
+    }
+    out
+}
+
 fn random_hex(bytes: usize) -> String {
     (0..bytes)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
@@ -462,6 +487,7 @@ impl Engine {
                     } else {
                         claims.name.clone()
                     },
+                    hand_raised: false,
                 },
                 can_publish: claims.can_publish,
                 can_subscribe: claims.can_subscribe,
@@ -769,8 +795,40 @@ impl Engine {
                 p
             }
         };
-        self.answer_offer(peer, sdp, now)?;
-        self.finish_answer(peer, now)
+        let sending = sdp_sending_track_ids(&sdp);
+        let answer = {
+            self.answer_offer(peer, sdp, now)?;
+            self.finish_answer(peer, now)?
+        };
+        // Declared tracks the re-offer no longer sends (a screen share stopped): unpublished
+        // for everyone now, not when the connection closes. (Only declared ones: their ids are
+        // the offer's msids, which a track the client did not declare may lack.)
+        let declared: HashSet<String> = self
+            .sessions
+            .get(&session)
+            .map(|s| s.declared_sources.keys().cloned().collect())
+            .unwrap_or_default();
+        let stopped: Vec<(String, TrackKey)> = self
+            .peers
+            .get(&peer)
+            .map(|p| {
+                p.inbound
+                    .iter()
+                    .filter(|(id, _)| declared.contains(*id) && !sending.contains(*id))
+                    .map(|(id, k)| (id.clone(), *k))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (id, key) in stopped {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.inbound.remove(&id);
+            }
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.declared_sources.remove(&id);
+            }
+            self.remove_track(key, now);
+        }
+        Ok(answer)
     }
 
     /// Applies a WebSocket participant's answer to the node's subscribe offer.
@@ -876,6 +934,33 @@ impl Engine {
         self.metrics.chat_messages.inc();
         self.relay_chat(&room, s.participant.clone(), &frame);
         self.deliver_chat(&room, &frame, now);
+        Ok(())
+    }
+
+    /// A participant raised or lowered a hand: the room on this node hears of it
+    /// (`hand_raised`), and later joiners see it in `joined`. Not carried over relay links.
+    /// Shares the chat rate limit (a hand toggled in a loop is a flood like any other).
+    pub fn ws_raise_hand(&mut self, session: SessionId, raised: bool, now: Instant) -> Result<()> {
+        let s = self.sessions.get_mut(&session).ok_or(Error::NotFound)?;
+        if s.participant.hand_raised == raised {
+            return Ok(());
+        }
+        match s.chat.take(now) {
+            Verdict::Send => {}
+            Verdict::Refuse | Verdict::Drop => {
+                self.metrics.chat_refused.inc();
+                return Err(Error::RateLimited(
+                    "raise_hand: shares chat's limit of 5 a second (bursts of 10)",
+                ));
+            }
+        }
+        s.participant.hand_raised = raised;
+        let msg = ServerMessage::HandRaised {
+            participant_id: s.participant.id.clone(),
+            raised,
+        };
+        let room = s.room.clone();
+        self.broadcast(&room, 0, &msg);
         Ok(())
     }
 
@@ -2256,5 +2341,23 @@ impl Engine {
     /// The IP the node advertises, for logs.
     pub fn candidate_ip(&self) -> IpAddr {
         self.cfg.candidate_addr.ip()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sdp_sending_track_ids;
+
+    #[test]
+    fn a_removed_or_inactive_section_no_longer_sends_its_track() {
+        let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+            m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=msid:s mic\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\na=msid:s cam\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=inactive\r\na=msid:s2 screen\r\n\
+            m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:3\r\na=sendonly\r\n";
+        let ids = sdp_sending_track_ids(sdp);
+        assert!(ids.contains("mic") && ids.contains("cam"), "{ids:?}");
+        assert!(!ids.contains("screen"), "{ids:?}");
+        assert_eq!(ids.len(), 2);
     }
 }

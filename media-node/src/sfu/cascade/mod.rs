@@ -819,6 +819,7 @@ impl Engine {
                     id: remote_id(&peer, &participant.id),
                     identity: participant.identity,
                     name: participant.name,
+                    hand_raised: false,
                 };
                 if info.id.starts_with(&format!("{}/", self.cfg.node_id))
                     || !self.carries(link, &room)
@@ -982,6 +983,7 @@ impl Engine {
             id: remote_id(peer, &participant.id),
             identity: participant.identity,
             name: participant.name,
+            hand_raised: false,
         };
         self.tracks.insert(
             key,
