@@ -630,3 +630,69 @@ fn muting_crosses_the_relay_link() {
             .is_err()
     );
 }
+
+/// Dynacast across the cascade: the publisher's node counts a relay link's subscriptions as
+/// demand. When the only viewer, on the far node, pauses the video, the far node unsubscribes
+/// it and the publisher is told to stop (after the 2 s hold); when the viewer shows it again
+/// the far node subscribes, the publisher is told to send at once, and video reaches the
+/// viewer again.
+#[test]
+fn a_video_nobody_watches_on_any_node_stops_at_its_publisher() {
+    let (mut net, n, publisher) = mesh(&["seoul-1", "fra-1"]);
+    let viewer = net.join(n[1], ROOM, "bo");
+    net.run_with_video(secs(2.0), publisher, 7);
+    let track_id = net.clients[viewer]
+        .signals
+        .iter()
+        .find_map(|m| match m {
+            ServerMessage::TrackPublished { track } if track.kind == "video" => {
+                Some(track.track_id.clone())
+            }
+            ServerMessage::Joined { tracks, .. } => tracks
+                .iter()
+                .find(|t| t.kind == "video")
+                .map(|t| t.track_id.clone()),
+            _ => None,
+        })
+        .expect("the viewer hears of the video");
+    let told = |net: &Net| -> Vec<Option<u8>> {
+        net.clients[publisher]
+            .signals
+            .iter()
+            .filter_map(|m| match m {
+                ServerMessage::PublishLayers { max_layer, .. } => Some(*max_layer),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(decoding(&net, viewer) > 0, "video crosses the link");
+    assert_eq!(
+        told(&net),
+        Vec::<Option<u8>>::new(),
+        "watched: sent in full"
+    );
+
+    let session = net.clients[viewer].session;
+    net.nodes[n[1]]
+        .engine
+        .ws_layer_preference(session, &track_id, 0, 0)
+        .expect("pause");
+    net.run_with_video(secs(4.0), publisher, 7);
+    assert!(
+        net.relay_control
+            .iter()
+            .any(|(from, to, m)| (*from, *to) == (n[1], n[0])
+                && matches!(m, Control::Unsubscribe { .. })),
+        "the far node unsubscribes"
+    );
+    assert_eq!(told(&net), vec![None], "nobody anywhere watches it");
+
+    let before = decoding(&net, viewer);
+    net.nodes[n[1]]
+        .engine
+        .ws_layer_preference(session, &track_id, 640, 360)
+        .expect("show");
+    net.run_with_video(secs(2.0), publisher, 7);
+    assert_eq!(told(&net), vec![None, Some(0)], "asked for again");
+    assert!(decoding(&net, viewer) > before, "video flows again");
+}

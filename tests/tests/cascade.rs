@@ -763,3 +763,86 @@ async fn two_dev_nodes_peering_each_other_keep_one_link_and_stop_redialling() ->
     }
     Ok(())
 }
+
+/// Packets the publisher's page has sent per simulcast rid (`outbound-rtp`).
+const SENT_BY_RID: &str = "return (async () => { const r = {}; (await moim.pub.getStats()).forEach(s => { if (s.type === 'outbound-rtp' && s.kind === 'video') r[s.rid || '-'] = s.packetsSent || 0; }); return r; })()";
+
+/// Dynacast across regions: the only viewer is on another node and shows the publisher as a
+/// thumbnail, so nobody anywhere wants the top layer and the publisher's browser stops
+/// sending it (`outbound-rtp` for rid `f` stops growing); the viewer enlarging the tile brings
+/// it back: the far node subscribes the layer the tile now wants, and the publisher's node
+/// raises `publish_layers`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynacast_follows_a_viewer_on_another_node() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let relay = format!("127.0.0.1:{}", free_udp_port());
+    let seoul = Node::start_relay("seoul-1", "seoul", &relay, &[], &[]).await?;
+    let fra_relay = format!("127.0.0.1:{}", free_udp_port());
+    let fra = Node::start_relay("fra-1", "frankfurt", &fra_relay, &[&relay], &[]).await?;
+    let publisher = Browser::join(&seoul, "dyn", "ana", true).await?;
+    let viewer = Browser::join(&fra, "dyn", "bo", false).await?;
+    wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(40)).await?;
+    let sent_f = |v: serde_json::Value| v["f"].as_u64().unwrap_or(0);
+    viewer
+        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '160px'; t.style.height = '90px'; }); return true;")
+        .await?;
+    publisher
+        .wait_for(
+            "return Object.values(moim.publishedLayers).includes(0);",
+            Duration::from_secs(15),
+        )
+        .await?;
+    let a = sent_f(publisher.js(SENT_BY_RID).await?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = sent_f(publisher.js(SENT_BY_RID).await?);
+    assert!(a > 0, "the top layer never flowed");
+    assert_eq!(
+        a, b,
+        "rid f kept sending with nobody on any node wanting it"
+    );
+    let asked = Instant::now();
+    viewer
+        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
+        .await?;
+    let back = loop {
+        if sent_f(publisher.js(SENT_BY_RID).await?) > b {
+            break asked.elapsed();
+        }
+        anyhow::ensure!(
+            asked.elapsed() < Duration::from_secs(10),
+            "rid f did not come back within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!(
+        "rid f stopped; back {} ms after the far tile grew",
+        back.as_millis()
+    );
+    assert!(
+        back <= Duration::from_secs(3),
+        "rid f came back after {back:?}"
+    );
+    // And the far viewer gets the full layer.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = viewer
+            .js("return (async () => Object.values(await moim.videoStats()).map(s => s.frameHeight))()")
+            .await?;
+        if h.as_array()
+            .and_then(|a| a.first())
+            .and_then(serde_json::Value::as_u64)
+            .is_some_and(|h| h >= 540)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "far viewer stays below 540p: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    publisher.close().await;
+    viewer.close().await;
+    drop((seoul, fra));
+    Ok(())
+}

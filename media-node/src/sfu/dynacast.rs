@@ -8,9 +8,12 @@
 //! the whole track off when nobody wants it. Up is at once, down only after the lower demand
 //! has held for [`DOWN_AFTER`] (a tile that shrinks and grows back, a subscriber rejoining).
 //!
-//! A track that any relay link takes keeps every layer: a far node subscribes the layers its
-//! subscribers are on, and those can only go up once the layer flows, so the far demand is not
-//! known here (a `Demand` message over the link would make it so; not built yet).
+//! Relay links count like subscribers: a far node subscribes, per relayed track, the layers
+//! its own subscribers are on and the highest their tiles want
+//! ([`Engine::sync_relay_subscriptions`]), and nothing when all of them paused it; the layers
+//! a link subscribes are its demand here. So a layer nobody on any node wants stops at the
+//! publisher, and comes back when a far tile grows (the far node subscribes it, this node
+//! raises `publish_layers` at once).
 
 use super::TrackKey;
 use super::engine::Engine;
@@ -79,16 +82,16 @@ impl Engine {
                 continue;
             };
             let top = t.layers.len().saturating_sub(1).min(u8::MAX as usize) as u8;
-            let wanted = if t.relay_subs.is_empty() {
-                t.downs
-                    .iter()
-                    .filter_map(|d| self.downs.get(d))
-                    .filter_map(|d| d.selector.wanted())
-                    .max()
-                    .map(|w| w.min(top))
-            } else {
-                Some(top)
-            };
+            // Here: the tile sizes; over relay links: the layers the far nodes subscribe,
+            // which follow their subscribers' tile sizes.
+            let here = t
+                .downs
+                .iter()
+                .filter_map(|d| self.downs.get(d))
+                .filter_map(|d| d.selector.wanted())
+                .max();
+            let far = t.relay_subs.iter().map(|(_, l)| *l).max();
+            let wanted = here.max(far).map(|w| w.min(top));
             let session = t.session;
             let Some(t) = self.tracks.get_mut(&key) else {
                 continue;

@@ -1595,23 +1595,32 @@ impl Engine {
     }
 
     /// Subscribes a relayed track's layers someone here needs, and only those: the layers
-    /// subscribers are on or moving to, and the lowest (so stepping down is instant).
+    /// subscribers are on, moving to, or want for their tile size (the far node's dynacast
+    /// reads its links' subscriptions as their demand, so a layer a tile grows into must be
+    /// asked for before it can flow), and the lowest (so stepping down is instant). A track
+    /// every subscriber here has paused is not subscribed at all, so its publisher may stop it.
     pub(super) fn sync_relay_subscriptions(&mut self, track: TrackKey) {
         let Some(t) = self.tracks.get(&track) else {
             return;
         };
         let Some(r) = t.relay.as_ref() else { return };
+        let top = t.layers.len().saturating_sub(1).min(63) as u8;
         // Layers links take it onward on.
         let mut want: u64 = t
             .relay_subs
             .iter()
             .fold(0, |w, (_, l)| w | 1u64 << u32::from(*l).min(63));
         for d in t.downs.iter().filter_map(|d| self.downs.get(d)) {
+            let layers = [
+                d.forwarder.current_layer(),
+                d.forwarder.target_layer(),
+                d.selector.wanted().map(|w| w.min(top)),
+            ];
+            if layers.iter().all(Option::is_none) {
+                continue;
+            }
             want |= 1;
-            for l in [d.forwarder.current_layer(), d.forwarder.target_layer()]
-                .into_iter()
-                .flatten()
-            {
+            for l in layers.into_iter().flatten() {
                 want |= 1u64 << u32::from(l).min(63);
             }
         }
