@@ -15,6 +15,7 @@ pub mod kube_bench;
 pub mod livekit;
 pub mod loadgen;
 pub mod placement_bench;
+pub mod room_bench;
 pub mod sfu_bench;
 pub mod signalled;
 

@@ -113,6 +113,9 @@ pub struct Counters {
     pub first_video_us: AtomicU64,
     /// One-way latency samples in microseconds (full subscribers only).
     pub latency_us: Mutex<Vec<u32>>,
+    /// A publisher with its microphone off: it sends no audio packets (as a muted client
+    /// with Opus DTX sends almost none).
+    pub audio_muted: AtomicBool,
 }
 
 impl Counters {
@@ -317,6 +320,8 @@ struct Publishing {
     audio_mid: Bytes,
     next_frame: Instant,
     next_audio: Instant,
+    /// The `next_audio` the last audio packet was sent for (one packet per interval).
+    audio_sent_for: Instant,
     frame: u32,
 }
 
@@ -473,6 +478,7 @@ where
         audio_mid: Bytes::from(section_mids.get(1).cloned().unwrap_or_default()),
         next_frame: now,
         next_audio: now,
+        audio_sent_for: now,
         frame: 0,
     }));
     Ok(spawn(pc, sock, role, resource, signals))
@@ -789,6 +795,9 @@ fn send_due(pc: &mut RTCPeerConnection, p: &mut Publishing, counters: &Counters,
         if p.next_audio < now {
             p.next_audio = now + AUDIO_PACKET_INTERVAL;
         }
+    }
+    if p.next_audio > p.audio_sent_for && !counters.audio_muted.load(Ordering::Relaxed) {
+        p.audio_sent_for = p.next_audio;
         let mut payload = BytesMut::with_capacity(AUDIO_PAYLOAD_BYTES);
         payload.put_u8(AUDIO_MAGIC);
         payload.put_u64(stamp);

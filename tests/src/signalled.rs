@@ -131,7 +131,8 @@ impl Session {
             .context("signalling: send")
     }
 
-    async fn send_moim(&mut self, m: &ClientMessage) -> anyhow::Result<()> {
+    /// Sends a moim signalling message.
+    pub async fn send_moim(&mut self, m: &ClientMessage) -> anyhow::Result<()> {
         self.ws
             .send(WsMessage::Text(serde_json::to_string(m)?.into()))
             .await

@@ -34,6 +34,9 @@ enum Bench {
     /// Recovery from failures with real processes and Chromium: a dead media node, a dead
     /// cascade hub, a changed network; p50/p99 from the fault to fresh frames on both sides.
     Failover(moim_e2e::failover::FailoverArgs),
+    /// A large meeting on one media node: CPU and egress with every tile shown, with one page
+    /// shown (the rest paused at the node), and with last-N.
+    Room(moim_e2e::room_bench::RoomArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -43,6 +46,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.bench {
         Bench::Sfu(args) => {
             let out = moim_e2e::sfu_bench::run(&args).await?;
+            if args.json {
+                println!("{out}");
+            }
+            Ok(())
+        }
+        Bench::Room(args) => {
+            let out = moim_e2e::room_bench::run(&args).await?;
             if args.json {
                 println!("{out}");
             }
