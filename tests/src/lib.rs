@@ -432,6 +432,52 @@ impl Drop for Browser {
     }
 }
 
+/// Packets the publisher's page has sent per simulcast rid (`outbound-rtp`).
+pub const SENT_BY_RID: &str = "return (async () => { const r = {}; (await moim.pub.getStats()).forEach(s => { if (s.type === 'outbound-rtp' && s.kind === 'video') r[s.rid || '-'] = s.packetsSent || 0; }); return r; })()";
+
+/// Dynacast seen from the publisher's browser: the viewer's tiles become thumbnails, and the
+/// publisher must be told to stop above the lowest layer (within `stop_within`, which covers
+/// the 2 s hold) and stop sending rid `f`; then the tiles grow and `f` must flow again.
+/// Returns how long after the tiles grew `f` came back (at most 10 s, or an error).
+pub async fn dynacast_round(
+    publisher: &Browser,
+    viewer: &Browser,
+    stop_within: Duration,
+) -> anyhow::Result<Duration> {
+    let sent_f = |v: Value| v["f"].as_u64().unwrap_or(0);
+    viewer
+        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '160px'; t.style.height = '90px'; }); return true;")
+        .await?;
+    publisher
+        .wait_for(
+            "return Object.values(moim.publishedLayers).includes(0);",
+            stop_within,
+        )
+        .await?;
+    let a = sent_f(publisher.js(SENT_BY_RID).await?);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let b = sent_f(publisher.js(SENT_BY_RID).await?);
+    anyhow::ensure!(a > 0, "the top layer never flowed");
+    anyhow::ensure!(
+        a == b,
+        "rid f kept sending with nobody wanting it ({a} → {b})"
+    );
+    let asked = Instant::now();
+    viewer
+        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
+        .await?;
+    loop {
+        if sent_f(publisher.js(SENT_BY_RID).await?) > b {
+            return Ok(asked.elapsed());
+        }
+        anyhow::ensure!(
+            asked.elapsed() < Duration::from_secs(10),
+            "rid f did not come back within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until every one of `expected` video tracks in `pc_expr` decodes frames and the count
 /// keeps rising; returns the last counts.
 pub async fn wait_decoding(

@@ -14,13 +14,13 @@
 //! Mbit/s and packets/s), the video streams each viewer received, and loss.
 
 use crate::loadgen::{self, Client, LayerSpec};
+use crate::sfu_bench::pin;
 use crate::signalled::{Protocol, Session};
 use crate::{Node, dev_token};
 use anyhow::Context;
 use media_node::process::cpu_seconds_of;
 use moim_wire::signal::ClientMessage;
 use serde_json::{Value, json};
-use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -67,14 +67,6 @@ const LAYERS: [LayerSpec; 2] = [
 const TILE: (u32, u32) = (320, 180);
 const ROOM: &str = "large";
 const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-fn pin(pid: u32, cpus: &str) -> bool {
-    Command::new("taskset")
-        .args(["-a", "-cp", cpus, &pid.to_string()])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 struct Counts {
     at: Instant,

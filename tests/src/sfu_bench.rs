@@ -113,7 +113,7 @@ const SATURATED: f64 = 0.95;
 const ROOM: &str = "bench";
 
 /// Pins every thread of `pid` to `cpus` (a taskset list); false if that is not possible.
-fn pin(pid: u32, cpus: &str) -> bool {
+pub(crate) fn pin(pid: u32, cpus: &str) -> bool {
     Command::new("taskset")
         .args(["-a", "-cp", cpus, &pid.to_string()])
         .stdout(std::process::Stdio::null())

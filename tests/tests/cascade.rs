@@ -764,9 +764,6 @@ async fn two_dev_nodes_peering_each_other_keep_one_link_and_stop_redialling() ->
     Ok(())
 }
 
-/// Packets the publisher's page has sent per simulcast rid (`outbound-rtp`).
-const SENT_BY_RID: &str = "return (async () => { const r = {}; (await moim.pub.getStats()).forEach(s => { if (s.type === 'outbound-rtp' && s.kind === 'video') r[s.rid || '-'] = s.packetsSent || 0; }); return r; })()";
-
 /// Dynacast across regions: the only viewer is on another node and shows the publisher as a
 /// thumbnail, so nobody anywhere wants the top layer and the publisher's browser stops
 /// sending it (`outbound-rtp` for rid `f` stops growing); the viewer enlarging the tile brings
@@ -782,38 +779,7 @@ async fn dynacast_follows_a_viewer_on_another_node() -> anyhow::Result<()> {
     let publisher = Browser::join(&seoul, "dyn", "ana", true).await?;
     let viewer = Browser::join(&fra, "dyn", "bo", false).await?;
     wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(40)).await?;
-    let sent_f = |v: serde_json::Value| v["f"].as_u64().unwrap_or(0);
-    viewer
-        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '160px'; t.style.height = '90px'; }); return true;")
-        .await?;
-    publisher
-        .wait_for(
-            "return Object.values(moim.publishedLayers).includes(0);",
-            Duration::from_secs(15),
-        )
-        .await?;
-    let a = sent_f(publisher.js(SENT_BY_RID).await?);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let b = sent_f(publisher.js(SENT_BY_RID).await?);
-    assert!(a > 0, "the top layer never flowed");
-    assert_eq!(
-        a, b,
-        "rid f kept sending with nobody on any node wanting it"
-    );
-    let asked = Instant::now();
-    viewer
-        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
-        .await?;
-    let back = loop {
-        if sent_f(publisher.js(SENT_BY_RID).await?) > b {
-            break asked.elapsed();
-        }
-        anyhow::ensure!(
-            asked.elapsed() < Duration::from_secs(10),
-            "rid f did not come back within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let back = moim_e2e::dynacast_round(&publisher, &viewer, Duration::from_secs(15)).await?;
     println!(
         "rid f stopped; back {} ms after the far tile grew",
         back.as_millis()

@@ -382,9 +382,6 @@ async fn a_paged_grid_receives_video_only_for_the_tiles_on_screen() -> anyhow::R
     Ok(())
 }
 
-/// Packets the publisher's page has sent per simulcast rid (`outbound-rtp`).
-const SENT_BY_RID: &str = "return (async () => { const r = {}; (await moim.pub.getStats()).forEach(s => { if (s.type === 'outbound-rtp' && s.kind === 'video') r[s.rid || '-'] = s.packetsSent || 0; }); return r; })()";
-
 /// Dynacast: with the only viewer's tile a thumbnail, nobody wants the top layer, and the
 /// publisher's browser stops sending it (its `outbound-rtp` for rid `f` stops growing); the
 /// viewer enlarging the tile brings it back within 1 s.
@@ -395,37 +392,9 @@ async fn dynacast_stops_the_top_layer_nobody_wants_and_brings_it_back() -> anyho
     let publisher = Browser::join(&node, "dyn", "pub", true).await?;
     let viewer = Browser::join(&node, "dyn", "viewer", false).await?;
     wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(30)).await?;
-    let sent_f = |v: serde_json::Value| v["f"].as_u64().unwrap_or(0);
-    // A thumbnail (quarter layer): after the 2 s hold the publisher is told to stop above it.
-    viewer
-        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '160px'; t.style.height = '90px'; }); return true;")
-        .await?;
-    publisher
-        .wait_for(
-            "return moim.publishedLayers && Object.values(moim.publishedLayers).includes(0);",
-            Duration::from_secs(10),
-        )
-        .await?;
-    let a = sent_f(publisher.js(SENT_BY_RID).await?);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let b = sent_f(publisher.js(SENT_BY_RID).await?);
-    assert!(a > 0, "the top layer never flowed");
-    assert_eq!(a, b, "rid f kept sending with nobody wanting it");
-    // A large tile: the top layer is wanted again.
-    let asked = std::time::Instant::now();
-    viewer
-        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
-        .await?;
-    let back = loop {
-        if sent_f(publisher.js(SENT_BY_RID).await?) > b {
-            break asked.elapsed();
-        }
-        anyhow::ensure!(
-            asked.elapsed() < Duration::from_secs(5),
-            "rid f did not come back within 5 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // A thumbnail (quarter layer): after the 2 s hold the publisher is told to stop above it;
+    // then a large tile wants the top layer again.
+    let back = moim_e2e::dynacast_round(&publisher, &viewer, Duration::from_secs(10)).await?;
     println!(
         "rid f stopped; back {} ms after the tile grew",
         back.as_millis()
