@@ -18,6 +18,7 @@ pub mod placement_bench;
 pub mod room_bench;
 pub mod sfu_bench;
 pub mod signalled;
+pub mod webinar_bench;
 
 use anyhow::{Context, bail};
 use fantoccini::{Client, ClientBuilder};

@@ -37,6 +37,9 @@ enum Bench {
     /// A large meeting on one media node: CPU and egress with every tile shown, with one page
     /// shown (the rest paused at the node), and with last-N.
     Room(moim_e2e::room_bench::RoomArgs),
+    /// A webinar of 1,000 viewers over three linked nodes (two in the host's region, one
+    /// remote): viewer join times and CPU per node.
+    Webinar(moim_e2e::webinar_bench::WebinarArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -46,6 +49,13 @@ async fn main() -> anyhow::Result<()> {
     match cli.bench {
         Bench::Sfu(args) => {
             let out = moim_e2e::sfu_bench::run(&args).await?;
+            if args.json {
+                println!("{out}");
+            }
+            Ok(())
+        }
+        Bench::Webinar(args) => {
+            let out = moim_e2e::webinar_bench::run(&args).await?;
             if args.json {
                 println!("{out}");
             }
