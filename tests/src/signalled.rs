@@ -49,6 +49,8 @@ pub enum Incoming {
     Candidate(bool, String),
     /// LiveKit published a track the session announced.
     TrackPublished,
+    /// moim announced a video track published after the session joined (its id).
+    Video(String),
     /// Anything else (participants, speakers, quality reports, pongs).
     Other,
 }
@@ -63,6 +65,9 @@ pub struct Session {
     /// The video tracks already published in the room when this session joined (track ids:
     /// moim's node-assigned ids, LiveKit's track sids).
     pub videos: Vec<String>,
+    /// The tile size this session shows videos at (moim: a track published later is asked
+    /// for at it too, as a meeting page does when the track arrives).
+    tiles: Option<(u32, u32)>,
 }
 
 impl Session {
@@ -78,6 +83,7 @@ impl Session {
             protocol,
             ping_every: None,
             videos: Vec::new(),
+            tiles: None,
         };
         match protocol {
             Protocol::LiveKit => loop {
@@ -213,6 +219,9 @@ impl Session {
             Protocol::Moim => match self.next_moim().await? {
                 ServerMessage::SubscribeOffer { sdp } => Incoming::Offer { sdp, id: 0 },
                 ServerMessage::PublishAnswer { sdp } => Incoming::Answer(sdp),
+                ServerMessage::TrackPublished { track } if track.kind == "video" => {
+                    Incoming::Video(track.track_id)
+                }
                 ServerMessage::Error { code, message } => {
                     bail!("moim signalling error: {code}: {message}")
                 }
@@ -321,6 +330,20 @@ impl Session {
                     let _ = self.send_answer(answer, id).await;
                 }
             }
+            Incoming::Video(track_id) => {
+                if !self.videos.contains(&track_id) {
+                    self.videos.push(track_id.clone());
+                }
+                if let Some((w, h)) = self.tiles {
+                    let _ = self
+                        .send_moim(&ClientMessage::LayerPreference {
+                            track_id,
+                            max_width: w,
+                            max_height: h,
+                        })
+                        .await;
+                }
+            }
             _ => {}
         }
     }
@@ -416,6 +439,7 @@ impl Session {
         if let Some((w, h)) = tiles {
             self.show_videos_at(w, h).await?;
         }
+        self.tiles = tiles;
         self.keep(&mut client, routes);
         Ok(client)
     }

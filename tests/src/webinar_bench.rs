@@ -164,6 +164,12 @@ pub async fn run(args: &WebinarArgs) -> anyhow::Result<Value> {
     for n in &nodes {
         sent0.push(sent_packets(n).await);
     }
+    let per_viewer = |v: &[Client]| -> Vec<u64> {
+        v.iter()
+            .map(|c| c.counters.received.load(Ordering::Relaxed))
+            .collect()
+    };
+    let got0 = per_viewer(&viewers);
     let rx0 = sum(|c| c.counters.received.load(Ordering::Relaxed), &viewers);
     let ex0 = sum(|c| c.counters.expected.load(Ordering::Relaxed), &viewers);
     tokio::time::sleep(Duration::from_secs(args.window)).await;
@@ -173,7 +179,17 @@ pub async fn run(args: &WebinarArgs) -> anyhow::Result<Value> {
     for n in &nodes {
         sent1.push(sent_packets(n).await);
     }
+    let got1 = per_viewer(&viewers);
     let rx = sum(|c| c.counters.received.load(Ordering::Relaxed), &viewers) - rx0;
+    // Distinct packets each node's viewers received per second, on average (viewer k joined
+    // node k % 3).
+    let received_per_viewer = |node: usize| -> f64 {
+        let mine: Vec<u64> = (0..got1.len())
+            .filter(|k| k % 3 == node)
+            .map(|k| got1[k] - got0[k])
+            .collect();
+        mine.iter().sum::<u64>() as f64 / mine.len().max(1) as f64 / secs
+    };
     let ex = (sum(|c| c.counters.expected.load(Ordering::Relaxed), &viewers) - ex0).max(1);
     let loss = (1.0 - rx as f64 / ex as f64).max(0.0);
 
@@ -199,7 +215,7 @@ pub async fn run(args: &WebinarArgs) -> anyhow::Result<Value> {
         let rate = |m: usize| (sent1[k][m] - sent0[k][m]) / secs;
         let (pps, relay_out, relay_in) = (rate(0), rate(1), rate(2));
         println!(
-            "{:>12} {:>9} {:>8.0} {:>8.0} {:>8.0} {:>8.2} {:>10.0} {:>11.0} {:>11.0}",
+            "{:>12} {:>9} {:>8.0} {:>8.0} {:>8.0} {:>8.2} {:>10.0} {:>11.0} {:>11.0} {:>8.0}",
             id,
             j.len(),
             percentile(&j, 0.5),
@@ -208,7 +224,8 @@ pub async fn run(args: &WebinarArgs) -> anyhow::Result<Value> {
             cores,
             pps,
             relay_out,
-            relay_in
+            relay_in,
+            received_per_viewer(k)
         );
         per_node.push(json!({
             "node": id, "region": region, "viewers": j.len(),
@@ -216,6 +233,7 @@ pub async fn run(args: &WebinarArgs) -> anyhow::Result<Value> {
             "join_ms_max": j.last().copied().unwrap_or(0.0),
             "cores": cores, "packets_sent_per_s": pps,
             "relay_packets_out_per_s": relay_out, "relay_packets_in_per_s": relay_in,
+            "received_per_viewer_per_s": received_per_viewer(k),
         }));
     }
     every.sort_by(f64::total_cmp);
