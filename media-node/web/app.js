@@ -341,7 +341,6 @@ room.on('participantleft', ({ participantIds }) => {
 });
 room.on('trackpublished', (tr) => indicators(tr.participant_id));
 room.on('trackmuted', ({ participantId }) => indicators(participantId));
-room.on('trackunpublished', () => renderPeople());
 room.on('track', ({ track, participantId, source }) => {
   if (track.kind === 'video' && source === 'screen') {
     // A screen share gets its own tile, and the stage.
@@ -370,6 +369,7 @@ room.on('trackunpublished', ({ trackIds }) => {
     if (s && s.getVideoTracks().some((tr) => trackIds.includes(tr.id))) el.remove();
   });
   layout();
+  renderPeople();
 });
 room.on('activespeakers', ({ participantIds }) => {
   document.querySelectorAll('.tile').forEach((e) => e.classList.toggle('speaking', participantIds.includes(e.dataset.participant)));

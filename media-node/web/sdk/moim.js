@@ -686,22 +686,26 @@ export class Room extends EventTarget {
     const pcs = [this.pub, this.sub].filter(Boolean);
     if (!pcs.length || this.left) return;
     let rtt = null;
-    let lost = 0;
+    let lost = 0; // cumulative, what we receive
     let received = 0;
+    let upLoss = 0; // the node's latest report of what reaches it, a fraction
     try {
       for (const pc of pcs) {
         (await pc.getStats()).forEach((s) => {
           if (s.type === 'candidate-pair' && s.nominated && s.currentRoundTripTime !== undefined) rtt = Math.max(rtt || 0, s.currentRoundTripTime * 1000);
           if (s.type === 'inbound-rtp') { lost += Math.max(0, s.packetsLost || 0); received += s.packetsReceived || 0; }
-          if (s.type === 'remote-inbound-rtp' && s.fractionLost !== undefined) { lost += s.fractionLost * 100; received += 100; }
+          if (s.type === 'remote-inbound-rtp' && s.fractionLost !== undefined) upLoss = Math.max(upLoss, s.fractionLost);
         });
       }
     } catch (_) { return; }
-    const q = (this.qualityBase ||= { lost: 0, received: 0 });
+    // Loss since the last look on what we receive, and the node's view of what we send: the
+    // worse of the two.
+    const q = this.qualityBase || { lost, received };
     const dLost = Math.max(0, lost - q.lost);
     const dRecv = Math.max(0, received - q.received);
     this.qualityBase = { lost, received };
-    const lossPct = dRecv + dLost > 0 ? (100 * dLost) / (dRecv + dLost) : 0;
+    const downPct = dRecv + dLost > 0 ? (100 * dLost) / (dRecv + dLost) : 0;
+    const lossPct = Math.max(downPct, upLoss * 100);
     const connected = pcs.every((pc) => pc.connectionState === 'connected') && !this.recovering;
     const next = { quality: rateQuality(lossPct, rtt || 0, connected), rttMs: rtt === null ? null : Math.round(rtt), lossPct: Math.round(lossPct * 10) / 10 };
     const changed = next.quality !== this.quality.quality;
