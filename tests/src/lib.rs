@@ -433,6 +433,26 @@ impl Drop for Browser {
     }
 }
 
+/// Waits until every node in `nodes` has `links` relay links up (`moim_relay_links`), or fails
+/// after `timeout` with the last metrics read.
+pub async fn wait_relay_links(nodes: &[Node], links: f64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    for n in nodes {
+        loop {
+            let text = reqwest::get(n.url("/metrics")).await?.text().await?;
+            if sample(&text, "moim_relay_links") == Some(links) {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "relay links did not come up:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Packets the publisher's page has sent per simulcast rid (`outbound-rtp`).
 pub const SENT_BY_RID: &str = "return (async () => { const r = {}; (await moim.pub.getStats()).forEach(s => { if (s.type === 'outbound-rtp' && s.kind === 'video') r[s.rid || '-'] = s.packetsSent || 0; }); return r; })()";
 

@@ -63,17 +63,7 @@ async fn fleet() -> anyhow::Result<Vec<Node>> {
         let peers: Vec<&str> = relay[..i].iter().map(String::as_str).collect();
         nodes.push(Node::start_relay(id, region, &relay[i], &peers, &extra).await?);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for n in &nodes {
-        loop {
-            let text = reqwest::get(n.url("/metrics")).await?.text().await?;
-            if sample(&text, "moim_relay_links") == Some(2.0) {
-                break;
-            }
-            anyhow::ensure!(Instant::now() < deadline, "relay links did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    crate::wait_relay_links(&nodes, 2.0, Duration::from_secs(30)).await?;
     Ok(nodes)
 }
 

@@ -17,20 +17,7 @@ async fn three_regions() -> anyhow::Result<Vec<Node>> {
     let fra = Node::start_relay("fra-1", "frankfurt", &relay[1], &[&relay[0]], &[]).await?;
     let va = Node::start_relay("va-1", "virginia", &relay[2], &[&relay[0], &relay[1]], &[]).await?;
     let nodes = vec![seoul, fra, va];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for n in &nodes {
-        loop {
-            let text = reqwest::get(n.url("/metrics")).await?.text().await?;
-            if sample(&text, "moim_relay_links") == Some(2.0) {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "relay links did not come up:\n{text}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    moim_e2e::wait_relay_links(&nodes, 2.0, Duration::from_secs(20)).await?;
     Ok(nodes)
 }
 

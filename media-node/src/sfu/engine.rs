@@ -796,37 +796,30 @@ impl Engine {
             }
         };
         let sending = sdp_sending_track_ids(&sdp);
-        let answer = {
-            self.answer_offer(peer, sdp, now)?;
-            self.finish_answer(peer, now)?
-        };
+        self.answer_offer(peer, sdp, now)?;
+        let answer = self.finish_answer(peer, now)?;
         // Declared tracks the re-offer no longer sends (a screen share stopped): unpublished
         // for everyone now, not when the connection closes. (Only declared ones: their ids are
         // the offer's msids, which a track the client did not declare may lack.)
-        let declared: HashSet<String> = self
-            .sessions
-            .get(&session)
-            .map(|s| s.declared_sources.keys().cloned().collect())
-            .unwrap_or_default();
-        let stopped: Vec<(String, TrackKey)> = self
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return Ok(answer);
+        };
+        let stopped: Vec<String> = self
             .peers
             .get(&peer)
             .map(|p| {
                 p.inbound
-                    .iter()
-                    .filter(|(id, _)| declared.contains(*id) && !sending.contains(*id))
-                    .map(|(id, k)| (id.clone(), *k))
+                    .keys()
+                    .filter(|id| s.declared_sources.contains_key(*id) && !sending.contains(*id))
+                    .cloned()
                     .collect()
             })
             .unwrap_or_default();
-        for (id, key) in stopped {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.inbound.remove(&id);
-            }
-            if let Some(s) = self.sessions.get_mut(&session) {
-                s.declared_sources.remove(&id);
-            }
-            self.remove_track(key, now);
+        for id in &stopped {
+            s.declared_sources.remove(id);
+        }
+        for id in stopped {
+            self.unpublish_inbound(peer, &id, now);
         }
         Ok(answer)
     }
@@ -1351,6 +1344,17 @@ impl Engine {
         self.closed.push_back(id);
     }
 
+    /// Publisher `peer` no longer sends its track `track_id`: it goes away for everyone.
+    fn unpublish_inbound(&mut self, peer: PeerId, track_id: &str, now: Instant) {
+        let key = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.inbound.remove(track_id));
+        if let Some(k) = key {
+            self.remove_track(k, now);
+        }
+    }
+
     pub(super) fn remove_track(&mut self, key: TrackKey, now: Instant) {
         let Some(t) = self.tracks.remove(&key) else {
             return;
@@ -1699,13 +1703,7 @@ impl Engine {
                 );
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
-                let key = self
-                    .peers
-                    .get_mut(&peer_id)
-                    .and_then(|p| p.inbound.remove(&track_id.to_string()));
-                if let Some(k) = key {
-                    self.remove_track(k, now);
-                }
+                self.unpublish_inbound(peer_id, &track_id.to_string(), now);
             }
             RTCPeerConnectionEvent::OnDataChannel(RTCDataChannelEvent::OnOpen(id)) => {
                 if let Some(p) = self.peers.get_mut(&peer_id)
