@@ -77,6 +77,15 @@ impl Ledger {
             .map(|(m, _)| m.as_str())
     }
 
+    /// Meetings whose people of `region` are served from a node elsewhere (the region lost its
+    /// nodes): a node of `region` that becomes ready takes them home.
+    pub fn served_away(&self, region: &str) -> impl Iterator<Item = &str> {
+        self.plans
+            .iter()
+            .filter(move |(_, p)| p.assignments.iter().any(|a| a.serves.contains_key(region)))
+            .map(|(m, _)| m.as_str())
+    }
+
     /// Number of meetings placed.
     pub fn len(&self) -> usize {
         self.plans.len()
@@ -201,6 +210,19 @@ mod tests {
         assert_eq!(l.reserved_on("n1"), 0);
         assert_eq!(l.meetings_on("n1").count(), 0);
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn meetings_served_from_another_region_are_listed_by_the_region_away() {
+        let mut l = Ledger::default();
+        let mut away = plan(&[("seoul-1", 5)]);
+        away.assignments[0].serves.insert("frankfurt".into(), 2);
+        l.record("ns/a", away);
+        l.record("ns/b", plan(&[("seoul-1", 3)]));
+        assert_eq!(l.served_away("frankfurt").collect::<Vec<_>>(), vec!["ns/a"]);
+        assert_eq!(l.served_away("r").count(), 0);
+        l.record("ns/a", plan(&[("seoul-1", 3), ("frankfurt-2", 2)]));
+        assert_eq!(l.served_away("frankfurt").count(), 0);
     }
 
     #[test]

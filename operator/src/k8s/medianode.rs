@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::warn;
 
 /// Reconciles one MediaNode.
@@ -23,11 +23,18 @@ pub async fn reconcile(node: Arc<MediaNode>, ctx: Arc<Context>) -> Result<Action
     result
 }
 
-/// What to do after a failed reconcile: back off per object, 1 s doubling to 5 minutes.
+/// Longest wait after failed reconciles of a MediaNode. Its reconcile is also how a dead node
+/// is noticed (the `/status` read), so it must not back off for minutes as other objects do: a
+/// spell of API errors (a narrowed RBAC role, an API server restart) left a node's next read
+/// 18 s away, and a machine lost meanwhile went unnoticed as long.
+const MAX_NODE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What to do after a failed reconcile: back off per object, 1 s doubling to
+/// [`MAX_NODE_BACKOFF`].
 pub fn error_policy(node: Arc<MediaNode>, error: &Error, ctx: Arc<Context>) -> Action {
     warn!(node = %key(&node), %error, "reconcile failed");
     ctx.metrics.reconcile_failed(CONTROLLER, error);
-    Action::requeue(ctx.backoff(&key(&node)))
+    Action::requeue(ctx.backoff(&key(&node)).min(MAX_NODE_BACKOFF))
 }
 
 fn key(n: &MediaNode) -> String {

@@ -33,6 +33,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::info;
 
+/// MediaNode events buffered for the slowest of the three controllers (a burst beyond it waits
+/// for them; the cache itself is never behind).
+const NODE_EVENTS_BUFFER: usize = 1024;
+
 /// Start-up options of `operator run`.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -77,11 +81,28 @@ pub async fn run(opts: RunOptions) -> Result<()> {
             ),
         };
     let nodes_for_api = nodes_api.clone();
-    let node_controller = Controller::new(nodes_api.clone(), watcher::Config::default()).owns(
+    // One watch of MediaNodes feeds the node controller's cache and wakes all three
+    // controllers. A controller woken by its own watch would read the node controller's cache,
+    // which may not have the change yet: a pool woken by its node going Gone saw it still Ready
+    // and did nothing until its next periodic look (15 s), and a meeting woken by a new node's
+    // Ready saw it Starting. Subscribers of the shared reflector are told only after the cache
+    // holds the change.
+    let (nodes, node_writer) = reflector::store_shared::<MediaNode>(NODE_EVENTS_BUFFER);
+    let subscribe = || {
+        node_writer
+            .subscribe()
+            .ok_or_else(|| Error::Config("the MediaNode cache cannot be subscribed".into()))
+    };
+    let (node_events, meeting_node_events, pool_node_events) =
+        (subscribe()?, subscribe()?, subscribe()?);
+    let node_reflector = watcher(nodes_api, watcher::Config::default())
+        .default_backoff()
+        .reflect_shared(node_writer)
+        .for_each(|_| futures_util::future::ready(()));
+    let node_controller = Controller::for_shared_stream(node_events, nodes.clone()).owns(
         pods_api,
         watcher::Config::default().labels("app.kubernetes.io/managed-by=moim-operator"),
     );
-    let nodes = node_controller.store();
     let node_admin = HttpNodeAdmin::new(opts.admin_token.clone()).map_err(Error::Config)?;
     let reporter = Reporter {
         controller: "moim-operator".into(),
@@ -101,31 +122,31 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     let mapper_ctx = ctx.clone();
     let seen_nodes = std::sync::Mutex::new(std::collections::HashMap::<String, u64>::new());
     let meeting_controller = Controller::new(meetings_api.clone(), watcher::Config::default())
-        .watches(
-            nodes_api,
-            watcher::Config::default(),
-            move |node: MediaNode| {
-                let name = node.name_any();
-                // Only a change that matters to placement wakes the node's meetings.
-                let hash = medianode::placement_relevant(&node);
-                let mut seen = seen_nodes.lock().unwrap_or_else(|e| e.into_inner());
-                if seen.insert(name.clone(), hash) == Some(hash) {
-                    return Vec::new();
-                }
-                drop(seen);
-                let ledger = mapper_ctx.ledger();
-                // Its meetings, and meetings short of room anywhere: this node may have it.
-                let woken: std::collections::BTreeSet<&str> =
-                    ledger.meetings_on(&name).chain(ledger.short()).collect();
-                woken
-                    .into_iter()
-                    .filter_map(|key| {
-                        let (ns, n) = key.split_once('/')?;
-                        Some(ObjectRef::<Meeting>::new(n).within(ns))
-                    })
-                    .collect::<Vec<_>>()
-            },
-        );
+        .watches_shared_stream(meeting_node_events, move |node: Arc<MediaNode>| {
+            let name = node.name_any();
+            // Only a change that matters to placement wakes the node's meetings.
+            let hash = medianode::placement_relevant(&node);
+            let mut seen = seen_nodes.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.insert(name.clone(), hash) == Some(hash) {
+                return Vec::new();
+            }
+            drop(seen);
+            let ledger = mapper_ctx.ledger();
+            // Its meetings, meetings short of room anywhere (this node may have it), and
+            // meetings whose people of its region are served elsewhere (they may come home).
+            let woken: std::collections::BTreeSet<&str> = ledger
+                .meetings_on(&name)
+                .chain(ledger.short())
+                .chain(ledger.served_away(&node.spec.region))
+                .collect();
+            woken
+                .into_iter()
+                .filter_map(|key| {
+                    let (ns, n) = key.split_once('/')?;
+                    Some(ObjectRef::<Meeting>::new(n).within(ns))
+                })
+                .collect::<Vec<_>>()
+        });
     let meetings = meeting_controller.store();
     // Pools read scheduled meetings; the store is there before any pool reconciles.
     let _ = ctx.meetings.set(meetings.clone());
@@ -133,12 +154,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let nodes_for_pools: Api<MediaNode> = match &opts.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
     let pool_controller = Controller::new(pools_api, watcher::Config::default())
-        .owns(nodes_for_pools, watcher::Config::default());
+        .owns_shared_stream(pool_node_events);
 
     // The join API's own caches, filled whether or not this replica leads.
     let (api_meetings, meetings_writer) = reflector::store::<Meeting>();
@@ -280,6 +297,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
     };
     tokio::select! {
         _ = futures_util::future::join3(node_run, meeting_run, pool_run) => info!("controllers stopped"),
+        // Runs as long as the controllers (it ends only if they all dropped their streams).
+        _ = node_reflector => info!("the MediaNode watch stopped"),
         _ = lost => {
             metrics.leader.set(0);
             return Err(Error::Config("lost the leader lease".into()));
