@@ -194,11 +194,17 @@ impl Fabric {
     /// `kill -9` media node `name`, as a machine failing would; returns when it happened
     /// (milliseconds since the Unix epoch).
     pub fn kill_node(&self, name: &str) -> anyhow::Result<f64> {
+        self.signal_node(name, "KILL")
+    }
+
+    /// Sends `signal` (`KILL`, `STOP`, `CONT`) to media node `name`; returns when (milliseconds
+    /// since the Unix epoch).
+    pub fn signal_node(&self, name: &str, signal: &str) -> anyhow::Result<f64> {
         let pid = self.node_pid(name)?;
         let status = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
+            .args([&format!("-{signal}"), &pid.to_string()])
             .status()?;
-        anyhow::ensure!(status.success(), "kill -9 {pid} ({name}) failed");
+        anyhow::ensure!(status.success(), "kill -{signal} {pid} ({name}) failed");
         Ok(epoch_ms())
     }
 }

@@ -1,6 +1,7 @@
 //! Failures a meeting must survive, each set up with real processes and real Chromium and timed
-//! from the fault to both participants decoding fresh video: a media node SIGKILLed, the hub
-//! of a cascade tree SIGKILLed, a participant's UDP path remapped. `tests/tests/failover.rs`
+//! from the fault to both participants decoding fresh video: a media node SIGKILLed, a media
+//! node whose machine is lost (SIGSTOPped: nothing answers, nothing closes), the hub of a
+//! cascade tree SIGKILLed, a participant's UDP path remapped. `tests/tests/failover.rs`
 //! runs each once and checks how the pages recovered; `moim-bench failover` runs each many
 //! times and prints p50/p99.
 
@@ -17,11 +18,35 @@ pub fn meeting(name: &str, per_region: &str) -> String {
     )
 }
 
-/// Kills `node` once `a` and `b` decode each other, and returns how long until both decoded
-/// fresh video again (milliseconds).
+/// How a media node dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Death {
+    /// SIGKILL: the process is gone and the kernel closes its sockets, so pages see their
+    /// signalling connection close at once.
+    Killed,
+    /// SIGSTOP, as a machine that is lost (powered off, cut from the network) looks to the
+    /// outside: nothing answers, yet no connection is closed or reset. Pages learn it only from
+    /// media that stops; the operator from `/status` reads that time out. (The kernel still
+    /// completes TCP handshakes into the listen backlog, which a lost machine would not: a new
+    /// connection there hangs instead of timing out at connect, the same to a page.)
+    Frozen,
+}
+
+impl Death {
+    fn signal(self) -> &'static str {
+        match self {
+            Death::Killed => "KILL",
+            Death::Frozen => "STOP",
+        }
+    }
+}
+
+/// Makes `node` die as `death` says once `a` and `b` decode each other, and returns how long
+/// until both decoded fresh video again (milliseconds).
 pub async fn kill_and_time(
     fabric: &Fabric,
     node: &str,
+    death: Death,
     a: &Browser,
     b: &Browser,
 ) -> anyhow::Result<f64> {
@@ -29,15 +54,27 @@ pub async fn kill_and_time(
     wait_decoding(b, "moim.sub", 1, Duration::from_secs(40)).await?;
     watch_fresh_video(a).await?;
     watch_fresh_video(b).await?;
-    let killed = fabric.kill_node(node)?;
-    let a_at = fresh_video_at(a, Duration::from_secs(20)).await?;
-    let b_at = fresh_video_at(b, Duration::from_secs(20)).await?;
+    let killed = fabric.signal_node(node, death.signal())?;
+    let a_at = fresh_video_at(a, Duration::from_secs(30)).await?;
+    let b_at = fresh_video_at(b, Duration::from_secs(30)).await?;
+    // What each page did meanwhile (times after the fault), for a slow run's cause.
+    let what = "return JSON.stringify({recoveries: moim.recoveries, restarts: moim.restartLog || []});";
+    eprintln!(
+        "{death:?} {node}: fresh video after {:.0} ms and {:.0} ms; pages: {} | {}",
+        a_at - killed,
+        b_at - killed,
+        regex_lite_times(a.js(what).await?.as_str().unwrap_or_default(), killed),
+        regex_lite_times(b.js(what).await?.as_str().unwrap_or_default(), killed),
+    );
     Ok(a_at.max(b_at) - killed)
 }
 
-/// A two-region meeting in the local fabric (ana in seoul, bo in frankfurt); seoul's node is
-/// killed. Returns the fabric, both pages and the recovery time.
-pub async fn dead_node(tag: &str) -> anyhow::Result<(Fabric, Browser, Browser, f64)> {
+/// A two-region meeting in the local fabric (ana in seoul, bo in frankfurt); seoul's node dies
+/// as `death` says. Returns the fabric, both pages and the recovery time.
+pub async fn dead_node(
+    tag: &str,
+    death: Death,
+) -> anyhow::Result<(Fabric, Browser, Browser, f64)> {
     let fabric = Fabric::start(tag, &["--regions", "seoul,frankfurt"])?;
     let run = async {
         fabric
@@ -50,7 +87,7 @@ pub async fn dead_node(tag: &str) -> anyhow::Result<(Fabric, Browser, Browser, f
         let page = format!("http://{}/", fabric.listen);
         let ana = join_through_page(&page, "seoul", "ana").await?;
         let bo = join_through_page(&page, "frankfurt", "bo").await?;
-        let took = kill_and_time(&fabric, "seoul-1", &ana, &bo).await?;
+        let took = kill_and_time(&fabric, "seoul-1", death, &ana, &bo).await?;
         anyhow::Ok((ana, bo, took))
     }
     .await;
@@ -80,7 +117,7 @@ pub async fn dead_hub(
         let page = format!("http://{}/", fabric.listen);
         let ana = join_through_page(&page, "seoul", "ana").await?;
         let cy = join_through_page(&page, "virginia", "cy").await?;
-        let took = kill_and_time(&fabric, "frankfurt-1", &ana, &cy).await?;
+        let took = kill_and_time(&fabric, "frankfurt-1", Death::Killed, &ana, &cy).await?;
         anyhow::Ok((ana, cy, took))
     }
     .await;
@@ -232,8 +269,8 @@ pub struct FailoverArgs {
     /// Runs per fault.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,
-    /// Which faults: any of node, hub, network.
-    #[arg(long, value_delimiter = ',', default_value = "node,hub,network")]
+    /// Which faults: any of node (SIGKILLed), lost (a machine lost: SIGSTOPped), hub, network.
+    #[arg(long, value_delimiter = ',', default_value = "node,lost,hub,network")]
     pub faults: Vec<String>,
     /// Print one JSON object as the last line.
     #[arg(long)]
@@ -256,7 +293,12 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<serde_json::Value> {
         for i in 0..args.runs {
             let tag = format!("bench-{fault}-{i}");
             let result = match fault.as_str() {
-                "node" => dead_node(&tag).await.map(|(f, a, b, t)| (Some(f), a, b, t)),
+                "node" => dead_node(&tag, Death::Killed)
+                    .await
+                    .map(|(f, a, b, t)| (Some(f), a, b, t)),
+                "lost" => dead_node(&tag, Death::Frozen)
+                    .await
+                    .map(|(f, a, b, t)| (Some(f), a, b, t)),
                 "hub" => dead_hub(&tag, &node_log)
                     .await
                     .map(|(f, a, b, t)| (Some(f), a, b, t)),
@@ -268,13 +310,17 @@ pub async fn run(args: &FailoverArgs) -> anyhow::Result<serde_json::Value> {
                     let [a, b] = n.pages;
                     (None, a, b, n.took_ms)
                 }),
-                other => anyhow::bail!("unknown fault {other:?}: node, hub or network"),
+                other => anyhow::bail!("unknown fault {other:?}: node, lost, hub or network"),
             };
             match result {
                 Ok((fabric, a, b, t)) => {
                     a.close().await;
                     b.close().await;
                     if let Some(f) = fabric {
+                        if fault == "lost" {
+                            // Stopped, it could not handle the fabric's SIGTERM.
+                            let _ = f.signal_node("seoul-1", "KILL");
+                        }
                         let (_, text) = f.interrupt();
                         if t > SLOW_RUN_MS {
                             eprintln!("{fault} run {i} was slow; the fabric's output:\n{text}");

@@ -1,10 +1,11 @@
 //! Meetings survive failures, with real processes and real Chromium: a media node killed with
 //! SIGKILL (its participants rejoin elsewhere on their own), the hub of a cascade tree killed
 //! (the tree is planned again and the edges hear each other), a participant's UDP path remapped
-//! mid-meeting (ICE restarts on the same node, no new join), and an engine that panics (the
+//! mid-meeting (ICE restarts on the same node, no new join), a node whose machine is lost
+//! without closing anything (its participants give up on it and rejoin elsewhere), and an engine that panics (the
 //! process does not go on reporting healthy).
 
-use moim_e2e::failover::{dead_hub, dead_node, network_change};
+use moim_e2e::failover::{Death, dead_hub, dead_node, network_change};
 use moim_e2e::{Node, wait_decoding};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ const RECOVERY_BOUND_MS: f64 = 5000.0;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_whose_node_dies_is_back_within_seconds() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
-    let (fabric, ana, bo, took) = dead_node("failover-node").await?;
+    let (fabric, ana, bo, took) = dead_node("failover-node", Death::Killed).await?;
     let result = async {
         println!("recovered from a dead node in {took:.0} ms");
         assert!(took <= RECOVERY_BOUND_MS, "took {took:.0} ms");
@@ -53,6 +54,53 @@ async fn a_participant_whose_node_dies_is_back_within_seconds() -> anyhow::Resul
         anyhow::Ok(())
     }
     .await;
+    let (_, text) = fabric.interrupt();
+    result.map_err(|e| e.context(format!("fabric output:\n{text}")))
+}
+
+/// Recovery from a lost machine is slower than from a dead process (see [`Death::Frozen`]):
+/// the media stops (~1 s to notice), an ICE restart is tried and given up after 5 s, then the
+/// operator is asked where to go.
+const LOST_MACHINE_BOUND_MS: f64 = 10_000.0;
+
+/// A node whose machine is lost: its process stops answering but closes nothing, so the
+/// page's signalling socket stays open. The page notices its media stop, tries an ICE restart
+/// on the same node, gives up on it when the restart does not complete, and asks the operator
+/// for another node, naming this one unreachable; the operator sends it to frankfurt at once
+/// (before its own `/status` reads have timed out twice) and later re-plans the meeting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_whose_node_stops_answering_moves_elsewhere() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let (fabric, ana, bo, took) = dead_node("failover-lost", Death::Frozen).await?;
+    let result = async {
+        println!("recovered from a lost machine in {took:.0} ms");
+        assert!(took <= LOST_MACHINE_BOUND_MS, "took {took:.0} ms");
+        let frankfurt = format!("http://127.0.0.1:{}", fabric.port_base + 10);
+        let state = ana
+            .js("return {n: moim.recoveries.length, reason: moim.recoveries[0] && moim.recoveries[0].reason, attempts: moim.recoveries[0] && moim.recoveries[0].attempts, node: moim.node, restarts: moim.iceRestarts};")
+            .await?;
+        assert_eq!(state["n"], 1, "{state}");
+        assert_eq!(state["reason"], "ICE restart did not complete", "{state}");
+        assert_eq!(state["node"], frankfurt.as_str(), "{state}");
+        // Straight to the operator's answer: no join attempt was spent on the silent node.
+        assert_eq!(state["attempts"], 1, "{state}");
+        assert!(state["restarts"].as_u64() >= Some(1), "{state}");
+        assert_eq!(bo.js("return moim.recoveries.length;").await?, 0);
+        // The operator stops counting on seoul from its own reads too, and serves seoul from
+        // frankfurt.
+        fabric
+            .wait_for_line("meeting default/sync on frankfurt-1 (frankfurt)", Duration::from_secs(20))
+            .await?;
+        wait_decoding(&ana, "moim.sub", 1, Duration::from_secs(10)).await?;
+        wait_decoding(&bo, "moim.sub", 1, Duration::from_secs(10)).await?;
+        ana.close().await;
+        bo.close().await;
+        anyhow::Ok(())
+    }
+    .await;
+    // The stopped process is ended here, not left to the fabric's stop (it would wait out a
+    // grace period for a process that cannot handle SIGTERM).
+    let _ = fabric.signal_node("seoul-1", "KILL");
     let (_, text) = fabric.interrupt();
     result.map_err(|e| e.context(format!("fabric output:\n{text}")))
 }

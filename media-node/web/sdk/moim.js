@@ -264,6 +264,7 @@ export class Room extends EventTarget {
         break;
       case 'subscribe_offer': {
         this.mark('offer');
+        this.subscribeOffers = (this.subscribeOffers || 0) + 1;
         if (!this.sub) this.sub = this.newSubscribeConnection();
         await this.sub.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
         const answer = await this.sub.createAnswer();
@@ -728,6 +729,7 @@ export class Room extends EventTarget {
     this.iceRestarts++;
     this.setState('reconnecting', 'network changed');
     const ws = this.ws;
+    const offersBefore = this.subscribeOffers || 0;
     try {
       if (this.pub) { this.pub.restartIce(); await this.publishOffer(); }
       if (this.sub) this.send({ type: 'ice_restart' });
@@ -735,6 +737,10 @@ export class Room extends EventTarget {
       this.restartingIce = false;
     }
     const connected = () => [this.pub, this.sub].every((pc) => !pc || pc.connectionState === 'connected');
+    // The node took part in the restart: it answered the publish re-offer and sent a fresh
+    // subscribe offer. A connection still reads `connected` for seconds after its path died
+    // (until consent checks fail), so that alone does not mean the restart worked.
+    const answered = () => (!this.pub || this.pub.signalingState === 'stable') && (!this.sub || (this.subscribeOffers || 0) > offersBefore);
     const back = () => {
       if (this.ws === ws && !this.recovering && !this.left && this.state === 'reconnecting' && connected()) this.setState('connected');
     };
@@ -745,8 +751,8 @@ export class Room extends EventTarget {
     // node, and the room rejoins elsewhere.
     setTimeout(() => {
       if (this.ws !== ws || this.left || this.recovering) return;
-      if (connected()) { back(); return; }
-      this.recover('ICE restart did not complete');
+      if (connected() && answered()) { back(); return; }
+      this.recover('ICE restart did not complete', { unanswered: !answered() });
     }, RESTART_GIVE_UP_MS);
   }
 
@@ -787,7 +793,10 @@ export class Room extends EventTarget {
   // the network), then the node the operator names now, then the meeting's other nodes nearest
   // first; rounds repeat with backoff until the token runs out. Only URLs from our own node
   // (its `resume` message) or from the operator it named are followed.
-  async recover(reason) {
+  // `unanswered`: the node stopped answering on a socket that looks open (a lost machine), so
+  // the first round goes straight to the operator, naming it unreachable, instead of waiting
+  // out a join attempt there first.
+  async recover(reason, { unanswered = false } = {}) {
     if (this.recovering || this.left) return;
     this.recovering = true;
     const record = { reason, started: Math.round(performance.now()), ended: null, node: null, attempts: 0 };
@@ -797,7 +806,8 @@ export class Room extends EventTarget {
     this.republish = !!this.localStream;
     this.teardown();
     let delay = BACKOFF_FIRST_MS;
-    const unreachable = [];
+    const unreachable = unanswered ? [lost] : [];
+    let skipLost = unanswered;
     try {
       while (!this.left) {
         const r = this.resume;
@@ -819,6 +829,9 @@ export class Room extends EventTarget {
             return false;
           }
         };
+        // Skipped in the first round of an unanswered node (in `tried` already), tried again later.
+        if (skipLost) tried.add(lost);
+        skipLost = false;
         if (await attempt(lost, this.token)) break;
         if (r && r.rejoin_url) {
           const answer = await this.askRejoin(r.rejoin_url, { region: r.region, unreachable });
