@@ -104,6 +104,8 @@ pub struct RelayLinkMetrics {
     pub streams: IntGaugeVec,
     /// What the link's path carries, as estimated from QUIC's acknowledgements.
     pub estimate_bps: prometheus::GaugeVec,
+    /// Queueing delay over the path's base round trip.
+    pub queue_delay_seconds: prometheus::GaugeVec,
     /// Layers the far node subscribed to that this node holds back (they do not fit).
     pub layers_held: IntGaugeVec,
 }
@@ -333,6 +335,16 @@ impl Metrics {
                         Opts::new(
                             "moim_relay_estimate_bps",
                             "What a relay link's path carries, bits per second, as estimated from QUIC acknowledgements (0: no limit seen)."
+                        ),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                queue_delay_seconds: reg!(
+                    prometheus::GaugeVec::new(
+                        Opts::new(
+                            "moim_relay_queue_delay_seconds",
+                            "How far a relay link's round trips run above its path's base (the shortest of the last 10-20 s): the queue at its bottleneck. The link estimate falls when it passes 20 ms."
                         ),
                         &["peer"]
                     )

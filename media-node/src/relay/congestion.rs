@@ -55,13 +55,16 @@ pub struct FixedWindow {
 }
 
 /// What `conn`'s path carries, bits per second, as its controller estimates it (`None`: no sign
-/// of a limit yet).
-pub fn estimate_of(conn: &quinn::Connection) -> Option<f64> {
+/// of a limit yet), and the queueing delay its last judged window saw over the path's base
+/// round trip.
+pub fn estimate_of(conn: &quinn::Connection) -> (Option<f64>, Option<Duration>) {
     conn.congestion_state()
         .into_any()
         .downcast::<FixedWindow>()
         .ok()
-        .and_then(|c| c.estimator.estimate())
+        .map_or((None, None), |c| {
+            (c.estimator.estimate(), c.estimator.queue_delay())
+        })
 }
 
 impl Controller for FixedWindow {
@@ -170,6 +173,8 @@ pub struct LinkEstimator {
     recent: std::collections::VecDeque<f64>,
     /// The most delivered when congestion was last seen.
     limit_seen: Option<f64>,
+    /// Queueing delay of the last window that could tell it.
+    queueing: Option<Duration>,
 }
 
 impl LinkEstimator {
@@ -188,7 +193,14 @@ impl LinkEstimator {
             acked_packets: 0,
             recent: std::collections::VecDeque::with_capacity(DELIVERED_MEMORY),
             limit_seen: None,
+            queueing: None,
         }
+    }
+
+    /// How far the last window that could tell (three acknowledgements or more) had its
+    /// shortest round trip above the path's base: the bottleneck's queue.
+    pub fn queue_delay(&self) -> Option<Duration> {
+        self.queueing
     }
 
     /// The estimate, bits per second (`None`: no sign of a limit yet).
@@ -235,6 +247,9 @@ impl LinkEstimator {
             (Some(s), Some(b)) if self.acked_packets >= MIN_ACKED => Some(s.saturating_sub(b)),
             _ => None,
         };
+        if queueing.is_some() {
+            self.queueing = queueing;
+        }
         if self.recent.len() == DELIVERED_MEMORY {
             self.recent.pop_front();
         }
@@ -357,6 +372,24 @@ mod tests {
 
     /// Three times what a 1 Mbit/s bottleneck carries: the estimate settles below 1 Mbit/s
     /// (and the sender, following it, stops overfilling the queue).
+    #[test]
+    fn the_queue_delay_is_what_round_trips_add_to_the_base() {
+        let t0 = Instant::now();
+        let mut est = LinkEstimator::new(t0);
+        assert_eq!(est.queue_delay(), None);
+        // 60 ms round trips for a second, then 90 ms: a queue of 30 ms.
+        let feed = |est: &mut LinkEstimator, from_ms: u64, to_ms: u64, rtt_ms: u64| {
+            for ms in (from_ms..to_ms).step_by(5) {
+                let now = t0 + Duration::from_millis(ms + rtt_ms);
+                est.on_ack(now, now - Duration::from_millis(rtt_ms), 1200);
+            }
+        };
+        feed(&mut est, 0, 1000, 60);
+        assert_eq!(est.queue_delay(), Some(Duration::ZERO));
+        feed(&mut est, 1000, 1500, 90);
+        assert_eq!(est.queue_delay(), Some(Duration::from_millis(30)));
+    }
+
     #[test]
     fn the_estimate_finds_a_bottleneck() {
         let path = Path {

@@ -364,13 +364,18 @@ async fn run_link(
             // once a second.
             let mut tick = 0u32;
             loop {
-                let bps = super::congestion::estimate_of(&conn);
+                let (bps, queueing) = super::congestion::estimate_of(&conn);
                 let _ = engine.send(Command::RelayEstimate { link: id, bps });
                 metrics
                     .relay
                     .estimate_bps
                     .with_label_values(&[&peer])
                     .set(bps.unwrap_or(0.0));
+                metrics
+                    .relay
+                    .queue_delay_seconds
+                    .with_label_values(&[&peer])
+                    .set(queueing.unwrap_or_default().as_secs_f64());
                 tick = tick.wrapping_add(1);
                 if tick % 4 != 1 {
                     tokio::time::sleep(Duration::from_millis(250)).await;
