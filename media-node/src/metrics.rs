@@ -73,6 +73,10 @@ pub struct Metrics {
     pub relay_dropped: IntCounter,
     /// Relay datagrams that did not parse.
     pub relay_bad_datagrams: IntCounter,
+    /// Audio packets sent over a relay link a second time (loss protection).
+    pub relay_audio_copies: IntCounter,
+    /// Relayed packets that arrived again (audio's copy, a crossed retransmission), dropped.
+    pub relay_copies_dropped: IntCounter,
     /// Relay datagrams larger than the path then carried, sent in fragments.
     pub relay_split_datagrams: IntCounter,
     /// Relay datagrams QUIC refused (the peer takes none, or too small a path to split for).
@@ -254,6 +258,14 @@ impl Metrics {
             relay_bad_datagrams: counter!(
                 "moim_relay_bad_datagrams_total",
                 "Relay datagrams that did not parse."
+            ),
+            relay_audio_copies: counter!(
+                "moim_relay_audio_copies_total",
+                "Audio packets sent over relay links a second time, 40 ms after the first, so a burst of loss rarely takes both."
+            ),
+            relay_copies_dropped: counter!(
+                "moim_relay_copies_dropped_total",
+                "Relayed packets that arrived again (the second copy of audio, a retransmission that crossed its original) and were not passed on."
             ),
             relay_split_datagrams: counter!(
                 "moim_relay_split_datagrams_total",

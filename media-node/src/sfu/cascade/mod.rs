@@ -120,7 +120,63 @@ struct LayerLoss {
     next: Option<u16>,
     /// Missing packets: sequence number, when last asked for, times asked.
     missing: std::collections::VecDeque<(u16, Instant, u8)>,
+    /// Which of the 128 packets before `next` arrived: bit `i` is `next - 1 - i`. A copy of
+    /// one that did (audio's redundant copy, a retransmission that crossed the original) is
+    /// not passed on again.
+    received: u128,
 }
+
+impl LayerLoss {
+    /// Notes that `seq` arrived at `now`; a gap it opens (up to [`MAX_NACK_GAP`]) becomes
+    /// missing and is added to `ask`.
+    fn arrive(&mut self, seq: u16, now: Instant, ask: &mut Vec<u16>) -> Arrival {
+        let Some(n) = self.next else {
+            self.next = Some(seq.wrapping_add(1));
+            self.received = 1;
+            return Arrival::InOrder;
+        };
+        if crate::sfu::forwarder::seq_after(seq, n) || seq == n {
+            self.next = Some(seq.wrapping_add(1));
+            let gap = seq.wrapping_sub(n);
+            self.received = self.received.checked_shl(u32::from(gap) + 1).unwrap_or(0) | 1;
+            if gap > 0 && gap <= MAX_NACK_GAP {
+                for i in 0..gap {
+                    let s = n.wrapping_add(i);
+                    ask.push(s);
+                    self.missing.push_back((s, now, 1));
+                }
+            }
+            return Arrival::InOrder;
+        }
+        // A retransmission or a late packet: no longer missing. Or a copy of one that came
+        // already.
+        let back = u32::from(n.wrapping_sub(seq).wrapping_sub(1));
+        let bit = 1u128.checked_shl(back).unwrap_or(0);
+        if self.received & bit != 0 {
+            return Arrival::Copy;
+        }
+        self.received |= bit;
+        self.missing.retain(|(s, _, _)| *s != seq);
+        Arrival::Late
+    }
+}
+
+/// How a relayed packet arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arrival {
+    /// The newest of its layer so far.
+    InOrder,
+    /// After a newer one: a repair or a reordered packet.
+    Late,
+    /// A copy of one that arrived already.
+    Copy,
+}
+
+/// Audio packets cross a link twice: again with the packet this many later (40 ms at Opus's
+/// 20 ms frames), so that a burst of loss on the path rarely takes both copies, and a lost
+/// packet costs nothing audible instead of a NACK round trip (180 ms between Seoul and
+/// Virginia, longer than the jitter buffer waits). Audio is a few percent of a link's bytes.
+const AUDIO_COPY_AFTER: u16 = 2;
 
 /// Largest gap NACKed at once; beyond it the layer waits for a keyframe instead.
 const MAX_NACK_GAP: u16 = 64;
@@ -1074,8 +1130,13 @@ impl Engine {
             return;
         };
         let seq = packet.header.sequence_number;
-        let late = self.detect_link_loss(key, d.layer, seq, now);
-        tracing::trace!(layer = d.layer, seq, late, "relayed in");
+        let arrival = self.detect_link_loss(key, d.layer, seq, now);
+        tracing::trace!(layer = d.layer, seq, ?arrival, "relayed in");
+        if arrival == Arrival::Copy {
+            self.metrics.relay_copies_dropped.inc();
+            return;
+        }
+        let late = arrival == Arrival::Late;
         if let Some(r) = self.tracks.get_mut(&key).and_then(|t| t.relay.as_mut()) {
             let ring = r.recent.entry(d.layer).or_default();
             if ring.len() >= RECENT_PACKETS {
@@ -1153,34 +1214,18 @@ impl Engine {
         layer: u8,
         seq: u16,
         now: Instant,
-    ) -> bool {
+    ) -> Arrival {
         let Some(r) = self.tracks.get_mut(&key).and_then(|t| t.relay.as_mut()) else {
-            return false;
+            return Arrival::InOrder;
         };
         let rtt = self.links.get(&r.link).map_or(DEFAULT_RTT, |l| l.rtt);
         // A retransmission takes a round trip plus the far node's turn.
         let retry_after = rtt + rtt / 4 + std::time::Duration::from_millis(10);
         let l = r.loss.entry(layer).or_default();
         let mut ask: Vec<u16> = Vec::new();
-        let mut late = false;
-        match l.next {
-            Some(n) if crate::sfu::forwarder::seq_after(seq, n) || seq == n => {
-                l.next = Some(seq.wrapping_add(1));
-                let gap = seq.wrapping_sub(n);
-                if gap > 0 && gap <= MAX_NACK_GAP {
-                    for i in 0..gap {
-                        let s = n.wrapping_add(i);
-                        ask.push(s);
-                        l.missing.push_back((s, now, 1));
-                    }
-                }
-            }
-            // A retransmission or a late packet: no longer missing.
-            Some(_) => {
-                late = true;
-                l.missing.retain(|(s, _, _)| *s != seq);
-            }
-            None => l.next = Some(seq.wrapping_add(1)),
+        let arrival = l.arrive(seq, now, &mut ask);
+        if arrival == Arrival::Copy {
+            return arrival;
         }
         let before = l.missing.len();
         l.missing
@@ -1214,7 +1259,7 @@ impl Engine {
             tracing::debug!(layer, "relayed packets given up; asking for a keyframe");
             self.send_pli(key, layer, now);
         }
-        late
+        arrival
     }
 
     /// The link's round-trip time, as QUIC measures it.
@@ -1527,6 +1572,16 @@ impl Engine {
                 .get_or_insert_with(|| SeqRing::new(RELAY_HISTORY))
                 .record(packet.header.sequence_number, datagram.clone());
         }
+        // Audio: the packet sent [`AUDIO_COPY_AFTER`] before this one goes again.
+        let copy = self
+            .tracks
+            .get(&key)
+            .filter(|t| t.kind == RtpCodecKind::Audio)
+            .and_then(|t| t.layers.get(usize::from(layer))?.relayed.as_ref())
+            .and_then(|r| {
+                r.get(packet.header.sequence_number.wrapping_sub(AUDIO_COPY_AFTER))
+                    .cloned()
+            });
         let rtp_len = (datagram.len() - crate::relay::proto::DATAGRAM_HEADER) as u64;
         for link in targets {
             self.metrics.relay_packets_out.inc();
@@ -1535,6 +1590,13 @@ impl Engine {
                 link,
                 datagram: datagram.clone(),
             });
+            if let Some(copy) = &copy {
+                self.metrics.relay_audio_copies.inc();
+                self.push_out(RelayOut::Media {
+                    link,
+                    datagram: copy.clone(),
+                });
+            }
         }
     }
 
@@ -1719,5 +1781,28 @@ mod tests {
         // Redialled from the same side: the newer one (the old one is dead).
         assert_eq!(which_link_stays("a", "b", true, true), LinkChoice::New);
         assert_eq!(which_link_stays("a", "b", false, false), LinkChoice::New);
+    }
+
+    #[test]
+    fn a_relayed_packet_is_passed_on_once_however_often_it_arrives() {
+        let now = Instant::now();
+        let mut l = LayerLoss::default();
+        let mut ask = Vec::new();
+        assert_eq!(l.arrive(65_534, now, &mut ask), Arrival::InOrder);
+        // 65,535 and 0 lost (across the wrap): asked for.
+        assert_eq!(l.arrive(1, now, &mut ask), Arrival::InOrder);
+        assert_eq!(ask, vec![65_535, 0]);
+        // Audio's copy of 65,534 comes 40 ms later: already passed on.
+        assert_eq!(l.arrive(65_534, now, &mut ask), Arrival::Copy);
+        // The copy of a lost one repairs it; its retransmission then is a copy too.
+        assert_eq!(l.arrive(65_535, now, &mut ask), Arrival::Late);
+        assert_eq!(l.missing.len(), 1);
+        assert_eq!(l.arrive(65_535, now, &mut ask), Arrival::Copy);
+        assert_eq!(l.arrive(1, now, &mut ask), Arrival::Copy);
+        // Far behind (more than 128): not known, passed on as late.
+        assert_eq!(l.arrive(300, now, &mut ask), Arrival::InOrder);
+        assert_eq!(l.arrive(100, now, &mut ask), Arrival::Late);
+        assert_eq!(l.arrive(299, now, &mut ask), Arrival::Late);
+        assert_eq!(l.arrive(299, now, &mut ask), Arrival::Copy);
     }
 }
