@@ -375,10 +375,19 @@ impl MediaNode {
         matches!(
             st.phase,
             Some(MediaNodePhase::Ready | MediaNodePhase::Draining)
-        ) && !st.conditions.iter().any(|c| {
-            c.type_ == "Reporting"
-                && c.status == "False"
-                && (c.reason == STATUS_REFUSED || c.reason == STATUS_UNREACHABLE)
+        ) && !self.silent()
+    }
+
+    /// Whether the node is known not to answer: its workload is gone, or its `/status` was
+    /// refused or failed twice in a row. Calls to it would only fail or time out.
+    pub fn silent(&self) -> bool {
+        self.status.as_ref().is_some_and(|st| {
+            st.phase == Some(MediaNodePhase::Gone)
+                || st.conditions.iter().any(|c| {
+                    c.type_ == "Reporting"
+                        && c.status == "False"
+                        && (c.reason == STATUS_REFUSED || c.reason == STATUS_UNREACHABLE)
+                })
         })
     }
 }

@@ -324,13 +324,13 @@ async fn push(
     plan: &Plan,
     nodes: &[Arc<MediaNode>],
 ) -> Vec<(String, String)> {
-    let mut errors = Vec::new();
     let key = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
-    for a in &plan.assignments {
+    // Every node at once: one that does not answer (a lost machine, until its `/status` reads
+    // have failed) costs the admin client's timeout, not that timeout before each node after it.
+    let pushes = plan.assignments.iter().map(|a| async {
         let Some(base) = find(nodes, &a.node).and_then(|n| n.status.as_ref()?.admin_url.clone())
         else {
-            errors.push((a.node.clone(), "has no admin address yet".to_owned()));
-            continue;
+            return Some((a.node.clone(), "has no admin address yet".to_owned()));
         };
         let links = plan
             .links
@@ -362,17 +362,21 @@ async fn push(
             fallbacks: fallbacks(a, plan, nodes, &settings.distances),
             rejoin_url: settings.rejoin_url.clone(),
         };
-        if let Err(e) = admin.assign(&base, room, &assignment).await {
-            metrics.node_api_error("assign");
-            warn!(meeting = %key, node = %a.node, error = %e, "plan not taken");
-            errors.push((a.node.clone(), e));
-        }
-    }
-    errors
+        let e = admin.assign(&base, room, &assignment).await.err()?;
+        metrics.node_api_error("assign");
+        warn!(meeting = %key, node = %a.node, error = %e, "plan not taken");
+        Some((a.node.clone(), e))
+    });
+    futures_util::future::join_all(pushes)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
-/// Releases `room` on `which` nodes, best effort: a node that is gone holds nothing to release.
-/// Returns how many nodes confirmed.
+/// Releases `room` on `which` nodes, all at once and best effort: a node that is gone holds
+/// nothing to release, and one known not to answer ([`MediaNode::silent`]) is not asked (it
+/// would only time out). Returns how many nodes confirmed.
 pub async fn release<'a>(
     admin: &dyn NodeAdmin,
     metrics: &Metrics,
@@ -380,21 +384,25 @@ pub async fn release<'a>(
     room: &str,
     which: impl Iterator<Item = &'a str>,
 ) -> usize {
-    let mut done = 0;
-    for name in which {
-        let Some(base) = find(nodes, name).and_then(|n| n.status.as_ref()?.admin_url.clone())
-        else {
-            continue;
-        };
-        match admin.release(&base, room).await {
-            Ok(()) => done += 1,
-            Err(e) => {
-                metrics.node_api_error("release");
-                warn!(node = %name, %room, error = %e, "release failed; the node keeps the room until it restarts");
+    let releases = which.filter_map(|name| {
+        let node = find(nodes, name).filter(|n| !n.silent())?;
+        let base = node.status.as_ref()?.admin_url.clone()?;
+        Some(async move {
+            match admin.release(&base, room).await {
+                Ok(()) => true,
+                Err(e) => {
+                    metrics.node_api_error("release");
+                    warn!(node = %name, %room, error = %e, "release failed; the node keeps the room until it restarts");
+                    false
+                }
             }
-        }
-    }
-    done
+        })
+    });
+    futures_util::future::join_all(releases)
+        .await
+        .into_iter()
+        .filter(|done| *done)
+        .count()
 }
 
 /// `seoul: seoul-1 (20), frankfurt: fra-1 (8)`.
