@@ -59,14 +59,14 @@ async fn a_participant_whose_node_dies_is_back_within_seconds() -> anyhow::Resul
 }
 
 /// Recovery from a lost machine is slower than from a dead process (see [`Death::Frozen`]):
-/// the media stops (~1 s to notice), an ICE restart is tried and given up after 5 s, then the
-/// operator is asked where to go.
-const LOST_MACHINE_BOUND_MS: f64 = 10_000.0;
+/// the media stops (~0.6 s to notice), an ICE restart is tried and given up when the node has
+/// not answered it in 2 s, the node is tried once more for 1 s, then the operator is asked.
+const LOST_MACHINE_BOUND_MS: f64 = 8_000.0;
 
 /// A node whose machine is lost: its process stops answering but closes nothing, so the
 /// page's signalling socket stays open. The page notices its media stop, tries an ICE restart
-/// on the same node, gives up on it when the restart does not complete, and asks the operator
-/// for another node, naming this one unreachable; the operator sends it to frankfurt at once
+/// on the same node, gives up on it when the node does not answer the restart, tries a new
+/// socket there briefly, and asks the operator for another node, naming this one unreachable; the operator sends it to frankfurt at once
 /// (before its own `/status` reads have timed out twice) and later re-plans the meeting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_whose_node_stops_answering_moves_elsewhere() -> anyhow::Result<()> {
@@ -80,10 +80,10 @@ async fn a_participant_whose_node_stops_answering_moves_elsewhere() -> anyhow::R
             .js("return {n: moim.recoveries.length, reason: moim.recoveries[0] && moim.recoveries[0].reason, attempts: moim.recoveries[0] && moim.recoveries[0].attempts, node: moim.node, restarts: moim.iceRestarts};")
             .await?;
         assert_eq!(state["n"], 1, "{state}");
-        assert_eq!(state["reason"], "ICE restart did not complete", "{state}");
+        assert_eq!(state["reason"], "ICE restart not answered", "{state}");
         assert_eq!(state["node"], frankfurt.as_str(), "{state}");
-        // Straight to the operator's answer: no join attempt was spent on the silent node.
-        assert_eq!(state["attempts"], 1, "{state}");
+        // One brief try at the silent node, then where the operator sent it.
+        assert_eq!(state["attempts"], 2, "{state}");
         assert!(state["restarts"].as_u64() >= Some(1), "{state}");
         assert_eq!(bo.js("return moim.recoveries.length;").await?, 0);
         // The operator stops counting on seoul from its own reads too, and serves seoul from

@@ -29,6 +29,13 @@ const DISCONNECTED_GRACE_MS = 400;
 // An ICE restart that has not reconnected both connections after this long gives up on the
 // node (see restartIce).
 const RESTART_GIVE_UP_MS = 5000;
+// The node answers a restart's offers within milliseconds over the signalling socket; one that
+// has not after this long is not answering at all (its machine is lost, or our socket died with
+// the old network) and the room reconnects without waiting for the give-up above.
+const RESTART_UNANSWERED_MS = 2000;
+// A node that stopped answering is tried once more, this briefly, before the operator is asked
+// for another: after a network change a new socket to it works at once.
+const QUICK_ATTEMPT_MS = 1000;
 // After an ICE restart, further triggers within this long are the same break (the restart's
 // checks and keyframe take ~0.5 s on a short path).
 const RESTART_SETTLE_MS = 2000;
@@ -747,8 +754,12 @@ export class Room extends EventTarget {
     for (const pc of [this.pub, this.sub]) if (pc) pc.addEventListener('connectionstatechange', back);
     back();
     // A node whose machine is gone leaves the socket looking open (no reset comes back) for
-    // minutes: a restart that has not brought the connections back in time counts as a dead
-    // node, and the room rejoins elsewhere.
+    // minutes: a restart it has not answered, or that has not brought the connections back in
+    // time, counts as a dead node, and the room reconnects.
+    setTimeout(() => {
+      if (this.ws !== ws || this.left || this.recovering || answered()) return;
+      this.recover('ICE restart not answered', { unanswered: true });
+    }, RESTART_UNANSWERED_MS);
     setTimeout(() => {
       if (this.ws !== ws || this.left || this.recovering) return;
       if (connected() && answered()) { back(); return; }
@@ -793,9 +804,9 @@ export class Room extends EventTarget {
   // the network), then the node the operator names now, then the meeting's other nodes nearest
   // first; rounds repeat with backoff until the token runs out. Only URLs from our own node
   // (its `resume` message) or from the operator it named are followed.
-  // `unanswered`: the node stopped answering on a socket that looks open (a lost machine), so
-  // the first round goes straight to the operator, naming it unreachable, instead of waiting
-  // out a join attempt there first.
+  // `unanswered`: the node stopped answering on a socket that looks open (a lost machine, or
+  // our socket died with the old network), so the first round tries it only briefly before
+  // asking the operator, instead of waiting out a whole join attempt there.
   async recover(reason, { unanswered = false } = {}) {
     if (this.recovering || this.left) return;
     this.recovering = true;
@@ -806,19 +817,19 @@ export class Room extends EventTarget {
     this.republish = !!this.localStream;
     this.teardown();
     let delay = BACKOFF_FIRST_MS;
-    const unreachable = unanswered ? [lost] : [];
-    let skipLost = unanswered;
+    const unreachable = [];
+    let quick = unanswered;
     try {
       while (!this.left) {
         const r = this.resume;
         if (r && r.expires_at * 1000 < Date.now()) throw new Error('the meeting token expired while reconnecting');
         const tried = new Set();
-        const attempt = async (url, token) => {
+        const attempt = async (url, token, ms = JOIN_ATTEMPT_MS) => {
           if (!url || tried.has(url)) return false;
           tried.add(url);
           record.attempts++;
           try {
-            await this.open(signallingUrl(url), token, JOIN_ATTEMPT_MS);
+            await this.open(signallingUrl(url), token, ms);
             this.node = url;
             this.token = token;
             record.node = url;
@@ -829,10 +840,8 @@ export class Room extends EventTarget {
             return false;
           }
         };
-        // Skipped in the first round of an unanswered node (in `tried` already), tried again later.
-        if (skipLost) tried.add(lost);
-        skipLost = false;
-        if (await attempt(lost, this.token)) break;
+        if (await attempt(lost, this.token, quick ? QUICK_ATTEMPT_MS : JOIN_ATTEMPT_MS)) break;
+        quick = false;
         if (r && r.rejoin_url) {
           const answer = await this.askRejoin(r.rejoin_url, { region: r.region, unreachable });
           if (answer && (await attempt(answer.url, answer.token))) break;
