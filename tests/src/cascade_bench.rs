@@ -8,7 +8,12 @@
 //! - Relay throughput: two relay endpoints in this process, one sending 1,200-byte media
 //!   datagrams as fast as the link takes them, the other decoding them; packets received per
 //!   CPU-second of the process (both ends on one thread, so it is a per-core figure).
+//! - With `--link PROFILE` the link crosses the user-space WAN path of [`crate::impair`]
+//!   (`rtt=180ms,loss=2%,burst=3`, `rate=3Mbit,rtt=60ms`, `rate=1Mbit->4Mbit`: the rate changes
+//!   halfway through the window): what the far node's subscribers got over time, the path's
+//!   loss, the link's estimate and queue, and the added latency over the path's own delay.
 
+use crate::impair::{GilbertElliott, ImpairedPath, Loss, PathProfile};
 use crate::loadgen::{self, SIMULCAST_720P, latencies_ms, wait_connected};
 use crate::{Node, dev_token, free_udp_port, metric, percentile};
 use anyhow::Context;
@@ -37,14 +42,102 @@ pub struct CascadeArgs {
     /// Print a JSON object as the last line.
     #[arg(long)]
     pub json: bool,
+    /// Send the link through a WAN path: comma-separated `rtt=MS`, `loss=PCT`, `burst=N` (mean
+    /// loss burst in datagrams: Gilbert-Elliott), `jitter=MS`, `queue=MS` (bottleneck queue),
+    /// `rate=RATE` or `rate=RATE->RATE` (the second from halfway through the window), RATE as
+    /// `800kbit` or `2.5Mbit`.
+    #[arg(long)]
+    pub link: Option<String>,
+    /// Start the nodes with `--relay-fit` (links hold back layers their estimate cannot carry).
+    #[arg(long)]
+    pub relay_fit: bool,
+}
+
+/// A `--link` profile: the path, and the rate it changes to halfway (if it does).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkProfile {
+    /// The path at the start.
+    pub path: PathProfile,
+    /// The bottleneck's rate from halfway through the window.
+    pub then_bps: Option<u64>,
+}
+
+fn rate_bps(v: &str) -> anyhow::Result<u64> {
+    let v = v.trim().to_ascii_lowercase();
+    let (num, unit) = if let Some(n) = v.strip_suffix("mbit") {
+        (n, 1e6)
+    } else if let Some(n) = v.strip_suffix("kbit") {
+        (n, 1e3)
+    } else {
+        anyhow::bail!("rate {v:?}: give it as 800kbit or 2.5Mbit");
+    };
+    let n: f64 = num.parse().with_context(|| format!("rate {v:?}"))?;
+    anyhow::ensure!(n > 0.0, "rate {v:?} must be above 0");
+    Ok((n * unit) as u64)
+}
+
+fn millis(v: &str) -> anyhow::Result<Duration> {
+    let n: u64 = v
+        .trim()
+        .trim_end_matches("ms")
+        .parse()
+        .with_context(|| format!("{v:?}: milliseconds, as 60ms"))?;
+    Ok(Duration::from_millis(n))
+}
+
+impl std::str::FromStr for LinkProfile {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> anyhow::Result<Self> {
+        let mut path = PathProfile::lossy(Duration::ZERO, 0.0);
+        let (mut loss, mut burst, mut then_bps) = (0.0, None, None);
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .with_context(|| format!("{part:?}: expected key=value"))?;
+            match k.trim() {
+                "rtt" => path.delay = millis(v)? / 2,
+                "jitter" => path.jitter = millis(v)?,
+                "queue" => path.queue = millis(v)?,
+                "loss" => {
+                    loss = v.trim().trim_end_matches('%').parse::<f64>()? / 100.0;
+                    anyhow::ensure!((0.0..1.0).contains(&loss), "loss {v:?}: 0 to 99%");
+                }
+                "burst" => burst = Some(v.trim().parse::<f64>()?),
+                "rate" => {
+                    let (a, b) = match v.split_once("->").or_else(|| v.split_once('→')) {
+                        Some((a, b)) => (a, Some(b)),
+                        None => (v, None),
+                    };
+                    path.rate_bps = Some(rate_bps(a)?);
+                    then_bps = b.map(rate_bps).transpose()?;
+                }
+                other => anyhow::bail!("unknown link setting {other:?}: rtt, loss, burst, jitter, queue, rate"),
+            }
+        }
+        path.loss = match burst {
+            Some(b) => Loss::Bursty(GilbertElliott::bursts(loss, b)),
+            None => Loss::Random(loss),
+        };
+        Ok(Self { path, then_bps })
+    }
 }
 
 /// Runs the benchmark; returns the JSON summary.
 pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
+    let link: Option<LinkProfile> = args.link.as_deref().map(str::parse).transpose()?;
+    let extra: &[&str] = if args.relay_fit { &["--relay-fit"] } else { &[] };
     let relay_a = format!("127.0.0.1:{}", free_udp_port());
     let relay_b = format!("127.0.0.1:{}", free_udp_port());
-    let a = Node::start_relay("seoul-1", "seoul", &relay_a, &[], &[]).await?;
-    let b = Node::start_relay("fra-1", "frankfurt", &relay_b, &[&relay_a], &[]).await?;
+    let a = Node::start_relay("seoul-1", "seoul", &relay_a, &[], extra).await?;
+    let path = match &link {
+        Some(l) => Some(ImpairedPath::with_profile(relay_a.parse()?, l.path.clone()).await?),
+        None => None,
+    };
+    let via = path
+        .as_ref()
+        .map_or(relay_a.clone(), |p| p.addr().to_string());
+    let b = Node::start_relay("fra-1", "frankfurt", &relay_b, &[&via], extra).await?;
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while metric(&http, &b, "moim_relay_links").await? < 1.0 {
@@ -83,7 +176,15 @@ pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
         metric(&http, &a, "moim_relay_rtp_bytes_sent_total").await?,
         metric(&http, &a, "moim_relay_packets_sent_total").await?,
     );
-    tokio::time::sleep(Duration::from_secs(args.window)).await;
+    let timeline = match (&path, &link) {
+        (Some(path), Some(link)) => {
+            Some(watch_link(&http, &a, path, link, &on_b, Duration::from_secs(args.window)).await?)
+        }
+        _ => {
+            tokio::time::sleep(Duration::from_secs(args.window)).await;
+            None
+        }
+    };
     // The link's byte counters are sampled every second: wait for the next sample.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (udp1, rtp1, pkts1) = (
@@ -123,7 +224,46 @@ pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
     println!(
         "relay link alone (in process, both ends on one core): {per_core:.0} packets per core-second"
     );
+    let mut link_json = serde_json::Value::Null;
+    if let (Some(t), Some(l)) = (&timeline, &link) {
+        let own = l.path.delay.as_secs_f64() * 1000.0;
+        println!(
+            "link {}{}: path lost {:.2}% of {} datagrams ({:.2}% after the first 5 s), longest \
+             queue {} ms; added latency over the path's {own:.0} ms: p50 {:.1} ms, p99 {:.1} ms; \
+             far subscribers lost {:.2}%, longest gap in their video {} ms",
+            args.link.as_deref().unwrap_or_default(),
+            if args.relay_fit { " (--relay-fit)" } else { "" },
+            t.loss_pct,
+            t.offered,
+            t.loss_pct_after_5s,
+            t.max_queue_ms,
+            hop_p50 - own,
+            hop_p99 - own,
+            t.subscriber_loss_pct,
+            t.longest_gap_ms,
+        );
+        println!("  t(s)  far kbit/s  estimate kbit/s  queue ms  held");
+        for r in &t.rows {
+            println!(
+                "  {:>4.1}  {:>10.0}  {:>15.0}  {:>8.1}  {:>4}",
+                r.0, r.1, r.2, r.3, r.4
+            );
+        }
+        link_json = json!({
+            "profile": args.link,
+            "relay_fit": args.relay_fit,
+            "path_loss_pct": t.loss_pct,
+            "path_loss_pct_after_5s": t.loss_pct_after_5s,
+            "max_queue_ms": t.max_queue_ms,
+            "added_latency_ms_p50": hop_p50 - own,
+            "added_latency_ms_p99": hop_p99 - own,
+            "subscriber_loss_pct": t.subscriber_loss_pct,
+            "longest_gap_ms": t.longest_gap_ms,
+            "timeline": t.rows,
+        });
+    }
     Ok(json!({
+        "link": link_json,
         "hop_latency_ms_p50": hop_p50,
         "hop_latency_ms_p99": hop_p99,
         "latency_ms_p50_local": percentile(&lat_a, 0.5),
@@ -132,6 +272,103 @@ pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
         "overhead_ratio": overhead,
         "relayed_packets_per_second": relayed_per_s,
     }))
+}
+
+/// What crossed an impaired link during the window.
+struct LinkTimeline {
+    offered: u64,
+    loss_pct: f64,
+    loss_pct_after_5s: f64,
+    max_queue_ms: u64,
+    subscriber_loss_pct: f64,
+    longest_gap_ms: u64,
+    /// Every 500 ms: seconds into the window, what the far subscribers received (kbit/s, the
+    /// mean over them), the link's estimate (kbit/s, 0: no limit seen), its queue delay (ms)
+    /// and the layers it held back.
+    rows: Vec<(f64, f64, f64, f64, f64)>,
+}
+
+/// Samples the link for `window` (changing the path's rate halfway when the profile says so).
+async fn watch_link(
+    http: &reqwest::Client,
+    a: &Node,
+    path: &ImpairedPath,
+    link: &LinkProfile,
+    far: &[loadgen::Client],
+    window: Duration,
+) -> anyhow::Result<LinkTimeline> {
+    let counts = |f: &dyn Fn(&loadgen::Counters) -> u64| -> u64 {
+        far.iter().map(|s| f(&s.counters)).sum()
+    };
+    let [start, _] = path.stats();
+    let (recv0, exp0) = (
+        counts(&|c| c.received.load(Ordering::Relaxed)),
+        counts(&|c| c.expected.load(Ordering::Relaxed)),
+    );
+    let began = Instant::now();
+    let step = Duration::from_millis(500);
+    let mut rows = Vec::new();
+    let mut at_5s = None;
+    let (mut last_bytes, mut last_at) = (counts(&|c| c.bytes.load(Ordering::Relaxed)), began);
+    let (mut last_recv, mut gap, mut longest_gap) = (recv0, Duration::ZERO, Duration::ZERO);
+    let mut changed = false;
+    while began.elapsed() < window {
+        tokio::time::sleep(step).await;
+        if !changed && began.elapsed() >= window / 2 {
+            if let Some(bps) = link.then_bps {
+                path.update(|p| p.rate_bps = Some(bps));
+            }
+            changed = true;
+        }
+        if at_5s.is_none() && began.elapsed() >= Duration::from_secs(5) {
+            at_5s = Some(path.stats()[0]);
+        }
+        let now = Instant::now();
+        let bytes = counts(&|c| c.bytes.load(Ordering::Relaxed));
+        let kbps = (bytes - last_bytes) as f64 * 8.0
+            / 1000.0
+            / now.duration_since(last_at).as_secs_f64()
+            / far.len().max(1) as f64;
+        (last_bytes, last_at) = (bytes, now);
+        // A step in which no subscriber got a packet is part of a gap.
+        let recv = counts(&|c| c.received.load(Ordering::Relaxed));
+        if recv == last_recv {
+            gap += step;
+            longest_gap = longest_gap.max(gap);
+        } else {
+            gap = Duration::ZERO;
+        }
+        last_recv = recv;
+        let peer = r#"{peer="fra-1"}"#;
+        rows.push((
+            began.elapsed().as_secs_f64(),
+            kbps,
+            metric(http, a, &format!("moim_relay_estimate_bps{peer}")).await? / 1000.0,
+            metric(http, a, &format!("moim_relay_queue_delay_seconds{peer}")).await? * 1000.0,
+            metric(http, a, &format!("moim_relay_layers_held{peer}")).await?,
+        ));
+    }
+    let [end, _] = path.stats();
+    let lost = |from: &crate::impair::DirectionStats| {
+        let offered = end.offered - from.offered;
+        let dropped = (end.lost - from.lost) + (end.queue_drops - from.queue_drops);
+        (offered, dropped as f64 * 100.0 / offered.max(1) as f64)
+    };
+    let (offered, loss_pct) = lost(&start);
+    let (_, loss_pct_after_5s) = lost(at_5s.as_ref().unwrap_or(&start));
+    let (recv, exp) = (
+        counts(&|c| c.received.load(Ordering::Relaxed)) - recv0,
+        counts(&|c| c.expected.load(Ordering::Relaxed)) - exp0,
+    );
+    Ok(LinkTimeline {
+        offered,
+        loss_pct,
+        loss_pct_after_5s,
+        max_queue_ms: end.max_queue_us / 1000,
+        subscriber_loss_pct: exp.saturating_sub(recv) as f64 * 100.0 / exp.max(1) as f64,
+        longest_gap_ms: longest_gap.as_millis() as u64,
+        rows,
+    })
 }
 
 /// Packets per CPU-second through one relay link, both ends in this process.
@@ -196,4 +433,27 @@ async fn relay_throughput(secs: Duration) -> anyhow::Result<f64> {
     let n = received.load(Ordering::Relaxed) as f64;
     reader.abort();
     Ok(n / cpu.max(1e-9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_profiles_parse_and_bad_ones_say_why() -> anyhow::Result<()> {
+        let p: LinkProfile = "rtt=180ms,loss=2%,burst=3".parse()?;
+        assert_eq!(p.path.delay, Duration::from_millis(90));
+        assert_eq!(p.path.loss, Loss::Bursty(GilbertElliott::bursts(0.02, 3.0)));
+        assert_eq!(p.path.rate_bps, None);
+        let p: LinkProfile = "rate=1Mbit->4Mbit, rtt=60ms".parse()?;
+        assert_eq!(p.path.rate_bps, Some(1_000_000));
+        assert_eq!(p.then_bps, Some(4_000_000));
+        assert_eq!(p.path.loss, Loss::Random(0.0));
+        let p: LinkProfile = "rate=2.5Mbit→800kbit".parse()?;
+        assert_eq!((p.path.rate_bps, p.then_bps), (Some(2_500_000), Some(800_000)));
+        for bad in ["rtt=fast", "loss=120%", "rate=3", "speed=1Mbit", "rtt"] {
+            assert!(bad.parse::<LinkProfile>().is_err(), "{bad}");
+        }
+        Ok(())
+    }
 }
