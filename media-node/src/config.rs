@@ -111,9 +111,16 @@ pub struct ServeArgs {
     /// A session whose media connection has not completed this long after the offer is dropped.
     #[arg(long, env = "MOIM_CONNECT_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
-    /// Hold back simulcast layers that do not fit a relay link's estimated capacity
-    /// (experimental: see the README's cascade section).
-    #[arg(long, env = "MOIM_RELAY_FIT")]
+    /// Hold back simulcast layers that do not fit a relay link's estimated capacity (see the
+    /// README's cascade section); `--relay-fit false` sends whatever the far side asks for.
+    #[arg(
+        long,
+        env = "MOIM_RELAY_FIT",
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
     pub relay_fit: bool,
     /// Log filter (tracing `EnvFilter` syntax).
     #[arg(long, env = "MOIM_LOG", default_value = "info")]

@@ -8,7 +8,7 @@
 //! - Relay throughput: two relay endpoints in this process, one sending 1,200-byte media
 //!   datagrams as fast as the link takes them, the other decoding them; packets received per
 //!   CPU-second of the process (both ends on one thread, so it is a per-core figure).
-//! - With `--link PROFILE` the link crosses the user-space WAN path of [`crate::impair`]
+//! - With `--link PROFILE` (and `--no-relay-fit` to compare without the link budget) the link crosses the user-space WAN path of [`crate::impair`]
 //!   (`rtt=180ms,loss=2%,burst=3`, `rate=3Mbit,rtt=60ms`, `rate=1Mbit->4Mbit`: the rate changes
 //!   halfway through the window): what the far node's subscribers got over time, the path's
 //!   loss, the link's estimate and queue, and the added latency over the path's own delay.
@@ -48,9 +48,10 @@ pub struct CascadeArgs {
     /// `800kbit` or `2.5Mbit`.
     #[arg(long)]
     pub link: Option<String>,
-    /// Start the nodes with `--relay-fit` (links hold back layers their estimate cannot carry).
+    /// Start the nodes with `--relay-fit false`: links send whatever the far side asks for,
+    /// fitting or not.
     #[arg(long)]
-    pub relay_fit: bool,
+    pub no_relay_fit: bool,
 }
 
 /// A `--link` profile: the path, and the rate it changes to halfway (if it does).
@@ -126,7 +127,11 @@ impl std::str::FromStr for LinkProfile {
 /// Runs the benchmark; returns the JSON summary.
 pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
     let link: Option<LinkProfile> = args.link.as_deref().map(str::parse).transpose()?;
-    let extra: &[&str] = if args.relay_fit { &["--relay-fit"] } else { &[] };
+    let extra: &[&str] = if args.no_relay_fit {
+        &["--relay-fit", "false"]
+    } else {
+        &[]
+    };
     let relay_a = format!("127.0.0.1:{}", free_udp_port());
     let relay_b = format!("127.0.0.1:{}", free_udp_port());
     let a = Node::start_relay("seoul-1", "seoul", &relay_a, &[], extra).await?;
@@ -232,7 +237,7 @@ pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
              queue {} ms; added latency over the path's {own:.0} ms: p50 {:.1} ms, p99 {:.1} ms; \
              far subscribers lost {:.2}%, longest gap in their video {} ms",
             args.link.as_deref().unwrap_or_default(),
-            if args.relay_fit { " (--relay-fit)" } else { "" },
+            if args.no_relay_fit { " (--relay-fit false)" } else { "" },
             t.loss_pct,
             t.offered,
             t.loss_pct_after_5s,
@@ -251,7 +256,7 @@ pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
         }
         link_json = json!({
             "profile": args.link,
-            "relay_fit": args.relay_fit,
+            "relay_fit": !args.no_relay_fit,
             "path_loss_pct": t.loss_pct,
             "path_loss_pct_after_5s": t.loss_pct_after_5s,
             "max_queue_ms": t.max_queue_ms,
@@ -300,7 +305,8 @@ async fn watch_link(
     let counts = |f: &dyn Fn(&loadgen::Counters) -> u64| -> u64 {
         far.iter().map(|s| f(&s.counters)).sum()
     };
-    let [start, _] = path.stats();
+    // The far node dialled the path: direction 1 carries what the publisher's node sends it.
+    let [_, start] = path.stats();
     let (recv0, exp0) = (
         counts(&|c| c.received.load(Ordering::Relaxed)),
         counts(&|c| c.expected.load(Ordering::Relaxed)),
@@ -321,7 +327,7 @@ async fn watch_link(
             changed = true;
         }
         if at_5s.is_none() && began.elapsed() >= Duration::from_secs(5) {
-            at_5s = Some(path.stats()[0]);
+            at_5s = Some(path.stats()[1]);
         }
         let now = Instant::now();
         let bytes = counts(&|c| c.bytes.load(Ordering::Relaxed));
@@ -339,16 +345,18 @@ async fn watch_link(
             gap = Duration::ZERO;
         }
         last_recv = recv;
-        let peer = r#"{peer="fra-1"}"#;
+        // Absent until the link has something to say (no limit seen, nothing held): 0.
+        let text = http.get(a.url("/metrics")).send().await?.text().await?;
+        let link = |name: &str| crate::sample(&text, &format!("{name}{{peer=\"fra-1\"}}")).unwrap_or(0.0);
         rows.push((
             began.elapsed().as_secs_f64(),
             kbps,
-            metric(http, a, &format!("moim_relay_estimate_bps{peer}")).await? / 1000.0,
-            metric(http, a, &format!("moim_relay_queue_delay_seconds{peer}")).await? * 1000.0,
-            metric(http, a, &format!("moim_relay_layers_held{peer}")).await?,
+            link("moim_relay_estimate_bps") / 1000.0,
+            link("moim_relay_queue_delay_seconds") * 1000.0,
+            link("moim_relay_layers_held"),
         ));
     }
-    let [end, _] = path.stats();
+    let [_, end] = path.stats();
     let lost = |from: &crate::impair::DirectionStats| {
         let offered = end.offered - from.offered;
         let dropped = (end.lost - from.lost) + (end.queue_drops - from.queue_drops);

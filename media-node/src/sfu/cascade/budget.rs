@@ -11,11 +11,13 @@
 //! left for one that flows) and moves up again only to what the path has room for. Without an
 //! estimate (no sign of a limit) nothing is held and the rates are the layers' own.
 //!
-//! Experimental, off unless the node runs with `--relay-fit`: through a real 1 Mbit/s bottleneck
-//! it dropped between 1% and 14% of the relay packets over six runs (each time the estimate
-//! lets the far side try a layer that does not fit, a burst is lost; padding probes would
-//! test the path first), which is not yet better than leaving the far side's own layer choice
-//! to react to the loss.
+//! On by default (`--relay-fit false` turns it off). Through a real 1 Mbit/s bottleneck (60 ms
+//! round trip, Chromium publishing 720p simulcast, the far viewer's tile at 720p) on
+//! 2026-12-02 it lost 2.0% and 5.2% of the relay datagrams with the viewer at 360p and ~19
+//! frames a second; without it 55% and 63% were lost (NACK repairs of what the path dropped
+//! added to what it could not carry), 2 frames a second and 4-5 s freezes. Each time the
+//! estimate lets the far side try a layer that does not fit a burst is still lost (padding
+//! probes would test the path first).
 
 use super::{LinkId, layer_rates};
 use crate::sfu::TrackKey;
