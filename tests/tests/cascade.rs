@@ -721,8 +721,10 @@ async fn audio_samples(b: &Browser) -> anyhow::Result<(f64, f64)> {
 /// channel), both ways. A NACK repair costs at least a round trip, so audio must not depend on
 /// it: each audio packet crosses the link twice, the second time 40 ms later (outside a
 /// burst), and the far node drops what it already has. Video is repaired by NACK within the
-/// jitter buffer's reach. Over 15 s after warm-up: Chrome's concealed samples stay under 2% of
-/// those received and no video freeze lasts a second.
+/// jitter buffer's reach. Over 20 s after warm-up: Chrome's concealed samples stay under 2% of
+/// those received and no video freeze lasts a second. (2026-12-02, 7 runs: 0.17-1.74%,
+/// median 0.38%; without the copies 2.7% and 3.5%; with the copy one packet later instead of
+/// two, 0.7-1.9%.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audio_and_video_hold_up_over_180ms_with_3pct_bursty_loss() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
@@ -735,7 +737,7 @@ async fn audio_and_video_hold_up_over_180ms_with_3pct_bursty_loss() -> anyhow::R
     let [before, _] = path.stats();
     let [_, toward] = path.stats();
     let audio_before = audio_samples(&viewer).await?;
-    let worst = longest_freeze(&viewer, 15).await?;
+    let worst = longest_freeze(&viewer, 20).await?;
     let audio_after = audio_samples(&viewer).await?;
     let [after, _] = path.stats();
     let [_, toward_after] = path.stats();
@@ -745,7 +747,7 @@ async fn audio_and_video_hold_up_over_180ms_with_3pct_bursty_loss() -> anyhow::R
     let concealed = (audio_after.0 - audio_before.0) / (audio_after.1 - audio_before.1).max(1.0);
     let fra = reqwest::get(nodes[1].url("/metrics")).await?.text().await?;
     eprintln!(
-        "over 15 s: path lost {:.1}% one way, {:.1}% the other; audio concealed {:.2}% of {} \
+        "over 20 s: path lost {:.1}% one way, {:.1}% the other; audio concealed {:.2}% of {} \
          samples; longest video freeze {worst:?}; frankfurt dropped {} copies",
         lost(before.lost, after.lost, before.offered, after.offered),
         lost(toward.lost, toward_after.lost, toward.offered, toward_after.offered),
