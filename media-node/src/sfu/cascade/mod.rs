@@ -1563,25 +1563,21 @@ impl Engine {
             rtp,
         }
         .encode();
-        if let Some(l) = self
-            .tracks
-            .get_mut(&key)
-            .and_then(|t| t.layers.get_mut(usize::from(layer)))
-        {
-            l.relayed
-                .get_or_insert_with(|| SeqRing::new(RELAY_HISTORY))
-                .record(packet.header.sequence_number, datagram.clone());
-        }
-        // Audio: the packet sent [`AUDIO_COPY_AFTER`] before this one goes again.
-        let copy = self
-            .tracks
-            .get(&key)
-            .filter(|t| t.kind == RtpCodecKind::Audio)
-            .and_then(|t| t.layers.get(usize::from(layer))?.relayed.as_ref())
-            .and_then(|r| {
-                r.get(packet.header.sequence_number.wrapping_sub(AUDIO_COPY_AFTER))
-                    .cloned()
-            });
+        let seq = packet.header.sequence_number;
+        // Kept for NACKs; for audio, the packet sent [`AUDIO_COPY_AFTER`] before this one goes
+        // again with it.
+        let copy = self.tracks.get_mut(&key).and_then(|t| {
+            let audio = t.kind == RtpCodecKind::Audio;
+            let ring = t
+                .layers
+                .get_mut(usize::from(layer))?
+                .relayed
+                .get_or_insert_with(|| SeqRing::new(RELAY_HISTORY));
+            ring.record(seq, datagram.clone());
+            audio
+                .then(|| ring.get(seq.wrapping_sub(AUDIO_COPY_AFTER)).cloned())
+                .flatten()
+        });
         let rtp_len = (datagram.len() - crate::relay::proto::DATAGRAM_HEADER) as u64;
         for link in targets {
             self.metrics.relay_packets_out.inc();
