@@ -113,7 +113,9 @@ impl std::str::FromStr for LinkProfile {
                     path.rate_bps = Some(rate_bps(a)?);
                     then_bps = b.map(rate_bps).transpose()?;
                 }
-                other => anyhow::bail!("unknown link setting {other:?}: rtt, loss, burst, jitter, queue, rate"),
+                other => anyhow::bail!(
+                    "unknown link setting {other:?}: rtt, loss, burst, jitter, queue, rate"
+                ),
             }
         }
         path.loss = match burst {
@@ -182,9 +184,17 @@ pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
         metric(&http, &a, "moim_relay_packets_sent_total").await?,
     );
     let timeline = match (&path, &link) {
-        (Some(path), Some(link)) => {
-            Some(watch_link(&http, &a, path, link, &on_b, Duration::from_secs(args.window)).await?)
-        }
+        (Some(path), Some(link)) => Some(
+            watch_link(
+                &http,
+                &a,
+                path,
+                link,
+                &on_b,
+                Duration::from_secs(args.window),
+            )
+            .await?,
+        ),
         _ => {
             tokio::time::sleep(Duration::from_secs(args.window)).await;
             None
@@ -237,7 +247,11 @@ pub async fn run(args: &CascadeArgs) -> anyhow::Result<serde_json::Value> {
              queue {} ms; added latency over the path's {own:.0} ms: p50 {:.1} ms, p99 {:.1} ms; \
              far subscribers lost {:.2}%, longest gap in their video {} ms",
             args.link.as_deref().unwrap_or_default(),
-            if args.no_relay_fit { " (--relay-fit false)" } else { "" },
+            if args.no_relay_fit {
+                " (--relay-fit false)"
+            } else {
+                ""
+            },
             t.loss_pct,
             t.offered,
             t.loss_pct_after_5s,
@@ -302,9 +316,8 @@ async fn watch_link(
     far: &[loadgen::Client],
     window: Duration,
 ) -> anyhow::Result<LinkTimeline> {
-    let counts = |f: &dyn Fn(&loadgen::Counters) -> u64| -> u64 {
-        far.iter().map(|s| f(&s.counters)).sum()
-    };
+    let counts =
+        |f: &dyn Fn(&loadgen::Counters) -> u64| -> u64 { far.iter().map(|s| f(&s.counters)).sum() };
     // The far node dialled the path: direction 1 carries what the publisher's node sends it.
     let [_, start] = path.stats();
     let (recv0, exp0) = (
@@ -347,7 +360,8 @@ async fn watch_link(
         last_recv = recv;
         // Absent until the link has something to say (no limit seen, nothing held): 0.
         let text = http.get(a.url("/metrics")).send().await?.text().await?;
-        let link = |name: &str| crate::sample(&text, &format!("{name}{{peer=\"fra-1\"}}")).unwrap_or(0.0);
+        let link =
+            |name: &str| crate::sample(&text, &format!("{name}{{peer=\"fra-1\"}}")).unwrap_or(0.0);
         rows.push((
             began.elapsed().as_secs_f64(),
             kbps,
@@ -458,7 +472,10 @@ mod tests {
         assert_eq!(p.then_bps, Some(4_000_000));
         assert_eq!(p.path.loss, Loss::Random(0.0));
         let p: LinkProfile = "rate=2.5Mbit→800kbit".parse()?;
-        assert_eq!((p.path.rate_bps, p.then_bps), (Some(2_500_000), Some(800_000)));
+        assert_eq!(
+            (p.path.rate_bps, p.then_bps),
+            (Some(2_500_000), Some(800_000))
+        );
         for bad in ["rtt=fast", "loss=120%", "rate=3", "speed=1Mbit", "rtt"] {
             assert!(bad.parse::<LinkProfile>().is_err(), "{bad}");
         }

@@ -58,7 +58,8 @@ pub async fn kill_and_time(
     let a_at = fresh_video_at(a, Duration::from_secs(30)).await?;
     let b_at = fresh_video_at(b, Duration::from_secs(30)).await?;
     // What each page did meanwhile (times after the fault), for a slow run's cause.
-    let what = "return JSON.stringify({recoveries: moim.recoveries, restarts: moim.restartLog || []});";
+    let what =
+        "return JSON.stringify({recoveries: moim.recoveries, restarts: moim.restartLog || []});";
     eprintln!(
         "{death:?} {node}: fresh video after {:.0} ms and {:.0} ms; pages: {} | {}",
         a_at - killed,
@@ -71,10 +72,7 @@ pub async fn kill_and_time(
 
 /// A two-region meeting in the local fabric (ana in seoul, bo in frankfurt); seoul's node dies
 /// as `death` says. Returns the fabric, both pages and the recovery time.
-pub async fn dead_node(
-    tag: &str,
-    death: Death,
-) -> anyhow::Result<(Fabric, Browser, Browser, f64)> {
+pub async fn dead_node(tag: &str, death: Death) -> anyhow::Result<(Fabric, Browser, Browser, f64)> {
     let fabric = Fabric::start(tag, &["--regions", "seoul,frankfurt"])?;
     let run = async {
         fabric

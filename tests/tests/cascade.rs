@@ -710,10 +710,7 @@ async fn audio_samples(b: &Browser) -> anyhow::Result<(f64, f64)> {
     let v = b
         .js("return (async () => { let c = 0, t = 0; (await moim.sub.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'audio') { c += s.concealedSamples || 0; t += s.totalSamplesReceived || 0; } }); return [c, t]; })();")
         .await?;
-    Ok((
-        v[0].as_f64().unwrap_or(0.0),
-        v[1].as_f64().unwrap_or(0.0),
-    ))
+    Ok((v[0].as_f64().unwrap_or(0.0), v[1].as_f64().unwrap_or(0.0)))
 }
 
 /// Issue 23's third case: the path between the regions has a 180 ms round trip (Seoul to
@@ -750,13 +747,25 @@ async fn audio_and_video_hold_up_over_180ms_with_3pct_bursty_loss() -> anyhow::R
         "over 20 s: path lost {:.1}% one way, {:.1}% the other; audio concealed {:.2}% of {} \
          samples; longest video freeze {worst:?}; frankfurt dropped {} copies",
         lost(before.lost, after.lost, before.offered, after.offered),
-        lost(toward.lost, toward_after.lost, toward.offered, toward_after.offered),
+        lost(
+            toward.lost,
+            toward_after.lost,
+            toward.offered,
+            toward_after.offered
+        ),
         concealed * 100.0,
         audio_after.1 - audio_before.1,
         sample(&fra, "moim_relay_copies_dropped_total").unwrap_or(0.0),
     );
-    assert!(audio_after.1 - audio_before.1 > 48_000.0 * 10.0, "audio did not flow");
-    assert!(concealed < 0.02, "{:.2}% of the audio concealed", concealed * 100.0);
+    assert!(
+        audio_after.1 - audio_before.1 > 48_000.0 * 10.0,
+        "audio did not flow"
+    );
+    assert!(
+        concealed < 0.02,
+        "{:.2}% of the audio concealed",
+        concealed * 100.0
+    );
     assert!(worst < Duration::from_secs(1), "video froze for {worst:?}");
     publisher.close().await;
     viewer.close().await;

@@ -66,8 +66,9 @@ const LOST_MACHINE_BOUND_MS: f64 = 8_000.0;
 /// A node whose machine is lost: its process stops answering but closes nothing, so the
 /// page's signalling socket stays open. The page notices its media stop, tries an ICE restart
 /// on the same node, gives up on it when the node does not answer the restart, tries a new
-/// socket there briefly, and asks the operator for another node, naming this one unreachable; the operator sends it to frankfurt at once
-/// (before its own `/status` reads have timed out twice) and later re-plans the meeting.
+/// socket there briefly, and asks the operator for another node, naming this one unreachable;
+/// the operator sends it to frankfurt at once (before its own `/status` reads have timed out
+/// twice) and later re-plans the meeting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_whose_node_stops_answering_moves_elsewhere() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;

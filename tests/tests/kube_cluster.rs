@@ -740,7 +740,9 @@ async fn under_change_edits_conflicts_leader_handover_pod_loss_and_too_few_right
                 let st = m.meeting()?["status"].clone();
                 let nodes = st["nodes"].as_array().cloned().unwrap_or_default();
                 if away.get().is_none()
-                    && nodes.iter().any(|n| n["serves"]["frankfurt"].as_u64() > Some(0))
+                    && nodes
+                        .iter()
+                        .any(|n| n["serves"]["frankfurt"].as_u64() > Some(0))
                 {
                     away.set(Some(deleted.elapsed().as_secs_f64()));
                 }

@@ -154,8 +154,8 @@ pub async fn run(opts: RunOptions) -> Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    let pool_controller = Controller::new(pools_api, watcher::Config::default())
-        .owns_shared_stream(pool_node_events);
+    let pool_controller =
+        Controller::new(pools_api, watcher::Config::default()).owns_shared_stream(pool_node_events);
 
     // The join API's own caches, filled whether or not this replica leads.
     let (api_meetings, meetings_writer) = reflector::store::<Meeting>();
