@@ -731,13 +731,11 @@ async fn audio_and_video_hold_up_over_180ms_with_3pct_bursty_loss() -> anyhow::R
     };
     let (nodes, path, publisher, viewer) = pair_through_path(profile, &[]).await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let [before, _] = path.stats();
-    let [_, toward] = path.stats();
+    let [before, toward] = path.stats();
     let audio_before = audio_samples(&viewer).await?;
     let worst = longest_freeze(&viewer, 20).await?;
     let audio_after = audio_samples(&viewer).await?;
-    let [after, _] = path.stats();
-    let [_, toward_after] = path.stats();
+    let [after, toward_after] = path.stats();
     let lost = |a: u64, b: u64, offered_a: u64, offered_b: u64| {
         (b - a) as f64 / (offered_b - offered_a).max(1) as f64 * 100.0
     };
