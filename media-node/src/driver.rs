@@ -565,7 +565,7 @@ fn handle(
         Command::RelayControl { link, msg } => engine.relay_control(link, *msg, now),
         Command::RelayMedia { link, datagram } => engine.relay_media(link, datagram, now),
         Command::RelayRtt { link, rtt } => engine.relay_rtt(link, rtt),
-        Command::RelayEstimate { link, bps } => engine.relay_estimate(link, bps),
+        Command::RelayEstimate { link, bps } => engine.relay_estimate(link, bps, now),
         // Handled in the loop, which owns the links.
         Command::RelayUp { .. } | Command::RelayDown { .. } => {}
     }
@@ -584,6 +584,8 @@ pub struct LinkIo {
     pub peer: String,
     /// The relay protocol version both ends speak.
     pub version: u16,
+    /// Probes for the link's prober task ([`crate::relay::probe`]).
+    pub probe: tokio::sync::watch::Sender<Option<crate::relay::probe::ProbeRequest>>,
 }
 
 impl std::fmt::Debug for LinkIo {
@@ -640,6 +642,22 @@ fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut, metrics: &Metrics)
                         tracing::debug!(peer = %io.peer, len, error = %e, "relay datagram refused");
                     }
                 }
+            }
+        }
+        RelayOut::Probe {
+            link,
+            from_bps,
+            bps,
+            len,
+        } => {
+            if let Some(io) = links.get(&link) {
+                let until = Instant::now() + len;
+                io.probe
+                    .send_replace(Some(crate::relay::probe::ProbeRequest {
+                        from_bps,
+                        bps,
+                        until,
+                    }));
             }
         }
         RelayOut::Close { link, reason } => {

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub relay_nacks: IntCounter,
     /// Datagrams sent again over relay links because the far node NACKed them.
     pub relay_retransmits: IntCounter,
+    /// Datagrams a NACK asked for that were not sent again: the link's repair allowance (the
+    /// fifth of its estimate media leaves) was spent.
+    pub relay_repairs_skipped: IntCounter,
     /// Per relay link (label `peer`, the far node's id: bounded by the fleet's size).
     pub relay: RelayLinkMetrics,
 }
@@ -112,6 +115,10 @@ pub struct RelayLinkMetrics {
     pub queue_delay_seconds: prometheus::GaugeVec,
     /// Layers the far node subscribed to that this node holds back (they do not fit).
     pub layers_held: IntGaugeVec,
+    /// Probes of the link's path (padding to learn whether a held layer fits).
+    pub probes: IntCounterVec,
+    /// Padding bytes the probes sent.
+    pub padding_bytes: IntCounterVec,
 }
 
 impl Metrics {
@@ -287,6 +294,10 @@ impl Metrics {
                 "moim_relay_retransmits_total",
                 "Datagrams sent again over relay links on a NACK."
             ),
+            relay_repairs_skipped: counter!(
+                "moim_relay_repairs_skipped_total",
+                "Datagrams a relay NACK asked for that were not sent again because the link's repair allowance (the fifth of its estimate media leaves) was spent."
+            ),
             relay: RelayLinkMetrics {
                 rtt_seconds: reg!(
                     prometheus::GaugeVec::new(
@@ -367,6 +378,26 @@ impl Metrics {
                         Opts::new(
                             "moim_relay_layers_held",
                             "Simulcast layers the far node subscribed to that this node holds back on the link because they do not fit its estimate."
+                        ),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                probes: reg!(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "moim_relay_probes_total",
+                            "Probes of a relay link's path: padding on top of the media, while a layer is held back, to learn whether the path carries it."
+                        ),
+                        &["peer"]
+                    )
+                    .unwrap()
+                ),
+                padding_bytes: reg!(
+                    IntCounterVec::new(
+                        Opts::new(
+                            "moim_relay_padding_bytes_total",
+                            "Padding bytes a relay link's probes sent (dropped unread by the far node)."
                         ),
                         &["peer"]
                     )

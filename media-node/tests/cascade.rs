@@ -555,7 +555,9 @@ fn a_link_holds_back_what_its_estimate_cannot_carry() {
     assert_eq!(held(&net), 0);
 
     // 500 bit/s: less than the harness's video (about 2 kbit/s).
-    net.nodes[seoul].engine.relay_estimate(link, Some(500.0));
+    net.nodes[seoul]
+        .engine
+        .relay_estimate(link, Some(500.0), net.now);
     assert_eq!(held(&net), 1);
     let at_hold = crossed(&net);
     net.run_with_video(secs(2.0), publisher, 7);
@@ -564,7 +566,7 @@ fn a_link_holds_back_what_its_estimate_cannot_carry() {
     // Room enough again.
     net.nodes[seoul]
         .engine
-        .relay_estimate(link, Some(50_000_000.0));
+        .relay_estimate(link, Some(50_000_000.0), net.now);
     assert_eq!(held(&net), 0);
     let decoded = decoding(&net, viewer);
     net.run_with_video(secs(2.0), publisher, 7);
@@ -573,6 +575,43 @@ fn a_link_holds_back_what_its_estimate_cannot_carry() {
         decoding(&net, viewer) > decoded + 20,
         "and reaches the viewer"
     );
+}
+
+/// While a layer is held the node probes the link's path for the rate that would let it
+/// through: at once, then less often while the estimate does not rise; never while nothing is
+/// held, and no more once the estimate has room.
+#[test]
+fn a_held_layer_has_the_path_probed_less_often_while_probes_fail() {
+    let mut net = Net::new();
+    let (seoul, fra) = (net.node("seoul-1", "seoul"), net.node("fra-1", "frankfurt"));
+    let (link, _) = net.link(seoul, fra);
+    let publisher = net.join(seoul, ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    net.join(fra, ROOM, "bo");
+    net.run_with_video(secs(3.0), publisher, 7);
+    // The link task samples its estimate four times a second.
+    let sample = |net: &mut Net, bps: Option<f64>, secs_for: f64| {
+        for _ in 0..(secs_for * 4.0) as usize {
+            let now = net.now;
+            net.nodes[seoul].engine.relay_estimate(link, bps, now);
+            net.run_with_video(secs(0.25), publisher, 7);
+        }
+    };
+    sample(&mut net, None, 3.0);
+    assert!(net.relay_probes.is_empty(), "no limit seen: no probe");
+
+    // 500 bit/s: the video (about 2 kbit/s) is held; probes at 0, 2.25, 5.5 and 8.75 s (each
+    // 1.1 s long, then 1 s of waiting, then 2 s after each that failed).
+    sample(&mut net, Some(500.0), 10.0);
+    let asked: Vec<f64> = net.relay_probes.iter().map(|(_, bps)| *bps).collect();
+    assert_eq!(asked.len(), 4, "{asked:?}");
+    assert!(net.relay_probes.iter().all(|(n, _)| *n == seoul));
+    // What would carry the video: more than the estimate, and with some to spare.
+    assert!(asked.iter().all(|bps| *bps > 500.0 / 0.9), "{asked:?}");
+
+    // The path was found to carry more: the video crosses and probing stops.
+    sample(&mut net, Some(50_000_000.0), 5.0);
+    assert_eq!(net.relay_probes.len(), 4, "{:?}", net.relay_probes);
 }
 
 /// A publisher mutes its camera: a viewer on the far node hears `track_muted`, a viewer who

@@ -34,6 +34,15 @@ use std::time::{Duration, Instant};
 
 /// Bytes in flight allowed on a link: enough for 1 Gbit/s at 60 ms RTT.
 pub const WINDOW: u64 = 8 * 1024 * 1024;
+/// Once a path's limit is known, what the link sends is paced at this many times the estimate
+/// (or what the path last delivered, if more): a keyframe's burst reaches the bottleneck at
+/// twice its rate instead of at once, so a short queue there holds it (a 25 KB keyframe is more
+/// than the 19 KB a 60 ms queue holds at 2.5 Mbit/s), while frames that fit are not delayed
+/// past the bottleneck's own pace. The window this sets also bounds bytes in flight to 1.6
+/// times the path's estimated bandwidth-delay product.
+const PACE: f64 = 2.0;
+/// The smallest paced window: sixteen full datagrams (quinn lets ten go at once anyway).
+const MIN_PACED_WINDOW: u64 = 16 * 1200;
 
 /// Builds [`FixedWindow`] controllers.
 #[derive(Debug, Default, Clone, Copy)]
@@ -43,6 +52,7 @@ impl ControllerFactory for FixedWindowConfig {
     fn build(self: Arc<Self>, now: Instant, _current_mtu: u16) -> Box<dyn Controller> {
         Box::new(FixedWindow {
             estimator: LinkEstimator::new(now),
+            srtt: Duration::ZERO,
         })
     }
 }
@@ -52,6 +62,8 @@ impl ControllerFactory for FixedWindowConfig {
 #[derive(Debug, Clone)]
 pub struct FixedWindow {
     estimator: LinkEstimator,
+    /// The smoothed round trip, as quinn last told it.
+    srtt: Duration,
 }
 
 /// What `conn`'s path carries, bits per second, as its controller estimates it (`None`: no sign
@@ -74,8 +86,9 @@ impl Controller for FixedWindow {
         sent: Instant,
         bytes: u64,
         _app_limited: bool,
-        _rtt: &quinn_proto::RttEstimator,
+        rtt: &quinn_proto::RttEstimator,
     ) {
+        self.srtt = rtt.get();
         self.estimator.on_ack(now, sent, bytes);
     }
 
@@ -92,7 +105,15 @@ impl Controller for FixedWindow {
     fn on_mtu_update(&mut self, _new_mtu: u16) {}
 
     fn window(&self) -> u64 {
-        WINDOW
+        // quinn paces at 1.25 windows a round trip: a window of `PACE` times the rate a round
+        // trip, over 1.25, paces at `PACE` times the rate.
+        match self.estimator.pace_basis() {
+            Some(bps) if !self.srtt.is_zero() => {
+                let w = PACE * bps / 8.0 * self.srtt.as_secs_f64() / 1.25;
+                (w as u64).clamp(MIN_PACED_WINDOW, WINDOW)
+            }
+            _ => WINDOW,
+        }
     }
 
     fn clone_box(&self) -> Box<dyn Controller> {
@@ -111,7 +132,7 @@ impl Controller for FixedWindow {
 /// How long each judgement of the path covers.
 const WINDOW_LEN: Duration = Duration::from_millis(100);
 /// Queueing delay above the path's base round trip that means the bottleneck's queue grows.
-const OVERUSE_DELAY: Duration = Duration::from_millis(20);
+pub const OVERUSE_DELAY: Duration = Duration::from_millis(20);
 /// Below this the queue is drained: the estimate may grow.
 const UNDERUSE_DELAY: Duration = Duration::from_millis(8);
 /// Loss, averaged over about a second, that counts as congestion even without delay (a short
@@ -145,6 +166,13 @@ const MIN_ACKED: u32 = 3;
 const DELIVERED_MEMORY: usize = 5;
 /// The estimate never falls below this (audio and the lowest layers of a few videos).
 const MIN_ESTIMATE: f64 = 150_000.0;
+/// Queueing below this in a window (and little loss) makes it *calm*: what it delivered the
+/// path carried without a standing queue.
+const CALM_DELAY: Duration = Duration::from_millis(10);
+/// After [`DELIVERED_MEMORY`] calm windows in a row the estimate is at least this share of
+/// what they delivered on average: a prober's padding on top of the media (`super::probe`)
+/// raises it at once to what the path was seen to carry, instead of by a few percent a window.
+const PROVEN_SHARE: f64 = 0.95;
 
 /// A sender-side estimate of a path's capacity from acknowledgements: each 100 ms window it
 /// compares the shortest round trip seen in the window with the path's base (the shortest over
@@ -152,7 +180,9 @@ const MIN_ESTIMATE: f64 = 150_000.0;
 /// base, in a window of at least three acknowledgements) or heavy loss (15%) sets the estimate
 /// to 85% of the most delivered in the last half second (never below 150 kbit/s); a drained queue lets it
 /// grow 3% a window, never beyond what was last delivered plus half again plus 1 Mbit/s (it
-/// cannot know more than it has tried).
+/// cannot know more than it has tried). Half a second of windows without a queue (under 10 ms)
+/// proves the path carried what they delivered: the estimate is then at least 95% of it (how
+/// a probe's padding raises it).
 #[derive(Debug, Clone)]
 pub struct LinkEstimator {
     /// Bits per second; `None` until the first sign of a limit.
@@ -175,6 +205,8 @@ pub struct LinkEstimator {
     limit_seen: Option<f64>,
     /// Queueing delay of the last window that could tell it.
     queueing: Option<Duration>,
+    /// Calm windows in a row (see [`CALM_DELAY`]).
+    calm: usize,
 }
 
 impl LinkEstimator {
@@ -194,6 +226,7 @@ impl LinkEstimator {
             recent: std::collections::VecDeque::with_capacity(DELIVERED_MEMORY),
             limit_seen: None,
             queueing: None,
+            calm: 0,
         }
     }
 
@@ -206,6 +239,13 @@ impl LinkEstimator {
     /// The estimate, bits per second (`None`: no sign of a limit yet).
     pub fn estimate(&self) -> Option<f64> {
         self.estimate
+    }
+
+    /// The rate sending is paced by: the estimate, or the most the path recently delivered
+    /// if that is more (`None`: no limit known, no pacing).
+    pub fn pace_basis(&self) -> Option<f64> {
+        let most = self.recent.iter().copied().fold(0.0, f64::max);
+        self.estimate.map(|e| e.max(most))
     }
 
     /// A packet of `bytes` sent at `sent` was acknowledged at `now`.
@@ -283,6 +323,16 @@ impl LinkEstimator {
                 _ => GROWTH,
             };
             self.estimate = Some((e * growth).min(ceiling.max(e)));
+        }
+        let calm = queueing.is_some_and(|q| q < CALM_DELAY) && self.loss < 0.05;
+        self.calm = if calm { self.calm + 1 } else { 0 };
+        if let Some(e) = self.estimate
+            && !overuse
+            && !draining
+            && self.calm >= DELIVERED_MEMORY
+        {
+            let mean = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+            self.estimate = Some(e.max(PROVEN_SHARE * mean));
         }
         self.window_start = now;
         self.acked = 0;
@@ -388,6 +438,44 @@ mod tests {
         assert_eq!(est.queue_delay(), Some(Duration::ZERO));
         feed(&mut est, 1000, 1500, 90);
         assert_eq!(est.queue_delay(), Some(Duration::from_millis(30)));
+    }
+
+    /// Half a second of a higher rate without a queue (a probe's padding on top of the media)
+    /// proves the path carries it: the estimate rises to it at once. The same rate with a
+    /// queue of 15 ms (growing, not yet congestion) proves nothing.
+    #[test]
+    fn a_rate_carried_without_a_queue_raises_the_estimate() {
+        let t0 = Instant::now();
+        // 1,200-byte packets every `gap_us`, each acknowledged `rtt_ms` after it was sent.
+        let feed = |est: &mut LinkEstimator, from_ms: u64, to_ms: u64, gap_us: u64, rtt_ms| {
+            for us in (from_ms * 1000..to_ms * 1000).step_by(gap_us as usize) {
+                let sent = t0 + Duration::from_micros(us);
+                est.on_ack(sent + Duration::from_millis(rtt_ms), sent, 1200);
+            }
+        };
+        let limited = || {
+            let mut est = LinkEstimator::new(t0);
+            // 1 Mbit/s over a 60 ms path, then a 40 ms queue: a limit.
+            feed(&mut est, 0, 1000, 9600, 60);
+            feed(&mut est, 1000, 1300, 9600, 100);
+            let seen = est.estimate().expect("a limit is seen");
+            assert!(seen < 1_000_000.0, "{seen}");
+            // The queue drains and the rate stays.
+            feed(&mut est, 1300, 2500, 9600, 60);
+            est
+        };
+        let mut est = limited();
+        let before = est.estimate().expect("a limit");
+        assert!(before < 1_100_000.0, "{before}");
+        // 2 Mbit/s, no queue, for 700 ms.
+        feed(&mut est, 2500, 3200, 4800, 60);
+        let after = est.estimate().expect("a limit");
+        assert!(after > 1_850_000.0, "{before} then {after}");
+
+        let mut est = limited();
+        feed(&mut est, 2500, 3200, 4800, 75);
+        let queued = est.estimate().expect("a limit");
+        assert!(queued < 1_300_000.0, "{before} then {queued} with a queue");
     }
 
     #[test]

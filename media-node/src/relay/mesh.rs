@@ -308,6 +308,7 @@ async fn run_link(
     let conn = link.connection();
     let (mut reader, mut writer) = link.split();
     let (control_tx, mut control_rx) = mpsc::channel::<Control>(CONTROL_QUEUE);
+    let (probe_tx, probe_rx) = tokio::sync::watch::channel(None);
     let peer = hello.node_id.clone();
     let version = hello.version;
     metrics.relay.connects.with_label_values(&[&peer]).inc();
@@ -320,6 +321,7 @@ async fn run_link(
             dialled,
             peer: peer.clone(),
             version,
+            probe: probe_tx,
         },
     };
     if engine.send_wait(up).await.is_err() {
@@ -337,6 +339,11 @@ async fn run_link(
             }
         }
     });
+    let prober = tokio::spawn(super::probe::run(
+        conn.clone(),
+        probe_rx,
+        metrics.relay.padding_bytes.with_label_values(&[&peer]),
+    ));
     let datagrams = {
         let (conn, engine) = (conn.clone(), engine.clone());
         tokio::spawn(async move {
@@ -429,5 +436,6 @@ async fn run_link(
     writer_task.abort();
     datagrams.abort();
     stats.abort();
+    prober.abort();
     let _ = engine.send_wait(Command::RelayDown { link: id }).await;
 }

@@ -9,6 +9,7 @@ pub mod congestion;
 pub mod fragment;
 pub mod link;
 pub mod mesh;
+pub mod probe;
 pub mod proto;
 pub mod testing;
 pub mod tls;

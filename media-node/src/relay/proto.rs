@@ -15,6 +15,11 @@
 //! [`Control::Nack`] or [`Control::KeyframeRequest`]. Loss repair must not wait behind the
 //! ordered control stream: one lost stream packet holds every later message for a round trip
 //! or more, so NACKs and keyframe requests travel as datagrams and their sender retries them.
+//!
+//! Padding datagram: handle [`PADDING_HANDLE`], layer 0, then filler the receiver drops unread.
+//! A link's prober sends them to learn whether the path carries more than the media on it
+//! (`crate::relay::probe`). No version change: peers that predate it drop a datagram of a
+//! handle they were not given without counting it.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -32,6 +37,8 @@ pub const MAX_LIST: usize = 64;
 pub const DATAGRAM_HEADER: usize = 5;
 /// The track handle that marks a feedback datagram (never a track's handle).
 pub const FEEDBACK_HANDLE: u32 = u32::MAX;
+/// The track handle that marks a padding datagram (never a track's handle).
+pub const PADDING_HANDLE: u32 = u32::MAX - 1;
 
 /// What kind of media a track carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -639,6 +646,8 @@ pub enum Datagram {
     Media(MediaDatagram),
     /// A [`Control::Nack`] or [`Control::KeyframeRequest`] (boxed: media is the common case).
     Feedback(Box<Control>),
+    /// Filler a prober sent (its length only).
+    Padding(usize),
 }
 
 impl Datagram {
@@ -654,11 +663,21 @@ impl Datagram {
         Some(b.freeze())
     }
 
-    /// Parses a datagram of either kind.
+    /// A padding datagram of `len` bytes in all (at least the header).
+    pub fn padding(len: usize) -> Bytes {
+        let mut b = BytesMut::zeroed(len.max(DATAGRAM_HEADER));
+        b[..4].copy_from_slice(&PADDING_HANDLE.to_be_bytes());
+        b.freeze()
+    }
+
+    /// Parses a datagram of any kind.
     pub fn decode(d: Bytes) -> Result<Self, ProtoError> {
+        let len = d.len();
         let media = MediaDatagram::decode(d)?;
-        if media.track != FEEDBACK_HANDLE {
-            return Ok(Self::Media(media));
+        match media.track {
+            FEEDBACK_HANDLE => {}
+            PADDING_HANDLE => return Ok(Self::Padding(len)),
+            _ => return Ok(Self::Media(media)),
         }
         let mut frame = BytesMut::from(&media.rtp[..]);
         match Control::decode(&mut frame)? {
@@ -824,9 +843,16 @@ mod tests {
         fn datagrams_round_trip(track in any::<u32>(), layer in any::<u8>(), rtp in prop::collection::vec(any::<u8>(), 0..1500)) {
             let d = MediaDatagram { track, layer, rtp: Bytes::from(rtp) };
             prop_assert_eq!(MediaDatagram::decode(d.clone().encode()).expect("valid"), d.clone());
-            if track != FEEDBACK_HANDLE {
+            if track != FEEDBACK_HANDLE && track != PADDING_HANDLE {
                 prop_assert_eq!(Datagram::decode(d.encode()).expect("valid"), Datagram::Media(d));
             }
+        }
+
+        #[test]
+        fn padding_is_only_its_length(len in 0usize..1500) {
+            let bytes = Datagram::padding(len);
+            prop_assert_eq!(bytes.len(), len.max(DATAGRAM_HEADER));
+            prop_assert_eq!(Datagram::decode(bytes), Ok(Datagram::Padding(len.max(DATAGRAM_HEADER))));
         }
 
         #[test]

@@ -158,6 +158,8 @@ pub struct Net {
     pub relay_control: Vec<(NodeIx, NodeIx, Control)>,
     /// Loss-repair feedback carried as datagrams (NACKs, keyframe requests): (from, to, it).
     pub relay_feedback: Vec<(NodeIx, NodeIx, Control)>,
+    /// Probes the nodes asked of their links: (node, bits per second asked).
+    pub relay_probes: Vec<(NodeIx, f64)>,
     /// Payload size of the video packets [`Net::send_video`] sends (the VP8 header padded
     /// with zeros; at least the header's 9 bytes).
     pub video_size: usize,
@@ -229,6 +231,7 @@ impl Net {
             relay_media: HashMap::new(),
             relay_control: Vec::new(),
             relay_feedback: Vec::new(),
+            relay_probes: Vec::new(),
             video_size: 0,
         }
     }
@@ -669,6 +672,11 @@ impl Net {
                         RelayOut::Control { link, .. }
                         | RelayOut::Media { link, .. }
                         | RelayOut::Close { link, .. } => *link,
+                        // Padding is the link task's, not the engine's.
+                        RelayOut::Probe { bps, .. } => {
+                            self.relay_probes.push((n, *bps));
+                            continue;
+                        }
                     };
                     let Some(l) = self.links.iter().position(|l| {
                         l.up && ((l.a == n && l.id_a == link) || (l.b == n && l.id_b == link))
@@ -699,7 +707,7 @@ impl Net {
                                 Ok(Datagram::Feedback(msg)) => {
                                     self.relay_feedback.push((n, to, *msg));
                                 }
-                                Err(_) => {}
+                                Ok(Datagram::Padding(_)) | Err(_) => {}
                             }
                             self.nodes[to].engine.relay_media(to_link, datagram, now);
                         }
@@ -712,6 +720,7 @@ impl Net {
                             self.nodes[a].engine.relay_down(ia, now);
                             self.nodes[b].engine.relay_down(ib, now);
                         }
+                        RelayOut::Probe { .. } => {}
                     }
                 }
             }

@@ -2,12 +2,15 @@
 //!
 //! The link's congestion controller estimates what the path carries
 //! ([`crate::relay::congestion::LinkEstimator`]); a few times a second the engine fits what it
-//! sends over the link into 90% of that estimate, in this order: every audio track the far side
+//! sends over the link into 80% of that estimate, in this order: every audio track the far side
 //! subscribed to; then the lowest subscribed layer of each video, the room's active speakers
-//! first; then the higher layers, the active speakers' first. A subscribed layer that does not
+//! first (for a video whose lowest subscribed layer does not fit, room is kept for its lowest
+//! layer, which it is told is open: it moves there rather than stopping); then the higher
+//! layers, the active speakers' first. A subscribed layer that does not
 //! fit is *held back*: its packets are not sent. The far side learns it from the `LayerRates`
 //! this node sends it, which give 0 for a held layer and for any layer that would not fit on
-//! top of what is sent, so its subscribers' layer choice moves down at once (a stalled layer is
+//! top of what is sent (each open layer counted as if the far side moved to it: it may move
+//! every track at once), so its subscribers' layer choice moves down at once (a stalled layer is
 //! left for one that flows) and moves up again only to what the path has room for. Without an
 //! estimate (no sign of a limit) nothing is held and the rates are the layers' own.
 //!
@@ -16,18 +19,42 @@
 //! 2026-12-02 it lost 2.0% and 5.2% of the relay datagrams with the viewer at 360p and ~19
 //! frames a second; without it 55% and 63% were lost (NACK repairs of what the path dropped
 //! added to what it could not carry), 2 frames a second and 4-5 s freezes. Each time the
-//! estimate lets the far side try a layer that does not fit a burst is still lost (padding
-//! probes would test the path first).
+//! estimate lets the far side try a layer that does not fit a burst is still lost.
+//!
+//! NACK repair over a link with an estimate has the fifth of it the media leaves, as a token
+//! bucket ([`Engine::repair_fits`]); what does not fit is not resent (the far node asks again,
+//! and gives up for a keyframe), so a path that dropped packets is not flooded with repairs.
+//!
+//! While a layer is held the link's path is *probed* ([`RelayOut::Probe`], the padding is
+//! [`crate::relay::probe`]'s) for the rate that would let the first held layer through: a path
+//! that carries it raises the estimate within about a second and the layer opens; one that
+//! does not costs a short rise of its queue, and the next probe waits longer (1 s after a
+//! probe that worked, 2 s after one that did not).
 
-use super::{LinkId, layer_rates};
+use super::{LinkId, RelayOut, layer_rates};
 use crate::sfu::TrackKey;
 use crate::sfu::engine::Engine;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 /// Share of the estimate media may use (the rest: NACK repair, QUIC's own overhead, the
-/// control stream).
-const HEADROOM: f64 = 0.9;
+/// control stream, encoders overshooting a layer's rate). At 90% three publishers through a
+/// 2.5 Mbit/s path kept the bottleneck's queue full and lost 2.8-3.3%; at 80%, 1.3%.
+const HEADROOM: f64 = 0.8;
+/// The most repair a link keeps for a burst of NACKs: this long at its repair rate.
+const REPAIR_BURST: Duration = Duration::from_millis(250);
+
+/// A probe asks for this much more than the held layer needs (what a probe proves counts at
+/// 95%, and layer rates move).
+const PROBE_OVER: f64 = 1.1;
+/// How long a probe pads once its rate has risen (`probe::RAMP`): the estimator's proof takes
+/// five calm windows. The link's round trip is added for the acknowledgements.
+const PROBE_HOLD: Duration = Duration::from_millis(500);
+/// Wait after a probe before the next one: this after one that raised the estimate enough,
+/// doubling after each that did not, to [`PROBE_BACKOFF_MAX`].
+const PROBE_BACKOFF: Duration = Duration::from_secs(1);
+const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A link's budget and what it holds back.
 #[derive(Debug, Default)]
@@ -39,11 +66,20 @@ pub struct LinkBudget {
     /// Layers reported to the far side as carrying nothing: the held ones, and those that
     /// would not fit.
     pub closed: HashSet<(TrackKey, u8)>,
+    /// The estimate that would let the first held layer through (`None`: nothing held).
+    pub next_step_bps: Option<f64>,
+    /// The last probe's rate and when the next may start.
+    probe: Option<(f64, Instant)>,
+    /// Wait after the next probe.
+    backoff: Duration,
+    /// Bytes of repair allowed now, and when that was worked out.
+    repair: Option<(f64, Instant)>,
 }
 
 impl Engine {
-    /// A link's estimate, sampled: what crosses it is fitted again.
-    pub fn relay_estimate(&mut self, link: LinkId, bps: Option<f64>) {
+    /// A link's estimate, sampled: what crosses it is fitted again, and its path probed if a
+    /// layer is held.
+    pub fn relay_estimate(&mut self, link: LinkId, bps: Option<f64>, now: Instant) {
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
@@ -56,6 +92,68 @@ impl Engine {
         }
         l.budget.estimate_bps = bps;
         self.fit_link(link);
+        self.probe_link(link, now);
+    }
+
+    /// Whether `bytes` of NACK repair may go over `link` now: while the link has an estimate,
+    /// repair uses at most the fifth of it media leaves (a path that dropped packets is full,
+    /// and repairing everything it dropped on top of the media only makes it drop more).
+    pub(super) fn repair_fits(&mut self, link: LinkId, bytes: usize, now: Instant) -> bool {
+        let Some(l) = self.links.get_mut(&link) else {
+            return false;
+        };
+        let Some(estimate) = l.budget.estimate_bps.filter(|_| self.cfg.relay_fit) else {
+            l.budget.repair = None;
+            return true;
+        };
+        let rate = estimate * (1.0 - HEADROOM) / 8.0;
+        let most = rate * REPAIR_BURST.as_secs_f64();
+        let (tokens, at) = l.budget.repair.unwrap_or((most, now));
+        let tokens = (tokens + rate * now.saturating_duration_since(at).as_secs_f64()).min(most);
+        let fits = tokens >= bytes as f64;
+        let left = if fits { tokens - bytes as f64 } else { tokens };
+        l.budget.repair = Some((left, now));
+        fits
+    }
+
+    /// Asks for a probe of `link`'s path if a layer is held and the last probe is long enough
+    /// ago (see the module documentation).
+    fn probe_link(&mut self, link: LinkId, now: Instant) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        let b = &mut l.budget;
+        let Some(want) = b.next_step_bps else {
+            b.probe = None;
+            b.backoff = PROBE_BACKOFF;
+            return;
+        };
+        if b.probe.is_some_and(|(_, next)| now < next) {
+            return;
+        }
+        let reached = b.estimate_bps.unwrap_or(f64::INFINITY);
+        b.backoff = match b.probe {
+            Some((asked, _)) if reached < asked / PROBE_OVER => {
+                (b.backoff * 2).clamp(PROBE_BACKOFF, PROBE_BACKOFF_MAX)
+            }
+            _ => PROBE_BACKOFF,
+        };
+        let bps = want * PROBE_OVER;
+        let len = crate::relay::probe::RAMP + PROBE_HOLD + l.rtt;
+        let from_bps = b.estimate_bps.unwrap_or(0.0);
+        b.probe = Some((bps, now + len + b.backoff));
+        tracing::debug!(link, peer = %l.node_id, bps, ?reached, "relay probe");
+        self.metrics
+            .relay
+            .probes
+            .with_label_values(&[&l.node_id])
+            .inc();
+        self.push_out(RelayOut::Probe {
+            link,
+            from_bps,
+            bps,
+            len,
+        });
     }
 
     /// Whether `layer` of `key` is held back on `link`.
@@ -117,34 +215,90 @@ impl Engine {
         }
         videos.sort_by_key(|(rank, key, ..)| (*rank, *key));
         let mut held = HashSet::new();
+        // What the first layer held would add.
+        let mut first_held = None;
+        // Lowest layers kept room for, not subscribed: a video whose subscribed layers do not
+        // fit moves to one of these instead of stopping.
+        let mut reserved = HashSet::new();
         if let Some(budget) = budget {
-            let mut fit = |key: TrackKey, layer: u8, rates: &[f64]| {
-                let cost = rates.get(usize::from(layer)).copied().unwrap_or(0.0);
-                if used + cost <= budget {
-                    used += cost;
-                } else {
-                    held.insert((key, layer));
-                }
-            };
+            // Takes `layer` of `key` if it fits; else holds it back.
+            let fit =
+                |used: &mut f64, held: &mut HashSet<_>, key: TrackKey, layer: u8, rates: &[f64]| {
+                    let cost = rates.get(usize::from(layer)).copied().unwrap_or(0.0);
+                    if *used + cost <= budget {
+                        *used += cost;
+                        None
+                    } else {
+                        held.insert((key, layer));
+                        Some(cost)
+                    }
+                };
+            let mut fallback = Vec::new();
             for (_, key, layers, rates) in &videos {
-                fit(*key, layers[0], rates);
+                if let Some(cost) = fit(&mut used, &mut held, *key, layers[0], rates) {
+                    first_held.get_or_insert(cost);
+                    fallback.push((*key, layers[0], rates));
+                }
+            }
+            for (key, lowest, rates) in fallback {
+                let Some((layer, cost)) = rates.iter().enumerate().find(|(_, r)| **r > 0.0) else {
+                    continue;
+                };
+                if let Ok(layer) = u8::try_from(layer)
+                    && layer < lowest
+                    && used + cost <= budget
+                {
+                    used += cost;
+                    reserved.insert((key, layer));
+                }
             }
             for (_, key, layers, rates) in &videos {
                 for layer in &layers[1..] {
-                    fit(*key, *layer, rates);
+                    if let Some(cost) = fit(&mut used, &mut held, *key, *layer, rates) {
+                        first_held.get_or_insert(cost);
+                    }
                 }
             }
         }
-        // What the far side may move to: a layer it does not take is open if it fits on top.
+        // What the far side may move to: a layer it does not take is open if what it adds to
+        // the track's flowing layer fits on top, counted as taken (the far side may move every
+        // track at once), the active speakers' tracks first.
         let mut closed = held.clone();
         if let Some(budget) = budget {
+            let rank = |key: &TrackKey| {
+                videos
+                    .iter()
+                    .find(|(_, k, ..)| k == key)
+                    .map_or(usize::MAX, |(rank, ..)| *rank)
+            };
+            offered.sort_by_key(|(key, _)| (rank(key), *key));
             for (key, rates) in &offered {
+                let flows = |layer: u8| {
+                    reserved.contains(&(*key, layer))
+                        || (!held.contains(&(*key, layer))
+                            && videos
+                                .iter()
+                                .any(|(_, k, layers, _)| k == key && layers.contains(&layer)))
+                };
+                // What the track uses now: its highest flowing layer.
+                let mut base = (0..rates.len())
+                    .filter_map(|i| u8::try_from(i).ok())
+                    .filter(|l| flows(*l))
+                    .map(|l| rates[usize::from(l)])
+                    .fold(0.0, f64::max);
                 for (i, bps) in rates.iter().enumerate() {
                     let Ok(layer) = u8::try_from(i) else { break };
                     let taken = videos
                         .iter()
                         .any(|(_, k, layers, _)| k == key && layers.contains(&layer));
-                    if !taken && used + bps > budget {
+                    if taken || reserved.contains(&(*key, layer)) {
+                        continue;
+                    }
+                    let adds = (bps - base).max(0.0);
+                    if used + adds <= budget {
+                        used += adds;
+                        base = base.max(*bps);
+                    } else {
                         closed.insert((*key, layer));
                     }
                 }
@@ -164,6 +318,7 @@ impl Engine {
         }
         l.budget.held = held;
         l.budget.closed = closed;
+        l.budget.next_step_bps = first_held.map(|cost| (used + cost) / HEADROOM);
         let (peer, count) = (l.node_id.clone(), l.budget.held.len());
         self.metrics
             .relay

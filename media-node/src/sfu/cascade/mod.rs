@@ -31,7 +31,7 @@ use super::engine::Engine;
 use super::send::SeqRing;
 use super::uptrack::{RELAY_HISTORY, UpTrack};
 use crate::relay::proto::{
-    Control, Datagram, FEEDBACK_HANDLE, MediaDatagram, MediaKind, Participant,
+    Control, Datagram, FEEDBACK_HANDLE, MediaDatagram, MediaKind, PADDING_HANDLE, Participant,
 };
 use bytes::Bytes;
 use moim_wire::signal::{ChatFrame, ParticipantInfo, ServerMessage, TrackSource};
@@ -62,6 +62,18 @@ pub enum RelayOut {
         link: LinkId,
         /// Encoded [`MediaDatagram`].
         datagram: Bytes,
+    },
+    /// Probe the link's path: pad what it sends up from `from_bps` to `bps`, for `len` in all
+    /// ([`crate::relay::probe`]).
+    Probe {
+        /// Link.
+        link: LinkId,
+        /// Bits per second the path is known to carry (where the probe starts).
+        from_bps: f64,
+        /// Bits per second, media and padding together.
+        bps: f64,
+        /// How long.
+        len: std::time::Duration,
     },
     /// Close the link (it broke the protocol's rules).
     Close {
@@ -866,6 +878,10 @@ impl Engine {
                     self.send_pli(key, layer, now);
                 }
                 for datagram in resend {
+                    if !self.repair_fits(link, datagram.len(), now) {
+                        self.metrics.relay_repairs_skipped.inc();
+                        continue;
+                    }
                     self.metrics.relay_retransmits.inc();
                     self.push_out(RelayOut::Media { link, datagram });
                 }
@@ -1110,6 +1126,7 @@ impl Engine {
         let d = match Datagram::decode(datagram) {
             Ok(Datagram::Media(d)) => d,
             Ok(Datagram::Feedback(msg)) => return self.relay_control(link, *msg, now),
+            Ok(Datagram::Padding(_)) => return,
             Err(_) => {
                 self.metrics.relay_bad_datagrams.inc();
                 return;
@@ -1362,7 +1379,9 @@ impl Engine {
         extensions.sort();
         Some(Control::TrackAnnounce {
             room: t.room.clone(),
-            track: u32::try_from(key).ok().filter(|h| *h != FEEDBACK_HANDLE)?,
+            track: u32::try_from(key)
+                .ok()
+                .filter(|h| *h != FEEDBACK_HANDLE && *h != PADDING_HANDLE)?,
             participant: participant_of(&t.owner),
             origin,
             hops,
