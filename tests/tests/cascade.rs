@@ -79,17 +79,27 @@ async fn pair_through(
     pair_through_path(PathProfile::lossy(path_delay, loss), &[]).await
 }
 
-/// The same through a path of any profile, the nodes started with `extra` arguments.
-async fn pair_through_path(
+/// Seoul and Frankfurt, Frankfurt dialling Seoul through a path of `profile`, the nodes
+/// started with `extra` arguments.
+async fn linked_through(
     profile: PathProfile,
     extra: &[&str],
-) -> anyhow::Result<(Vec<Node>, ImpairedPath, Browser, Browser)> {
+) -> anyhow::Result<(Node, Node, ImpairedPath)> {
     let relay = format!("127.0.0.1:{}", free_udp_port());
     let seoul = Node::start_relay("seoul-1", "seoul", &relay, &[], extra).await?;
     let path = ImpairedPath::with_profile(relay.parse()?, profile).await?;
     let via = path.addr().to_string();
     let fra_relay = format!("127.0.0.1:{}", free_udp_port());
     let fra = Node::start_relay("fra-1", "frankfurt", &fra_relay, &[&via], extra).await?;
+    Ok((seoul, fra, path))
+}
+
+/// The same through a path of any profile, the nodes started with `extra` arguments.
+async fn pair_through_path(
+    profile: PathProfile,
+    extra: &[&str],
+) -> anyhow::Result<(Vec<Node>, ImpairedPath, Browser, Browser)> {
+    let (seoul, fra, path) = linked_through(profile, extra).await?;
     let publisher = Browser::join(&seoul, "r", "ana", true).await?;
     let viewer = Browser::join(&fra, "r", "bo", false).await?;
     wait_decoding(&viewer, "moim.sub", 1, Duration::from_secs(40)).await?;
@@ -861,6 +871,236 @@ async fn dynacast_follows_a_viewer_on_another_node() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     publisher.close().await;
+    viewer.close().await;
+    drop((seoul, fra));
+    Ok(())
+}
+
+/// Starts recording in `viewer`'s page, every 100 ms: [page ms, height of the first video,
+/// video frames decoded, audio samples concealed, audio samples received].
+async fn record_reception(viewer: &Browser) -> anyhow::Result<()> {
+    viewer
+        .js("window.reception = []; window.receptionTimer = setInterval(async () => { \
+               let h = 0, f = 0, c = 0, t = 0; \
+               (await moim.sub.getStats()).forEach(s => { \
+                 if (s.type !== 'inbound-rtp') return; \
+                 if (s.kind === 'video') { f += s.framesDecoded || 0; if (!h) h = s.frameHeight || 0; } \
+                 else { c += s.concealedSamples || 0; t += s.totalSamplesReceived || 0; } }); \
+               reception.push([performance.now(), h, f, c, t]); }, 100); return true;")
+        .await?;
+    Ok(())
+}
+
+/// The page's clock, to place moments of the test in [`record_reception`]'s record.
+async fn page_ms(b: &Browser) -> anyhow::Result<f64> {
+    Ok(b.js("return performance.now();")
+        .await?
+        .as_f64()
+        .unwrap_or(0.0))
+}
+
+/// Stops [`record_reception`] and returns what it recorded.
+async fn reception(viewer: &Browser) -> anyhow::Result<Vec<[f64; 5]>> {
+    let v = viewer
+        .js("clearInterval(receptionTimer); return reception;")
+        .await?;
+    Ok(serde_json::from_value(v)?)
+}
+
+/// Over `rec` from `from` to `to` (page ms): the longest stretch without a new video frame,
+/// and the longest without new audio (the concealed samples grew by at least what was
+/// received), in ms; and the share of audio samples concealed.
+fn gaps(rec: &[[f64; 5]], from: f64, to: f64) -> (f64, f64, f64) {
+    let part: Vec<&[f64; 5]> = rec.iter().filter(|r| r[0] >= from && r[0] <= to).collect();
+    let (mut video, mut audio) = (0.0f64, 0.0f64);
+    let (mut frame_at, mut sound_at) = (from, from);
+    for w in part.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if b[2] > a[2] {
+            frame_at = b[0];
+        }
+        if b[4] - a[4] > 0.0 && b[3] - a[3] < 0.5 * (b[4] - a[4]) {
+            sound_at = b[0];
+        }
+        video = video.max(b[0] - frame_at);
+        audio = audio.max(b[0] - sound_at);
+    }
+    let (first, last) = (part.first(), part.last());
+    let concealed = match (first, last) {
+        (Some(a), Some(b)) => (b[3] - a[3]) / (b[4] - a[4]).max(1.0),
+        _ => 1.0,
+    };
+    (video, audio, concealed)
+}
+
+/// Issue 23's second case: the relay path carries 4 Mbit/s (60 ms round trip), the far viewer
+/// watches the publisher's top layer; the path narrows to 1 Mbit/s for 12 s, then widens
+/// again. Frankfurt's viewer is stepped down to a layer that fits within a few seconds (the
+/// link's estimate falls when the bottleneck's queue grows, and the layer it cannot carry is
+/// held back), and back up within a few seconds of the path widening (the link probes the path
+/// with padding while a layer is held), and its audio never stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_far_side_steps_down_and_back_up_as_the_path_narrows_and_widens() -> anyhow::Result<()>
+{
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let wide = PathProfile::wan(Duration::from_millis(60), 4_000_000);
+    let (nodes, path, publisher, viewer) = pair_through_path(wide, &[]).await?;
+    viewer
+        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
+        .await?;
+    let full = "return (async () => { let h = 0; (await moim.sub.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video' && !h) h = s.frameHeight || 0; }); return h >= 540; })();";
+    viewer.wait_for(full, Duration::from_secs(30)).await?;
+    record_reception(&viewer).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let narrowed = page_ms(&viewer).await?;
+    path.update(|p| p.rate_bps = Some(1_000_000));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let [_, at_widening] = path.stats();
+    let widened = page_ms(&viewer).await?;
+    path.update(|p| p.rate_bps = Some(4_000_000));
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let end = page_ms(&viewer).await?;
+    let rec = reception(&viewer).await?;
+    let first = |from: f64, pred: &dyn Fn(f64) -> bool| {
+        rec.iter()
+            .find(|r| r[0] >= from && pred(r[1]))
+            .map(|r| (r[0] - from) / 1000.0)
+    };
+    let down = first(narrowed, &|h| h > 0.0 && h < 540.0);
+    let up = first(widened, &|h| h >= 540.0);
+    let (video_gap, audio_gap, concealed) = gaps(&rec, narrowed, end);
+    let heights: Vec<u64> = rec.iter().step_by(5).map(|r| r[1] as u64).collect();
+    let seoul = reqwest::get(nodes[0].url("/metrics")).await?.text().await?;
+    eprintln!(
+        "stepped down after {down:?} s, back up after {up:?} s; longest video gap {video_gap:.0} \
+         ms, audio gap {audio_gap:.0} ms, audio concealed {:.2}%; the path dropped {} of {} \
+         datagrams until it widened; heights every 500 ms: {heights:?}; seoul probed {} times",
+        concealed * 100.0,
+        at_widening.queue_drops,
+        at_widening.offered,
+        sample(&seoul, "moim_relay_probes_total{peer=\"fra-1\"}").unwrap_or(0.0),
+    );
+    assert!(
+        down.is_some_and(|s| s < 4.0),
+        "stepped down after {down:?} s"
+    );
+    assert!(up.is_some_and(|s| s < 6.0), "back up after {up:?} s");
+    assert!(audio_gap < 300.0, "audio stopped for {audio_gap:.0} ms");
+    assert!(
+        concealed < 0.03,
+        "{:.2}% of the audio concealed",
+        concealed * 100.0
+    );
+    publisher.close().await;
+    viewer.close().await;
+    Ok(())
+}
+
+/// Watches every video `viewer` decodes for `secs` from inside the page (every 50 ms); returns
+/// each one's frames decoded meanwhile and its longest stretch without a new frame.
+async fn per_video_freezes(viewer: &Browser, secs: u64) -> anyhow::Result<Vec<(f64, Duration)>> {
+    viewer
+        .js("window.videos = {}; window.videosTimer = setInterval(async () => { \
+               const now = performance.now(); \
+               (await moim.sub.getStats()).forEach(s => { \
+                 if (s.type !== 'inbound-rtp' || s.kind !== 'video') return; \
+                 const v = videos[s.id] || (videos[s.id] = { first: s.framesDecoded || 0, frames: s.framesDecoded || 0, last: now, worst: 0 }); \
+                 if ((s.framesDecoded || 0) > v.frames) { v.worst = Math.max(v.worst, now - v.last); v.frames = s.framesDecoded; v.last = now; } }); \
+             }, 50); return true;")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let v = viewer
+        .js("clearInterval(videosTimer); const now = performance.now(); \
+             return Object.values(videos).map(v => [v.frames - v.first, Math.max(v.worst, now - v.last)]);")
+        .await?;
+    let v: Vec<(f64, f64)> = serde_json::from_value(v)?;
+    Ok(v.into_iter()
+        .map(|(frames, worst)| (frames, Duration::from_secs_f64(worst / 1000.0)))
+        .collect())
+}
+
+/// Issue 23's first case: three publishers in Seoul at full quality (720p simulcast, up to
+/// 1.5 Mbit/s each on top), a viewer in Frankfurt whose three tiles ask for the top layer, and
+/// the regions linked through a 2.5 Mbit/s bottleneck with a 60 ms round trip. Seoul's link
+/// sends what fits (audio, then each video's lowest layer, then higher ones); after the first
+/// 5 s the path loses under 1% of what the link offers it, and the viewer keeps decoding all
+/// three videos with no freeze of a second.
+///
+/// Not in CI yet: all three videos decode in every run, but on 2026-12-02 (four runs while the
+/// link budget was tuned, the last with the code as it is) the path dropped 1.3-3.3% of the
+/// link's datagrams in clusters of one or two seconds, each time a layer was tried that did not
+/// fit, and one run had a 3.5 s freeze of one video. Run it with `cargo test -p moim-e2e --test
+/// cascade -- --ignored --nocapture three_publishers` (it prints the drops of each second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "issue 23's first case: under 1% loss not reached yet (1.3-3.3%)"]
+async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Result<()> {
+    let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    let profile = PathProfile::wan(Duration::from_millis(60), 2_500_000);
+    let (seoul, fra, path) = linked_through(profile, &[]).await?;
+    let mut publishers = Vec::new();
+    for name in ["ana", "cy", "di"] {
+        publishers.push(Browser::join(&seoul, "r", name, true).await?);
+    }
+    let viewer = Browser::join(&fra, "r", "bo", false).await?;
+    wait_decoding(&viewer, "moim.sub", 3, Duration::from_secs(60)).await?;
+    viewer
+        // All three tiles large and on screen (overlapping: a tile scrolled out of view is
+        // paused at the node).
+        .js("document.querySelectorAll('.tile').forEach(t => { Object.assign(t.style, { position: 'fixed', left: '0', top: '0', width: '1280px', height: '720px' }); }); return true;")
+        .await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let [_, before] = path.stats();
+    // What the path dropped each second (the bursts show what caused them).
+    let timeline = async {
+        let mut drops = Vec::new();
+        let mut last = before.queue_drops + before.lost;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let [_, now] = path.stats();
+            drops.push(now.queue_drops + now.lost - last);
+            last = now.queue_drops + now.lost;
+        }
+        drops
+    };
+    let (videos, drops) = tokio::join!(per_video_freezes(&viewer, 20), timeline);
+    let videos = videos?;
+    let [_, after] = path.stats();
+    let offered = after.offered - before.offered;
+    let dropped = (after.queue_drops - before.queue_drops) + (after.lost - before.lost);
+    let share = dropped as f64 / offered.max(1) as f64;
+    let heights = viewer
+        .js("return (async () => Object.values(await moim.videoStats()).map(s => s.frameHeight))()")
+        .await?;
+    let metrics = reqwest::get(seoul.url("/metrics")).await?.text().await?;
+    let link: Vec<&str> = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("moim_relay_") && (l.contains("fra-1") || l.starts_with("moim_relay_re"))
+        })
+        .collect();
+    eprintln!(
+        "over 20 s: {offered} datagrams toward frankfurt, {dropped} dropped ({:.2}%), longest \
+         queue {} ms, each second {drops:?}; per video (frames, longest freeze): {videos:?}; \
+         heights {heights}; seoul: {link:?}",
+        share * 100.0,
+        after.max_queue_us / 1000
+    );
+    assert_eq!(videos.len(), 3, "{videos:?}");
+    for (frames, worst) in &videos {
+        assert!(*frames >= 20.0 * 10.0, "{frames} frames in 20 s");
+        assert!(
+            *worst < Duration::from_secs(1),
+            "a video froze for {worst:?}"
+        );
+    }
+    assert!(
+        share < 0.01,
+        "{:.2}% of the relay datagrams dropped",
+        share * 100.0
+    );
+    for p in publishers {
+        p.close().await;
+    }
     viewer.close().await;
     drop((seoul, fra));
     Ok(())
