@@ -79,6 +79,14 @@ async fn pair_through(
     pair_through_path(PathProfile::lossy(path_delay, loss), &[]).await
 }
 
+/// Makes the tiles in `viewer`'s page 1280x720, so that each asks for its video's top layer.
+async fn ask_for_720p(viewer: &Browser) -> anyhow::Result<()> {
+    viewer
+        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
+        .await?;
+    Ok(())
+}
+
 /// Seoul and Frankfurt, Frankfurt dialling Seoul through a path of `profile`, the nodes
 /// started with `extra` arguments.
 async fn linked_through(
@@ -667,9 +675,7 @@ async fn a_relay_path_narrower_than_the_top_layer_carries_a_lower_one() -> anyho
     let profile = PathProfile::wan(Duration::from_millis(60), 1_000_000);
     let (nodes, path, publisher, viewer) = pair_through_path(profile, &[]).await?;
     // The viewer's tile asks for the top layer (1,500 kbit/s at 720p, more than the path).
-    viewer
-        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
-        .await?;
+    ask_for_720p(&viewer).await?;
     // Warm-up: the publisher's encoder ramps up to its top layer, the link finds its limit.
     tokio::time::sleep(Duration::from_secs(8)).await;
     let frames = "let f = 0; (await moim.sub.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') f += s.framesDecoded || 0; }); return f;";
@@ -945,9 +951,7 @@ async fn the_far_side_steps_down_and_back_up_as_the_path_narrows_and_widens() ->
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
     let wide = PathProfile::wan(Duration::from_millis(60), 4_000_000);
     let (nodes, path, publisher, viewer) = pair_through_path(wide, &[]).await?;
-    viewer
-        .js("document.querySelectorAll('.tile').forEach(t => { t.style.width = '1280px'; t.style.height = '720px'; }); return true;")
-        .await?;
+    ask_for_720p(&viewer).await?;
     let full = "return (async () => { let h = 0; (await moim.sub.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video' && !h) h = s.frameHeight || 0; }); return h >= 540; })();";
     viewer.wait_for(full, Duration::from_secs(30)).await?;
     record_reception(&viewer).await?;
