@@ -36,6 +36,52 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Chromium processes, and two such tests side by side on a 2-core machine starve each other.
 pub static BROWSER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Runs a measurement in real time (browsers, nodes and an impaired path, judged on seconds
+/// and percents) and, if it fails, once more from the start, failing only if both do; prints
+/// the first failure and how much of the machine's CPU time its host took meanwhile (steal).
+///
+/// On this project's shared 2-core machine the same measurement that passes with room to
+/// spare has, a few times, failed while something else took the CPU (CI on 2026-12-02: audio
+/// gaps of half a second in two tests that never show 5 ms alone, and alone again with two
+/// busy loops beside them, within bounds). One retry tells a starved machine from a
+/// regression: what the code gets wrong fails twice.
+pub async fn measured<F, Fut>(what: &str, mut attempt: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let before = cpu_times();
+    let Err(first) = attempt().await else {
+        return Ok(());
+    };
+    let steal = match (before, cpu_times()) {
+        (Some((s0, t0)), Some((s1, t1))) if t1 > t0 => (s1 - s0) as f64 / (t1 - t0) as f64,
+        _ => 0.0,
+    };
+    eprintln!(
+        "{what}: the first attempt failed ({first:#}); the host took {:.1}% of the CPU meanwhile; \
+         once more",
+        steal * 100.0
+    );
+    attempt()
+        .await
+        .map_err(|e| e.context(format!("{what} failed twice; the first time: {first:#}")))
+}
+
+/// The machine's CPU time stolen by its host and its total CPU time, in clock ticks
+/// (`/proc/stat`'s first line).
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    Some((*ticks.get(7)?, ticks.iter().take(8).sum()))
+}
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -764,4 +810,37 @@ pub fn promtool(text: &str) -> anyhow::Result<(bool, String)> {
     let said =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     Ok((out.status.success(), said))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A measurement that fails once passes on its second attempt; one that fails twice
+    /// fails, naming both failures.
+    #[tokio::test]
+    async fn a_measurement_gets_one_more_attempt_and_no_more() {
+        let tries = std::cell::Cell::new(0);
+        let once = measured("flaky", || {
+            tries.set(tries.get() + 1);
+            let n = tries.get();
+            async move {
+                anyhow::ensure!(n > 1, "try {n}");
+                Ok(())
+            }
+        })
+        .await;
+        assert!(once.is_ok());
+        assert_eq!(tries.get(), 2);
+        tries.set(0);
+        let always = measured("broken", || {
+            tries.set(tries.get() + 1);
+            let n = tries.get();
+            async move { anyhow::bail!("try {n}") }
+        })
+        .await;
+        let msg = format!("{:#}", always.expect_err("failed twice"));
+        assert!(msg.contains("try 2") && msg.contains("try 1"), "{msg}");
+        assert_eq!(tries.get(), 2);
+    }
 }
