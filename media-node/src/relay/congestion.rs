@@ -177,7 +177,7 @@ const PROVEN_SHARE: f64 = 0.95;
 /// A sender-side estimate of a path's capacity from acknowledgements: each 100 ms window it
 /// compares the shortest round trip seen in the window with the path's base (the shortest over
 /// the last 10 to 20 s), and averages loss over about a second. A queue building (20 ms over the
-/// base, in a window of at least three acknowledgements) or heavy loss (15%) sets the estimate
+/// base in two windows running, each of at least three acknowledgements) or heavy loss (15%) sets the estimate
 /// to 85% of the most delivered in the last half second (never below 150 kbit/s); a drained queue lets it
 /// grow 3% a window, never beyond what was last delivered plus half again plus 1 Mbit/s (it
 /// cannot know more than it has tried). Half a second of windows without a queue (under 10 ms)
@@ -203,8 +203,10 @@ pub struct LinkEstimator {
     recent: std::collections::VecDeque<f64>,
     /// The most delivered when congestion was last seen.
     limit_seen: Option<f64>,
-    /// Queueing delay of the last window that could tell it.
+    /// Queueing delay that lasted through the last two windows that could tell it.
     queueing: Option<Duration>,
+    /// What the last window that could tell saw alone.
+    window_queue: Option<Duration>,
     /// Calm windows in a row (see [`CALM_DELAY`]).
     calm: usize,
 }
@@ -226,12 +228,13 @@ impl LinkEstimator {
             recent: std::collections::VecDeque::with_capacity(DELIVERED_MEMORY),
             limit_seen: None,
             queueing: None,
+            window_queue: None,
             calm: 0,
         }
     }
 
-    /// How far the last window that could tell (three acknowledgements or more) had its
-    /// shortest round trip above the path's base: the bottleneck's queue.
+    /// How far the last two windows that could tell (three acknowledgements or more each) had
+    /// their shortest round trips above the path's base, the lesser: the bottleneck's queue.
     pub fn queue_delay(&self) -> Option<Duration> {
         self.queueing
     }
@@ -283,11 +286,15 @@ impl LinkEstimator {
             self.loss += (loss - self.loss) * LOSS_WEIGHT;
         }
         let base = self.base.iter().flatten().min().copied();
-        let queueing = match (self.shortest, base) {
+        let seen = match (self.shortest, base) {
             (Some(s), Some(b)) if self.acked_packets >= MIN_ACKED => Some(s.saturating_sub(b)),
             _ => None,
         };
-        if queueing.is_some() {
+        // A queue at the bottleneck lasts until the sender lowers its rate; one window of late
+        // acknowledgements alone is either end's process held up (a busy machine), not the path.
+        let queueing = seen.map(|q| self.window_queue.map_or(q, |prev| prev.min(q)));
+        if seen.is_some() {
+            self.window_queue = seen;
             self.queueing = queueing;
         }
         if self.recent.len() == DELIVERED_MEMORY {
@@ -476,6 +483,27 @@ mod tests {
         feed(&mut est, 2500, 3200, 4800, 75);
         let queued = est.estimate().expect("a limit");
         assert!(queued < 1_300_000.0, "{before} then {queued} with a queue");
+    }
+
+    /// A tenth of a second of late acknowledgements (one end's process held up by a busy
+    /// machine) between calm ones is no queue: no limit is seen. Three tenths are.
+    #[test]
+    fn one_window_of_late_acknowledgements_is_not_a_queue() {
+        let t0 = Instant::now();
+        let feed = |est: &mut LinkEstimator, from_ms: u64, to_ms: u64, rtt_ms: u64| {
+            for ms in (from_ms..to_ms).step_by(5) {
+                let now = t0 + Duration::from_millis(ms + rtt_ms);
+                est.on_ack(now, now - Duration::from_millis(rtt_ms), 1200);
+            }
+        };
+        let mut est = LinkEstimator::new(t0);
+        feed(&mut est, 0, 1000, 60);
+        feed(&mut est, 1000, 1100, 100);
+        feed(&mut est, 1100, 2000, 60);
+        assert_eq!(est.estimate(), None);
+        feed(&mut est, 2000, 2300, 100);
+        feed(&mut est, 2300, 2400, 60);
+        assert!(est.estimate().is_some(), "a queue that lasted is a limit");
     }
 
     #[test]
