@@ -1089,17 +1089,29 @@ async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Re
         .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let [_, before] = path.stats();
-    // What the path dropped each second (the bursts show what caused them).
+    // What the path dropped and delivered (kbit) each second, and Seoul's estimate then (kbit/s).
     let timeline = async {
-        let mut drops = Vec::new();
-        let mut last = before.queue_drops + before.lost;
+        let mut seconds = Vec::new();
+        let mut last = before;
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let [_, now] = path.stats();
-            drops.push(now.queue_drops + now.lost - last);
-            last = now.queue_drops + now.lost;
+            let estimate = match reqwest::get(seoul.url("/metrics")).await {
+                Ok(r) => r
+                    .text()
+                    .await
+                    .ok()
+                    .and_then(|m| sample(&m, "moim_relay_estimate_bps{peer=\"fra-1\"}")),
+                Err(_) => None,
+            };
+            seconds.push((
+                now.queue_drops + now.lost - last.queue_drops - last.lost,
+                (now.bytes - last.bytes) * 8 / 1000,
+                estimate.map_or(0, |e| (e / 1000.0) as u64),
+            ));
+            last = now;
         }
-        drops
+        seconds
     };
     let (videos, drops) = tokio::join!(per_video_freezes(&viewer, 20), timeline);
     let videos = videos?;
@@ -1119,7 +1131,7 @@ async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Re
         .collect();
     eprintln!(
         "over 20 s: {offered} datagrams toward frankfurt, {dropped} dropped ({:.2}%), longest \
-         queue {} ms, each second {drops:?}; per video (frames, longest freeze): {videos:?}; \
+         queue {} ms, each second (dropped, kbit delivered, estimate kbit/s) {drops:?}; per video (frames, longest freeze): {videos:?}; \
          heights {heights}; seoul: {link:?}",
         share * 100.0,
         after.max_queue_us / 1000

@@ -26,8 +26,11 @@
 //! and gives up for a keyframe), so a path that dropped packets is not flooded with repairs.
 //!
 //! While a layer is held the link's path is *probed* ([`RelayOut::Probe`], the padding is
-//! [`crate::relay::probe`]'s) for the rate that would let the first held layer through: a path
-//! that carries it raises the estimate within about a second and the layer opens; one that
+//! [`crate::relay::probe`]'s) for the rate that would let the far side step up once, the
+//! cheapest way: a held layer, or the next layer up of a track whose wanted layer is held (with
+//! three videos through 2.5 Mbit/s, probing for one video's 1.5 Mbit/s top layer always failed,
+//! while another's middle layer fitted). A path that carries it raises the estimate within
+//! about a second and the layer opens; one that
 //! does not costs a short rise of its queue, and the next probe waits longer (1 s after a
 //! probe that worked, 2 s after one that did not).
 
@@ -66,7 +69,8 @@ pub struct LinkBudget {
     /// Layers reported to the far side as carrying nothing: the held ones, and those that
     /// would not fit.
     pub closed: HashSet<(TrackKey, u8)>,
-    /// The estimate that would let the first held layer through (`None`: nothing held).
+    /// The estimate that would let the far side step up once, the cheapest way (`None`: nothing
+    /// held).
     pub next_step_bps: Option<f64>,
     /// The last probe's rate and when the next may start.
     probe: Option<(f64, Instant)>,
@@ -215,8 +219,10 @@ impl Engine {
         }
         videos.sort_by_key(|(rank, key, ..)| (*rank, *key));
         let mut held = HashSet::new();
-        // What the first layer held would add.
-        let mut first_held = None;
+        // What each step up the far side waits for would add: a held layer, or the first closed
+        // layer of a track with a held layer above it (the far side moves up one layer at a
+        // time). The cheapest is what a probe asks room for.
+        let mut steps: Vec<f64> = Vec::new();
         // Lowest layers kept room for, not subscribed: a video whose subscribed layers do not
         // fit moves to one of these instead of stopping.
         let mut reserved = HashSet::new();
@@ -236,7 +242,7 @@ impl Engine {
             let mut fallback = Vec::new();
             for (_, key, layers, rates) in &videos {
                 if let Some(cost) = fit(&mut used, &mut held, *key, layers[0], rates) {
-                    first_held.get_or_insert(cost);
+                    steps.push(cost);
                     fallback.push((*key, layers[0], rates));
                 }
             }
@@ -255,7 +261,7 @@ impl Engine {
             for (_, key, layers, rates) in &videos {
                 for layer in &layers[1..] {
                     if let Some(cost) = fit(&mut used, &mut held, *key, *layer, rates) {
-                        first_held.get_or_insert(cost);
+                        steps.push(cost);
                     }
                 }
             }
@@ -286,6 +292,7 @@ impl Engine {
                     .filter(|l| flows(*l))
                     .map(|l| rates[usize::from(l)])
                     .fold(0.0, f64::max);
+                let mut stepped = false;
                 for (i, bps) in rates.iter().enumerate() {
                     let Ok(layer) = u8::try_from(i) else { break };
                     let taken = videos
@@ -299,6 +306,10 @@ impl Engine {
                         used += adds;
                         base = base.max(*bps);
                     } else {
+                        if !stepped && held.iter().any(|(k, l)| k == key && *l > layer) {
+                            steps.push(adds);
+                            stepped = true;
+                        }
                         closed.insert((*key, layer));
                     }
                 }
@@ -318,7 +329,10 @@ impl Engine {
         }
         l.budget.held = held;
         l.budget.closed = closed;
-        l.budget.next_step_bps = first_held.map(|cost| (used + cost) / HEADROOM);
+        l.budget.next_step_bps = steps
+            .into_iter()
+            .reduce(f64::min)
+            .map(|cost| (used + cost) / HEADROOM);
         let (peer, count) = (l.node_id.clone(), l.budget.held.len());
         self.metrics
             .relay
