@@ -30,9 +30,8 @@
 //! cheapest way: a held layer, or the next layer up of a track whose wanted layer is held (with
 //! three videos through 2.5 Mbit/s, probing for one video's 1.5 Mbit/s top layer always failed,
 //! while another's middle layer fitted). A path that carries it raises the estimate within
-//! about a second and the layer opens; one that
-//! does not costs a short rise of its queue, and the next probe waits longer (1 s after a
-//! probe that worked, 2 s after one that did not).
+//! about a second and the layer opens; one that does not costs a short rise of its queue, and
+//! the next probe waits longer (1 s after a probe that worked, 2 s after one that did not).
 
 use super::{LinkId, RelayOut, layer_rates};
 use crate::sfu::TrackKey;
