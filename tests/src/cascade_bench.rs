@@ -371,13 +371,9 @@ async fn watch_link(
         ));
     }
     let [_, end] = path.stats();
-    let lost = |from: &crate::impair::DirectionStats| {
-        let offered = end.offered - from.offered;
-        let dropped = (end.lost - from.lost) + (end.queue_drops - from.queue_drops);
-        (offered, dropped as f64 * 100.0 / offered.max(1) as f64)
-    };
-    let (offered, loss_pct) = lost(&start);
-    let (_, loss_pct_after_5s) = lost(at_5s.as_ref().unwrap_or(&start));
+    let offered = end.since(&start).offered;
+    let loss_pct = end.since(&start).dropped_share() * 100.0;
+    let loss_pct_after_5s = end.since(at_5s.as_ref().unwrap_or(&start)).dropped_share() * 100.0;
     let (recv, exp) = (
         counts(&|c| c.received.load(Ordering::Relaxed)) - recv0,
         counts(&|c| c.expected.load(Ordering::Relaxed)) - exp0,

@@ -194,6 +194,31 @@ pub struct DirectionStats {
     pub max_queue_us: u64,
 }
 
+impl DirectionStats {
+    /// What happened between `before` and this snapshot (`max_queue_us` stays this one's).
+    pub fn since(&self, before: &Self) -> Self {
+        Self {
+            offered: self.offered - before.offered,
+            delivered: self.delivered - before.delivered,
+            queue_drops: self.queue_drops - before.queue_drops,
+            lost: self.lost - before.lost,
+            too_large: self.too_large - before.too_large,
+            bytes: self.bytes - before.bytes,
+            max_queue_us: self.max_queue_us,
+        }
+    }
+
+    /// Datagrams the path did not deliver: its queue was full, or they were lost.
+    pub fn dropped(&self) -> u64 {
+        self.queue_drops + self.lost
+    }
+
+    /// [`DirectionStats::dropped`] as a share of those offered.
+    pub fn dropped_share(&self) -> f64 {
+        self.dropped() as f64 / self.offered.max(1) as f64
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     offered: AtomicU64,

@@ -693,9 +693,8 @@ async fn a_relay_path_narrower_than_the_top_layer_carries_a_lower_one() -> anyho
     let worst = longest_freeze(&viewer, 12).await?;
     let [_, after] = path.stats();
     let decoded = viewer.js(&frames).await?.as_f64().unwrap_or(0.0) - decoded_before;
-    let offered = after.offered - before.offered;
-    let dropped = (after.queue_drops - before.queue_drops) + (after.lost - before.lost);
-    let share = dropped as f64 / offered.max(1) as f64;
+    let over = after.since(&before);
+    let (offered, dropped, share) = (over.offered, over.dropped(), over.dropped_share());
     let height = viewer
         .js("return (async () => { let h = 0; (await moim.sub.getStats()).forEach(s => { if (s.type === 'inbound-rtp' && s.kind === 'video') h = s.frameHeight || 0; }); return h; })();")
         .await?;
@@ -768,21 +767,13 @@ async fn audio_and_video_hold_up_over_180ms_with_3pct_bursty_loss_once() -> anyh
     let worst = longest_freeze(&viewer, 20).await?;
     let audio_after = audio_samples(&viewer).await?;
     let [after, toward_after] = path.stats();
-    let lost = |a: u64, b: u64, offered_a: u64, offered_b: u64| {
-        (b - a) as f64 / (offered_b - offered_a).max(1) as f64 * 100.0
-    };
     let concealed = (audio_after.0 - audio_before.0) / (audio_after.1 - audio_before.1).max(1.0);
     let fra = reqwest::get(nodes[1].url("/metrics")).await?.text().await?;
     eprintln!(
         "over 20 s: path lost {:.1}% one way, {:.1}% the other; audio concealed {:.2}% of {} \
          samples; longest video freeze {worst:?}; frankfurt dropped {} copies",
-        lost(before.lost, after.lost, before.offered, after.offered),
-        lost(
-            toward.lost,
-            toward_after.lost,
-            toward.offered,
-            toward_after.offered
-        ),
+        after.since(&before).dropped_share() * 100.0,
+        toward_after.since(&toward).dropped_share() * 100.0,
         concealed * 100.0,
         audio_after.1 - audio_before.1,
         sample(&fra, "moim_relay_copies_dropped_total").unwrap_or(0.0),
@@ -1107,9 +1098,10 @@ async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Re
                     .and_then(|m| sample(&m, "moim_relay_estimate_bps{peer=\"fra-1\"}")),
                 Err(_) => None,
             };
+            let second = now.since(&last);
             seconds.push((
-                now.queue_drops + now.lost - last.queue_drops - last.lost,
-                (now.bytes - last.bytes) * 8 / 1000,
+                second.dropped(),
+                second.bytes * 8 / 1000,
                 estimate.map_or(0, |e| (e / 1000.0) as u64),
             ));
             last = now;
@@ -1119,9 +1111,8 @@ async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Re
     let (videos, drops) = tokio::join!(per_video_freezes(&viewer, 20), timeline);
     let videos = videos?;
     let [_, after] = path.stats();
-    let offered = after.offered - before.offered;
-    let dropped = (after.queue_drops - before.queue_drops) + (after.lost - before.lost);
-    let share = dropped as f64 / offered.max(1) as f64;
+    let over = after.since(&before);
+    let (offered, dropped, share) = (over.offered, over.dropped(), over.dropped_share());
     let heights = viewer
         .js("return (async () => Object.values(await moim.videoStats()).map(s => s.frameHeight))()")
         .await?;
