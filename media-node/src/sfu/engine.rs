@@ -1979,6 +1979,7 @@ impl Engine {
             return;
         };
         l.bytes += packet.payload.len() as u64;
+        l.packets += 1;
         let resumed = l.last_at.is_some_and(|at| {
             now.saturating_duration_since(at) >= super::uptrack::LAYER_RESUME_GAP
         });
@@ -2169,9 +2170,11 @@ impl Engine {
         }
         // One throttle whether the request goes to the publisher here or upstream.
         if !t.keyframes.allow(layer, now) {
+            tracing::trace!(track, layer, "keyframe request throttled");
             return;
         }
         if t.relay.is_some() {
+            tracing::debug!(track, layer, "keyframe request upstream");
             self.relay_keyframe_request(track, layer);
             return;
         }

@@ -17,7 +17,12 @@ pub(super) struct Layer {
     pub(super) rid: String,
     pub(super) ssrc: Option<u32>,
     pub(super) bytes: u64,
+    /// RTP payload bits per second (smoothed).
     pub(super) bps: f64,
+    /// Packets counted since the last roll, and packets per second (smoothed): what a layer
+    /// costs on a relay link is its payload plus each packet's headers.
+    pub(super) packets: u64,
+    pub(super) pps: f64,
     /// When its last packet arrived here.
     pub(super) last_at: Option<Instant>,
     /// What crossed relay links of this layer (a local track's), to answer link NACKs; made
@@ -33,6 +38,8 @@ impl Layer {
             ssrc,
             bytes: 0,
             bps: 0.0,
+            packets: 0,
+            pps: 0.0,
             last_at: None,
             relayed: None,
         }
@@ -138,17 +145,15 @@ pub(super) struct UpTrack {
 }
 
 impl UpTrack {
-    /// Turns the bytes counted per layer since the last call (`secs` ago) into each layer's
-    /// rate, smoothed over two windows.
+    /// Turns the bytes and packets counted per layer since the last call (`secs` ago) into
+    /// each layer's rates, smoothed over two windows.
     pub(super) fn roll_rates(&mut self, secs: f64) {
+        let smooth = |old: f64, new: f64| if old == 0.0 { new } else { old * 0.5 + new * 0.5 };
         for l in &mut self.layers {
-            let bps = l.bytes as f64 * 8.0 / secs;
-            l.bps = if l.bps == 0.0 {
-                bps
-            } else {
-                l.bps * 0.5 + bps * 0.5
-            };
+            l.bps = smooth(l.bps, l.bytes as f64 * 8.0 / secs);
+            l.pps = smooth(l.pps, l.packets as f64 / secs);
             l.bytes = 0;
+            l.packets = 0;
         }
     }
 }

@@ -4,10 +4,12 @@
 //! ([`crate::relay::congestion::LinkEstimator`]); a few times a second the engine fits what it
 //! sends over the link into 80% of that estimate, in this order: every audio track the far side
 //! subscribed to; then the lowest subscribed layer of each video, the room's active speakers
-//! first (for a video whose lowest subscribed layer does not fit, room is kept for its lowest
-//! layer, which it is told is open: it moves there rather than stopping); then the higher
-//! layers, the active speakers' first. A subscribed layer that does not
-//! fit is *held back*: its packets are not sent. The far side learns it from the `LayerRates`
+//! first; then the higher layers, the active speakers' first. What each costs is what it puts
+//! on the path: payload, each packet's headers, and for audio its second copy. A simulcast
+//! video whose lowest subscribed layer does not fit keeps its lowest flowing layer even over
+//! the budget (it is told that layer is open and moves there rather than stopping: a
+//! thumbnail's rate against a frozen picture); a video without simulcast is held whole. A
+//! subscribed layer that does not fit is *held back*: its packets are not sent. The far side learns it from the `LayerRates`
 //! this node sends it, which give 0 for a held layer and for any layer that would not fit on
 //! top of what is sent (each open layer counted as if the far side moved to it: it may move
 //! every track at once), so its subscribers' layer choice moves down at once (a stalled layer is
@@ -36,6 +38,7 @@
 use super::{LinkId, RelayOut, layer_rates};
 use crate::sfu::TrackKey;
 use crate::sfu::engine::Engine;
+use crate::sfu::uptrack::UpTrack;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -44,6 +47,30 @@ use std::time::{Duration, Instant};
 /// control stream, encoders overshooting a layer's rate). At 90% three publishers through a
 /// 2.5 Mbit/s path kept the bottleneck's queue full and lost 2.8-3.3%; at 80%, 1.3%.
 const HEADROOM: f64 = 0.8;
+/// Bytes each relay datagram adds to its RTP payload on the path: the RTP header with its
+/// extensions (about 30), the datagram's own header, QUIC's short header, frame header and
+/// authentication tag (about 30).
+const DATAGRAM_OVERHEAD: f64 = 65.0;
+
+/// What each layer of `t` costs a link, bits per second: its RTP payload rate (as
+/// [`layer_rates`] gives it, 0 for a layer not flowing) plus each packet's overhead on the path,
+/// twice for audio (every packet crosses again with a later one, [`super::AUDIO_COPY_AFTER`]). Audio's
+/// packets are small: counted by payload alone it costs about a quarter of what it does.
+fn wire_rates(t: &UpTrack) -> Vec<f64> {
+    let copies = if t.kind == RtpCodecKind::Audio { 2.0 } else { 1.0 };
+    layer_rates(t)
+        .into_iter()
+        .zip(&t.layers)
+        .map(|(bps, l)| {
+            if bps > 0.0 {
+                copies * (bps + l.pps * DATAGRAM_OVERHEAD * 8.0)
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// The most repair a link keeps for a burst of NACKs: this long at its repair rate.
 const REPAIR_BURST: Duration = Duration::from_millis(250);
 
@@ -195,7 +222,7 @@ impl Engine {
                 .collect();
             layers.sort_unstable();
             layers.dedup();
-            let rates = layer_rates(t);
+            let rates = wire_rates(t);
             if t.layers.len() > 1 && self.announced_to(t, link) {
                 offered.push((key, rates.clone()));
             }
@@ -241,20 +268,26 @@ impl Engine {
             let mut fallback = Vec::new();
             for (_, key, layers, rates) in &videos {
                 if let Some(cost) = fit(&mut used, &mut held, *key, layers[0], rates) {
-                    steps.push(cost);
-                    fallback.push((*key, layers[0], rates));
+                    fallback.push((*key, layers[0], cost, rates));
                 }
             }
-            for (key, lowest, rates) in fallback {
-                let Some((layer, cost)) = rates.iter().enumerate().find(|(_, r)| **r > 0.0) else {
-                    continue;
-                };
-                if let Ok(layer) = u8::try_from(layer)
-                    && layer < lowest
-                    && used + cost <= budget
-                {
-                    used += cost;
-                    reserved.insert((key, layer));
+            // A simulcast video whose subscribed layers do not fit keeps its lowest flowing
+            // layer, even over the budget: a thumbnail's rate, where a frozen picture would
+            // be the alternative (and a probe then asks for the step above). A video without
+            // layers has nothing lower to fall to: it is held whole.
+            for (key, lowest, cost, rates) in fallback {
+                let flowing = rates.iter().position(|r| *r > 0.0).and_then(|l| u8::try_from(l).ok());
+                match flowing {
+                    Some(layer) if rates.len() > 1 && layer < lowest => {
+                        used += rates[usize::from(layer)];
+                        reserved.insert((key, layer));
+                        steps.push(cost);
+                    }
+                    Some(layer) if rates.len() > 1 && layer == lowest => {
+                        used += cost;
+                        held.remove(&(key, lowest));
+                    }
+                    _ => steps.push(cost),
                 }
             }
             for (_, key, layers, rates) in &videos {
