@@ -130,8 +130,8 @@ const RECENT_PACKETS: usize = 128;
 #[derive(Debug, Default)]
 struct LayerLoss {
     next: Option<u16>,
-    /// Missing packets: sequence number, when last asked for, times asked.
-    missing: std::collections::VecDeque<(u16, Instant, u8)>,
+    /// Missing packets, oldest first.
+    missing: std::collections::VecDeque<Missing>,
     /// Which of the 128 packets before `next` arrived: bit `i` is `next - 1 - i`. A copy of
     /// one that did (audio's redundant copy, a retransmission that crossed the original) is
     /// not passed on again.
@@ -155,7 +155,12 @@ impl LayerLoss {
                 for i in 0..gap {
                     let s = n.wrapping_add(i);
                     ask.push(s);
-                    self.missing.push_back((s, now, 1));
+                    self.missing.push_back(Missing {
+                        seq: s,
+                        since: now,
+                        asked: now,
+                        tries: 1,
+                    });
                 }
             }
             return Arrival::InOrder;
@@ -168,8 +173,49 @@ impl LayerLoss {
             return Arrival::Copy;
         }
         self.received |= bit;
-        self.missing.retain(|(s, _, _)| *s != seq);
+        self.missing.retain(|m| m.seq != seq);
         Arrival::Late
+    }
+}
+
+/// A relayed packet found missing and asked for.
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    seq: u16,
+    /// When its gap was seen (the first ask).
+    since: Instant,
+    /// When it was last asked for, and how many times.
+    asked: Instant,
+    tries: u8,
+}
+
+impl LayerLoss {
+    /// Asks again (into `ask`) for each missing packet whose last ask a round trip `rtt` has
+    /// not answered, if it has tries left and its retransmission can arrive within
+    /// [`REPAIR_DEADLINE`] of its gap; gives up the others. Returns whether one was given up: the
+    /// pictures that need it cannot be decoded, so the layer must restart at a keyframe.
+    fn retry(&mut self, now: Instant, rtt: std::time::Duration, ask: &mut Vec<u16>) -> bool {
+        // A retransmission takes a round trip plus the far node's turn.
+        let retry_after = rtt + rtt / 4 + std::time::Duration::from_millis(10);
+        let before = self.missing.len();
+        self.missing.retain_mut(|m| {
+            if now.duration_since(m.asked) < retry_after {
+                return true;
+            }
+            let in_time = now + rtt <= m.since + REPAIR_DEADLINE;
+            if m.tries >= NACK_TRIES || !in_time {
+                return false;
+            }
+            ask.push(m.seq);
+            m.asked = now;
+            m.tries += 1;
+            true
+        });
+        let given_up = self.missing.len() < before;
+        while self.missing.len() > MAX_MISSING {
+            self.missing.pop_front();
+        }
+        given_up
     }
 }
 
@@ -195,6 +241,12 @@ const MAX_NACK_GAP: u16 = 64;
 /// Times one missing packet is asked for before it is given up (a retransmission can be lost
 /// too: with 2% loss, one try leaves 4% of losses unrepaired, three leave 0.0001%).
 const NACK_TRIES: u8 = 3;
+/// A missing packet is asked for again only if the retransmission can arrive within this long
+/// of the gap being seen; past that the picture has frozen long enough, and a keyframe (asked
+/// for when the packet is given up) ends the freeze sooner than more tries would. Over 80 ms
+/// all three tries fit (the last is asked 220 ms after the gap); over 180 ms two do, and the
+/// keyframe is asked 470 ms after the gap instead of 705 ms; beyond 300 ms only the first.
+const REPAIR_DEADLINE: std::time::Duration = std::time::Duration::from_millis(500);
 /// Most missing packets tracked per layer (the oldest are given up first).
 const MAX_MISSING: usize = 128;
 /// RTT assumed before QUIC has measured one.
@@ -1223,7 +1275,8 @@ impl Engine {
 
     /// Notes a relayed packet's sequence number: a gap is NACKed over the link at once, and
     /// packets still missing a little over a round trip later are asked for again, up to
-    /// [`NACK_TRIES`] times (the origin keeps [`RELAY_HISTORY`] datagrams per layer).
+    /// [`NACK_TRIES`] times and while a retransmission can arrive within [`REPAIR_DEADLINE`]
+    /// (the origin keeps [`RELAY_HISTORY`] datagrams per layer); then a keyframe is asked for.
     /// Returns whether the packet is late (older than one already seen).
     pub(super) fn detect_link_loss(
         &mut self,
@@ -1236,30 +1289,13 @@ impl Engine {
             return Arrival::InOrder;
         };
         let rtt = self.links.get(&r.link).map_or(DEFAULT_RTT, |l| l.rtt);
-        // A retransmission takes a round trip plus the far node's turn.
-        let retry_after = rtt + rtt / 4 + std::time::Duration::from_millis(10);
         let l = r.loss.entry(layer).or_default();
         let mut ask: Vec<u16> = Vec::new();
         let arrival = l.arrive(seq, now, &mut ask);
         if arrival == Arrival::Copy {
             return arrival;
         }
-        let before = l.missing.len();
-        l.missing
-            .retain(|(_, at, tries)| *tries < NACK_TRIES || now.duration_since(*at) < retry_after);
-        // A packet asked for [`NACK_TRIES`] times is given up: the pictures that need it
-        // cannot be decoded, so the layer restarts at a keyframe.
-        let given_up = l.missing.len() < before;
-        for (s, at, tries) in l.missing.iter_mut() {
-            if now.duration_since(*at) >= retry_after && *tries < NACK_TRIES {
-                ask.push(*s);
-                *at = now;
-                *tries += 1;
-            }
-        }
-        while l.missing.len() > MAX_MISSING {
-            l.missing.pop_front();
-        }
+        let given_up = l.retry(now, rtt, &mut ask);
         if !ask.is_empty() {
             let (link, handle) = (r.link, r.handle);
             self.metrics.relay_nacks.inc();
@@ -1796,6 +1832,43 @@ mod tests {
         // Redialled from the same side: the newer one (the old one is dead).
         assert_eq!(which_link_stays("a", "b", true, true), LinkChoice::New);
         assert_eq!(which_link_stays("a", "b", false, false), LinkChoice::New);
+    }
+
+    /// A packet lost every time is asked for while a retransmission can still arrive within
+    /// the repair deadline, at most three times; then given up (a keyframe is asked for).
+    #[test]
+    fn a_lost_packet_is_asked_for_while_its_repair_can_arrive_in_time() {
+        use std::time::Duration;
+        // Returns the times (ms after the gap) it was asked for, and when it was given up.
+        let asks = |rtt_ms: u64| {
+            let t0 = Instant::now();
+            let rtt = Duration::from_millis(rtt_ms);
+            let mut l = LayerLoss::default();
+            let mut ask = Vec::new();
+            l.arrive(1, t0, &mut ask);
+            l.arrive(3, t0, &mut ask);
+            let mut at = vec![0];
+            // Packets keep arriving every 5 ms; the repairs of 2 never do.
+            for ms in (5..2000).step_by(5) {
+                let now = t0 + Duration::from_millis(ms);
+                let mut ask = Vec::new();
+                l.arrive(u16::try_from(3 + ms / 5).unwrap_or(u16::MAX), now, &mut ask);
+                let given_up = l.retry(now, rtt, &mut ask);
+                if ask.contains(&2) {
+                    at.push(ms);
+                }
+                if given_up {
+                    return (at, ms);
+                }
+            }
+            (at, u64::MAX)
+        };
+        // 80 ms: retries every 110 ms, all three in time.
+        assert_eq!(asks(80), (vec![0, 110, 220], 330));
+        // 180 ms: retries every 235 ms; the third would arrive 650 ms after the gap.
+        assert_eq!(asks(180), (vec![0, 235], 470));
+        // 400 ms: one ask.
+        assert_eq!(asks(400), (vec![0], 510));
     }
 
     #[test]
