@@ -190,11 +190,11 @@ const PROVEN_SHARE: f64 = 0.95;
 /// compares the shortest round trip seen in the window with the path's base (the shortest over
 /// the last 10 to 20 s), and averages loss over about a second. A queue building (20 ms over
 /// the base in two windows running, each of at least three acknowledgements) or heavy loss
-/// (15%) sets the estimate to 85% of the most delivered in the last half second (never below
-/// 150 kbit/s) and notes the mean delivered then as the path's limit; a drained queue lets it
-/// grow 1% a window up to that limit, and 3% a window past it only 8 s after the decrease,
-/// never beyond what was last delivered plus half again plus 1 Mbit/s (it cannot know more
-/// than it has tried). Half a second of windows without a queue (under 10 ms) proves the path
+/// (15%; once a limit is known, 5%) sets the estimate to 85% of the most delivered in the last
+/// half second (never below 150 kbit/s) and notes the mean delivered then as the path's limit;
+/// a drained queue with loss under 2% lets it grow 1% a window up to that limit, and 3% a
+/// window past it only 8 s after the decrease, never beyond what was last delivered plus half
+/// again plus 1 Mbit/s (it cannot know more than it has tried). Half a second of windows without a queue (under 10 ms) proves the path
 /// carried what they delivered: the estimate is then at least 95% of it (how a probe's padding
 /// raises it).
 #[derive(Debug, Clone)]
@@ -596,6 +596,9 @@ mod tests {
             .filter(|(t, _)| *t >= 5.0)
             .map(|(_, e)| *e)
             .fold(0.0, f64::max);
-        assert!((800_000.0..=1_200_000.0).contains(&most), "{most}: {trace:?}");
+        assert!(
+            (800_000.0..=1_200_000.0).contains(&most),
+            "{most}: {trace:?}"
+        );
     }
 }

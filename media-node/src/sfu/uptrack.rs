@@ -148,7 +148,13 @@ impl UpTrack {
     /// Turns the bytes and packets counted per layer since the last call (`secs` ago) into
     /// each layer's rates, smoothed over two windows.
     pub(super) fn roll_rates(&mut self, secs: f64) {
-        let smooth = |old: f64, new: f64| if old == 0.0 { new } else { old * 0.5 + new * 0.5 };
+        let smooth = |old: f64, new: f64| {
+            if old == 0.0 {
+                new
+            } else {
+                old * 0.5 + new * 0.5
+            }
+        };
         for l in &mut self.layers {
             l.bps = smooth(l.bps, l.bytes as f64 * 8.0 / secs);
             l.pps = smooth(l.pps, l.packets as f64 / secs);

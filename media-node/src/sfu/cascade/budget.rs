@@ -57,7 +57,11 @@ const DATAGRAM_OVERHEAD: f64 = 65.0;
 /// twice for audio (every packet crosses again with a later one, [`super::AUDIO_COPY_AFTER`]). Audio's
 /// packets are small: counted by payload alone it costs about a quarter of what it does.
 fn wire_rates(t: &UpTrack) -> Vec<f64> {
-    let copies = if t.kind == RtpCodecKind::Audio { 2.0 } else { 1.0 };
+    let copies = if t.kind == RtpCodecKind::Audio {
+        2.0
+    } else {
+        1.0
+    };
     layer_rates(t)
         .into_iter()
         .zip(&t.layers)
@@ -276,7 +280,10 @@ impl Engine {
             // be the alternative (and a probe then asks for the step above). A video without
             // layers has nothing lower to fall to: it is held whole.
             for (key, lowest, cost, rates) in fallback {
-                let flowing = rates.iter().position(|r| *r > 0.0).and_then(|l| u8::try_from(l).ok());
+                let flowing = rates
+                    .iter()
+                    .position(|r| *r > 0.0)
+                    .and_then(|l| u8::try_from(l).ok());
                 match flowing {
                     Some(layer) if rates.len() > 1 && layer < lowest => {
                         used += rates[usize::from(layer)];
