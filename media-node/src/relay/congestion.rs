@@ -194,9 +194,9 @@ const PROVEN_SHARE: f64 = 0.95;
 /// half second (never below 150 kbit/s) and notes the mean delivered then as the path's limit;
 /// a drained queue with loss under 2% lets it grow 1% a window up to that limit, and 3% a
 /// window past it only 8 s after the decrease, never beyond what was last delivered plus half
-/// again plus 1 Mbit/s (it cannot know more than it has tried). Half a second of windows without a queue (under 10 ms) proves the path
-/// carried what they delivered: the estimate is then at least 95% of it (how a probe's padding
-/// raises it).
+/// again plus 1 Mbit/s (it cannot know more than it has tried). Half a second of windows
+/// without a queue (under 10 ms) proves the path carried what they delivered: the estimate is
+/// then at least 95% of it (how a probe's padding raises it).
 #[derive(Debug, Clone)]
 pub struct LinkEstimator {
     /// Bits per second; `None` until the first sign of a limit.

@@ -9,8 +9,9 @@
 //! video whose lowest subscribed layer does not fit keeps its lowest flowing layer even over
 //! the budget (it is told that layer is open and moves there rather than stopping: a
 //! thumbnail's rate against a frozen picture); a video without simulcast is held whole. A
-//! subscribed layer that does not fit is *held back*: its packets are not sent. The far side learns it from the `LayerRates`
-//! this node sends it, which give 0 for a held layer and for any layer that would not fit on
+//! subscribed layer that does not fit is *held back*: its packets are not sent. The far side
+//! learns it from the `LayerRates` this node sends it, which give 0 for a held layer and for
+//! any layer that would not fit on
 //! top of what is sent (each open layer counted as if the far side moved to it: it may move
 //! every track at once), so its subscribers' layer choice moves down at once (a stalled layer is
 //! left for one that flows) and moves up again only to what the path has room for. Without an
@@ -53,9 +54,10 @@ const HEADROOM: f64 = 0.8;
 const DATAGRAM_OVERHEAD: f64 = 65.0;
 
 /// What each layer of `t` costs a link, bits per second: its RTP payload rate (as
-/// [`layer_rates`] gives it, 0 for a layer not flowing) plus each packet's overhead on the path,
-/// twice for audio (every packet crosses again with a later one, [`super::AUDIO_COPY_AFTER`]). Audio's
-/// packets are small: counted by payload alone it costs about a quarter of what it does.
+/// [`layer_rates`] gives it, 0 for a layer not flowing) plus each packet's overhead on the
+/// path, twice for audio (every packet crosses again with a later one,
+/// [`super::AUDIO_COPY_AFTER`]). Audio's packets are small: counted by payload alone it costs
+/// about a quarter of what it does.
 fn wire_rates(t: &UpTrack) -> Vec<f64> {
     let copies = if t.kind == RtpCodecKind::Audio {
         2.0
