@@ -265,6 +265,11 @@ impl LinkEstimator {
         self.estimate.map(|e| e.max(most))
     }
 
+    /// What the recent windows delivered on average, bits per second.
+    fn mean_delivered(&self) -> f64 {
+        self.recent.iter().sum::<f64>() / self.recent.len().max(1) as f64
+    }
+
     /// A packet of `bytes` sent at `sent` was acknowledged at `now`.
     pub fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64) {
         self.roll(now);
@@ -329,7 +334,7 @@ impl LinkEstimator {
             let lowered = (0.85 * most).max(MIN_ESTIMATE);
             self.estimate = Some(self.estimate.map_or(lowered, |e| e.min(lowered)));
             self.last_decrease = Some(now);
-            self.limit_seen = Some(self.recent.iter().sum::<f64>() / self.recent.len() as f64);
+            self.limit_seen = Some(self.mean_delivered());
             // What is lost from here on says how the lowered rate fares.
             self.loss = 0.0;
         } else if let Some(e) = self.estimate
@@ -357,8 +362,7 @@ impl LinkEstimator {
             && !draining
             && self.calm >= DELIVERED_MEMORY
         {
-            let mean = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
-            self.estimate = Some(e.max(PROVEN_SHARE * mean));
+            self.estimate = Some(e.max(PROVEN_SHARE * self.mean_delivered()));
         }
         self.window_start = now;
         self.acked = 0;

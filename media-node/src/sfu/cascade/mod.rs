@@ -138,6 +138,17 @@ struct LayerLoss {
     received: u128,
 }
 
+/// A relayed packet found missing and asked for.
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    seq: u16,
+    /// When its gap was seen (the first ask).
+    since: Instant,
+    /// When it was last asked for, and how many times.
+    asked: Instant,
+    tries: u8,
+}
+
 impl LayerLoss {
     /// Notes that `seq` arrived at `now`; a gap it opens (up to [`MAX_NACK_GAP`]) becomes
     /// missing and is added to `ask`.
@@ -176,20 +187,7 @@ impl LayerLoss {
         self.missing.retain(|m| m.seq != seq);
         Arrival::Late
     }
-}
 
-/// A relayed packet found missing and asked for.
-#[derive(Debug, Clone, Copy)]
-struct Missing {
-    seq: u16,
-    /// When its gap was seen (the first ask).
-    since: Instant,
-    /// When it was last asked for, and how many times.
-    asked: Instant,
-    tries: u8,
-}
-
-impl LayerLoss {
     /// Asks again (into `ask`) for each missing packet whose last ask a round trip `rtt` has
     /// not answered, if it has tries left and its retransmission can arrive within
     /// [`REPAIR_DEADLINE`] of its gap; gives up the others. Returns whether one was given up: the
