@@ -78,12 +78,33 @@ impl Coturn {
             .args(["--denied-peer-ip", "192.168.0.0-192.168.255.255"])
             .arg(format!("--userdb={}", dir.join("turndb").display()))
             .arg(format!("--pidfile={}", dir.join("turn.pid").display()))
-            .args(["--log-file", &dir.join("turn.log").display().to_string()])
+            // `--simple-log`: the file is `turn.log` itself, not `turn_<date>.log` beside it.
+            .args([
+                "--log-file",
+                &dir.join("turn.log").display().to_string(),
+                "--simple-log",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting turnserver (Debian's coturn): {e}"))?;
         Ok(Self { child, port })
+    }
+
+    /// Stops coturn (SIGTERM, so that its log is written out, then SIGKILL after 2 s) and
+    /// returns the last `lines` of its log.
+    fn stop(mut self, dir: &std::path::Path, lines: usize) -> String {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(self);
+        let log = std::fs::read_to_string(dir.join("turn.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -107,6 +128,21 @@ const VIA_TURN: &str = "
     });
     return relay;";
 
+/// Page script: each connection's state and the candidate types of its pairs, and the ICE
+/// restarts so far (what a failure shows of the page).
+const PAGE_STATE: &str = "
+    const out = { restarts: moim.restartLog || [] };
+    for (const [name, pc] of [['pub', moim.pub], ['sub', moim.sub]]) {
+      if (!pc) { out[name] = null; continue; }
+      const pairs = [];
+      (await pc.getStats()).forEach((r) => {
+        if (r.type === 'local-candidate') pairs.push('local ' + r.candidateType + ' ' + r.protocol);
+        if (r.type === 'candidate-pair') pairs.push('pair ' + r.state + (r.nominated ? ' nominated' : ''));
+      });
+      out[name] = { ice: pc.iceConnectionState, gathering: pc.iceGatheringState, state: pc.connectionState, pairs };
+    }
+    return JSON.stringify(out);";
+
 /// A participant whose browser may only use TURN (`iceTransportPolicy: relay`) still meets:
 /// the join API hands out TURN REST credentials that a real coturn accepts, and the media of
 /// both directions goes through it.
@@ -114,7 +150,7 @@ const VIA_TURN: &str = "
 async fn a_participant_that_can_only_use_turn_gets_media_through_coturn() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
     let secret = "turn-shared-secret";
-    let turn_dir = std::env::temp_dir().join(format!("moim-turn-{}", std::process::id()));
+    let turn_dir = std::env::temp_dir().join(format!("moim-coturn-{}", std::process::id()));
     std::fs::create_dir_all(&turn_dir)?;
     let turn = Coturn::start(&turn_dir, secret)?;
     let turn_url = format!("turn:127.0.0.1:{}?transport=udp", turn.port);
@@ -166,8 +202,12 @@ async fn a_participant_that_can_only_use_turn_gets_media_through_coturn() -> any
         let bo = join("bo", "frankfurt").await?;
         let b = Browser::start().await?;
         b.goto(&open(&bo, "bo", "")).await?;
-        wait_decoding(&a, "moim.sub", 1, Duration::from_secs(40)).await?;
-        wait_decoding(&b, "moim.sub", 1, Duration::from_secs(40)).await?;
+        for (page, name) in [(&a, "ana (TURN only)"), (&b, "bo")] {
+            if let Err(e) = wait_decoding(page, "moim.sub", 1, Duration::from_secs(40)).await {
+                let state = page.js(PAGE_STATE).await.unwrap_or_default();
+                return Err(e.context(format!("{name}'s page: {state}")));
+            }
+        }
         // Each connection's selected pair is a relay one (asked until it is, for 10 s: an ICE
         // restart in between has new checks in progress for a moment).
         for pc in ["moim.pub", "moim.sub"] {
@@ -187,21 +227,13 @@ async fn a_participant_that_can_only_use_turn_gets_media_through_coturn() -> any
     }
     .await;
     let (_, text) = fabric.interrupt();
-    let turn_log = std::fs::read_to_string(turn_dir.join("turn.log")).unwrap_or_default();
+    let turn_log = turn.stop(&turn_dir, 40);
+    let _ = std::fs::remove_dir_all(&turn_dir);
     result.map_err(|e| {
         e.context(format!(
-            "fabric output:\n{text}\ncoturn log (tail):\n{}",
-            turn_log
-                .lines()
-                .rev()
-                .take(30)
-                .collect::<Vec<_>>()
-                .join("\n")
+            "fabric output:\n{text}\ncoturn log (tail):\n{turn_log}"
         ))
-    })?;
-    drop(turn);
-    let _ = std::fs::remove_dir_all(&turn_dir);
-    Ok(())
+    })
 }
 
 fn urlencode(s: &str) -> String {
