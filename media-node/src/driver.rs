@@ -224,6 +224,12 @@ pub enum Command {
         /// Estimate.
         bps: Option<f64>,
     },
+    /// A probe of a relay link's path stopped because the path's queue grew: the path does not
+    /// carry the rate it asked for.
+    RelayProbeQueued {
+        /// Link.
+        link: LinkId,
+    },
     /// A relay link closed.
     RelayDown {
         /// Link.
@@ -566,6 +572,7 @@ fn handle(
         Command::RelayMedia { link, datagram } => engine.relay_media(link, datagram, now),
         Command::RelayRtt { link, rtt } => engine.relay_rtt(link, rtt),
         Command::RelayEstimate { link, bps } => engine.relay_estimate(link, bps, now),
+        Command::RelayProbeQueued { link } => engine.relay_probe_queued(link),
         // Handled in the loop, which owns the links.
         Command::RelayUp { .. } | Command::RelayDown { .. } => {}
     }

@@ -614,6 +614,68 @@ fn a_held_layer_has_the_path_probed_less_often_while_probes_fail() {
     assert_eq!(net.relay_probes.len(), 4, "{:?}", net.relay_probes);
 }
 
+/// A probe that failed bounds the next ones: the next asks for halfway between the estimate
+/// and the rate that failed (at least a tenth above the estimate); once one is carried the
+/// next follows soon and asks for the rate that failed, and once that is carried the path has
+/// widened and the probes ask for the whole step again. A probe that stopped at a queue failed
+/// whatever the estimate does. So a path whose estimate sits just under its limit is not asked
+/// again and again for far more than it carries, and one that widened is found within three
+/// probes.
+#[test]
+fn after_a_failed_probe_the_next_ones_climb_back_to_it() {
+    let mut net = Net::new();
+    let (seoul, fra) = (net.node("seoul-1", "seoul"), net.node("fra-1", "frankfurt"));
+    let (link, _) = net.link(seoul, fra);
+    let publisher = net.join(seoul, ROOM, "ana");
+    net.publish_video(publisher, 1111);
+    net.join(fra, ROOM, "bo");
+    net.run_with_video(secs(3.0), publisher, 7);
+    let sample = |net: &mut Net, bps: f64, secs_for: f64| {
+        for _ in 0..(secs_for * 4.0) as usize {
+            let now = net.now;
+            net.nodes[seoul].engine.relay_estimate(link, Some(bps), now);
+            net.run_with_video(secs(0.25), publisher, 7);
+        }
+    };
+    let asked = |net: &Net| -> Vec<f64> { net.relay_probes.iter().map(|(_, b)| *b).collect() };
+    // 500 bit/s: the video is held; the first probe asks for what would carry it.
+    sample(&mut net, 500.0, 2.0);
+    let first = asked(&net);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let failed = first[0];
+    assert!(failed > 1_000.0, "{first:?}");
+    // It failed (the estimate stayed): the next asks halfway.
+    sample(&mut net, 500.0, 1.0);
+    let second = asked(&net);
+    assert_eq!(second.len(), 2, "{second:?}");
+    let half = second[1];
+    assert!(
+        half >= 550.0 && half <= (500.0 + failed) / 2.0 + 1.0,
+        "{second:?}"
+    );
+    // It was carried (the estimate is what it asked for): the next follows within its length
+    // (1.1 s) and a short wait, and asks for the rate that failed.
+    sample(&mut net, half, 1.75);
+    let third = asked(&net);
+    assert_eq!(third.len(), 3, "{third:?}");
+    assert!((third[2] - failed).abs() < 1.0, "{third:?}");
+    // That one stops at a queue: it failed, though the estimate moved to where it would count
+    // as carried; the next waits the doubled backoff and asks at most a tenth above the
+    // estimate, not the whole step.
+    let estimate = failed * 0.95;
+    net.nodes[seoul].engine.relay_probe_queued(link);
+    sample(&mut net, estimate, 3.5);
+    let fourth = asked(&net);
+    assert_eq!(fourth.len(), 4, "{fourth:?}");
+    assert!(fourth[3] <= estimate * 1.1 + 1.0, "{fourth:?}");
+    // That one was carried, at the rate that failed or above: the path widened, and the next
+    // asks for the whole step again.
+    sample(&mut net, fourth[3], 1.75);
+    let fifth = asked(&net);
+    assert_eq!(fifth.len(), 5, "{fifth:?}");
+    assert!(fifth[4] > failed * 1.05, "{fifth:?}");
+}
+
 /// A publisher mutes its camera: a viewer on the far node hears `track_muted`, a viewer who
 /// joins the far node afterwards sees the track muted in `joined`, and unmuting is heard too.
 #[test]

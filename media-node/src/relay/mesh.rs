@@ -339,11 +339,17 @@ async fn run_link(
             }
         }
     });
-    let prober = tokio::spawn(super::probe::run(
-        conn.clone(),
-        probe_rx,
-        metrics.relay.padding_bytes.with_label_values(&[&peer]),
-    ));
+    let prober = {
+        let engine = engine.clone();
+        tokio::spawn(super::probe::run(
+            conn.clone(),
+            probe_rx,
+            metrics.relay.padding_bytes.with_label_values(&[&peer]),
+            move || {
+                let _ = engine.send(Command::RelayProbeQueued { link: id });
+            },
+        ))
+    };
     let datagrams = {
         let (conn, engine) = (conn.clone(), engine.clone());
         tokio::spawn(async move {

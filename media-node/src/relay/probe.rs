@@ -45,11 +45,12 @@ const MOST_AHEAD: Duration = Duration::from_millis(20);
 const BUFFER_ROOM: usize = 8;
 
 /// Runs the probes `requests` asks for on `conn` until the link closes; counts the padding
-/// bytes sent in `padding`.
+/// bytes sent in `padding`, and calls `queued` when a probe stops because the path's queue grew.
 pub async fn run(
     conn: quinn::Connection,
     mut requests: watch::Receiver<Option<ProbeRequest>>,
     padding: IntCounter,
+    queued: impl Fn(),
 ) {
     while requests.changed().await.is_ok() {
         let Some(req) = *requests.borrow_and_update() else {
@@ -57,6 +58,9 @@ pub async fn run(
         };
         let ended = probe(&conn, req, &requests, &padding).await;
         tracing::debug!(bps = req.bps, ?ended, "relay probe over");
+        if ended == Ended::Queue {
+            queued();
+        }
     }
 }
 
