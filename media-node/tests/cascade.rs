@@ -577,41 +577,71 @@ fn a_link_holds_back_what_its_estimate_cannot_carry() {
     );
 }
 
+/// A video published in Seoul and watched in Frankfurt over one link, 3 s in; the test steps
+/// it with [`ProbedLink::sample`].
+struct ProbedLink {
+    net: Net,
+    seoul: NodeIx,
+    link: u64,
+    publisher: ClientIx,
+}
+
+impl ProbedLink {
+    fn new() -> Self {
+        let mut net = Net::new();
+        let (seoul, fra) = (net.node("seoul-1", "seoul"), net.node("fra-1", "frankfurt"));
+        let (link, _) = net.link(seoul, fra);
+        let publisher = net.join(seoul, ROOM, "ana");
+        net.publish_video(publisher, 1111);
+        net.join(fra, ROOM, "bo");
+        net.run_with_video(secs(3.0), publisher, 7);
+        Self {
+            net,
+            seoul,
+            link,
+            publisher,
+        }
+    }
+
+    /// Runs `secs_for` with the link's estimate at `bps`, sampled four times a second as the
+    /// link task does.
+    fn sample(&mut self, bps: Option<f64>, secs_for: f64) {
+        for _ in 0..(secs_for * 4.0) as usize {
+            let now = self.net.now;
+            self.net.nodes[self.seoul]
+                .engine
+                .relay_estimate(self.link, bps, now);
+            self.net.run_with_video(secs(0.25), self.publisher, 7);
+        }
+    }
+
+    /// The rates the probes so far asked for.
+    fn asked(&self) -> Vec<f64> {
+        self.net.relay_probes.iter().map(|(_, bps)| *bps).collect()
+    }
+}
+
 /// While a layer is held the node probes the link's path for the rate that would let it
 /// through: at once, then less often while the estimate does not rise; never while nothing is
 /// held, and no more once the estimate has room.
 #[test]
 fn a_held_layer_has_the_path_probed_less_often_while_probes_fail() {
-    let mut net = Net::new();
-    let (seoul, fra) = (net.node("seoul-1", "seoul"), net.node("fra-1", "frankfurt"));
-    let (link, _) = net.link(seoul, fra);
-    let publisher = net.join(seoul, ROOM, "ana");
-    net.publish_video(publisher, 1111);
-    net.join(fra, ROOM, "bo");
-    net.run_with_video(secs(3.0), publisher, 7);
-    // The link task samples its estimate four times a second.
-    let sample = |net: &mut Net, bps: Option<f64>, secs_for: f64| {
-        for _ in 0..(secs_for * 4.0) as usize {
-            let now = net.now;
-            net.nodes[seoul].engine.relay_estimate(link, bps, now);
-            net.run_with_video(secs(0.25), publisher, 7);
-        }
-    };
-    sample(&mut net, None, 3.0);
-    assert!(net.relay_probes.is_empty(), "no limit seen: no probe");
+    let mut p = ProbedLink::new();
+    p.sample(None, 3.0);
+    assert!(p.asked().is_empty(), "no limit seen: no probe");
 
     // 500 bit/s: the video (about 2 kbit/s) is held; probes at 0, 2.25, 5.5 and 8.75 s (each
     // 1.1 s long, then 1 s of waiting, then 2 s after each that failed).
-    sample(&mut net, Some(500.0), 10.0);
-    let asked: Vec<f64> = net.relay_probes.iter().map(|(_, bps)| *bps).collect();
+    p.sample(Some(500.0), 10.0);
+    let asked = p.asked();
     assert_eq!(asked.len(), 4, "{asked:?}");
-    assert!(net.relay_probes.iter().all(|(n, _)| *n == seoul));
+    assert!(p.net.relay_probes.iter().all(|(n, _)| *n == p.seoul));
     // What would carry the video: more than the estimate, and with some to spare.
     assert!(asked.iter().all(|bps| *bps > 500.0 / 0.9), "{asked:?}");
 
     // The path was found to carry more: the video crosses and probing stops.
-    sample(&mut net, Some(50_000_000.0), 5.0);
-    assert_eq!(net.relay_probes.len(), 4, "{:?}", net.relay_probes);
+    p.sample(Some(50_000_000.0), 5.0);
+    assert_eq!(p.asked().len(), 4, "{:?}", p.asked());
 }
 
 /// A probe that failed bounds the next ones: the next asks for halfway between the estimate
@@ -623,30 +653,16 @@ fn a_held_layer_has_the_path_probed_less_often_while_probes_fail() {
 /// probes.
 #[test]
 fn after_a_failed_probe_the_next_ones_climb_back_to_it() {
-    let mut net = Net::new();
-    let (seoul, fra) = (net.node("seoul-1", "seoul"), net.node("fra-1", "frankfurt"));
-    let (link, _) = net.link(seoul, fra);
-    let publisher = net.join(seoul, ROOM, "ana");
-    net.publish_video(publisher, 1111);
-    net.join(fra, ROOM, "bo");
-    net.run_with_video(secs(3.0), publisher, 7);
-    let sample = |net: &mut Net, bps: f64, secs_for: f64| {
-        for _ in 0..(secs_for * 4.0) as usize {
-            let now = net.now;
-            net.nodes[seoul].engine.relay_estimate(link, Some(bps), now);
-            net.run_with_video(secs(0.25), publisher, 7);
-        }
-    };
-    let asked = |net: &Net| -> Vec<f64> { net.relay_probes.iter().map(|(_, b)| *b).collect() };
+    let mut p = ProbedLink::new();
     // 500 bit/s: the video is held; the first probe asks for what would carry it.
-    sample(&mut net, 500.0, 2.0);
-    let first = asked(&net);
+    p.sample(Some(500.0), 2.0);
+    let first = p.asked();
     assert_eq!(first.len(), 1, "{first:?}");
     let failed = first[0];
     assert!(failed > 1_000.0, "{first:?}");
     // It failed (the estimate stayed): the next asks halfway.
-    sample(&mut net, 500.0, 1.0);
-    let second = asked(&net);
+    p.sample(Some(500.0), 1.0);
+    let second = p.asked();
     assert_eq!(second.len(), 2, "{second:?}");
     let half = second[1];
     assert!(
@@ -655,23 +671,23 @@ fn after_a_failed_probe_the_next_ones_climb_back_to_it() {
     );
     // It was carried (the estimate is what it asked for): the next follows within its length
     // (1.1 s) and a short wait, and asks for the rate that failed.
-    sample(&mut net, half, 1.75);
-    let third = asked(&net);
+    p.sample(Some(half), 1.75);
+    let third = p.asked();
     assert_eq!(third.len(), 3, "{third:?}");
     assert!((third[2] - failed).abs() < 1.0, "{third:?}");
     // That one stops at a queue: it failed, though the estimate moved to where it would count
     // as carried; the next waits the doubled backoff and asks at most a tenth above the
     // estimate, not the whole step.
     let estimate = failed * 0.95;
-    net.nodes[seoul].engine.relay_probe_queued(link);
-    sample(&mut net, estimate, 3.5);
-    let fourth = asked(&net);
+    p.net.nodes[p.seoul].engine.relay_probe_queued(p.link);
+    p.sample(Some(estimate), 3.5);
+    let fourth = p.asked();
     assert_eq!(fourth.len(), 4, "{fourth:?}");
     assert!(fourth[3] <= estimate * 1.1 + 1.0, "{fourth:?}");
     // That one was carried, at the rate that failed or above: the path widened, and the next
     // asks for the whole step again.
-    sample(&mut net, fourth[3], 1.75);
-    let fifth = asked(&net);
+    p.sample(Some(fourth[3]), 1.75);
+    let fifth = p.asked();
     assert_eq!(fifth.len(), 5, "{fifth:?}");
     assert!(fifth[4] > failed * 1.05, "{fifth:?}");
 }
