@@ -90,19 +90,12 @@ impl Fabric {
 
     /// Ctrl-C; returns whether it exited cleanly in time, and everything it printed.
     pub fn interrupt(mut self) -> (bool, String) {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let clean = loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                break status.success();
-            }
-            if Instant::now() > deadline {
+        let clean = match crate::signal_and_wait(&mut self.child, "INT", Duration::from_secs(15)) {
+            Some(status) => status.success(),
+            None => {
                 let _ = self.child.kill();
-                break false;
+                false
             }
-            std::thread::sleep(Duration::from_millis(100));
         };
         let text = output(&self.log);
         // MOIM_KEEP_TEST_DIRS=1 keeps the folder (the nodes' logs are in fabric.err).
@@ -118,13 +111,7 @@ impl Drop for Fabric {
     /// node): nothing is left running to load the machine for the next test.
     fn drop(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            crate::signal_and_wait(&mut self.child, "TERM", Duration::from_secs(10));
             let _ = self.child.kill();
             let _ = self.child.wait();
         }

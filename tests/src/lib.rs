@@ -36,6 +36,29 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Chromium processes, and two such tests side by side on a 2-core machine starve each other.
 pub static BROWSER_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Sends `signal` (`"TERM"`, `"INT"`) to `child` and waits up to `timeout` for it to exit;
+/// returns its exit status, or `None` if it is still running (the caller decides whether to
+/// kill it).
+pub fn signal_and_wait(
+    child: &mut Child,
+    signal: &str,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Runs a measurement in real time (browsers, nodes and an impaired path, judged on seconds
 /// and percents) and, if it fails, once more from the start, failing only if both do; prints
 /// the first failure and how much of the machine's CPU time its host took meanwhile (steal).

@@ -94,13 +94,7 @@ impl Coturn {
     /// Stops coturn (SIGTERM, so that its log is written out, then SIGKILL after 2 s) and
     /// returns the last `lines` of its log.
     fn stop(mut self, dir: &std::path::Path, lines: usize) -> String {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(2);
-        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        moim_e2e::signal_and_wait(&mut self.child, "TERM", Duration::from_secs(2));
         drop(self);
         let log = std::fs::read_to_string(dir.join("turn.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(lines).collect();
