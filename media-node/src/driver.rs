@@ -656,6 +656,7 @@ fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut, metrics: &Metrics)
             from_bps,
             bps,
             len,
+            careful,
         } => {
             if let Some(io) = links.get(&link) {
                 let until = Instant::now() + len;
@@ -664,6 +665,7 @@ fn send_relay(links: &HashMap<LinkId, LinkIo>, out: RelayOut, metrics: &Metrics)
                         from_bps,
                         bps,
                         until,
+                        careful,
                     }));
             }
         }

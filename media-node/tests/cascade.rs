@@ -617,7 +617,11 @@ impl ProbedLink {
 
     /// The rates the probes so far asked for.
     fn asked(&self) -> Vec<f64> {
-        self.net.relay_probes.iter().map(|(_, bps)| *bps).collect()
+        self.net
+            .relay_probes
+            .iter()
+            .map(|(_, bps, _)| *bps)
+            .collect()
     }
 }
 
@@ -635,7 +639,7 @@ fn a_held_layer_has_the_path_probed_less_often_while_probes_fail() {
     p.sample(Some(500.0), 10.0);
     let asked = p.asked();
     assert_eq!(asked.len(), 4, "{asked:?}");
-    assert!(p.net.relay_probes.iter().all(|(n, _)| *n == p.seoul));
+    assert!(p.net.relay_probes.iter().all(|(n, ..)| *n == p.seoul));
     // What would carry the video: more than the estimate, and with some to spare.
     assert!(asked.iter().all(|bps| *bps > 500.0 / 0.9), "{asked:?}");
 
@@ -676,14 +680,20 @@ fn after_a_failed_probe_the_next_ones_climb_back_to_it() {
     assert_eq!(third.len(), 3, "{third:?}");
     assert!((third[2] - failed).abs() < 1.0, "{third:?}");
     // That one stops at a queue: it failed, though the estimate moved to where it would count
-    // as carried; the next waits the doubled backoff and asks at most a tenth above the
-    // estimate, not the whole step.
+    // as carried; the next asks at most a tenth above the estimate, not the whole step. That
+    // is within a tenth of the rate that failed (the path is near full): it waits 4 s, not the
+    // doubled backoff, and is careful (stops at the first window of a queue), as the third
+    // (which asked for the rate that failed) was, and the first two were not.
     let estimate = failed * 0.95;
     p.net.nodes[p.seoul].engine.relay_probe_queued(p.link);
     p.sample(Some(estimate), 3.5);
+    assert_eq!(p.asked().len(), 3, "{:?}", p.asked());
+    p.sample(Some(estimate), 1.5);
     let fourth = p.asked();
     assert_eq!(fourth.len(), 4, "{fourth:?}");
     assert!(fourth[3] <= estimate * 1.1 + 1.0, "{fourth:?}");
+    let careful: Vec<bool> = p.net.relay_probes.iter().map(|(.., c)| *c).collect();
+    assert_eq!(careful, [false, false, true, true]);
     // That one was carried, at the rate that failed or above: the path widened, and the next
     // asks for the whole step again.
     p.sample(Some(fourth[3]), 1.75);

@@ -22,7 +22,7 @@
 //! below what the far side asks for queues and then drops datagrams, and NACK repair only adds
 //! to it. So the controller also *estimates* what the path carries ([`LinkEstimator`]) from
 //! what QUIC's acknowledgements say, without acting on it itself: the engine reads the estimate
-//! ([`estimate_of`]) and holds back simulcast layers on the link until what it sends fits.
+//! ([`path_of`]) and holds back simulcast layers on the link until what it sends fits.
 //! The estimate is delay-based first, as GCC's is for WebRTC: a queue that grows at the
 //! bottleneck shows as round trips above the path's base before anything is lost, and random
 //! loss alone (a lossy but uncongested path) does not lower it unless it is heavy.
@@ -66,16 +66,28 @@ pub struct FixedWindow {
     srtt: Duration,
 }
 
-/// What `conn`'s path carries, bits per second, as its controller estimates it (`None`: no sign
-/// of a limit yet), and the queueing delay its last judged window saw over the path's base
-/// round trip.
-pub fn estimate_of(conn: &quinn::Connection) -> (Option<f64>, Option<Duration>) {
+/// What a link's controller knows of its path.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PathState {
+    /// What the path carries, bits per second (`None`: no sign of a limit yet).
+    pub estimate: Option<f64>,
+    /// The bottleneck's queue: how far round trips stayed above the path's base through the
+    /// last two windows that could tell ([`LinkEstimator::queue_delay`]).
+    pub queue: Option<Duration>,
+    /// How far they were above it in the last such window alone.
+    pub window_queue: Option<Duration>,
+}
+
+/// What `conn`'s controller knows of its path.
+pub fn path_of(conn: &quinn::Connection) -> PathState {
     conn.congestion_state()
         .into_any()
         .downcast::<FixedWindow>()
         .ok()
-        .map_or((None, None), |c| {
-            (c.estimator.estimate(), c.estimator.queue_delay())
+        .map_or_else(PathState::default, |c| PathState {
+            estimate: c.estimator.estimate(),
+            queue: c.estimator.queue_delay(),
+            window_queue: c.estimator.window_queue,
         })
 }
 

@@ -377,7 +377,8 @@ async fn run_link(
             // once a second.
             let mut tick = 0u32;
             loop {
-                let (bps, queueing) = super::congestion::estimate_of(&conn);
+                let path = super::congestion::path_of(&conn);
+                let (bps, queueing) = (path.estimate, path.queue);
                 let _ = engine.send(Command::RelayEstimate { link: id, bps });
                 metrics
                     .relay

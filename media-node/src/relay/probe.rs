@@ -10,11 +10,12 @@
 //! rate the held layer needs, rising from the estimate (what the path is known to carry) to
 //! that rate over 600 ms and staying there. If the path carries it without a queue, the
 //! estimator's calm windows raise the estimate to what was delivered and the engine opens the
-//! layer. If a queue shows (the estimator's queue delay passes 20 ms) the padding stops at once
+//! layer. If a queue shows (the estimator's queue delay passes 20 ms in two windows, or in one
+//! for a *careful* probe, near a rate that failed) the padding stops at once
 //! and the estimate falls as for any congestion: only padding was beyond the media, and it
 //! rose gently, so little more than the queue's growth is lost.
 
-use super::congestion::{OVERUSE_DELAY, estimate_of};
+use super::congestion::{OVERUSE_DELAY, path_of};
 use super::proto::{DATAGRAM_HEADER, Datagram};
 use prometheus::IntCounter;
 use std::time::{Duration, Instant};
@@ -30,6 +31,11 @@ pub struct ProbeRequest {
     pub bps: f64,
     /// When the probe ends.
     pub until: Instant,
+    /// Stop at the first window that shows a queue over [`OVERUSE_DELAY`], not one that lasted
+    /// two (the engine asks this within a tenth of a rate that failed recently: the path is
+    /// near full, and the second window of a queue overfills it; a false stop on one window of
+    /// scheduling noise costs only this probe).
+    pub careful: bool,
 }
 
 /// How often the padding is topped up.
@@ -101,7 +107,13 @@ async fn probe(
         if requests.has_changed().unwrap_or(true) {
             return Ended::Replaced;
         }
-        if estimate_of(conn).1.is_some_and(|q| q > OVERUSE_DELAY) {
+        let path = path_of(conn);
+        let queue = if req.careful {
+            path.window_queue
+        } else {
+            path.queue
+        };
+        if queue.is_some_and(|q| q > OVERUSE_DELAY) {
             return Ended::Queue;
         }
         let Some(size) = conn

@@ -158,8 +158,8 @@ pub struct Net {
     pub relay_control: Vec<(NodeIx, NodeIx, Control)>,
     /// Loss-repair feedback carried as datagrams (NACKs, keyframe requests): (from, to, it).
     pub relay_feedback: Vec<(NodeIx, NodeIx, Control)>,
-    /// Probes the nodes asked of their links: (node, bits per second asked).
-    pub relay_probes: Vec<(NodeIx, f64)>,
+    /// Probes the nodes asked of their links: (node, bits per second asked, careful).
+    pub relay_probes: Vec<(NodeIx, f64, bool)>,
     /// Payload size of the video packets [`Net::send_video`] sends (the VP8 header padded
     /// with zeros; at least the header's 9 bytes).
     pub video_size: usize,
@@ -673,8 +673,8 @@ impl Net {
                         | RelayOut::Media { link, .. }
                         | RelayOut::Close { link, .. } => *link,
                         // Padding is the link task's, not the engine's.
-                        RelayOut::Probe { bps, .. } => {
-                            self.relay_probes.push((n, *bps));
+                        RelayOut::Probe { bps, careful, .. } => {
+                            self.relay_probes.push((n, *bps, *careful));
                             continue;
                         }
                     };

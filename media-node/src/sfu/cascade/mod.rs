@@ -74,6 +74,8 @@ pub enum RelayOut {
         bps: f64,
         /// How long.
         len: std::time::Duration,
+        /// Stop at the first window of a queue (the path is near full).
+        careful: bool,
     },
     /// Close the link (it broke the protocol's rules).
     Close {
