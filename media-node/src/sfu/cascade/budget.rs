@@ -36,8 +36,8 @@
 //! about a second and the layer opens; one that does not costs a short rise of its queue, and
 //! the next probe waits longer (1 s after a probe that worked, 2 s after one that did not) and
 //! asks for less (halfway to the rate that failed, for 10 s). Once what it may ask is within a
-//! tenth of a rate that failed the path is near full: it waits 4 s after a failure, and its
-//! padding stops at the first window that shows a queue instead of the second.
+//! tenth of a rate that failed the path is near full: the probe's padding stops at the first
+//! window that shows a queue instead of the second.
 
 use super::{LinkId, RelayOut, layer_rates};
 use crate::sfu::TrackKey;
@@ -104,13 +104,6 @@ const PROBE_STEP_WAIT: Duration = Duration::from_millis(200);
 /// the next layer (about 2.7 Mbit/s) overfilled the bottleneck's queue: 20-26 datagrams lost
 /// in its second, every three seconds.
 const PROBE_CEILING_MEMORY: Duration = Duration::from_secs(10);
-/// Wait after a failed probe when the next would ask within a tenth of the rate that failed
-/// (the estimate is then within a fifth of it, and the least a probe can prove is a tenth over
-/// the estimate): the path is near full, each try costs a burst of loss, and such a probe is
-/// *careful* (its padding stops at the first window of a queue, `probe::ProbeRequest`). Three
-/// publishers through 2.5 Mbit/s with the estimate at 2,269 kbit/s lost 49 datagrams in the
-/// second of a probe for 2,496.
-const PROBE_NEAR_WAIT: Duration = Duration::from_secs(4);
 
 /// A link's budget and what it holds back.
 #[derive(Debug, Default)]
@@ -190,12 +183,11 @@ impl Engine {
             return;
         };
         let reached = b.estimate_bps.unwrap_or(f64::INFINITY);
-        // What the last probe says: whether it failed, how long to wait after it, and the
-        // bound it leaves (kept only if a probe is sent now).
-        let (mut failed, mut wait, mut ceiling) = (false, Duration::ZERO, b.ceiling);
-        if let Some((asked, _)) = b.probe {
+        // What the last probe says: whether it failed, and the bound it leaves.
+        let (mut failed, mut ceiling) = (false, b.ceiling);
+        if let Some((asked, ended)) = b.probe {
             failed = b.probe_queued || reached < asked / PROBE_OVER;
-            wait = if failed {
+            let wait = if failed {
                 (b.backoff * 2).clamp(PROBE_BACKOFF, PROBE_BACKOFF_MAX)
             } else if ceiling.is_some() {
                 PROBE_STEP_WAIT
@@ -209,6 +201,10 @@ impl Engine {
                 Some((c, _)) if asked >= c / PROBE_OVER => None,
                 ceiling => ceiling.filter(|(_, at)| now.duration_since(*at) < PROBE_CEILING_MEMORY),
             };
+            if now < ended + wait {
+                return;
+            }
+            b.backoff = if failed { wait } else { PROBE_BACKOFF };
         }
         let mut bps = want * PROBE_OVER;
         if let (Some((c, _)), Some(e)) = (ceiling, b.estimate_bps) {
@@ -217,23 +213,11 @@ impl Engine {
             let bound = if carried { c } else { (e + c) / 2.0 };
             bps = bps.min(bound.max(e * PROBE_OVER));
         }
-        // Asking within a tenth of a rate that failed: the path is near full.
+        // Asking within a tenth of a rate that failed: the path is near full, and a second
+        // window of a queue overfills it. Three publishers through 2.5 Mbit/s with the estimate
+        // at 2,269 kbit/s lost 49 datagrams in the second of a probe for 2,496. (Waiting 4 s
+        // instead of 2 before such a probe, tried too, found a widened path 2 s later.)
         let careful = ceiling.is_some_and(|(c, _)| bps >= c / PROBE_OVER);
-        if failed && careful {
-            wait = wait.max(PROBE_NEAR_WAIT);
-        }
-        if let Some((_, ended)) = b.probe
-            && now < ended + wait
-        {
-            return;
-        }
-        if b.probe.is_some() {
-            b.backoff = if failed {
-                wait.min(PROBE_BACKOFF_MAX)
-            } else {
-                PROBE_BACKOFF
-            };
-        }
         b.ceiling = ceiling;
         let len = crate::relay::probe::RAMP + PROBE_HOLD + l.rtt;
         let from_bps = b.estimate_bps.unwrap_or(0.0);
