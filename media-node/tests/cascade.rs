@@ -700,6 +700,39 @@ fn after_a_failed_probe_the_next_ones_climb_back_to_it() {
     assert!(fifth[4] > failed * 1.05, "{fifth:?}");
 }
 
+/// A held layer comes back only with a tenth to spare, and an open one stays while it fits:
+/// an estimate moving by a few percent around a layer's cost does not open and hold it again
+/// and again (each opening a keyframe's burst at the bottleneck, each closing a switch down).
+/// A probe asks for enough to open it.
+#[test]
+fn a_held_layer_reopens_only_with_room_to_spare() {
+    let mut p = ProbedLink::new();
+    let held = |p: &ProbedLink| {
+        p.net.nodes[p.seoul]
+            .engine
+            .metrics()
+            .relay
+            .layers_held
+            .with_label_values(&["fra-1"])
+            .get()
+    };
+    // The video's rate settles first.
+    p.sample(None, 10.0);
+    p.sample(Some(500.0), 0.5);
+    assert_eq!(held(&p), 1);
+    // What the probe asks for: a tenth over the estimate that reopens the layer, itself a tenth
+    // over what the layer needs.
+    let needs = p.asked()[0] / 1.1 / 1.1;
+    p.sample(Some(needs * 1.03), 1.0);
+    assert_eq!(held(&p), 1, "3% over what it needs: still held");
+    p.sample(Some(needs * 1.13), 1.0);
+    assert_eq!(held(&p), 0, "a tenth to spare: open");
+    p.sample(Some(needs * 1.03), 1.0);
+    assert_eq!(held(&p), 0, "open, and it still fits: it stays");
+    p.sample(Some(needs * 0.9), 1.0);
+    assert_eq!(held(&p), 1, "it no longer fits");
+}
+
 /// A publisher mutes its camera: a viewer on the far node hears `track_muted`, a viewer who
 /// joins the far node afterwards sees the track muted in `joined`, and unmuting is heard too.
 #[test]

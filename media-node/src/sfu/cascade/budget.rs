@@ -86,6 +86,11 @@ const REPAIR_BURST: Duration = Duration::from_millis(250);
 /// A probe asks for this much more than the held layer needs (what a probe proves counts at
 /// 95%, and layer rates move).
 const PROBE_OVER: f64 = 1.1;
+/// A layer held or closed at the last fit comes back only when what is taken with it is this
+/// much under the budget. Without it an estimate moving by a few percent around a layer's cost
+/// opened and held that layer every 2.5-3 s through a 1 Mbit/s path: each opening a keyframe's
+/// burst at the bottleneck, each closing a switch down.
+const REOPEN: f64 = 1.1;
 /// How long a probe pads once its rate has risen (`probe::RAMP`): the estimator's proof takes
 /// five calm windows. The link's round trip is added for the acknowledgements.
 const PROBE_HOLD: Duration = Duration::from_millis(500);
@@ -312,12 +317,21 @@ impl Engine {
         // Lowest layers kept room for, not subscribed: a video whose subscribed layers do not
         // fit moves to one of these instead of stopping.
         let mut reserved = HashSet::new();
+        // What `used` may reach with `layer` of `key` taken too.
+        let was_closed = &l.budget.closed;
+        let room = |key: TrackKey, layer: u8, budget: f64| {
+            if was_closed.contains(&(key, layer)) {
+                budget / REOPEN
+            } else {
+                budget
+            }
+        };
         if let Some(budget) = budget {
             // Takes `layer` of `key` if it fits; else holds it back.
             let fit =
                 |used: &mut f64, held: &mut HashSet<_>, key: TrackKey, layer: u8, rates: &[f64]| {
                     let cost = rates.get(usize::from(layer)).copied().unwrap_or(0.0);
-                    if *used + cost <= budget {
+                    if *used + cost <= room(key, layer, budget) {
                         *used += cost;
                         None
                     } else {
@@ -397,7 +411,7 @@ impl Engine {
                         continue;
                     }
                     let adds = (bps - base).max(0.0);
-                    if used + adds <= budget {
+                    if used + adds <= room(*key, layer, budget) {
                         used += adds;
                         base = base.max(*bps);
                     } else {
@@ -427,7 +441,7 @@ impl Engine {
         l.budget.next_step_bps = steps
             .into_iter()
             .reduce(f64::min)
-            .map(|cost| (used + cost) / HEADROOM);
+            .map(|cost| (used + cost) * REOPEN / HEADROOM);
         let (peer, count) = (l.node_id.clone(), l.budget.held.len());
         self.metrics
             .relay
