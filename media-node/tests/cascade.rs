@@ -733,6 +733,32 @@ fn a_held_layer_reopens_only_with_room_to_spare() {
     assert_eq!(held(&p), 1, "it no longer fits");
 }
 
+/// No probe starts within a second of a layer opening: the far side steps up to it with a
+/// keyframe's burst, and padding on top of that overfills a path near full. Here the held video
+/// opens (the estimate rises) and is held again a quarter of a second later: the probe that
+/// would have followed at once waits out the second.
+#[test]
+fn no_probe_starts_just_after_a_layer_opens() {
+    let mut p = ProbedLink::new();
+    p.sample(Some(500.0), 2.0);
+    assert_eq!(p.asked().len(), 1, "{:?}", p.asked());
+    p.sample(Some(50_000_000.0), 0.25);
+    p.sample(Some(500.0), 0.5);
+    assert_eq!(
+        p.asked().len(),
+        1,
+        "held again half a second later: {:?}",
+        p.asked()
+    );
+    p.sample(Some(500.0), 0.5);
+    assert_eq!(
+        p.asked().len(),
+        2,
+        "a second after it opened: {:?}",
+        p.asked()
+    );
+}
+
 /// A publisher mutes its camera: a viewer on the far node hears `track_muted`, a viewer who
 /// joins the far node afterwards sees the track muted in `joined`, and unmuting is heard too.
 #[test]

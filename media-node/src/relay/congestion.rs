@@ -343,6 +343,13 @@ impl LinkEstimator {
         });
         if overuse && self.acked > 0 && !draining {
             let lowered = (0.85 * most).max(MIN_ESTIMATE);
+            tracing::debug!(
+                ?queueing,
+                loss = self.loss,
+                most,
+                lowered,
+                "relay path congested"
+            );
             self.estimate = Some(self.estimate.map_or(lowered, |e| e.min(lowered)));
             self.last_decrease = Some(now);
             self.limit_seen = Some(self.mean_delivered());
@@ -365,7 +372,11 @@ impl LinkEstimator {
             && !draining
             && self.calm >= DELIVERED_MEMORY
         {
-            self.estimate = Some(e.max(PROVEN_SHARE * self.mean_delivered()));
+            let proven = PROVEN_SHARE * self.mean_delivered();
+            if proven > e {
+                tracing::debug!(from = e, to = proven, ?queueing, "relay path proven");
+                self.estimate = Some(proven);
+            }
         }
         self.window_start = now;
         self.acked = 0;

@@ -35,9 +35,9 @@
 //! while another's middle layer fitted). A path that carries it raises the estimate within
 //! about a second and the layer opens, and the next step is probed 200 ms later; one that does
 //! not costs a short rise of its queue, and the next probe waits longer (1-2 s, doubling after
-//! each further failure) and asks for less (halfway to the rate that failed, for 10 s). Once what it may ask is within a
-//! tenth of a rate that failed the path is near full: the probe's padding stops at the first
-//! window that shows a queue instead of the second.
+//! each further failure) and asks for less (halfway to the rate that failed, for 10 s). Once
+//! what it may ask is within a tenth of a rate that failed the path is near full: the probe's
+//! padding stops at the first window that shows a queue instead of the second.
 
 use super::{LinkId, RelayOut, layer_rates};
 use crate::sfu::TrackKey;
@@ -86,6 +86,12 @@ const REPAIR_BURST: Duration = Duration::from_millis(250);
 /// A probe asks for this much more than the held layer needs (what a probe proves counts at
 /// 95%, and layer rates move).
 const PROBE_OVER: f64 = 1.1;
+/// No probe starts until this long after a layer opened: the far side steps up to it with a
+/// keyframe (several times a frame's size) a round trip or two later, and the new layer's rate
+/// settles over a few frames; a probe's padding on top of that burst overfills a path near full,
+/// and what it proves is muddled. Three publishers through 2.5 Mbit/s lost 71 datagrams in the
+/// second after a probe to 2.61 Mbit/s began in the same instant as a layer opened.
+const OPENED_SETTLE: Duration = Duration::from_secs(1);
 /// A layer held or closed at the last fit comes back only when what is taken with it is this
 /// much under the budget. Without it an estimate moving by a few percent around a layer's cost
 /// opened and held that layer every 2.5-3 s through a 1 Mbit/s path: each opening a keyframe's
@@ -129,6 +135,10 @@ pub struct LinkBudget {
     probe: Option<(f64, Instant)>,
     /// Whether the last probe stopped at a queue.
     probe_queued: bool,
+    /// Whether the last fit opened a layer that was closed (the far side may step up).
+    opened: bool,
+    /// No probe starts before this (a layer just opened).
+    settle_until: Option<Instant>,
     /// Wait after the last probe that failed.
     backoff: Duration,
     /// The lowest rate a recent probe failed at, and when it last failed.
@@ -184,11 +194,17 @@ impl Engine {
             return;
         };
         let b = &mut l.budget;
+        if std::mem::take(&mut b.opened) {
+            b.settle_until = Some(now + OPENED_SETTLE);
+        }
         let Some(want) = b.next_step_bps else {
             b.probe = None;
             b.backoff = PROBE_BACKOFF;
             return;
         };
+        if b.settle_until.is_some_and(|t| now < t) {
+            return;
+        }
         let reached = b.estimate_bps.unwrap_or(f64::INFINITY);
         // What the last probe says: whether it failed, and the bound it leaves.
         let (mut failed, mut ceiling) = (false, b.ceiling);
@@ -436,6 +452,7 @@ impl Engine {
         if held != l.budget.held {
             tracing::debug!(link, peer = %l.node_id, held = held.len(), ?budget, "relay layers held back");
         }
+        l.budget.opened |= l.budget.closed.difference(&closed).next().is_some();
         l.budget.held = held;
         l.budget.closed = closed;
         l.budget.next_step_bps = steps
