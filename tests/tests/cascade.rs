@@ -1124,6 +1124,16 @@ async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Re
         }
         seconds
     };
+    // When the watch began, for matching the nodes' logs (`MOIM_TEST_LOG`) to its times.
+    let began = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    eprintln!(
+        "the watch begins at {:02}:{:02}:{:06.3} UTC",
+        began.as_secs() / 3600 % 24,
+        began.as_secs() / 60 % 60,
+        began.as_secs_f64() % 60.0
+    );
     let (videos, drops) = tokio::join!(per_video_freezes(&viewer, 20), timeline);
     let videos = videos?;
     let [_, after] = path.stats();
