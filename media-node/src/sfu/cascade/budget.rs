@@ -97,12 +97,6 @@ const OPENED_SETTLE: Duration = Duration::from_secs(1);
 /// opened and held that layer every 2.5-3 s through a 1 Mbit/s path: each opening a keyframe's
 /// burst at the bottleneck, each closing a switch down.
 const REOPEN: f64 = 1.1;
-/// A layer open at the last fit stays open while what is taken with it is within this much over
-/// the budget (which already leaves a fifth of the estimate spare). A probe's padding on top of
-/// a far-side step up queued the path and lowered the estimate by 3% (from 2,428 to 2,357
-/// kbit/s), which closed a layer that fitted by a hair: the far side switched down and the
-/// video froze 0.75 s waiting for the lower layer's keyframe.
-const KEEP: f64 = 1.05;
 /// How long a probe pads once its rate has risen (`probe::RAMP`): the estimator's proof takes
 /// five calm windows. The link's round trip is added for the acknowledgements.
 const PROBE_HOLD: Duration = Duration::from_millis(500);
@@ -345,7 +339,7 @@ impl Engine {
             if was_closed.contains(&(key, layer)) {
                 budget / REOPEN
             } else {
-                budget * KEEP
+                budget
             }
         };
         if let Some(budget) = budget {
