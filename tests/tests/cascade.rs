@@ -1076,7 +1076,10 @@ async fn per_video_freezes(
 /// bounded by a repair deadline, loss at a known limit counted as congestion) three runs lost
 /// 0.40%, 0.47% and 1.47%, the last with a 1.25 s freeze; the three runs before the loss rule
 /// lost 0.28-3.03% with no freeze over 0.95 s. With probes bounded by the last rate that
-/// failed, four runs lost 0.88%, 1.51%, 0.24% and 1.22%, two with a freeze over 1 s. Run it with
+/// failed, four runs lost 0.88%, 1.51%, 0.24% and 1.22%, two with a freeze over 1 s. With the
+/// estimate grown past its limit only by probes, held layers reopened only with 10% to spare
+/// and no probe just after a layer opens (2026-12-03), five runs in a row lost 0.36-0.95%, one
+/// with a 3.2 s freeze (a layer switch waiting for a keyframe). Run it with
 /// `cargo test --release -p moim-e2e --test cascade --
 /// --ignored --nocapture three_publishers` (it prints each second's drops, delivered kbit and
 /// Seoul's estimate, and when each video's longest freeze began).
