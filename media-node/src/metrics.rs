@@ -51,6 +51,8 @@ pub struct Metrics {
     pub plis: IntCounter,
     /// Simulcast layer switches.
     pub layer_switches: IntCounter,
+    /// How long each layer switch waited for a keyframe of the new layer.
+    pub layer_switch_wait_seconds: Histogram,
     /// Time from a join to the first media packet sent to that participant.
     pub join_seconds: Histogram,
     /// Sessions refused, by reason.
@@ -156,6 +158,17 @@ impl Metrics {
             )
             .unwrap()
         );
+        let layer_switch_wait_seconds = reg!(
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "moim_layer_switch_wait_seconds",
+                    "Seconds each simulcast layer switch waited for a keyframe of the new layer \
+                     (the old layer is forwarded meanwhile, unless it stopped)."
+                )
+                .buckets(vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0])
+            )
+            .unwrap()
+        );
         let rejected = reg!(
             IntCounterVec::new(
                 Opts::new(
@@ -234,6 +247,7 @@ impl Metrics {
                 "moim_layer_switches_total",
                 "Simulcast layer switches made for subscribers."
             ),
+            layer_switch_wait_seconds,
             join_seconds,
             rejected,
             unmatched_datagrams: counter!(

@@ -1078,8 +1078,9 @@ async fn per_video_freezes(
 /// lost 0.28-3.03% with no freeze over 0.95 s. With probes bounded by the last rate that
 /// failed, four runs lost 0.88%, 1.51%, 0.24% and 1.22%, two with a freeze over 1 s. With the
 /// estimate grown past its limit only by probes, held layers reopened only with 10% to spare
-/// and no probe just after a layer opens (2026-12-03), five runs in a row lost 0.36-0.95%, one
-/// with a 3.2 s freeze (a layer switch waiting for a keyframe). Run it with
+/// and no probe just after a layer opens (2026-12-03), six runs lost 0.36-0.95% (five) and
+/// 4.10%, two with a freeze over 1 s (2.5 and 3.2 s; in the one measured, layer switches waited
+/// at most 0.75 s for keyframes: the freeze followed a loss burst). Run it with
 /// `cargo test --release -p moim-e2e --test cascade --
 /// --ignored --nocapture three_publishers` (it prints each second's drops, delivered kbit and
 /// Seoul's estimate, and when each video's longest freeze began).
@@ -1152,10 +1153,16 @@ async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Re
             l.starts_with("moim_relay_") && (l.contains("fra-1") || l.starts_with("moim_relay_re"))
         })
         .collect();
+    // How long the viewer's layer switches waited for their keyframes, over the whole run.
+    let fra_metrics = reqwest::get(fra.url("/metrics")).await?.text().await?;
+    let switch_waits: Vec<&str> = fra_metrics
+        .lines()
+        .filter(|l| l.starts_with("moim_layer_switch"))
+        .collect();
     eprintln!(
         "over 20 s: {offered} datagrams toward frankfurt, {dropped} dropped ({:.2}%), longest \
          queue {} ms, each second (dropped, kbit delivered, estimate kbit/s) {drops:?}; per video (frames, longest freeze, when it began): {videos:?}; \
-         heights {heights}; seoul: {link:?}",
+         heights {heights}; seoul: {link:?}; frankfurt's switches: {switch_waits:?}",
         share * 100.0,
         after.max_queue_us / 1000
     );

@@ -54,6 +54,8 @@ pub(super) struct Forwarded {
     pub(super) bytes: usize,
     /// It completed a layer switch after the first layer was chosen (a switch to count).
     pub(super) counted_switch: bool,
+    /// How long that switch waited for its keyframe.
+    pub(super) switch_wait: Option<std::time::Duration>,
 }
 
 impl DownTrack {
@@ -103,9 +105,10 @@ impl DownTrack {
             return None;
         };
         let counted_switch = switched && self.layer_switched_at.is_some();
+        let switch_wait = self.forwarder.last_switch_wait().filter(|_| counted_switch);
         if switched {
             self.layer_switched_at = Some(now);
-            tracing::debug!(track = %track.id, layer, "switched");
+            tracing::debug!(track = %track.id, layer, waited = ?self.forwarder.last_switch_wait(), "switched");
         }
         let leg = self.leg.as_ref()?;
         let payload = if leg.vp8 {
@@ -168,6 +171,7 @@ impl DownTrack {
         Some(Forwarded {
             bytes,
             counted_switch,
+            switch_wait,
         })
     }
 

@@ -2043,6 +2043,11 @@ impl Engine {
         };
         if sent.counted_switch {
             self.metrics.layer_switches.inc();
+            if let Some(wait) = sent.switch_wait {
+                self.metrics
+                    .layer_switch_wait_seconds
+                    .observe(wait.as_secs_f64());
+            }
         }
         let len = sent.bytes as u64;
         self.metrics.packets_out.inc();

@@ -45,6 +45,11 @@ pub struct Forwarder {
     last_out_at: Option<Instant>,
     /// Whether the stream is audio (no layers, no keyframes).
     is_audio: bool,
+    /// When the first packet was seen while waiting for a keyframe of the target layer (the
+    /// wait for a switch began then, within a packet's interval of the target being set).
+    waiting_since: Option<Instant>,
+    /// How long the last switch waited for its keyframe.
+    last_wait: Option<Duration>,
 }
 
 /// True when `a` comes after `b` in RTP sequence space (RFC 1982 serial arithmetic).
@@ -65,6 +70,8 @@ impl Forwarder {
             last_out_ts: 0,
             last_out_at: None,
             is_audio: false,
+            waiting_since: None,
+            last_wait: None,
         }
     }
 
@@ -91,6 +98,12 @@ impl Forwarder {
         self.target
     }
 
+    /// How long the last switch to another layer waited for its keyframe (from the first packet
+    /// seen after the target changed to the keyframe that began it).
+    pub fn last_switch_wait(&self) -> Option<Duration> {
+        self.last_wait
+    }
+
     /// True while waiting for a keyframe of the target layer (so a PLI is due).
     pub fn needs_keyframe(&self) -> bool {
         !self.is_audio && self.target.is_some() && self.target != self.current
@@ -107,6 +120,9 @@ impl Forwarder {
 
     /// Asks for another layer (None pauses). Takes effect at the next keyframe of that layer.
     pub fn set_target(&mut self, layer: Option<u8>) {
+        if layer != self.target {
+            self.waiting_since = None;
+        }
         self.target = layer;
         if layer.is_none() {
             self.current = None;
@@ -135,8 +151,17 @@ impl Forwarder {
             return Verdict::Drop;
         };
         let mut switched = false;
+        if self.current == Some(target) {
+            self.waiting_since = None;
+        } else if self.waiting_since.is_none() {
+            self.waiting_since = Some(now);
+        }
         if layer == target && self.current != Some(target) && (keyframe || self.is_audio) {
             self.begin_layer(layer, seq, timestamp, now);
+            self.last_wait = self
+                .waiting_since
+                .take()
+                .map(|at| now.saturating_duration_since(at));
             switched = true;
         }
         if self.current != Some(layer) {
@@ -238,6 +263,8 @@ mod tests {
                 switched: true
             }
         );
+        // It waited from the first packet after the new target (66 ms) to the keyframe.
+        assert_eq!(f.last_switch_wait(), Some(Duration::from_millis(33)));
         // The old layer is now dropped; the new one continues in step.
         assert_eq!(
             f.on_packet(2, 1003, 59_000, false, t0 + Duration::from_millis(100)),
