@@ -543,15 +543,7 @@ fn a_link_holds_back_what_its_estimate_cannot_carry() {
     net.run_with_video(secs(3.0), publisher, 7);
     let crossed = |net: &Net| net.relay_media.get(&(seoul, fra)).copied().unwrap_or(0);
     assert!(crossed(&net) > 20, "the video crosses");
-    let held = |net: &Net| {
-        net.nodes[seoul]
-            .engine
-            .metrics()
-            .relay
-            .layers_held
-            .with_label_values(&["fra-1"])
-            .get()
-    };
+    let held = |net: &Net| layers_held(net, seoul);
     assert_eq!(held(&net), 0);
 
     // 500 bit/s: less than the harness's video (about 2 kbit/s).
@@ -575,6 +567,17 @@ fn a_link_holds_back_what_its_estimate_cannot_carry() {
         decoding(&net, viewer) > decoded + 20,
         "and reaches the viewer"
     );
+}
+
+/// Layers `node` holds back on its link to `fra-1` (its `moim_relay_layers_held`).
+fn layers_held(net: &Net, node: NodeIx) -> i64 {
+    net.nodes[node]
+        .engine
+        .metrics()
+        .relay
+        .layers_held
+        .with_label_values(&["fra-1"])
+        .get()
 }
 
 /// A video published in Seoul and watched in Frankfurt over one link, 3 s in; the test steps
@@ -707,15 +710,7 @@ fn after_a_failed_probe_the_next_ones_climb_back_to_it() {
 #[test]
 fn a_held_layer_reopens_only_with_room_to_spare() {
     let mut p = ProbedLink::new();
-    let held = |p: &ProbedLink| {
-        p.net.nodes[p.seoul]
-            .engine
-            .metrics()
-            .relay
-            .layers_held
-            .with_label_values(&["fra-1"])
-            .get()
-    };
+    let held = |p: &ProbedLink| layers_held(&p.net, p.seoul);
     // The video's rate settles first.
     p.sample(None, 10.0);
     p.sample(Some(500.0), 0.5);
