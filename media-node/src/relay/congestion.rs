@@ -403,10 +403,11 @@ mod tests {
     /// A sender that sends `demand(t)` bits per second, or the estimate when it is lower (as the
     /// engine holds layers back), in 1,200-byte packets over `path` for `secs`; returns the
     /// estimate every 100 ms as (seconds, bits per second or infinity). While the estimate is
-    /// below the demand it probes, if `probing`, as the engine does (`crate::sfu::cascade::budget`, in short):
-    /// padding tops what it sends up to a tenth over the demand (at most half again the
-    /// estimate), rising over 600 ms and held 500 ms, stopped at once when the estimator's queue
-    /// passes [`OVERUSE_DELAY`]; the next probe 1 s after one that ended, 2 s after one stopped.
+    /// below the demand it probes, if `probing`, as the engine does (`crate::sfu::cascade::budget`,
+    /// in short): padding tops what it sends up to a tenth over the demand (at most half again
+    /// the estimate), rising over 600 ms and held 500 ms, stopped at once when the estimator's
+    /// queue passes [`OVERUSE_DELAY`]; the next probe 1 s after one that ended, 2 s after one
+    /// stopped.
     fn simulate(path: &Path, demand: fn(f64) -> f64, probing: bool, secs: f64) -> Vec<(f64, f64)> {
         const SIZE: u64 = 1200;
         let t0 = Instant::now();

@@ -105,10 +105,11 @@ impl DownTrack {
             return None;
         };
         let counted_switch = switched && self.layer_switched_at.is_some();
-        let switch_wait = self.forwarder.last_switch_wait().filter(|_| counted_switch);
+        let mut switch_wait = None;
         if switched {
             self.layer_switched_at = Some(now);
-            tracing::debug!(track = %track.id, layer, waited = ?self.forwarder.last_switch_wait(), "switched");
+            switch_wait = self.forwarder.last_switch_wait();
+            tracing::debug!(track = %track.id, layer, waited = ?switch_wait, "switched");
         }
         let leg = self.leg.as_ref()?;
         let payload = if leg.vp8 {
@@ -171,7 +172,7 @@ impl DownTrack {
         Some(Forwarded {
             bytes,
             counted_switch,
-            switch_wait,
+            switch_wait: switch_wait.filter(|_| counted_switch),
         })
     }
 

@@ -135,9 +135,7 @@ pub struct LinkBudget {
     probe: Option<(f64, Instant)>,
     /// Whether the last probe stopped at a queue.
     probe_queued: bool,
-    /// Whether the last fit opened a layer that was closed (the far side may step up).
-    opened: bool,
-    /// No probe starts before this (a layer just opened).
+    /// No probe starts before this (a layer just opened: the far side may step up).
     settle_until: Option<Instant>,
     /// Wait after the last probe that failed.
     backoff: Duration,
@@ -162,7 +160,7 @@ impl Engine {
             tracing::debug!(link, peer = %l.node_id, ?bps, "relay link estimate");
         }
         l.budget.estimate_bps = bps;
-        self.fit_link(link);
+        self.fit_link(link, now);
         self.probe_link(link, now);
     }
 
@@ -194,9 +192,6 @@ impl Engine {
             return;
         };
         let b = &mut l.budget;
-        if std::mem::take(&mut b.opened) {
-            b.settle_until = Some(now + OPENED_SETTLE);
-        }
         let Some(want) = b.next_step_bps else {
             b.probe = None;
             b.backoff = PROBE_BACKOFF;
@@ -276,7 +271,7 @@ impl Engine {
 
     /// Chooses what `link` holds back (see the module documentation); tells the far side the
     /// rates of each track whose open layers changed.
-    pub(super) fn fit_link(&mut self, link: LinkId) {
+    pub(super) fn fit_link(&mut self, link: LinkId, now: Instant) {
         let Some(l) = self.links.get(&link) else {
             return;
         };
@@ -452,7 +447,9 @@ impl Engine {
         if held != l.budget.held {
             tracing::debug!(link, peer = %l.node_id, held = held.len(), ?budget, "relay layers held back");
         }
-        l.budget.opened |= l.budget.closed.difference(&closed).next().is_some();
+        if l.budget.closed.difference(&closed).next().is_some() {
+            l.budget.settle_until = Some(now + OPENED_SETTLE);
+        }
         l.budget.held = held;
         l.budget.closed = closed;
         l.budget.next_step_bps = steps
