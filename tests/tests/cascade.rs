@@ -1103,28 +1103,46 @@ async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Re
         .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let [_, before] = path.stats();
-    // What the path dropped and delivered (kbit) each second, and Seoul's estimate then (kbit/s).
+    // Each second: what the path dropped and delivered (kbit); Seoul's estimate then (kbit/s);
+    // what Seoul's link sent (kbit, all of QUIC), of it padding (kbit) and repairs (datagrams);
+    // and the keyframe requests Seoul sent its publishers.
     let timeline = async {
+        let counters = |m: &str| {
+            [
+                "moim_relay_sent_bytes_total{peer=\"fra-1\"}",
+                "moim_relay_padding_bytes_total{peer=\"fra-1\"}",
+                "moim_relay_retransmits_total",
+                "moim_plis_sent_total",
+            ]
+            .map(|name| sample(m, name).unwrap_or(0.0))
+        };
+        let metrics = || async {
+            match reqwest::get(seoul.url("/metrics")).await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            }
+        };
         let mut seconds = Vec::new();
         let mut last = before;
+        let mut last_counters = counters(&metrics().await);
         for _ in 0..20 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             let [_, now] = path.stats();
-            let estimate = match reqwest::get(seoul.url("/metrics")).await {
-                Ok(r) => r
-                    .text()
-                    .await
-                    .ok()
-                    .and_then(|m| sample(&m, "moim_relay_estimate_bps{peer=\"fra-1\"}")),
-                Err(_) => None,
-            };
+            let m = metrics().await;
+            let estimate = sample(&m, "moim_relay_estimate_bps{peer=\"fra-1\"}");
+            let c = counters(&m);
             let second = now.since(&last);
             seconds.push((
                 second.dropped(),
                 second.bytes * 8 / 1000,
                 estimate.map_or(0, |e| (e / 1000.0) as u64),
+                ((c[0] - last_counters[0]) * 8.0 / 1000.0) as u64,
+                ((c[1] - last_counters[1]) * 8.0 / 1000.0) as u64,
+                (c[2] - last_counters[2]) as u64,
+                (c[3] - last_counters[3]) as u64,
             ));
             last = now;
+            last_counters = c;
         }
         seconds
     };
@@ -1161,7 +1179,8 @@ async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Re
         .collect();
     eprintln!(
         "over 20 s: {offered} datagrams toward frankfurt, {dropped} dropped ({:.2}%), longest \
-         queue {} ms, each second (dropped, kbit delivered, estimate kbit/s) {drops:?}; per video (frames, longest freeze, when it began): {videos:?}; \
+         queue {} ms, each second (dropped, kbit delivered, estimate kbit/s, kbit sent, of it padding, repairs, \
+         keyframe requests) {drops:?}; per video (frames, longest freeze, when it began): {videos:?}; \
          heights {heights}; seoul: {link:?}; frankfurt's switches: {switch_waits:?}",
         share * 100.0,
         after.max_queue_us / 1000

@@ -60,6 +60,16 @@ pub(super) fn allocate(
             let bps = rates_seen(t, d.forwarder.current_layer(), now);
             let chosen = d.selector.decide(link, &bps, now);
             if chosen != d.forwarder.target_layer() {
+                tracing::debug!(
+                    track = d.track,
+                    from = ?d.forwarder.target_layer(),
+                    to = ?chosen,
+                    current = ?d.forwarder.current_layer(),
+                    ?bps,
+                    available = ?link.available_bps,
+                    loss = link.loss,
+                    "layer target"
+                );
                 d.forwarder.set_target(chosen);
             }
         } else if t.kind == RtpCodecKind::Video {

@@ -121,7 +121,23 @@ impl LayerSelector {
         // the low ones): never wait for a layer that is not flowing while a lower one is.
         let top_flowing = (0..=wanted).rev().find(|&l| bps(l) > 0.0);
         let wanted = top_flowing.unwrap_or(wanted);
+        // Once any rate is known, only layers that flow are chosen: a layer with none (held
+        // back on a relay link, turned off at its publisher) would be waited for, frozen, until
+        // it came back, whatever flows beside it.
+        let usable = |l: u8| top_flowing.is_none() || bps(l) > 0.0;
+        let fits = |l: u8| link.available_bps.is_none_or(|a| bps(l) <= a);
         let current = self.chosen.unwrap_or(0).min(wanted);
+        if !usable(current) {
+            // The layer forwarded stopped while others flow: the best one below it that fits
+            // (else the lowest that flows) at once, as the subscriber's picture is stalled.
+            let next = (0..current)
+                .rev()
+                .find(|&l| usable(l) && fits(l))
+                .or_else(|| (0..=wanted).find(|&l| usable(l)));
+            self.chosen = next.or(Some(current));
+            self.room_since = None;
+            return self.chosen;
+        }
         let congested_at =
             |l: u8| link.loss > CONGESTED_LOSS || link.available_bps.is_some_and(|a| bps(l) > a);
 
@@ -130,8 +146,9 @@ impl LayerSelector {
             // Step down to the best layer that fits, at once.
             next = (0..current)
                 .rev()
-                .find(|&l| link.available_bps.is_none_or(|a| bps(l) <= a))
-                .unwrap_or(0);
+                .find(|&l| usable(l) && fits(l))
+                .or_else(|| (0..current).find(|&l| usable(l)))
+                .unwrap_or(current);
             if self
                 .last_upswitch
                 .is_some_and(|at| now.saturating_duration_since(at) < FAILED_UPSWITCH_WINDOW)
@@ -139,8 +156,7 @@ impl LayerSelector {
                 self.hold = (self.hold * 2).min(UPSWITCH_HOLD_MAX);
             }
             self.room_since = None;
-        } else if current < wanted {
-            let up = current + 1;
+        } else if let Some(up) = (current + 1..=wanted).find(|&l| usable(l)) {
             let has_room = link.loss <= CONGESTED_LOSS / 2.0
                 && link
                     .available_bps
@@ -268,5 +284,33 @@ mod tests {
             chosen = s.decide(link(5e6), &LAYERS, now);
         }
         assert_eq!(chosen, Some(2));
+    }
+
+    #[test]
+    fn a_layer_that_stops_between_flowing_ones_is_left_and_stepped_over() {
+        // The middle layer is held back upstream while the full one flows (a relay link with
+        // room for a layer's trickle but not for the middle one).
+        let held = [150_000.0, 0.0, 1_500_000.0];
+        let t = Instant::now();
+        let mut s = LayerSelector::new(3);
+        s.decide(link(200e3), &LAYERS, t);
+        assert_eq!(s.decide(link(600e3), &LAYERS, t), Some(0));
+        // With room for the full layer, the climb goes straight to it, not into the gap.
+        let mut now = t;
+        for _ in 0..40 {
+            now += Duration::from_millis(100);
+            assert_ne!(s.decide(link(5e6), &held, now), Some(1));
+        }
+        assert_eq!(s.chosen(), Some(2));
+        // On the middle layer when it stops: down to the base layer at once, not up to wait
+        // for the full one (the picture is frozen meanwhile), and not into the gap again.
+        let mut s = LayerSelector::new(3);
+        s.decide(link(600e3), &LAYERS, t);
+        assert_eq!(s.chosen(), Some(1));
+        assert_eq!(s.decide(link(5e6), &held, t), Some(0));
+        // Congested on the full layer: down past the gap.
+        let mut s = LayerSelector::new(3);
+        assert_eq!(s.decide(link(5e6), &held, t), Some(2));
+        assert_eq!(s.decide(link(600e3), &held, t), Some(0));
     }
 }

@@ -17,8 +17,13 @@ pub(super) struct Layer {
     pub(super) rid: String,
     pub(super) ssrc: Option<u32>,
     pub(super) bytes: u64,
-    /// RTP payload bits per second (smoothed).
+    /// RTP payload bits per second (smoothed); 0 after a window without packets: a layer
+    /// that stopped (turned off at its publisher, held back on a relay link) is not flowing,
+    /// rather than flowing ever more slowly.
     pub(super) bps: f64,
+    /// What it carried before it last stopped, until it has flowed a full window again (its
+    /// first window back is partial): what it costs once it flows again.
+    pub(super) stopped_at_bps: f64,
     /// Packets counted since the last roll, and packets per second (smoothed): what a layer
     /// costs on a relay link is its payload plus each packet's headers.
     pub(super) packets: u64,
@@ -38,6 +43,7 @@ impl Layer {
             ssrc,
             bytes: 0,
             bps: 0.0,
+            stopped_at_bps: 0.0,
             packets: 0,
             pps: 0.0,
             last_at: None,
@@ -146,8 +152,18 @@ pub(super) struct UpTrack {
 
 impl UpTrack {
     /// Turns the bytes and packets counted per layer since the last call (`secs` ago) into
-    /// each layer's rates, smoothed over two windows.
+    /// each layer's rates.
     pub(super) fn roll_rates(&mut self, secs: f64) {
+        for l in &mut self.layers {
+            l.roll(secs);
+        }
+    }
+}
+
+impl Layer {
+    /// Turns the bytes and packets counted since the last call (`secs` ago) into the rates,
+    /// smoothed over two windows; a window without any stops them.
+    fn roll(&mut self, secs: f64) {
         let smooth = |old: f64, new: f64| {
             if old == 0.0 {
                 new
@@ -155,12 +171,20 @@ impl UpTrack {
                 old * 0.5 + new * 0.5
             }
         };
-        for l in &mut self.layers {
-            l.bps = smooth(l.bps, l.bytes as f64 * 8.0 / secs);
-            l.pps = smooth(l.pps, l.packets as f64 / secs);
-            l.bytes = 0;
-            l.packets = 0;
+        if self.bytes == 0 {
+            if self.bps > 0.0 {
+                self.stopped_at_bps = self.bps;
+            }
+            (self.bps, self.pps, self.packets) = (0.0, 0.0, 0);
+            return;
         }
+        if self.bps > 0.0 {
+            self.stopped_at_bps = 0.0;
+        }
+        self.bps = smooth(self.bps, self.bytes as f64 * 8.0 / secs);
+        self.pps = smooth(self.pps, self.packets as f64 / secs);
+        self.bytes = 0;
+        self.packets = 0;
     }
 }
 
@@ -171,5 +195,29 @@ pub(super) fn layer_index(rid: &str, order: usize) -> u8 {
         "h" | "m" | "mid" | "1" => 1,
         "f" | "high" | "2" => 2,
         _ => order.min(2) as u8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_that_stops_has_no_rate_and_costs_what_it_carried_until_back_a_full_window() {
+        let mut l = Layer::new("f".into(), None);
+        let mut window = |l: &mut Layer, bytes: u64| {
+            (l.bytes, l.packets) = (bytes, bytes / 1000);
+            l.roll(1.0);
+            (l.bps, l.stopped_at_bps)
+        };
+        assert_eq!(window(&mut l, 187_500), (1_500_000.0, 0.0));
+        // A window without packets: not flowing at all (it used to halve each second, and a
+        // layer turned off looked like one flowing at a few kbit/s for ten seconds).
+        assert_eq!(window(&mut l, 0), (0.0, 1_500_000.0));
+        assert_eq!(window(&mut l, 0), (0.0, 1_500_000.0));
+        // Back for part of a window: flowing, and what it carried before is remembered.
+        assert_eq!(window(&mut l, 50_000), (400_000.0, 1_500_000.0));
+        // A full window later its own rate counts.
+        assert_eq!(window(&mut l, 187_500), (950_000.0, 0.0));
     }
 }

@@ -60,7 +60,9 @@ const DATAGRAM_OVERHEAD: f64 = 65.0;
 /// [`layer_rates`] gives it, 0 for a layer not flowing) plus each packet's overhead on the
 /// path, twice for audio (every packet crosses again with a later one,
 /// [`super::AUDIO_COPY_AFTER`]). Audio's packets are small: counted by payload alone it costs
-/// about a quarter of what it does.
+/// about a quarter of what it does. A layer in its first window after it stopped costs what it
+/// carried before: that window is partial, and counted at its rate a 1.5 Mbit/s layer coming
+/// back looked like a few hundred kbit/s that fitted.
 fn wire_rates(t: &UpTrack) -> Vec<f64> {
     let copies = if t.kind == RtpCodecKind::Audio {
         2.0
@@ -72,7 +74,7 @@ fn wire_rates(t: &UpTrack) -> Vec<f64> {
         .zip(&t.layers)
         .map(|(bps, l)| {
             if bps > 0.0 {
-                copies * (bps + l.pps * DATAGRAM_OVERHEAD * 8.0)
+                copies * (bps.max(l.stopped_at_bps) + l.pps * DATAGRAM_OVERHEAD * 8.0)
             } else {
                 0.0
             }
