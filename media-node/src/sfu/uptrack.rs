@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn a_layer_that_stops_has_no_rate_and_costs_what_it_carried_until_back_a_full_window() {
         let mut l = Layer::new("f".into(), None);
-        let mut window = |l: &mut Layer, bytes: u64| {
+        let window = |l: &mut Layer, bytes: u64| {
             (l.bytes, l.packets) = (bytes, bytes / 1000);
             l.roll(1.0);
             (l.bps, l.stopped_at_bps)
