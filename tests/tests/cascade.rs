@@ -1069,25 +1069,29 @@ async fn per_video_freezes(
 /// 5 s the path loses under 1% of what the link offers it, and the viewer keeps decoding all
 /// three videos with no freeze of a second.
 ///
-/// Not in CI yet: all three videos decode in every run, but over the sessions of 2026-12-02
-/// the path dropped 0.0-7.0% of the link's datagrams across eleven variants of the budget and
-/// estimator, and some runs froze a video for 1-6.7 s (BENCHMARKS.md's cascade section has the
-/// tables). With the code as it is (costs on the wire, no simulcast video fully held, NACKs
-/// bounded by a repair deadline, loss at a known limit counted as congestion) three runs lost
-/// 0.40%, 0.47% and 1.47%, the last with a 1.25 s freeze; the three runs before the loss rule
-/// lost 0.28-3.03% with no freeze over 0.95 s. With probes bounded by the last rate that
-/// failed, four runs lost 0.88%, 1.51%, 0.24% and 1.22%, two with a freeze over 1 s. With the
-/// estimate grown past its limit only by probes, held layers reopened only with 10% to spare
-/// and no probe just after a layer opens (2026-12-03), six runs lost 0.36-0.95% (five) and
-/// 4.10%, two with a freeze over 1 s (2.5 and 3.2 s; in the one measured, layer switches waited
-/// at most 0.75 s for keyframes: the freeze followed a loss burst). Run it with
-/// `cargo test --release -p moim-e2e --test cascade --
-/// --ignored --nocapture three_publishers` (it prints each second's drops, delivered kbit and
-/// Seoul's estimate, and when each video's longest freeze began).
+/// Ignored until 2026-12-03: over the sessions of 2026-12-02 and -03 the path dropped 0.0-7.0%
+/// of the link's datagrams across many variants of the budget and estimator, and some runs froze
+/// a video for 1-6.7 s (BENCHMARKS.md's cascade section has the tables). The freezes left were
+/// the far side stepping into a layer that did not flow (held back in Seoul, or turned off at
+/// its publisher yet still showing a few kbit/s as its rate decayed) and waiting seconds for its
+/// keyframe; the loss, decreases that bunched acknowledgements left at the path's rate and
+/// bursts paced at twice the estimate. With layers chosen only among those that flow, decreases
+/// to what the path carried and pacing at 1.75 times, four release runs in a row lost 0.00-0.48%
+/// with no freeze over 0.52 s. Run alone with `cargo test --release -p moim-e2e --test cascade
+/// -- --nocapture three_publishers` (it prints each second's drops, delivered kbit, Seoul's
+/// estimate, what the link sent, its padding and repairs, and the keyframe requests, and when
+/// each video's longest freeze began).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 23's first case: under 1% loss with no 1 s freeze not yet shown steadily (BENCHMARKS.md)"]
 async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Result<()> {
     let _one_at_a_time = moim_e2e::BROWSER_TESTS.lock().await;
+    moim_e2e::measured(
+        "the three-publisher measurement",
+        three_publishers_share_a_2500_kbit_path_between_regions_once,
+    )
+    .await
+}
+
+async fn three_publishers_share_a_2500_kbit_path_between_regions_once() -> anyhow::Result<()> {
     let profile = PathProfile::wan(Duration::from_millis(60), 2_500_000);
     let (seoul, fra, path) = linked_through(profile, &[]).await?;
     let mut publishers = Vec::new();
@@ -1185,15 +1189,15 @@ async fn three_publishers_share_a_2500_kbit_path_between_regions() -> anyhow::Re
         share * 100.0,
         after.max_queue_us / 1000
     );
-    assert_eq!(videos.len(), 3, "{videos:?}");
+    anyhow::ensure!(videos.len() == 3, "{videos:?}");
     for (frames, worst, _) in &videos {
-        assert!(*frames >= 20.0 * 10.0, "{frames} frames in 20 s");
-        assert!(
+        anyhow::ensure!(*frames >= 20.0 * 10.0, "{frames} frames in 20 s");
+        anyhow::ensure!(
             *worst < Duration::from_secs(1),
             "a video froze for {worst:?}"
         );
     }
-    assert!(
+    anyhow::ensure!(
         share < 0.01,
         "{:.2}% of the relay datagrams dropped",
         share * 100.0
