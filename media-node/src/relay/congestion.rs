@@ -565,7 +565,9 @@ mod tests {
             est.on_ack(at(handled), at(sent), 1200);
             sent += gap;
         }
-        let e = est.estimate().expect("a queue of 20 ms and more is a limit");
+        let e = est
+            .estimate()
+            .expect("a queue of 20 ms and more is a limit");
         assert!(e <= 0.85 * 2_500_000.0, "{e}");
     }
 
