@@ -288,16 +288,14 @@ impl LinkEstimator {
     /// read 2.6-2.9 Mbit/s through a 2.5 Mbit/s path, so that decreases to 85% of it left the
     /// estimate at the path's rate or above.
     fn most_delivered(&self) -> f64 {
-        let pairs = self
-            .recent
+        if self.recent.len() < 2 {
+            return self.recent.front().copied().unwrap_or(0.0);
+        }
+        self.recent
             .iter()
             .zip(self.recent.iter().skip(1))
-            .map(|(a, b)| (a + b) / 2.0);
-        match self.recent.len() {
-            0 => 0.0,
-            1 => self.recent[0],
-            _ => pairs.fold(0.0, f64::max),
-        }
+            .map(|(a, b)| (a + b) / 2.0)
+            .fold(0.0, f64::max)
     }
 
     /// What the recent windows delivered on average, bits per second.

@@ -126,14 +126,19 @@ impl LayerSelector {
         // it came back, whatever flows beside it.
         let usable = |l: u8| top_flowing.is_none() || bps(l) > 0.0;
         let fits = |l: u8| link.available_bps.is_none_or(|a| bps(l) <= a);
-        let current = self.chosen.unwrap_or(0).min(wanted);
-        if !usable(current) {
-            // The layer forwarded stopped while others flow: the best one below it that fits
-            // (else the lowest that flows) at once, as the subscriber's picture is stalled.
-            let next = (0..current)
+        // A step down from `from`: the best usable layer below it that fits, else the lowest
+        // usable one below it.
+        let below = |from: u8| {
+            (0..from)
                 .rev()
                 .find(|&l| usable(l) && fits(l))
-                .or_else(|| (0..=wanted).find(|&l| usable(l)));
+                .or_else(|| (0..from).find(|&l| usable(l)))
+        };
+        let current = self.chosen.unwrap_or(0).min(wanted);
+        if !usable(current) {
+            // The layer forwarded stopped while others flow: down at once (else the lowest
+            // that flows above it), as the subscriber's picture is stalled.
+            let next = below(current).or_else(|| (current..=wanted).find(|&l| usable(l)));
             self.chosen = next.or(Some(current));
             self.room_since = None;
             return self.chosen;
@@ -144,11 +149,7 @@ impl LayerSelector {
         let mut next = current;
         if congested_at(current) && current > 0 {
             // Step down to the best layer that fits, at once.
-            next = (0..current)
-                .rev()
-                .find(|&l| usable(l) && fits(l))
-                .or_else(|| (0..current).find(|&l| usable(l)))
-                .unwrap_or(current);
+            next = below(current).unwrap_or(current);
             if self
                 .last_upswitch
                 .is_some_and(|at| now.saturating_duration_since(at) < FAILED_UPSWITCH_WINDOW)
